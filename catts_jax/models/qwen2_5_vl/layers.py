@@ -1,0 +1,118 @@
+"""Building blocks shared by the vision tower and the language model.
+
+Every param is an `nnx.Param` carrying `logical_axes` metadata (one name or None per dim);
+`catts_jax.sharding` maps these names to mesh axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+
+default_init = nnx.initializers.normal(stddev=0.02)
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes, dtype) -> nnx.Param:
+  if len(shape) != len(axes):
+    raise ValueError(f"shape {tuple(shape)} and logical axes {axes} differ in rank")
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype), logical_axes=tuple(axes))
+
+
+class Dense(nnx.Module):
+  """y = x . kernel (+ bias), contracting the last `len(in_shape)` dims of x.
+
+  Multi-dim in/out shapes keep heads as their own axis ([embed, heads, head_dim]) so that
+  they can be sharded by name.
+  """
+
+  def __init__(
+      self,
+      in_shape: Sequence[int],
+      out_shape: Sequence[int],
+      axes: Axes,
+      *,
+      use_bias: bool,
+      dtype,
+      param_dtype,
+      rngs: nnx.Rngs,
+  ):
+    self.in_ndim = len(in_shape)
+    self.dtype = dtype
+    self.kernel = param(rngs, default_init, (*in_shape, *out_shape), axes, param_dtype)
+    self.bias = (
+        param(rngs, nnx.initializers.zeros, out_shape, axes[self.in_ndim :], param_dtype)
+        if use_bias
+        else None
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(self.dtype)
+    y = jnp.tensordot(x, self.kernel[...].astype(self.dtype), axes=self.in_ndim)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """Normalises in float32, as the reference does, then scales and casts to `dtype`."""
+
+  def __init__(self, dim: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs):
+    del rngs
+    self.eps = eps
+    self.dtype = dtype
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (self.weight[...].astype(self.dtype) * x32.astype(self.dtype)).astype(self.dtype)
+
+
+class GatedMLP(nnx.Module):
+  """SwiGLU: down(act(gate(x)) * up(x)); the vision tower's variant has biases."""
+
+  def __init__(self, dim: int, hidden: int, *, use_bias: bool, dtype, param_dtype, rngs):
+    kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gate_proj = Dense((dim,), (hidden,), ("embed", "mlp"), **kw)
+    self.up_proj = Dense((dim,), (hidden,), ("embed", "mlp"), **kw)
+    self.down_proj = Dense((hidden,), (dim,), ("mlp", "embed"), **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x: [..., T, heads, head_dim]; cos/sin: [..., T, head_dim] (float32)."""
+  x32 = x.astype(jnp.float32)
+  cos, sin = cos[..., None, :], sin[..., None, :]
+  return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+
+
+def inverse_frequencies(dim: int, theta: float) -> jax.Array:
+  return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0 (GQA); mask: [B, 1, T, S] bool.
+
+  Query head n reads key/value head n // (N // K), as transformers' repeat_kv does.
+  """
+  scale = q.shape[-1] ** -0.5
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, n // kv_heads, h)
+  logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+  return out.reshape(b, t, n, h)

@@ -1,0 +1,308 @@
+"""HF checkpoint <-> NNX state for Qwen2.5-VL.
+
+Loading reads one tensor at a time from memory-mapped safetensors and places it straight
+onto its (possibly sharded) devices; each device only receives its own slice. Export
+streams one tensor at a time into safetensors files that transformers loads as
+`Qwen2_5_VLForConditionalGeneration`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pathlib
+import shutil
+from collections.abc import Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from catts_jax import safetensors_io, sharding
+from catts_jax.models.qwen2_5_vl.config import ModelConfig
+from catts_jax.models.qwen2_5_vl.model import Qwen2_5_VL
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+# Files an exported directory takes from the source checkpoint (tokenizer, processor, template).
+WEIGHT_OR_CONFIG = ("config.json", INDEX_FILE)
+
+
+class CheckpointError(ValueError):
+  """A checkpoint's weights cannot be loaded; the message names the tensor and file."""
+
+
+# Old hub checkpoints (e.g. Qwen/Qwen2.5-VL-7B-Instruct) use these prefixes; transformers 5
+# writes the right-hand ones. We read both and write the hub's, which every version loads.
+_HUB_TO_NEW = (
+    ("visual.", "model.visual."),
+    ("model.layers.", "model.language_model.layers."),
+    ("model.embed_tokens.", "model.language_model.embed_tokens."),
+    ("model.norm.", "model.language_model.norm."),
+)
+
+
+def _to_new_name(name: str) -> str:
+  for old, new in _HUB_TO_NEW:
+    if name.startswith(old) and not name.startswith(new):
+      return new + name[len(old) :]
+  return name
+
+
+def _to_hub_name(name: str) -> str:
+  for old, new in _HUB_TO_NEW:
+    if name.startswith(new):
+      return old + name[len(new) :]
+  return name
+
+
+# --- the mapping ---------------------------------------------------------------------------
+# Each entry: NNX path (tuple) -> (HF name in transformers-5 layout, kind, extra).
+# kinds: "linear" (HF [out, in]; extra = number of leading NNX dims that are inputs),
+#        "conv" (HF Conv3d [out, C, T, p, p] used as a linear on flattened patches),
+#        "vector" (HF 1-D, NNX maybe [heads, head_dim]: biases, norm weights),
+#        "copy" (same layout: the embedding table).
+
+
+def weight_map(cfg: ModelConfig) -> dict[tuple, tuple[str, str, int]]:
+  m: dict[tuple, tuple[str, str, int]] = {}
+
+  def linear(path, hf, n_in=1, bias=True):
+    m[(*path, "kernel")] = (f"{hf}.weight", "linear", n_in)
+    if bias:
+      m[(*path, "bias")] = (f"{hf}.bias", "vector", 0)
+
+  def norm(path, hf):
+    m[(*path, "weight")] = (f"{hf}.weight", "vector", 0)
+
+  v = "model.visual"
+  m[("visual", "patch_embed", "kernel")] = (f"{v}.patch_embed.proj.weight", "conv", 1)
+  for i in range(cfg.vision.depth):
+    p, h = ("visual", "blocks", i), f"{v}.blocks.{i}"
+    norm((*p, "norm1"), f"{h}.norm1")
+    norm((*p, "norm2"), f"{h}.norm2")
+    linear((*p, "attn", "qkv"), f"{h}.attn.qkv")
+    linear((*p, "attn", "proj"), f"{h}.attn.proj", n_in=2)
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      linear((*p, "mlp", proj), f"{h}.mlp.{proj}")
+  norm(("visual", "merger", "ln_q"), f"{v}.merger.ln_q")
+  linear(("visual", "merger", "fc1"), f"{v}.merger.mlp.0")
+  linear(("visual", "merger", "fc2"), f"{v}.merger.mlp.2")
+
+  t = "model.language_model"
+  m[("language_model", "embed_tokens")] = (f"{t}.embed_tokens.weight", "copy", 0)
+  for i in range(cfg.text.num_layers):
+    p, h = ("language_model", "layers", i), f"{t}.layers.{i}"
+    norm((*p, "input_layernorm"), f"{h}.input_layernorm")
+    norm((*p, "post_attention_layernorm"), f"{h}.post_attention_layernorm")
+    for proj in ("q_proj", "k_proj", "v_proj"):
+      linear((*p, "self_attn", proj), f"{h}.self_attn.{proj}")
+    linear((*p, "self_attn", "o_proj"), f"{h}.self_attn.o_proj", n_in=2, bias=False)
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      linear((*p, "mlp", proj), f"{h}.mlp.{proj}", bias=False)
+  norm(("language_model", "norm"), f"{t}.norm")
+  if not cfg.tie_word_embeddings:
+    m[("lm_head",)] = ("lm_head.weight", "linear", 1)
+  return m
+
+
+def _hf_shape(kind: str, n_in: int, shape: tuple[int, ...], cfg: ModelConfig) -> tuple[int, ...]:
+  if kind == "conv":
+    v = cfg.vision
+    return (shape[1], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+  if kind == "linear":
+    return (math.prod(shape[n_in:]), math.prod(shape[:n_in]))
+  if kind == "vector":
+    return (math.prod(shape),)
+  return shape
+
+
+def hf_to_nnx(array: np.ndarray, kind: str, n_in: int, shape: tuple[int, ...]) -> np.ndarray:
+  if kind in ("linear", "conv"):
+    return array.reshape(array.shape[0], -1).T.reshape(shape)
+  return array.reshape(shape)
+
+
+def nnx_to_hf(array: np.ndarray, kind: str, n_in: int, hf_shape: tuple[int, ...]) -> np.ndarray:
+  if kind in ("linear", "conv"):
+    rows = math.prod(array.shape[:n_in])
+    return array.reshape(rows, -1).T.reshape(hf_shape)
+  return array.reshape(hf_shape)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+class _CheckpointReader:
+  """Finds each tensor in a single-file or sharded (index.json) safetensors checkpoint."""
+
+  def __init__(self, path: pathlib.Path):
+    index = path / INDEX_FILE
+    if index.is_file():
+      weight_map_ = json.loads(index.read_text())["weight_map"]
+      files = sorted(set(weight_map_.values()))
+    elif (path / SINGLE_FILE).is_file():
+      files = [SINGLE_FILE]
+    else:
+      found = sorted(p.name for p in path.glob("*.safetensors"))
+      if not found:
+        bins = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        hint = f" (found {bins}: pickled weights are not loaded; convert to safetensors)" if bins else ""
+        raise CheckpointError(f"{path}: no safetensors weights{hint}")
+      files = found
+    self.files = {name: safetensors_io.SafetensorsFile(path / name) for name in files}
+    self.location: dict[str, str] = {}
+    for file_name, f in self.files.items():
+      for key in f.keys():
+        self.location[_to_new_name(key)] = (file_name, key)
+
+  def get(self, name: str) -> tuple[np.ndarray, str]:
+    if name not in self.location:
+      raise CheckpointError(
+          f"{name}: missing weight (looked in {', '.join(self.files)}; "
+          f"hub spelling {_to_hub_name(name)!r} too)"
+      )
+    file_name, key = self.location[name]
+    return self.files[file_name].get(key), file_name
+
+
+def abstract_model(cfg: ModelConfig) -> nnx.Module:
+  """The model's structure with ShapeDtypeStructs instead of arrays (no memory used)."""
+  return nnx.eval_shape(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)))
+
+
+def load_hf(
+    path: str | pathlib.Path,
+    cfg: ModelConfig | None = None,
+    *,
+    mesh: Mesh | None = None,
+    rules: Mapping | None = None,
+) -> Qwen2_5_VL:
+  """Build the NNX model from an HF checkpoint directory, sharded over `mesh` if given.
+
+  `cfg` defaults to the directory's config.json; pass one to change dtypes.
+  """
+  path = pathlib.Path(path)
+  cfg = cfg or ModelConfig.from_pretrained(path)
+  reader = _CheckpointReader(path)
+  model = abstract_model(cfg)
+  graphdef, state = nnx.split(model)
+  shardings = sharding.state_shardings(state, mesh, rules) if mesh is not None else None
+  mapping = weight_map(cfg)
+  flat = dict(nnx.to_flat_state(state))
+  if set(flat) != set(mapping):
+    raise RuntimeError(f"weight map out of date: {sorted(set(flat) ^ set(mapping))}")
+  flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
+
+  for nnx_path, variable in flat.items():
+    hf_name, kind, n_in = mapping[nnx_path]
+    abstract = variable.get_value()
+    shape, dtype = tuple(abstract.shape), abstract.dtype
+    raw, file_name = reader.get(hf_name)
+    expected = _hf_shape(kind, n_in, shape, cfg)
+    if tuple(raw.shape) != expected:
+      raise CheckpointError(
+          f"{hf_name} in {path / file_name}: shape {tuple(raw.shape)}, but config.json implies {expected}"
+      )
+    host = hf_to_nnx(raw, kind, n_in, shape)
+    if nnx_path in flat_shardings:
+      target = flat_shardings[nnx_path].get_value()
+      value = jax.make_array_from_callback(shape, target, lambda idx, h=host: np.asarray(h[idx], dtype))
+    else:
+      value = jnp.asarray(np.asarray(host, dtype))
+    variable.set_value(value)
+    del host, raw
+
+  unused = set(reader.location) - {hf for hf, _, _ in mapping.values()}
+  if unused:
+    log.warning("%s: %d checkpoint tensors not used, e.g. %s", path, len(unused), sorted(unused)[:3])
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def _parse_size(size: str | int) -> int:
+  if isinstance(size, int):
+    return size
+  units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+  s = size.strip().upper()
+  for unit, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
+    if s.endswith(unit):
+      return int(float(s[: -len(unit)]) * factor)
+  return int(s)
+
+
+def save_hf(
+    model: Qwen2_5_VL,
+    out_dir: str | pathlib.Path,
+    *,
+    processor_dir: str | pathlib.Path | None = None,
+    max_shard_size: str | int = "5GB",
+) -> pathlib.Path:
+  """Write model weights, config.json and (copied from `processor_dir`) tokenizer/processor files.
+
+  Tensors are gathered to the host one at a time; shards stay below `max_shard_size`.
+  """
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  cfg = model.cfg
+  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  mapping = weight_map(cfg)
+  dtype = np.dtype(jnp.dtype(cfg.param_dtype))
+
+  entries = []  # (hub name, hf shape, nnx path, kind, n_in)
+  for nnx_path, (hf_name, kind, n_in) in mapping.items():
+    shape = tuple(flat[nnx_path].get_value().shape)
+    entries.append((_to_hub_name(hf_name), _hf_shape(kind, n_in, shape, cfg), nnx_path, kind, n_in))
+
+  limit = _parse_size(max_shard_size)
+  shards: list[list] = [[]]
+  size = 0
+  for entry in entries:
+    nbytes = math.prod(entry[1]) * dtype.itemsize
+    if shards[-1] and size + nbytes > limit:
+      shards.append([])
+      size = 0
+    shards[-1].append(entry)
+    size += nbytes
+
+  by_name = {e[0]: e for e in entries}
+
+  def produce(name):
+    _, hf_shape, nnx_path, kind, n_in = by_name[name]
+    host = np.asarray(jax.device_get(flat[nnx_path].get_value()))
+    return nnx_to_hf(host, kind, n_in, hf_shape)
+
+  for stale in list(out.glob("*.safetensors")) + [out / INDEX_FILE]:
+    stale.unlink(missing_ok=True)
+  names = (
+      [SINGLE_FILE]
+      if len(shards) == 1
+      else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+  )
+  for file_name, shard in zip(names, shards):
+    safetensors_io.write(out / file_name, [(e[0], e[1], dtype) for e in shard], produce)
+  if len(shards) > 1:
+    index = {
+        "metadata": {"total_size": sum(math.prod(e[1]) * dtype.itemsize for e in entries)},
+        "weight_map": {e[0]: f for f, shard in zip(names, shards) for e in shard},
+    }
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+  (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
+  if processor_dir is not None:
+    for src in _processor_files(pathlib.Path(processor_dir)):
+      shutil.copy2(src, out / src.name)
+  return out
+
+
+def _processor_files(src: pathlib.Path) -> Iterator[pathlib.Path]:
+  for p in sorted(src.iterdir()):
+    if p.is_file() and p.name not in WEIGHT_OR_CONFIG and p.suffix in (".json", ".txt", ".jinja", ".model"):
+      yield p

@@ -1,0 +1,98 @@
+"""Device mesh (data, fsdp, tensor) and logical-axis rules.
+
+Params carry logical axis names (`logical_axes` metadata, see models/qwen2_5_vl/layers.py);
+a rules table maps each name to mesh axes. One model definition thus serves data
+parallelism, FSDP, tensor parallelism and their mixes, chosen by config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or tuple of axes, or None = replicated).
+# Megatron-style tensor parallelism: heads and MLP hidden on "tensor"; FSDP shards the
+# model dimension of every matrix; activations' batch goes over data x fsdp.
+DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "norm": None,
+}
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over MESH_AXES; unspecified axes get size 1, and `data` absorbs what is left
+  when shape is None or leaves it out."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = dict(shape or {})
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected {MESH_AXES}")
+  rest = int(np.prod([shape.get(a, 1) for a in MESH_AXES if a != "data"]))
+  if "data" not in shape:
+    if len(devices) % rest:
+      raise ValueError(f"mesh {shape} does not divide {len(devices)} devices")
+    shape["data"] = len(devices) // rest
+  sizes = [shape.get(a, 1) for a in MESH_AXES]
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {len(devices)}")
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def logical_to_spec(
+    axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Mapping | None = None
+) -> PartitionSpec:
+  """PartitionSpec for one array. A dim whose size the mesh axes do not divide is replicated
+  (e.g. 2 KV heads on tensor=4), and a mesh axis is used at most once per array."""
+  rules = DEFAULT_RULES if rules is None else rules
+  used: set[str] = set()
+  spec = []
+  for name, size in zip(axes, shape):
+    target = rules.get(name) if name is not None else None
+    mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
+    mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1 and a not in used)
+    if not mesh_axes or size % int(np.prod([mesh.shape[a] for a in mesh_axes])):
+      spec.append(None)
+      continue
+    used.update(mesh_axes)
+    spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+  return PartitionSpec(*spec)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Mapping | None = None) -> nnx.State:
+  """NamedSharding for every leaf of an (abstract or concrete) nnx.State, from its logical axes."""
+
+  def one(variable):
+    axes = variable.get_metadata().get("logical_axes")
+    shape = variable.get_value().shape
+    if axes is None:
+      return NamedSharding(mesh, PartitionSpec())
+    return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: Mapping | None = None) -> nnx.Module:
+  """Place an existing model's params on the mesh (in place) and return it."""
+  state = nnx.state(model)
+  shardings = state_shardings(state, mesh, rules)
+  nnx.update(model, jax.device_put(state, shardings))
+  return model
+
+
+def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
+  """Shard one array's batch dim over data x fsdp (where they divide it is the caller's job)."""
+  spec = [None] * ndim
+  spec[batch_axis] = ("data", "fsdp")
+  return NamedSharding(mesh, PartitionSpec(*spec))
