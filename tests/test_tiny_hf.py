@@ -6,14 +6,9 @@ import json
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-try:  # tests/ as a plain directory (pytest "prepend" import mode)
-    from tiny_hf import SEVEN_B_SHAPE, SPECIAL_TOKENS, TINY, build_tiny_checkpoint, random_image
-except ImportError:  # tests/ as a package
-    from tests.tiny_hf import SEVEN_B_SHAPE, SPECIAL_TOKENS, TINY, build_tiny_checkpoint, random_image
+import torch
+import transformers
+from tiny_hf import SEVEN_B_SHAPE, SPECIAL_TOKENS, TINY, build_tiny_checkpoint, random_image
 
 PRESETS = {"tiny": TINY, "seven_b_shape": SEVEN_B_SHAPE}
 
