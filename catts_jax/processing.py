@@ -88,12 +88,12 @@ class Processor:
   """Wraps the checkpoint's HF `AutoProcessor` and produces bucketed `Batch`es."""
 
   def __init__(
-      self,
-      path: str | pathlib.Path,
-      cfg: ModelConfig | None = None,
-      *,
-      seq_buckets: Sequence[int] | None = None,
-      patch_buckets: Sequence[int] | None = None,
+    self,
+    path: str | pathlib.Path,
+    cfg: ModelConfig | None = None,
+    *,
+    seq_buckets: Sequence[int] | None = None,
+    patch_buckets: Sequence[int] | None = None,
   ):
     from transformers import AutoProcessor  # heavy import, only when a processor is built
 
@@ -142,11 +142,11 @@ class Processor:
 
     grid = enc.get("image_grid_thw") if flat_images else None
     positions, deltas = get_rope_index(
-        ids,
-        mask,
-        grid,
-        image_token_id=self.cfg.image_token_id,
-        spatial_merge_size=self.cfg.vision.spatial_merge_size,
+      ids,
+      mask,
+      grid,
+      image_token_id=self.cfg.image_token_id,
+      spatial_merge_size=self.cfg.vision.spatial_merge_size,
     )
     pixels = patch_pos = patch_image = None
     if grid is not None:

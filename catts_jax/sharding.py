@@ -20,14 +20,14 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Megatron-style tensor parallelism: heads and MLP hidden on "tensor"; FSDP shards the
 # model dimension of every matrix; activations' batch goes over data x fsdp.
 DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),
-    "vocab": "tensor",
-    "embed": "fsdp",
-    "mlp": "tensor",
-    "q_heads": "tensor",
-    "kv_heads": "tensor",
-    "head_dim": None,
-    "norm": None,
+  "batch": ("data", "fsdp"),
+  "vocab": "tensor",
+  "embed": "fsdp",
+  "mlp": "tensor",
+  "q_heads": "tensor",
+  "kv_heads": "tensor",
+  "head_dim": None,
+  "norm": None,
 }
 
 
@@ -46,12 +46,14 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     shape["data"] = len(devices) // rest
   sizes = [shape.get(a, 1) for a in MESH_AXES]
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {len(devices)}")
+    raise ValueError(
+      f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {len(devices)}"
+    )
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
 def logical_to_spec(
-    axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Mapping | None = None
+  axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Mapping | None = None
 ) -> PartitionSpec:
   """PartitionSpec for one array. A dim whose size the mesh axes do not divide is replicated
   (e.g. 2 KV heads on tensor=4), and a mesh axis is used at most once per array."""

@@ -25,10 +25,10 @@ from catts_jax.models.qwen2_5_vl import ModelConfig, init_cache, load_hf
 from catts_jax.processing import Processor
 
 QUESTIONS = (
-    "What is shown in the picture? Count the red shapes and add 12.",
-    "Compare both images: which one has more lines, and by how many?",
-    "Solve 3x + 7 = 22 and explain each step.",
-    "Describe the image in one sentence.",
+  "What is shown in the picture? Count the red shapes and add 12.",
+  "Compare both images: which one has more lines, and by how many?",
+  "Solve 3x + 7 = 22 and explain each step.",
+  "Describe the image in one sentence.",
 )
 
 
@@ -43,13 +43,13 @@ def make_cases(processor: Processor, seed: int = 0) -> dict[str, tuple[list[str]
   two = [random_image(rng, 196, 140), random_image(rng, 84, 112)]
   p = processor.chat_prompt
   return {
-      "text_only": ([p(QUESTIONS[2])], [[]]),
-      "one_image": ([p(QUESTIONS[0], 1)], [one]),
-      "two_images": ([p(QUESTIONS[1], 2)], [two]),
-      "padded_batch": (
-          [p(QUESTIONS[3]), p(QUESTIONS[0], 1), p(QUESTIONS[1], 2)],
-          [[], [random_image(rng, 140, 98)], [random_image(rng, 112, 168), random_image(rng, 70, 56)]],
-      ),
+    "text_only": ([p(QUESTIONS[2])], [[]]),
+    "one_image": ([p(QUESTIONS[0], 1)], [one]),
+    "two_images": ([p(QUESTIONS[1], 2)], [two]),
+    "padded_batch": (
+      [p(QUESTIONS[3]), p(QUESTIONS[0], 1), p(QUESTIONS[1], 2)],
+      [[], [random_image(rng, 140, 98)], [random_image(rng, 112, 168), random_image(rng, 70, 56)]],
+    ),
   }
 
 
@@ -83,8 +83,12 @@ class Reference:
     enc = self.inputs(processor, prompt, images)
     with self.torch.no_grad():
       out = self.model.generate(
-          **enc, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-          output_logits=True, return_dict_in_generate=True,
+        **enc,
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        output_logits=True,
+        return_dict_in_generate=True,
       )
     tokens = out.sequences[0, enc["input_ids"].shape[1] :].numpy()
     top2 = np.stack([np.sort(step[0].numpy())[-2:] for step in out.logits])
@@ -117,7 +121,9 @@ def port_greedy(model, batch, new_tokens: int) -> np.ndarray:
   return np.stack(tokens, 1)
 
 
-def verify(path, *, tolerance: float = 1e-4, dtype: str = "float32", new_tokens: int = 8, seed: int = 0) -> dict:
+def verify(
+  path, *, tolerance: float = 1e-4, dtype: str = "float32", new_tokens: int = 8, seed: int = 0
+) -> dict:
   jax.config.update("jax_default_matmul_precision", "highest")  # true fp32 on GPU/TPU too
   cfg = ModelConfig.from_pretrained(path).replace(dtype=dtype)
   model = load_hf(path, cfg)
@@ -139,10 +145,10 @@ def verify(path, *, tolerance: float = 1e-4, dtype: str = "float32", new_tokens:
     passed = logit_diff <= tolerance and logprob_diff <= tolerance
     ok &= passed
     report["cases"][name] = {
-        "max_abs_logit_diff": logit_diff,
-        "max_abs_logprob_diff": logprob_diff,
-        "reference_logit_std": scale,
-        "passed": passed,
+      "max_abs_logit_diff": logit_diff,
+      "max_abs_logprob_diff": logprob_diff,
+      "reference_logit_std": scale,
+      "passed": passed,
     }
 
   prompts, images = cases["padded_batch"]
@@ -170,13 +176,15 @@ def main(argv=None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", action="store_true", help="print only the JSON report")
   args = parser.parse_args(argv)
-  report = verify(args.hf, tolerance=args.tolerance, dtype=args.dtype, new_tokens=args.new_tokens, seed=args.seed)
+  report = verify(
+    args.hf, tolerance=args.tolerance, dtype=args.dtype, new_tokens=args.new_tokens, seed=args.seed
+  )
   if not args.json:
     for name, case in report["cases"].items():
       print(
-          f"{name:14s} logits {case['max_abs_logit_diff']:.2e}  log-probs "
-          f"{case['max_abs_logprob_diff']:.2e}  {'ok' if case['passed'] else 'FAIL'}",
-          file=sys.stderr,
+        f"{name:14s} logits {case['max_abs_logit_diff']:.2e}  log-probs "
+        f"{case['max_abs_logprob_diff']:.2e}  {'ok' if case['passed'] else 'FAIL'}",
+        file=sys.stderr,
       )
     matches = sum(r["match"] for r in report["greedy"]["rows"])
     print(f"greedy         {matches}/{len(report['greedy']['rows'])} rows identical", file=sys.stderr)

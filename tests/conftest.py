@@ -29,4 +29,6 @@ def seven_b_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tied_ckpt(tmp_path_factory):
-  return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_tied", tie_word_embeddings=True, **TINY)
+  return build_tiny_checkpoint(
+    tmp_path_factory.mktemp("ckpt") / "tiny_tied", tie_word_embeddings=True, **TINY
+  )

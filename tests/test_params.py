@@ -35,7 +35,7 @@ def test_round_trip_hf_flax_hf(tiny_ckpt, tmp_path):
 
   # transformers loads it as Qwen2_5_VLForConditionalGeneration with nothing missing or left over.
   _, info = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-      exported, output_loading_info=True
+    exported, output_loading_info=True
   )
   assert not info["missing_keys"] and not info["unexpected_keys"], info
 
@@ -116,7 +116,7 @@ def rewrite_weights(d, edit):
   del f
   edit(tensors)
   safetensors_io.write(
-      d / "model.safetensors", [(k, v.shape, v.dtype) for k, v in tensors.items()], tensors.__getitem__
+    d / "model.safetensors", [(k, v.shape, v.dtype) for k, v in tensors.items()], tensors.__getitem__
   )
 
 
@@ -134,7 +134,9 @@ def test_wrong_shape_names_tensor_and_file(tiny_ckpt, tmp_path):
 def test_missing_weight_names_tensor(tiny_ckpt, tmp_path):
   d = copy_ckpt(tiny_ckpt, tmp_path / "c")
   rewrite_weights(d, lambda t: t.pop("visual.blocks.2.attn.qkv.bias"))
-  with pytest.raises(CheckpointError, match=r"model\.visual\.blocks\.2\.attn\.qkv\.bias: missing weight.*model\.safetensors"):
+  with pytest.raises(
+    CheckpointError, match=r"model\.visual\.blocks\.2\.attn\.qkv\.bias: missing weight.*model\.safetensors"
+  ):
     load_hf(d)
 
 

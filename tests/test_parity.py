@@ -50,8 +50,10 @@ def test_partial_windows_occur(seven_b_ckpt):
 
 def test_verify_cli(tiny_ckpt):
   ok = subprocess.run(
-      [sys.executable, "-m", "catts_jax.verify", "--hf", str(tiny_ckpt), "--json"],
-      capture_output=True, text=True, check=False,
+    [sys.executable, "-m", "catts_jax.verify", "--hf", str(tiny_ckpt), "--json"],
+    capture_output=True,
+    text=True,
+    check=False,
   )
   assert ok.returncode == 0, ok.stderr[-2000:]
   report = json.loads(ok.stdout)
@@ -59,8 +61,10 @@ def test_verify_cli(tiny_ckpt):
 
   # A zero tolerance cannot be met by float arithmetic: the tool must exit nonzero.
   strict = subprocess.run(
-      [sys.executable, "-m", "catts_jax.verify", "--hf", str(tiny_ckpt), "--json", "--tolerance", "0"],
-      capture_output=True, text=True, check=False,
+    [sys.executable, "-m", "catts_jax.verify", "--hf", str(tiny_ckpt), "--json", "--tolerance", "0"],
+    capture_output=True,
+    text=True,
+    check=False,
   )
   assert strict.returncode == 1
   assert json.loads(strict.stdout)["ok"] is False

@@ -34,13 +34,13 @@ import pathlib
 import numpy as np
 
 __all__ = [
-    "CHAT_TEMPLATE",
-    "SEVEN_B_SHAPE",
-    "SPECIAL_TOKENS",
-    "TINY",
-    "build_tiny_checkpoint",
-    "build_tokenizer",
-    "random_image",
+  "CHAT_TEMPLATE",
+  "SEVEN_B_SHAPE",
+  "SPECIAL_TOKENS",
+  "TINY",
+  "build_tiny_checkpoint",
+  "build_tokenizer",
+  "random_image",
 ]
 
 # ---------------------------------------------------------------------------
@@ -48,51 +48,51 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 TINY: dict = {
-    "text": {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,  # head_dim 16 -> 8 rotary frequencies = 2 + 3 + 3
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-        "rms_norm_eps": 1e-6,
-        "max_position_embeddings": 4096,
-    },
-    "vision": {
-        "depth": 3,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "window_size": 56,  # 56 / 14 / 2 = 2x2 merged cells per window
-        "fullatt_block_indexes": [1],
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-    },
+  "text": {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # head_dim 16 -> 8 rotary frequencies = 2 + 3 + 3
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 4096,
+  },
+  "vision": {
+    "depth": 3,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "window_size": 56,  # 56 / 14 / 2 = 2x2 merged cells per window
+    "fullatt_block_indexes": [1],
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+  },
 }
 
 SEVEN_B_SHAPE: dict = {
-    "text": {
-        "hidden_size": 256,
-        "intermediate_size": 512,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,  # head_dim 128, like the real 7B
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-        "rms_norm_eps": 1e-6,
-        "max_position_embeddings": 4096,
-    },
-    "vision": {
-        "depth": 4,
-        "hidden_size": 160,
-        "intermediate_size": 320,
-        "num_heads": 2,  # head_dim 80, like the real 7B vision tower
-        "window_size": 112,
-        "fullatt_block_indexes": [1, 3],
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-    },
+  "text": {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,  # head_dim 128, like the real 7B
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 4096,
+  },
+  "vision": {
+    "depth": 4,
+    "hidden_size": 160,
+    "intermediate_size": 320,
+    "num_heads": 2,  # head_dim 80, like the real 7B vision tower
+    "window_size": 112,
+    "fullatt_block_indexes": [1, 3],
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+  },
 }
 
 # ---------------------------------------------------------------------------
@@ -101,152 +101,152 @@ SEVEN_B_SHAPE: dict = {
 
 # Same strings and order as the real Qwen2.5 tokenizer (ids 151643..151656 there).
 SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
+  "<|endoftext|>",
+  "<|im_start|>",
+  "<|im_end|>",
+  "<|object_ref_start|>",
+  "<|object_ref_end|>",
+  "<|box_start|>",
+  "<|box_end|>",
+  "<|quad_start|>",
+  "<|quad_end|>",
+  "<|vision_start|>",
+  "<|vision_end|>",
+  "<|vision_pad|>",
+  "<|image_pad|>",
+  "<|video_pad|>",
 )
 
 # The chat template of Qwen/Qwen2.5-VL-7B-Instruct.
 CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+  "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+  "{% for message in messages %}"
+  "{% if loop.first and message['role'] != 'system' %}"
+  "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+  "{% endif %}"
+  "<|im_start|>{{ message['role'] }}\n"
+  "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+  "{% else %}"
+  "{% for content in message['content'] %}"
+  "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+  "{% set image_count.value = image_count.value + 1 %}"
+  "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+  "<|vision_start|><|image_pad|><|vision_end|>"
+  "{% elif content['type'] == 'video' or 'video' in content %}"
+  "{% set video_count.value = video_count.value + 1 %}"
+  "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+  "<|vision_start|><|video_pad|><|vision_end|>"
+  "{% elif 'text' in content %}{{ content['text'] }}"
+  "{% endif %}"
+  "{% endfor %}<|im_end|>\n"
+  "{% endif %}"
+  "{% endfor %}"
+  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 # The pre-tokenisation regex of Qwen2 (also used by transformers' Qwen2Tokenizer).
-_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 _CORPUS = [
-    """The little harbour town woke slowly in the grey light of the morning. Fishing boats
+  """The little harbour town woke slowly in the grey light of the morning. Fishing boats
 rocked against the wooden pier, and the gulls circled above the nets, crying for scraps.
 An old woman opened the shutters of the bakery and the smell of warm bread drifted down
 the street, where a boy on a red bicycle was delivering the newspapers.""",
-    """A picture shows a small brown dog sitting on a green chair next to a window. Behind the
+  """A picture shows a small brown dog sitting on a green chair next to a window. Behind the
 dog there is a blue wall with a painting of a mountain, a lake and three white clouds. On
 the table in front of the chair there are two cups of tea, a yellow lemon and a book with
 a black cover. The light comes from the left side of the image.""",
-    """What is in this image? Describe the picture in detail. How many people can you see, and
+  """What is in this image? Describe the picture in detail. How many people can you see, and
 what are they doing? Where is the cat? Which colour is the car? Please answer the question
 with a short sentence, then explain your reasoning step by step.""",
-    """You are a helpful assistant. The user asks a question and the assistant answers it as well
+  """You are a helpful assistant. The user asks a question and the assistant answers it as well
 as it can. If the assistant does not know the answer, it should say so instead of making
 something up. Answers should be clear, correct and kind.
 system
 user
 assistant
 user""",
-    """Machine learning models learn patterns from data. A vision language model reads an image
+  """Machine learning models learn patterns from data. A vision language model reads an image
 as a grid of small patches, turns every patch into a vector, and lets the language model
 attend to these vectors together with the words of the prompt. Training uses many examples
 of images paired with text, and the model slowly improves its predictions.""",
-    """In the spring the garden was full of flowers: red roses, white lilies, purple violets and
+  """In the spring the garden was full of flowers: red roses, white lilies, purple violets and
 bright yellow sunflowers that turned their heads to follow the sun. Bees moved from one
 flower to another, and a small bird built its nest in the apple tree by the old stone wall.""",
-    """Numbers and maths: 0 1 2 3 4 5 6 7 8 9 10 12 24 42 100 256 1024 2025 3.14159 2.71828.
+  """Numbers and maths: 0 1 2 3 4 5 6 7 8 9 10 12 24 42 100 256 1024 2025 3.14159 2.71828.
 1 + 1 = 2, 2 * 3 = 6, 10 - 4 = 6, 9 / 3 = 3, 2^10 = 1024, x^2 + y^2 = z^2, (a + b) * c,
 f(x) = 3x + 7, 50% of 80 is 40, 7 < 9 > 5, a <= b >= c, a != b, [1, 2, 3], {x: 1}, #5, $20, ~3,
 the box is at (12, 34), (56, 78) and the answer is 42!""",
-    """She said, "It's a beautiful day, isn't it?" He replied: "Yes; we'll walk to the river and
+  """She said, "It's a beautiful day, isn't it?" He replied: "Yes; we'll walk to the river and
 we'd better take the umbrella, because they've said it might rain later." I'm sure you're
 right, and the children will love it.""",
 ]
 
 
 def _train_bpe(vocab_size: int = 512):
-    """Train a byte-level BPE with Qwen2's pre-tokenizer on the built-in corpus.
+  """Train a byte-level BPE with Qwen2's pre-tokenizer on the built-in corpus.
 
-    Returns (vocab: dict[str, int], merges: list[tuple[str, str]]).
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+  Returns (vocab: dict[str, int], merges: list[tuple[str, str]]).
+  """
+  from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        show_progress=False,
-        special_tokens=[],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    # Repeat the corpus a few times so that min_frequency never starves the merges.
-    tok.train_from_iterator(_CORPUS * 3, trainer=trainer)
-    model = json.loads(tok.to_str())["model"]
-    vocab = dict(model["vocab"])
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return vocab, merges
+  tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+  tok.normalizer = normalizers.NFC()
+  tok.pre_tokenizer = pre_tokenizers.Sequence(
+    [
+      pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ]
+  )
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size,
+    min_frequency=2,
+    show_progress=False,
+    special_tokens=[],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+  )
+  # Repeat the corpus a few times so that min_frequency never starves the merges.
+  tok.train_from_iterator(_CORPUS * 3, trainer=trainer)
+  model = json.loads(tok.to_str())["model"]
+  vocab = dict(model["vocab"])
+  merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+  return vocab, merges
 
 
 def build_tokenizer(chat_template: str = CHAT_TEMPLATE):
-    """Return a ``transformers.Qwen2Tokenizer`` with the tiny vocab and the Qwen2.5 special tokens."""
-    from tokenizers import AddedToken
-    from transformers import Qwen2Tokenizer
+  """Return a ``transformers.Qwen2Tokenizer`` with the tiny vocab and the Qwen2.5 special tokens."""
+  from tokenizers import AddedToken
+  from transformers import Qwen2Tokenizer
 
-    vocab, merges = _train_bpe()
-    n = len(vocab)
-    assert sorted(vocab.values()) == list(range(n)), "trained vocab ids must be contiguous"
-    added = {n + i: AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False, single_word=False)
-             for i, t in enumerate(SPECIAL_TOKENS)}
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=None,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        added_tokens_decoder=added,
-        extra_special_tokens=list(SPECIAL_TOKENS[1:]),
-        model_max_length=131072,
-        chat_template=chat_template,
-        clean_up_tokenization_spaces=False,
-        split_special_tokens=False,
-    )
-    for i, t in enumerate(SPECIAL_TOKENS):
-        got = tokenizer.convert_tokens_to_ids(t)
-        if got != n + i:
-            raise AssertionError(f"special token {t!r} got id {got}, expected {n + i}")
-    if len(tokenizer) != n + len(SPECIAL_TOKENS):
-        raise AssertionError(f"unexpected tokenizer length {len(tokenizer)} (vocab {n})")
-    return tokenizer
+  vocab, merges = _train_bpe()
+  n = len(vocab)
+  assert sorted(vocab.values()) == list(range(n)), "trained vocab ids must be contiguous"
+  added = {
+    n + i: AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False, single_word=False)
+    for i, t in enumerate(SPECIAL_TOKENS)
+  }
+  tokenizer = Qwen2Tokenizer(
+    vocab=vocab,
+    merges=merges,
+    unk_token=None,
+    bos_token=None,
+    eos_token="<|im_end|>",
+    pad_token="<|endoftext|>",
+    added_tokens_decoder=added,
+    extra_special_tokens=list(SPECIAL_TOKENS[1:]),
+    model_max_length=131072,
+    chat_template=chat_template,
+    clean_up_tokenization_spaces=False,
+    split_special_tokens=False,
+  )
+  for i, t in enumerate(SPECIAL_TOKENS):
+    got = tokenizer.convert_tokens_to_ids(t)
+    if got != n + i:
+      raise AssertionError(f"special token {t!r} got id {got}, expected {n + i}")
+  if len(tokenizer) != n + len(SPECIAL_TOKENS):
+    raise AssertionError(f"unexpected tokenizer length {len(tokenizer)} (vocab {n})")
+  return tokenizer
 
 
 # ---------------------------------------------------------------------------
@@ -263,25 +263,25 @@ _EMBED_GAIN = 1.0  # embed_tokens / lm_head: N(0, _EMBED_GAIN / sqrt(hidden)) ->
 
 
 def _perturb_(model, generator) -> None:
-    import torch
+  import torch
 
-    text_hidden = model.config.text_config.hidden_size
-    with torch.no_grad():
-        for name, p in model.named_parameters(remove_duplicate=True):
-            shape = tuple(p.shape)
-            if "norm" in name or ".ln_q." in name:
-                # RMSNorm weights (text input/post-attention/final norms, vision norm1/norm2, merger ln_q).
-                assert p.ndim == 1, name
-                p.copy_(1.0 + _NORM_STD * torch.randn(shape, generator=generator))
-            elif name.endswith(".bias"):
-                p.add_(_B_STD * torch.randn(shape, generator=generator))
-            elif "embed_tokens" in name or name.endswith("lm_head.weight"):
-                p.add_(_EMBED_GAIN / math.sqrt(text_hidden) * torch.randn(shape, generator=generator))
-            elif p.ndim >= 2:
-                fan_in = int(np.prod(shape[1:]))
-                p.add_(_W_GAIN / math.sqrt(fan_in) * torch.randn(shape, generator=generator))
-            else:
-                raise AssertionError(f"unhandled parameter {name} {shape}")
+  text_hidden = model.config.text_config.hidden_size
+  with torch.no_grad():
+    for name, p in model.named_parameters(remove_duplicate=True):
+      shape = tuple(p.shape)
+      if "norm" in name or ".ln_q." in name:
+        # RMSNorm weights (text input/post-attention/final norms, vision norm1/norm2, merger ln_q).
+        assert p.ndim == 1, name
+        p.copy_(1.0 + _NORM_STD * torch.randn(shape, generator=generator))
+      elif name.endswith(".bias"):
+        p.add_(_B_STD * torch.randn(shape, generator=generator))
+      elif "embed_tokens" in name or name.endswith("lm_head.weight"):
+        p.add_(_EMBED_GAIN / math.sqrt(text_hidden) * torch.randn(shape, generator=generator))
+      elif p.ndim >= 2:
+        fan_in = int(np.prod(shape[1:]))
+        p.add_(_W_GAIN / math.sqrt(fan_in) * torch.randn(shape, generator=generator))
+      else:
+        raise AssertionError(f"unhandled parameter {name} {shape}")
 
 
 # ---------------------------------------------------------------------------
@@ -290,116 +290,116 @@ def _perturb_(model, generator) -> None:
 
 
 def _round_up(x: int, m: int) -> int:
-    return ((x + m - 1) // m) * m
+  return ((x + m - 1) // m) * m
 
 
 def build_tiny_checkpoint(
-    out_dir,
-    *,
-    text: dict | None = None,
-    vision: dict | None = None,
-    seed: int = 0,
-    tie_word_embeddings: bool = False,
-    max_shard_size: str | None = None,
-    min_pixels: int = 56 * 56,
-    max_pixels: int = 28 * 28 * 64,
+  out_dir,
+  *,
+  text: dict | None = None,
+  vision: dict | None = None,
+  seed: int = 0,
+  tie_word_embeddings: bool = False,
+  max_shard_size: str | None = None,
+  min_pixels: int = 56 * 56,
+  max_pixels: int = 28 * 28 * 64,
 ) -> pathlib.Path:
-    """Write a tiny random Qwen2.5-VL checkpoint (model + processor) into ``out_dir``.
+  """Write a tiny random Qwen2.5-VL checkpoint (model + processor) into ``out_dir``.
 
-    ``text`` / ``vision`` override fields of ``Qwen2_5_VLTextConfig`` /
-    ``Qwen2_5_VLVisionConfig`` (defaults: the ``TINY`` preset). ``vocab_size``
-    and ``out_hidden_size`` are derived (len(tokenizer) rounded up to 64, text
-    hidden size) unless given explicitly. Same arguments -> byte-identical
-    safetensors.
-    """
-    import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
-    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+  ``text`` / ``vision`` override fields of ``Qwen2_5_VLTextConfig`` /
+  ``Qwen2_5_VLVisionConfig`` (defaults: the ``TINY`` preset). ``vocab_size``
+  and ``out_hidden_size`` are derived (len(tokenizer) rounded up to 64, text
+  hidden size) unless given explicitly. Same arguments -> byte-identical
+  safetensors.
+  """
+  import torch
+  from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+  )
+  from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
 
-    text_kw = copy.deepcopy(TINY["text"])
-    text_kw.update(copy.deepcopy(text or {}))
-    vision_kw = copy.deepcopy(TINY["vision"])
-    vision_kw.update(copy.deepcopy(vision or {}))
+  text_kw = copy.deepcopy(TINY["text"])
+  text_kw.update(copy.deepcopy(text or {}))
+  vision_kw = copy.deepcopy(TINY["vision"])
+  vision_kw.update(copy.deepcopy(vision or {}))
 
-    # --- tokenizer / processor -------------------------------------------------
-    tokenizer = build_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+  # --- tokenizer / processor -------------------------------------------------
+  tokenizer = build_tokenizer()
+  ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
-    patch_size = vision_kw.get("patch_size", 14)
-    merge_size = vision_kw.get("spatial_merge_size", 2)
-    temporal_patch_size = vision_kw.get("temporal_patch_size", 2)
-    proc_kw = dict(
-        patch_size=patch_size,
-        merge_size=merge_size,
-        temporal_patch_size=temporal_patch_size,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        image_mean=list(OPENAI_CLIP_MEAN),
-        image_std=list(OPENAI_CLIP_STD),
-    )
-    image_processor = Qwen2VLImageProcessor(**proc_kw)
-    video_processor = Qwen2VLVideoProcessor(**proc_kw)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
-    )
+  patch_size = vision_kw.get("patch_size", 14)
+  merge_size = vision_kw.get("spatial_merge_size", 2)
+  temporal_patch_size = vision_kw.get("temporal_patch_size", 2)
+  proc_kw = dict(
+    patch_size=patch_size,
+    merge_size=merge_size,
+    temporal_patch_size=temporal_patch_size,
+    min_pixels=min_pixels,
+    max_pixels=max_pixels,
+    image_mean=list(OPENAI_CLIP_MEAN),
+    image_std=list(OPENAI_CLIP_STD),
+  )
+  image_processor = Qwen2VLImageProcessor(**proc_kw)
+  video_processor = Qwen2VLVideoProcessor(**proc_kw)
+  processor = Qwen2_5_VLProcessor(
+    image_processor=image_processor,
+    tokenizer=tokenizer,
+    video_processor=video_processor,
+    chat_template=CHAT_TEMPLATE,
+  )
 
-    # --- config ----------------------------------------------------------------
-    text_kw.setdefault("vocab_size", _round_up(len(tokenizer), 64))
-    text_kw.setdefault("bos_token_id", ids["<|endoftext|>"])
-    text_kw.setdefault("eos_token_id", ids["<|im_end|>"])
-    text_kw.setdefault("pad_token_id", ids["<|endoftext|>"])
-    vision_kw.setdefault("out_hidden_size", text_kw["hidden_size"])
+  # --- config ----------------------------------------------------------------
+  text_kw.setdefault("vocab_size", _round_up(len(tokenizer), 64))
+  text_kw.setdefault("bos_token_id", ids["<|endoftext|>"])
+  text_kw.setdefault("eos_token_id", ids["<|im_end|>"])
+  text_kw.setdefault("pad_token_id", ids["<|endoftext|>"])
+  vision_kw.setdefault("out_hidden_size", text_kw["hidden_size"])
 
-    config = Qwen2_5_VLConfig(
-        text_config=text_kw,
-        vision_config=vision_kw,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
-    # transformers 5 keeps mrope_section inside text_config.rope_parameters; if it
-    # were dropped the model would silently fall back to [16, 24, 24].
-    want_rope = text_kw.get("rope_parameters")
-    if want_rope is not None and "mrope_section" in want_rope:
-        got = config.text_config.rope_parameters.get("mrope_section")
-        if list(got or []) != list(want_rope["mrope_section"]):
-            raise AssertionError(f"mrope_section not applied: {got} != {want_rope['mrope_section']}")
-    head_dim = config.text_config.hidden_size // config.text_config.num_attention_heads
-    section = config.text_config.rope_parameters.get("mrope_section")
-    if section is None or sum(section) != head_dim // 2:
-        raise ValueError(f"mrope_section {section} must sum to head_dim/2 = {head_dim // 2}")
+  config = Qwen2_5_VLConfig(
+    text_config=text_kw,
+    vision_config=vision_kw,
+    image_token_id=ids["<|image_pad|>"],
+    video_token_id=ids["<|video_pad|>"],
+    vision_start_token_id=ids["<|vision_start|>"],
+    vision_end_token_id=ids["<|vision_end|>"],
+    tie_word_embeddings=tie_word_embeddings,
+    bos_token_id=ids["<|endoftext|>"],
+    eos_token_id=ids["<|im_end|>"],
+    pad_token_id=ids["<|endoftext|>"],
+  )
+  # transformers 5 keeps mrope_section inside text_config.rope_parameters; if it
+  # were dropped the model would silently fall back to [16, 24, 24].
+  want_rope = text_kw.get("rope_parameters")
+  if want_rope is not None and "mrope_section" in want_rope:
+    got = config.text_config.rope_parameters.get("mrope_section")
+    if list(got or []) != list(want_rope["mrope_section"]):
+      raise AssertionError(f"mrope_section not applied: {got} != {want_rope['mrope_section']}")
+  head_dim = config.text_config.hidden_size // config.text_config.num_attention_heads
+  section = config.text_config.rope_parameters.get("mrope_section")
+  if section is None or sum(section) != head_dim // 2:
+    raise ValueError(f"mrope_section {section} must sum to head_dim/2 = {head_dim // 2}")
 
-    # --- model -----------------------------------------------------------------
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
-    generator = torch.Generator().manual_seed(seed + 0x5EED)
-    _perturb_(model, generator)
-    model.eval()
+  # --- model -----------------------------------------------------------------
+  torch.manual_seed(seed)
+  model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+  generator = torch.Generator().manual_seed(seed + 0x5EED)
+  _perturb_(model, generator)
+  model.eval()
 
-    # transformers 5 always writes safetensors, and (save_original_format=True, the
-    # default) under the hub key names of the real checkpoints: "model.layers.*",
-    # "model.embed_tokens.weight", "visual.*", "lm_head.weight" (absent when tied).
-    save_kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
-    model.save_pretrained(out, **save_kw)
-    processor.save_pretrained(out)
-    return out
+  # transformers 5 always writes safetensors, and (save_original_format=True, the
+  # default) under the hub key names of the real checkpoints: "model.layers.*",
+  # "model.embed_tokens.weight", "visual.*", "lm_head.weight" (absent when tied).
+  save_kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+  model.save_pretrained(out, **save_kw)
+  processor.save_pretrained(out)
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -408,9 +408,9 @@ def build_tiny_checkpoint(
 
 
 def random_image(rng: np.random.Generator, width: int, height: int, mode: str = "RGB"):
-    """A ``PIL.Image`` of uniform random pixels of the given size and mode."""
-    from PIL import Image
+  """A ``PIL.Image`` of uniform random pixels of the given size and mode."""
+  from PIL import Image
 
-    rgb = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    img = Image.fromarray(rgb, mode="RGB")
-    return img if mode == "RGB" else img.convert(mode)
+  rgb = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+  img = Image.fromarray(rgb, mode="RGB")
+  return img if mode == "RGB" else img.convert(mode)

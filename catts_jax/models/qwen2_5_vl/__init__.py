@@ -6,14 +6,14 @@ from catts_jax.models.qwen2_5_vl.params import CheckpointError, load_hf, save_hf
 from catts_jax.models.qwen2_5_vl.text import init_cache
 
 __all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "ModelConfig",
-    "Qwen2_5_VL",
-    "TextConfig",
-    "VisionConfig",
-    "get_rope_index",
-    "init_cache",
-    "load_hf",
-    "save_hf",
+  "CheckpointError",
+  "ConfigError",
+  "ModelConfig",
+  "Qwen2_5_VL",
+  "TextConfig",
+  "VisionConfig",
+  "get_rope_index",
+  "init_cache",
+  "load_hf",
+  "save_hf",
 ]

@@ -101,7 +101,7 @@ class ModelConfig:
     model_type = d.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
       raise ConfigError(
-          f"{source}: unsupported model_type {model_type!r}; expected one of {SUPPORTED_MODEL_TYPES}"
+        f"{source}: unsupported model_type {model_type!r}; expected one of {SUPPORTED_MODEL_TYPES}"
       )
     # Old hub files keep text fields at the top level; transformers 5 nests them in text_config.
     text = {**d, **(d.get("text_config") or {})}
@@ -114,24 +114,22 @@ class ModelConfig:
     t_default = TextConfig()
     num_heads = text.get("num_attention_heads", t_default.num_heads)
     text_cfg = TextConfig(
-        vocab_size=text.get("vocab_size", t_default.vocab_size),
-        hidden_size=text.get("hidden_size", t_default.hidden_size),
-        intermediate_size=text.get("intermediate_size", t_default.intermediate_size),
-        num_layers=text.get("num_hidden_layers", t_default.num_layers),
-        num_heads=num_heads,
-        num_kv_heads=text.get("num_key_value_heads") or num_heads,
-        rms_norm_eps=text.get("rms_norm_eps", t_default.rms_norm_eps),
-        rope_theta=float(rope.get("rope_theta", text.get("rope_theta", t_default.rope_theta))),
-        mrope_section=tuple(rope.get("mrope_section", t_default.mrope_section)),
-        max_position_embeddings=text.get(
-            "max_position_embeddings", t_default.max_position_embeddings
-        ),
-        hidden_act=text.get("hidden_act", t_default.hidden_act),
+      vocab_size=text.get("vocab_size", t_default.vocab_size),
+      hidden_size=text.get("hidden_size", t_default.hidden_size),
+      intermediate_size=text.get("intermediate_size", t_default.intermediate_size),
+      num_layers=text.get("num_hidden_layers", t_default.num_layers),
+      num_heads=num_heads,
+      num_kv_heads=text.get("num_key_value_heads") or num_heads,
+      rms_norm_eps=text.get("rms_norm_eps", t_default.rms_norm_eps),
+      rope_theta=float(rope.get("rope_theta", text.get("rope_theta", t_default.rope_theta))),
+      mrope_section=tuple(rope.get("mrope_section", t_default.mrope_section)),
+      max_position_embeddings=text.get("max_position_embeddings", t_default.max_position_embeddings),
+      hidden_act=text.get("hidden_act", t_default.hidden_act),
     )
     if sum(text_cfg.mrope_section) * 2 != text_cfg.head_dim:
       raise ConfigError(
-          f"{source}: mrope_section {list(text_cfg.mrope_section)} must sum to head_dim/2 = "
-          f"{text_cfg.head_dim // 2}"
+        f"{source}: mrope_section {list(text_cfg.mrope_section)} must sum to head_dim/2 = "
+        f"{text_cfg.head_dim // 2}"
       )
 
     v = dict(d.get("vision_config") or {})
@@ -149,23 +147,23 @@ class ModelConfig:
     vision_cfg = VisionConfig(**vision_kwargs)
     if vision_cfg.out_hidden_size != text_cfg.hidden_size:
       raise ConfigError(
-          f"{source}: vision_config.out_hidden_size {vision_cfg.out_hidden_size} != text "
-          f"hidden_size {text_cfg.hidden_size}"
+        f"{source}: vision_config.out_hidden_size {vision_cfg.out_hidden_size} != text "
+        f"hidden_size {text_cfg.hidden_size}"
       )
 
     tie = bool(d.get("tie_word_embeddings") or text.get("tie_word_embeddings", False))
     m_default = cls()
     return cls(
-        text=text_cfg,
-        vision=vision_cfg,
-        tie_word_embeddings=tie,
-        image_token_id=d.get("image_token_id", m_default.image_token_id),
-        video_token_id=d.get("video_token_id", m_default.video_token_id),
-        vision_start_token_id=d.get("vision_start_token_id", m_default.vision_start_token_id),
-        vision_end_token_id=d.get("vision_end_token_id", m_default.vision_end_token_id),
-        bos_token_id=text.get("bos_token_id", m_default.bos_token_id),
-        eos_token_id=text.get("eos_token_id", m_default.eos_token_id),
-        pad_token_id=text.get("pad_token_id", m_default.pad_token_id),
+      text=text_cfg,
+      vision=vision_cfg,
+      tie_word_embeddings=tie,
+      image_token_id=d.get("image_token_id", m_default.image_token_id),
+      video_token_id=d.get("video_token_id", m_default.video_token_id),
+      vision_start_token_id=d.get("vision_start_token_id", m_default.vision_start_token_id),
+      vision_end_token_id=d.get("vision_end_token_id", m_default.vision_end_token_id),
+      bos_token_id=text.get("bos_token_id", m_default.bos_token_id),
+      eos_token_id=text.get("eos_token_id", m_default.eos_token_id),
+      pad_token_id=text.get("pad_token_id", m_default.pad_token_id),
     )
 
   @classmethod
@@ -184,43 +182,43 @@ class ModelConfig:
     """The hub's config.json layout (text fields at top level), which transformers reads."""
     t, v = self.text, self.vision
     return {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+      "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+      "model_type": "qwen2_5_vl",
+      "vocab_size": t.vocab_size,
+      "hidden_size": t.hidden_size,
+      "intermediate_size": t.intermediate_size,
+      "num_hidden_layers": t.num_layers,
+      "num_attention_heads": t.num_heads,
+      "num_key_value_heads": t.num_kv_heads,
+      "hidden_act": t.hidden_act,
+      "rms_norm_eps": t.rms_norm_eps,
+      "rope_theta": t.rope_theta,
+      "rope_scaling": {"type": "mrope", "mrope_section": list(t.mrope_section)},
+      "max_position_embeddings": t.max_position_embeddings,
+      "use_sliding_window": False,
+      "tie_word_embeddings": self.tie_word_embeddings,
+      "image_token_id": self.image_token_id,
+      "video_token_id": self.video_token_id,
+      "vision_start_token_id": self.vision_start_token_id,
+      "vision_end_token_id": self.vision_end_token_id,
+      "bos_token_id": self.bos_token_id,
+      "eos_token_id": self.eos_token_id,
+      "pad_token_id": self.pad_token_id,
+      "torch_dtype": self.param_dtype,
+      "vision_config": {
         "model_type": "qwen2_5_vl",
-        "vocab_size": t.vocab_size,
-        "hidden_size": t.hidden_size,
-        "intermediate_size": t.intermediate_size,
-        "num_hidden_layers": t.num_layers,
-        "num_attention_heads": t.num_heads,
-        "num_key_value_heads": t.num_kv_heads,
-        "hidden_act": t.hidden_act,
-        "rms_norm_eps": t.rms_norm_eps,
-        "rope_theta": t.rope_theta,
-        "rope_scaling": {"type": "mrope", "mrope_section": list(t.mrope_section)},
-        "max_position_embeddings": t.max_position_embeddings,
-        "use_sliding_window": False,
-        "tie_word_embeddings": self.tie_word_embeddings,
-        "image_token_id": self.image_token_id,
-        "video_token_id": self.video_token_id,
-        "vision_start_token_id": self.vision_start_token_id,
-        "vision_end_token_id": self.vision_end_token_id,
-        "bos_token_id": self.bos_token_id,
-        "eos_token_id": self.eos_token_id,
-        "pad_token_id": self.pad_token_id,
-        "torch_dtype": self.param_dtype,
-        "vision_config": {
-            "model_type": "qwen2_5_vl",
-            "depth": v.depth,
-            "hidden_size": v.hidden_size,
-            "intermediate_size": v.intermediate_size,
-            "num_heads": v.num_heads,
-            "in_chans": v.in_channels,
-            "patch_size": v.patch_size,
-            "temporal_patch_size": v.temporal_patch_size,
-            "spatial_merge_size": v.spatial_merge_size,
-            "window_size": v.window_size,
-            "out_hidden_size": v.out_hidden_size,
-            "fullatt_block_indexes": list(v.fullatt_block_indexes),
-            "tokens_per_second": v.tokens_per_second,
-            "hidden_act": v.hidden_act,
-        },
+        "depth": v.depth,
+        "hidden_size": v.hidden_size,
+        "intermediate_size": v.intermediate_size,
+        "num_heads": v.num_heads,
+        "in_chans": v.in_channels,
+        "patch_size": v.patch_size,
+        "temporal_patch_size": v.temporal_patch_size,
+        "spatial_merge_size": v.spatial_merge_size,
+        "window_size": v.window_size,
+        "out_hidden_size": v.out_hidden_size,
+        "fullatt_block_indexes": list(v.fullatt_block_indexes),
+        "tokens_per_second": v.tokens_per_second,
+        "hidden_act": v.hidden_act,
+      },
     }

@@ -31,23 +31,21 @@ class Dense(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_shape: Sequence[int],
-      out_shape: Sequence[int],
-      axes: Axes,
-      *,
-      use_bias: bool,
-      dtype,
-      param_dtype,
-      rngs: nnx.Rngs,
+    self,
+    in_shape: Sequence[int],
+    out_shape: Sequence[int],
+    axes: Axes,
+    *,
+    use_bias: bool,
+    dtype,
+    param_dtype,
+    rngs: nnx.Rngs,
   ):
     self.in_ndim = len(in_shape)
     self.dtype = dtype
     self.kernel = param(rngs, default_init, (*in_shape, *out_shape), axes, param_dtype)
     self.bias = (
-        param(rngs, nnx.initializers.zeros, out_shape, axes[self.in_ndim :], param_dtype)
-        if use_bias
-        else None
+      param(rngs, nnx.initializers.zeros, out_shape, axes[self.in_ndim :], param_dtype) if use_bias else None
     )
 
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -23,11 +23,11 @@ class Qwen2_5_VL(nnx.Module):
     self.language_model = TextModel(cfg, rngs=rngs)
     if not cfg.tie_word_embeddings:
       self.lm_head = param(
-          rngs,
-          default_init,
-          (cfg.text.hidden_size, cfg.text.vocab_size),
-          ("embed", "vocab"),
-          jnp.dtype(cfg.param_dtype),
+        rngs,
+        default_init,
+        (cfg.text.hidden_size, cfg.text.vocab_size),
+        ("embed", "vocab"),
+        jnp.dtype(cfg.param_dtype),
       )
 
   def embed(self, input_ids, pixel_values=None, patch_pos=None, patch_image=None) -> jax.Array:
@@ -55,14 +55,14 @@ class Qwen2_5_VL(nnx.Module):
     return jnp.dot(hidden.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
 
   def __call__(
-      self,
-      input_ids: jax.Array,
-      positions: jax.Array,
-      attention_mask: jax.Array,
-      pixel_values: jax.Array | None = None,
-      patch_pos: jax.Array | None = None,
-      patch_image: jax.Array | None = None,
-      cache: Cache | None = None,
+    self,
+    input_ids: jax.Array,
+    positions: jax.Array,
+    attention_mask: jax.Array,
+    pixel_values: jax.Array | None = None,
+    patch_pos: jax.Array | None = None,
+    patch_image: jax.Array | None = None,
+    cache: Cache | None = None,
   ) -> tuple[jax.Array, Cache | None]:
     """input_ids [B, T], positions [3, B, T], attention_mask [B, T] -> logits [B, T, V], cache.
 
@@ -75,12 +75,12 @@ class Qwen2_5_VL(nnx.Module):
 
 
 def get_rope_index(
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    image_grid_thw: np.ndarray | None,
-    *,
-    image_token_id: int,
-    spatial_merge_size: int,
+  input_ids: np.ndarray,
+  attention_mask: np.ndarray,
+  image_grid_thw: np.ndarray | None,
+  *,
+  image_token_id: int,
+  spatial_merge_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
   """3-D rotary positions [3, B, T] and rope deltas [B] (int32), as transformers computes them.
 
@@ -108,16 +108,16 @@ def get_rope_index(
         continue
       if next_image >= len(grids):
         raise ValueError(
-            f"row {b}: more image tokens than images (token {i} of the row starts image "
-            f"#{next_image}, but only {len(grids)} image grid(s) were given)"
+          f"row {b}: more image tokens than images (token {i} of the row starts image "
+          f"#{next_image}, but only {len(grids)} image grid(s) were given)"
         )
       t, h, w = grids[next_image]
       h, w = h // spatial_merge_size, w // spatial_merge_size
       n = t * h * w
       if i + n > len(ids) or not is_image[i : i + n].all():
         raise ValueError(
-            f"row {b}: image #{next_image} (grid {grids[next_image]}) needs {n} consecutive "
-            f"image tokens at token {i}, found {int(is_image[i:i + n].sum())}"
+          f"row {b}: image #{next_image} (grid {grids[next_image]}) needs {n} consecutive "
+          f"image tokens at token {i}, found {int(is_image[i : i + n].sum())}"
         )
       tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
       row[:, i : i + n] = np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + pos

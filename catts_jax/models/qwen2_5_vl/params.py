@@ -40,10 +40,10 @@ class CheckpointError(ValueError):
 # Old hub checkpoints (e.g. Qwen/Qwen2.5-VL-7B-Instruct) use these prefixes; transformers 5
 # writes the right-hand ones. We read both and write the hub's, which every version loads.
 _HUB_TO_NEW = (
-    ("visual.", "model.visual."),
-    ("model.layers.", "model.language_model.layers."),
-    ("model.embed_tokens.", "model.language_model.embed_tokens."),
-    ("model.norm.", "model.language_model.norm."),
+  ("visual.", "model.visual."),
+  ("model.layers.", "model.language_model.layers."),
+  ("model.embed_tokens.", "model.language_model.embed_tokens."),
+  ("model.norm.", "model.language_model.norm."),
 )
 
 
@@ -164,8 +164,7 @@ class _CheckpointReader:
   def get(self, name: str) -> tuple[np.ndarray, str]:
     if name not in self.location:
       raise CheckpointError(
-          f"{name}: missing weight (looked in {', '.join(self.files)}; "
-          f"hub spelling {_to_hub_name(name)!r} too)"
+        f"{name}: missing weight (looked in {', '.join(self.files)}; hub spelling {_to_hub_name(name)!r} too)"
       )
     file_name, key = self.location[name]
     return self.files[file_name].get(key), file_name
@@ -177,11 +176,11 @@ def abstract_model(cfg: ModelConfig) -> nnx.Module:
 
 
 def load_hf(
-    path: str | pathlib.Path,
-    cfg: ModelConfig | None = None,
-    *,
-    mesh: Mesh | None = None,
-    rules: Mapping | None = None,
+  path: str | pathlib.Path,
+  cfg: ModelConfig | None = None,
+  *,
+  mesh: Mesh | None = None,
+  rules: Mapping | None = None,
 ) -> Qwen2_5_VL:
   """Build the NNX model from an HF checkpoint directory, sharded over `mesh` if given.
 
@@ -207,12 +206,12 @@ def load_hf(
     expected = _hf_shape(kind, n_in, shape, cfg)
     if tuple(raw.shape) != expected:
       raise CheckpointError(
-          f"{hf_name} in {path / file_name}: shape {tuple(raw.shape)}, but config.json implies {expected}"
+        f"{hf_name} in {path / file_name}: shape {tuple(raw.shape)}, but config.json implies {expected}"
       )
     host = hf_to_nnx(raw, kind, n_in, shape)
     if nnx_path in flat_shardings:
-      target = flat_shardings[nnx_path].get_value()
-      value = jax.make_array_from_callback(shape, target, lambda idx, h=host: np.asarray(h[idx], dtype))
+      target = flat_shardings[nnx_path]
+      value = jax.make_array_from_callback(shape, target, lambda idx, h=host, dt=dtype: np.asarray(h[idx], dt))
     else:
       value = jnp.asarray(np.asarray(host, dtype))
     variable.set_value(value)
@@ -239,11 +238,11 @@ def _parse_size(size: str | int) -> int:
 
 
 def save_hf(
-    model: Qwen2_5_VL,
-    out_dir: str | pathlib.Path,
-    *,
-    processor_dir: str | pathlib.Path | None = None,
-    max_shard_size: str | int = "5GB",
+  model: Qwen2_5_VL,
+  out_dir: str | pathlib.Path,
+  *,
+  processor_dir: str | pathlib.Path | None = None,
+  max_shard_size: str | int = "5GB",
 ) -> pathlib.Path:
   """Write model weights, config.json and (copied from `processor_dir`) tokenizer/processor files.
 
@@ -282,16 +281,16 @@ def save_hf(
   for stale in list(out.glob("*.safetensors")) + [out / INDEX_FILE]:
     stale.unlink(missing_ok=True)
   names = (
-      [SINGLE_FILE]
-      if len(shards) == 1
-      else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    [SINGLE_FILE]
+    if len(shards) == 1
+    else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   )
   for file_name, shard in zip(names, shards):
     safetensors_io.write(out / file_name, [(e[0], e[1], dtype) for e in shard], produce)
   if len(shards) > 1:
     index = {
-        "metadata": {"total_size": sum(math.prod(e[1]) * dtype.itemsize for e in entries)},
-        "weight_map": {e[0]: f for f, shard in zip(names, shards) for e in shard},
+      "metadata": {"total_size": sum(math.prod(e[1]) * dtype.itemsize for e in entries)},
+      "weight_map": {e[0]: f for f, shard in zip(names, shards) for e in shard},
     }
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
 

@@ -8,14 +8,14 @@ from flax import nnx
 
 from catts_jax.models.qwen2_5_vl.config import ModelConfig, TextConfig
 from catts_jax.models.qwen2_5_vl.layers import (
-    Dense,
-    GatedMLP,
-    RMSNorm,
-    apply_rope,
-    attention,
-    default_init,
-    inverse_frequencies,
-    param,
+  Dense,
+  GatedMLP,
+  RMSNorm,
+  apply_rope,
+  attention,
+  default_init,
+  inverse_frequencies,
+  param,
 )
 
 # A KV cache is a plain pytree, so it can be donated to jit:
@@ -27,12 +27,9 @@ Cache = dict
 def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> Cache:
   shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
   return {
-      "layers": [
-          {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-          for _ in range(cfg.num_layers)
-      ],
-      "valid": jnp.zeros((batch, max_len), bool),
-      "end_index": jnp.zeros((), jnp.int32),
+    "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
+    "valid": jnp.zeros((batch, max_len), bool),
+    "end_index": jnp.zeros((), jnp.int32),
   }
 
 
@@ -107,10 +104,10 @@ class TextModel(nnx.Module):
     self.cfg = t
     self.dtype = dtype
     self.embed_tokens = param(
-        rngs, default_init, (t.vocab_size, t.hidden_size), ("vocab", "embed"), param_dtype
+      rngs, default_init, (t.vocab_size, t.hidden_size), ("vocab", "embed"), param_dtype
     )
     self.layers = nnx.List(
-        [DecoderLayer(t, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(t.num_layers)]
+      [DecoderLayer(t, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(t.num_layers)]
     )
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 

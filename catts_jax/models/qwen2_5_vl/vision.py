@@ -15,12 +15,12 @@ from flax import nnx
 
 from catts_jax.models.qwen2_5_vl.config import ModelConfig, VisionConfig
 from catts_jax.models.qwen2_5_vl.layers import (
-    Dense,
-    GatedMLP,
-    RMSNorm,
-    apply_rope,
-    attention,
-    inverse_frequencies,
+  Dense,
+  GatedMLP,
+  RMSNorm,
+  apply_rope,
+  attention,
+  inverse_frequencies,
 )
 
 

@@ -1,0 +1,71 @@
+"""Prompts + images -> bucketed numpy batches."""
+
+import numpy as np
+import pytest
+import torch
+from tiny_hf import random_image
+from transformers.vision_utils import get_vision_position_ids
+
+from catts_jax.processing import Processor, bucket, patch_metadata, power_of_two_buckets
+
+
+def test_buckets_bound_shapes(tiny_ckpt):
+  """Different prompt lengths and image sizes fall into a few fixed shapes."""
+  processor = Processor(tiny_ckpt)
+  rng = np.random.default_rng(0)
+  shapes = set()
+  for words, (w, h) in zip(range(1, 9), [(56, 56), (90, 70), (112, 84), (60, 100)] * 2):
+    batch = processor([processor.chat_prompt("count " * words, 1)], [[random_image(rng, w, h)]])
+    shapes.add((batch.input_ids.shape, batch.pixel_values.shape))
+    assert batch.input_ids.shape[1] in processor.seq_buckets
+    assert batch.pixel_values.shape[0] in processor.patch_buckets
+    # Padding is on the left and padded patches belong to no image.
+    assert batch.attention_mask[0, -1] == 1
+    n_real = int(batch.image_grid_thw.prod(-1).sum())
+    assert (batch.patch_image[n_real:] == -1).all() and (batch.patch_image[:n_real] == 0).all()
+  assert len(shapes) <= 2, shapes
+
+
+def test_bucket_helpers():
+  assert power_of_two_buckets(32, 100) == (32, 64, 100)
+  assert bucket(33, (32, 64), "x") == 64
+  with pytest.raises(ValueError, match="prompt 0 length in tokens: 65 exceeds the largest bucket 64"):
+    bucket(65, (32, 64), "prompt 0 length in tokens")
+
+
+def test_over_long_prompt_names_it(tiny_ckpt):
+  processor = Processor(tiny_ckpt, seq_buckets=(32, 64))
+  with pytest.raises(ValueError, match=r"prompt 1 length in tokens: \d+ exceeds the largest bucket 64"):
+    processor([processor.chat_prompt("hi"), processor.chat_prompt("the answer is 42 " * 30)])
+
+
+def test_patch_metadata_matches_transformers():
+  grid = np.array([[1, 4, 6], [1, 8, 2], [1, 2, 2]])
+  pos, image = patch_metadata(grid, 2)
+  ref = get_vision_position_ids(torch.from_numpy(grid), 2).numpy()
+  np.testing.assert_array_equal(pos, ref)
+  np.testing.assert_array_equal(image, np.repeat([0, 1, 2], [24, 16, 4]))
+
+
+def test_bad_inputs_name_the_item(tiny_ckpt, tmp_path):
+  processor = Processor(tiny_ckpt)
+  with pytest.raises(ValueError, match="prompt 1: 1 image placeholders but 0 images"):
+    processor([processor.chat_prompt("a"), processor.chat_prompt("b", 1)], [[], []])
+  broken = tmp_path / "broken.png"
+  broken.write_bytes(b"not a png")
+  with pytest.raises(ValueError, match=r"broken\.png: cannot read image"):
+    processor([processor.chat_prompt("b", 1)], [[broken]])
+
+
+def test_image_paths_and_modes(tiny_ckpt, tmp_path):
+  """Paths and non-RGB images (grayscale, RGBA) are converted explicitly to RGB."""
+  processor = Processor(tiny_ckpt)
+  rng = np.random.default_rng(1)
+  rgb = random_image(rng, 90, 70)
+  rgb.save(tmp_path / "x.png")
+  prompt = processor.chat_prompt("b", 1)
+  a = processor([prompt], [[tmp_path / "x.png"]])
+  b = processor([prompt], [[rgb.convert("RGBA")]])
+  np.testing.assert_allclose(a.pixel_values, b.pixel_values)
+  c = processor([prompt], [[rgb.convert("L")]])
+  assert c.pixel_values.shape == a.pixel_values.shape
