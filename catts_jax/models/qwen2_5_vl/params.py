@@ -211,7 +211,9 @@ def load_hf(
     host = hf_to_nnx(raw, kind, n_in, shape)
     if nnx_path in flat_shardings:
       target = flat_shardings[nnx_path]
-      value = jax.make_array_from_callback(shape, target, lambda idx, h=host, dt=dtype: np.asarray(h[idx], dt))
+      value = jax.make_array_from_callback(
+        shape, target, lambda idx, h=host, dt=dtype: np.asarray(h[idx], dt)
+      )
     else:
       value = jnp.asarray(np.asarray(host, dtype))
     variable.set_value(value)
