@@ -21,6 +21,7 @@ lint: install
 
 # Compare the Flax port with transformers on a downloaded checkpoint: make verify HF=/path/to/Qwen2.5-VL-7B-Instruct
 verify: install
+	@test -n "$(HF)" || { echo "usage: make verify HF=/path/to/hf/checkpoint"; exit 2; }
 	$(PY) -m catts_jax.verify --hf $(HF)
 
 clean:

@@ -121,6 +121,19 @@ def port_greedy(model, batch, new_tokens: int) -> np.ndarray:
   return np.stack(tokens, 1)
 
 
+def versions() -> dict[str, str]:
+  import flax
+  import torch
+  import transformers
+
+  return {
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+    "transformers": transformers.__version__,
+    "torch": torch.__version__,
+  }
+
+
 def verify(
   path, *, tolerance: float = 1e-4, dtype: str = "float32", new_tokens: int = 8, seed: int = 0
 ) -> dict:
@@ -129,7 +142,14 @@ def verify(
   model = load_hf(path, cfg)
   processor = Processor(path, cfg)
   reference = Reference(path)
-  report = {"checkpoint": str(path), "dtype": dtype, "tolerance": tolerance, "cases": {}}
+  report = {
+    "checkpoint": str(path),
+    "dtype": dtype,
+    "tolerance": tolerance,
+    "device": jax.devices()[0].device_kind,
+    "versions": versions(),
+    "cases": {},
+  }
   ok = True
   cases = make_cases(processor, seed)
   for name, (prompts, images) in cases.items():
