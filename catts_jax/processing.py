@@ -101,6 +101,7 @@ class Processor:
     self.cfg = cfg or ModelConfig.from_pretrained(self.path)
     self.hf = AutoProcessor.from_pretrained(self.path)
     self.tokenizer = self.hf.tokenizer
+    self.tokenizer.padding_side = "left"  # generation appends on the right
     self.seq_buckets = tuple(seq_buckets or power_of_two_buckets(32, self.cfg.text.max_position_embeddings))
     self.patch_buckets = tuple(patch_buckets or power_of_two_buckets(64, 1 << 20))
     self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -129,7 +130,6 @@ class Processor:
     kwargs = dict(text=list(prompts), return_tensors="np", padding=True)
     if flat_images:
       kwargs["images"] = flat_images
-    self.tokenizer.padding_side = "left"
     enc = self.hf(**kwargs)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     lengths = mask.sum(1)

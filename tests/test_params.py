@@ -14,19 +14,12 @@ from tiny_hf import TINY, build_tiny_checkpoint
 from catts_jax import safetensors_io
 from catts_jax.models.qwen2_5_vl import CheckpointError, ConfigError, load_hf, save_hf
 from catts_jax.processing import Processor
-from catts_jax.verify import make_cases
+from catts_jax.verify import Reference, make_cases
 
 
 def hf_logits(path, processor, prompts, images):
-  model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
-  out = []
-  for prompt, imgs in zip(prompts, images):
-    kwargs = dict(text=[prompt], return_tensors="pt")
-    if imgs:
-      kwargs["images"] = imgs
-    with torch.no_grad():
-      out.append(model(**processor.hf(**kwargs)).logits[0].numpy())
-  return out
+  reference = Reference(path)
+  return [reference.logits(processor, p, imgs) for p, imgs in zip(prompts, images)]
 
 
 def test_round_trip_hf_flax_hf(tiny_ckpt, tmp_path):
