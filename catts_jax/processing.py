@@ -59,12 +59,33 @@ class Batch:
   patch_pos: np.ndarray | None  # [P, 2] int32 (row, col) within its image
   patch_image: np.ndarray | None  # [P] int32 image index, -1 for padding
   image_grid_thw: np.ndarray | None  # [num_images, 3]
+  num_rows: int  # real rows; rows past it pad the batch to a bucket (mask all 0)
 
   def model_inputs(self) -> dict[str, np.ndarray]:
     out = dict(input_ids=self.input_ids, positions=self.positions, attention_mask=self.attention_mask)
     if self.pixel_values is not None:
       out.update(pixel_values=self.pixel_values, patch_pos=self.patch_pos, patch_image=self.patch_image)
     return out
+
+
+@dataclasses.dataclass
+class ScoringBatch:
+  """Prompt + response sequences. Each response fills the end of its row (sequences are
+  left-padded), so the positions predicting responses are one static slice of the last
+  `response_len` + 1 positions; `response_mask` [B, response_len] marks real tokens."""
+
+  batch: Batch
+  response_mask: np.ndarray
+  response_len: int
+
+
+@dataclasses.dataclass
+class Encoded:
+  """Tokenised prompts (unpadded, one array per row) and the batch's processed images."""
+
+  ids: list[np.ndarray]
+  pixel_values: np.ndarray | None
+  image_grid_thw: np.ndarray | None
 
 
 def patch_metadata(grid_thw: np.ndarray, merge: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +115,8 @@ class Processor:
     *,
     seq_buckets: Sequence[int] | None = None,
     patch_buckets: Sequence[int] | None = None,
+    batch_buckets: Sequence[int] | None = None,
+    response_buckets: Sequence[int] | None = None,
   ):
     from transformers import AutoProcessor  # heavy import, only when a processor is built
 
@@ -104,6 +127,8 @@ class Processor:
     self.tokenizer.padding_side = "left"  # generation appends on the right
     self.seq_buckets = tuple(seq_buckets or power_of_two_buckets(32, self.cfg.text.max_position_embeddings))
     self.patch_buckets = tuple(patch_buckets or power_of_two_buckets(64, 1 << 20))
+    self.batch_buckets = tuple(batch_buckets or power_of_two_buckets(1, 1 << 16))
+    self.response_buckets = tuple(response_buckets or power_of_two_buckets(16, self.seq_buckets[-1] // 2))
     self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
   def chat_prompt(self, question: str, num_images: int = 0, system: str | None = None) -> str:
@@ -114,7 +139,7 @@ class Processor:
       messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
     return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-  def __call__(self, prompts: Sequence[str], images: Sequence[Sequence] | None = None) -> Batch:
+  def encode(self, prompts: Sequence[str], images: Sequence[Sequence] | None = None) -> Encoded:
     """prompts: rendered text, each holding one IMAGE_PLACEHOLDER per image of that prompt.
     images: per prompt, a list of PIL images or paths."""
     images = images or [[] for _ in prompts]
@@ -126,21 +151,32 @@ class Processor:
       if n != len(imgs):
         raise ValueError(f"prompt {i}: {n} image placeholders but {len(imgs)} images")
       flat_images += [load_image(im) for im in imgs]
-
     kwargs = dict(text=list(prompts), return_tensors="np", padding=True)
     if flat_images:
       kwargs["images"] = flat_images
     enc = self.hf(**kwargs)
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    lengths = mask.sum(1)
-    for i, n in enumerate(lengths):
-      bucket(int(n), self.seq_buckets, f"prompt {i} length in tokens")
-    length = bucket(ids.shape[1], self.seq_buckets, "batch length in tokens")
-    pad = length - ids.shape[1]
-    ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self.pad_id).astype(np.int32)
-    mask = np.pad(mask, ((0, 0), (pad, 0))).astype(np.int32)
+    ids = [
+      row[mask.astype(bool)].astype(np.int32) for row, mask in zip(enc["input_ids"], enc["attention_mask"])
+    ]
+    if not flat_images:
+      return Encoded(ids, None, None)
+    return Encoded(
+      ids, np.asarray(enc["pixel_values"], np.float32), np.asarray(enc["image_grid_thw"], np.int32)
+    )
 
-    grid = enc.get("image_grid_thw") if flat_images else None
+  def assemble(self, rows: Sequence[np.ndarray], encoded: Encoded, min_length: int = 0) -> Batch:
+    """Left-pad token rows to a length bucket and the batch to a row bucket, pad patches to a
+    patch bucket, and compute positions."""
+    for i, row in enumerate(rows):
+      bucket(len(row), self.seq_buckets, f"prompt {i} length in tokens")
+    length = bucket(max(max(len(r) for r in rows), min_length), self.seq_buckets, "batch length in tokens")
+    num_rows = bucket(len(rows), self.batch_buckets, "batch rows")
+    ids = np.full((num_rows, length), self.pad_id, np.int32)
+    mask = np.zeros((num_rows, length), np.int32)
+    for i, row in enumerate(rows):
+      ids[i, length - len(row) :] = row
+      mask[i, length - len(row) :] = 1
+    grid = encoded.image_grid_thw
     positions, deltas = get_rope_index(
       ids,
       mask,
@@ -150,12 +186,40 @@ class Processor:
     )
     pixels = patch_pos = patch_image = None
     if grid is not None:
-      pixels = np.asarray(enc["pixel_values"], np.float32)
+      pixels = encoded.pixel_values
       patch_pos, patch_image = patch_metadata(grid, self.cfg.vision.spatial_merge_size)
-      size = bucket(len(pixels), self.patch_buckets, "image patches in batch")
-      extra = size - len(pixels)
+      extra = bucket(len(pixels), self.patch_buckets, "image patches in batch") - len(pixels)
       pixels = np.pad(pixels, ((0, extra), (0, 0)))
       patch_pos = np.pad(patch_pos, ((0, extra), (0, 0)))
       patch_image = np.pad(patch_image, (0, extra), constant_values=-1)
-      grid = np.asarray(grid, np.int32)
-    return Batch(ids, mask, positions, deltas, pixels, patch_pos, patch_image, grid)
+    return Batch(ids, mask, positions, deltas, pixels, patch_pos, patch_image, grid, len(rows))
+
+  def __call__(self, prompts: Sequence[str], images: Sequence[Sequence] | None = None) -> Batch:
+    encoded = self.encode(prompts, images)
+    return self.assemble(encoded.ids, encoded)
+
+  def tokenize(self, text: str) -> list[int]:
+    """Plain text -> token ids, no special tokens (a response as the model would emit it)."""
+    return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+  def scoring_batch(
+    self,
+    prompts: Sequence[str],
+    responses: Sequence[Sequence[int] | str],
+    images: Sequence[Sequence] | None = None,
+  ) -> ScoringBatch:
+    """Prompt + response rows for teacher-forced scoring; responses as token ids or text."""
+    if len(responses) != len(prompts):
+      raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    responses = [self.tokenize(r) if isinstance(r, str) else list(r) for r in responses]
+    for i, r in enumerate(responses):
+      if not r:
+        raise ValueError(f"response {i} is empty: nothing to score")
+    encoded = self.encode(prompts, images)
+    response_len = bucket(max(len(r) for r in responses), self.response_buckets, "response length in tokens")
+    rows = [np.concatenate([p, np.asarray(r, np.int32)]) for p, r in zip(encoded.ids, responses)]
+    batch = self.assemble(rows, encoded, min_length=response_len + 1)
+    response_mask = np.zeros((batch.input_ids.shape[0], response_len), np.int32)
+    for i, r in enumerate(responses):
+      response_mask[i, response_len - len(r) :] = 1
+    return ScoringBatch(batch, response_mask, response_len)

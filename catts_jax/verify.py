@@ -21,8 +21,10 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from catts_jax.models.qwen2_5_vl import ModelConfig, init_cache, load_hf
+from catts_jax.models.qwen2_5_vl import ModelConfig, load_hf
 from catts_jax.processing import Processor
+from catts_jax.sampling import Sampler, SamplingConfig
+from catts_jax.scoring import Scorer
 
 QUESTIONS = (
   "What is shown in the picture? Count the red shapes and add 12.",
@@ -78,8 +80,8 @@ class Reference:
     with self.torch.no_grad():
       return self.model(**self.inputs(processor, prompt, images)).logits[0].numpy()
 
-  def greedy(self, processor, prompt, images, new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, top-1 minus top-2 logit margin at each step)."""
+  def greedy(self, processor, prompt, images, new_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, their log-probs, top-1 minus top-2 logit margin at each step)."""
     enc = self.inputs(processor, prompt, images)
     with self.torch.no_grad():
       out = self.model.generate(
@@ -91,34 +93,16 @@ class Reference:
         return_dict_in_generate=True,
       )
     tokens = out.sequences[0, enc["input_ids"].shape[1] :].numpy()
-    top2 = np.stack([np.sort(step[0].numpy())[-2:] for step in out.logits])
-    return tokens, top2[:, 1] - top2[:, 0]
+    logits = np.stack([step[0].numpy() for step in out.logits])
+    logprobs = np.take_along_axis(log_softmax(logits), tokens[:, None], -1)[:, 0]
+    top2 = np.sort(logits, -1)[:, -2:]
+    return tokens, logprobs, top2[:, 1] - top2[:, 0]
 
 
 def port_logits(model, batch) -> np.ndarray:
   inputs = {k: jnp.asarray(v) for k, v in batch.model_inputs().items()}
   logits, _ = nnx.jit(lambda m, x: m(**x))(model, inputs)
   return np.asarray(logits)
-
-
-def port_greedy(model, batch, new_tokens: int) -> np.ndarray:
-  """Greedy decoding with the KV cache: one prefill, then one token per step."""
-  b, t = batch.input_ids.shape
-  cache = init_cache(model.cfg.text, b, t + new_tokens, model.cfg.compute_dtype)
-  step = nnx.jit(lambda m, x, c: m(**x, cache=c))
-  inputs = {k: jnp.asarray(v) for k, v in batch.model_inputs().items()}
-  logits, cache = step(model, inputs, cache)
-  next_pos = batch.attention_mask.sum(1) + batch.rope_deltas  # text position of the next token
-  tokens = []
-  for i in range(new_tokens):
-    token = np.asarray(jnp.argmax(logits[:, -1], -1)).astype(np.int32)
-    tokens.append(token)
-    if i == new_tokens - 1:
-      break
-    pos = np.broadcast_to((next_pos + i)[None, :, None], (3, b, 1)).astype(np.int32)
-    x = dict(input_ids=token[:, None], positions=pos, attention_mask=np.ones((b, 1), np.int32))
-    logits, cache = step(model, {k: jnp.asarray(v) for k, v in x.items()}, cache)
-  return np.stack(tokens, 1)
 
 
 def versions() -> dict[str, str]:
@@ -135,7 +119,7 @@ def versions() -> dict[str, str]:
 
 
 def verify(
-  path, *, tolerance: float = 1e-4, dtype: str = "float32", new_tokens: int = 8, seed: int = 0
+  path, *, tolerance: float = 1e-4, dtype: str = "float32", new_tokens: int = 32, seed: int = 0
 ) -> dict:
   jax.config.update("jax_default_matmul_precision", "highest")  # true fp32 on GPU/TPU too
   cfg = ModelConfig.from_pretrained(path).replace(dtype=dtype)
@@ -171,17 +155,36 @@ def verify(
       "passed": passed,
     }
 
+  # Generation and scoring: greedy tokens from the KV-cached sampler must be transformers'
+  # tokens, and the log-probs recorded while sampling and those of the teacher-forced scorer
+  # must equal transformers' log-probs of its own greedy tokens.
   prompts, images = cases["padded_batch"]
-  ours = port_greedy(model, processor(prompts, images), new_tokens)
+  sampled = Sampler(model, processor.pad_id)(
+    processor(prompts, images), SamplingConfig(max_new_tokens=new_tokens, temperature=0.0), jax.random.key(0)
+  )
+  refs = [reference.greedy(processor, p, imgs, new_tokens) for p, imgs in zip(prompts, images)]
+  scored = Scorer(model)(processor.scoring_batch(prompts, [r[0] for r in refs], images))
   greedy = {"new_tokens": new_tokens, "rows": []}
-  for row, (prompt, imgs) in enumerate(zip(prompts, images)):
-    ref_tokens, margins = reference.greedy(processor, prompt, imgs, new_tokens)
-    mismatch = np.nonzero(ours[row] != ref_tokens)[0]
+  for row, (ref_tokens, ref_logprobs, margins) in enumerate(refs):
+    ours = sampled.tokens[row, 0]
+    mismatch = np.nonzero(ours != ref_tokens)[0]
     first = int(mismatch[0]) if len(mismatch) else None
-    # A different token is only an error when the reference's choice was not a near-tie.
-    passed = first is None or margins[first] <= tolerance
+    # A different token is not an error when the reference's choice was a near-tie.
+    tokens_ok = first is None or margins[first] <= tolerance
+    agree = slice(None, first)
+    sampler_diff = float(np.abs(sampled.logprobs[row, 0][agree] - ref_logprobs[agree]).max())
+    scorer_diff = float(np.abs(scored["token_logprobs"][row] - ref_logprobs).max())
+    passed = bool(tokens_ok and sampler_diff <= tolerance and scorer_diff <= tolerance)
     ok &= passed
-    greedy["rows"].append({"match": first is None, "first_mismatch": first, "passed": bool(passed)})
+    greedy["rows"].append(
+      {
+        "match": first is None,
+        "first_mismatch": first,
+        "max_abs_sampler_logprob_diff": sampler_diff,
+        "max_abs_scorer_logprob_diff": scorer_diff,
+        "passed": passed,
+      }
+    )
   report["greedy"] = greedy
   report["ok"] = bool(ok)
   return report
@@ -192,7 +195,7 @@ def main(argv=None) -> int:
   parser.add_argument("--hf", required=True, help="HF checkpoint directory")
   parser.add_argument("--tolerance", type=float, default=1e-4)
   parser.add_argument("--dtype", default="float32", help="compute dtype of the port")
-  parser.add_argument("--new-tokens", type=int, default=8)
+  parser.add_argument("--new-tokens", type=int, default=32)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", action="store_true", help="print only the JSON report")
   args = parser.parse_args(argv)

@@ -63,12 +63,12 @@ def test_rope_index_matches_transformers(tiny_ckpt):
     batch = processor(prompts, images)
     if batch.image_grid_thw is None:
       continue
-    ref_pos, ref_deltas = hf_rope_index(
-      tiny_ckpt, batch.input_ids, batch.attention_mask, batch.image_grid_thw
-    )
-    valid = batch.attention_mask.astype(bool)
-    np.testing.assert_array_equal(batch.positions[:, valid], ref_pos[:, valid], err_msg=name)
-    np.testing.assert_array_equal(batch.rope_deltas, ref_deltas, err_msg=name)
+    n = batch.num_rows
+    ids, mask = batch.input_ids[:n], batch.attention_mask[:n]
+    ref_pos, ref_deltas = hf_rope_index(tiny_ckpt, ids, mask, batch.image_grid_thw)
+    valid = mask.astype(bool)
+    np.testing.assert_array_equal(batch.positions[:, :n][:, valid], ref_pos[:, valid], err_msg=name)
+    np.testing.assert_array_equal(batch.rope_deltas[:n], ref_deltas, err_msg=name)
 
 
 def test_rope_index_errors():

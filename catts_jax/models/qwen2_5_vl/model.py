@@ -54,7 +54,7 @@ class Qwen2_5_VL(nnx.Module):
     dtype = self.cfg.compute_dtype
     return jnp.dot(hidden.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
 
-  def __call__(
+  def hidden_states(
     self,
     input_ids: jax.Array,
     positions: jax.Array,
@@ -64,13 +64,29 @@ class Qwen2_5_VL(nnx.Module):
     patch_image: jax.Array | None = None,
     cache: Cache | None = None,
   ) -> tuple[jax.Array, Cache | None]:
+    """Final-norm hidden states [B, T, D] (see `__call__`); callers that need logits at only
+    some positions (scoring, the last prompt token) apply `logits` to a slice."""
+    embeds = self.embed(input_ids, pixel_values, patch_pos, patch_image)
+    return self.language_model(embeds, positions, attention_mask.astype(bool), cache)
+
+  def __call__(
+    self,
+    input_ids,
+    positions,
+    attention_mask,
+    pixel_values=None,
+    patch_pos=None,
+    patch_image=None,
+    cache=None,
+  ) -> tuple[jax.Array, Cache | None]:
     """input_ids [B, T], positions [3, B, T], attention_mask [B, T] -> logits [B, T, V], cache.
 
     With a cache, the T new tokens are written at `cache["end_index"]` and attend to all
     valid earlier slots.
     """
-    embeds = self.embed(input_ids, pixel_values, patch_pos, patch_image)
-    hidden, cache = self.language_model(embeds, positions, attention_mask.astype(bool), cache)
+    hidden, cache = self.hidden_states(
+      input_ids, positions, attention_mask, pixel_values, patch_pos, patch_image, cache
+    )
     return self.logits(hidden), cache
 
 

@@ -1,0 +1,226 @@
+"""Batched, KV-cached sampling: one jitted prefill, then a jitted `lax.while_loop` decode.
+
+- Left-padded prompts of different lengths and image counts share one batch; `n` samples
+  per prompt share one prefill (the cache rows are repeated after it).
+- Greedy (temperature 0), temperature, top-k and top-p; stop on any of `stop_ids` or at
+  `max_new_tokens`; the stop token is kept as the last token of the response.
+- Every step also records the log-prob of the chosen token and the top-k log-probs under
+  the policy's own distribution (raw logits, temperature 1), so NMLP and DeepConf
+  confidences come out of the same pass (`scoring.response_scores`).
+- Contrastive decoding (VCD): a second image condition is prefilled and decoded in lockstep
+  on the same tokens, as extra rows of the same batch; tokens are drawn from
+  `(1 + a) l_orig - a l_contrast` restricted to `l_orig >= log(b) + max l_orig`.
+- Deterministic for a given PRNG key: step i uses `fold_in(key, i)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from catts_jax.models.qwen2_5_vl.text import init_cache
+from catts_jax.processing import Batch
+from catts_jax.scoring import ConfidenceConfig, response_scores, token_statistics
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 256
+  n: int = 1  # samples per prompt
+  temperature: float = 1.0  # 0 = greedy
+  top_k: int = 0  # 0 = no top-k filter
+  top_p: float = 1.0  # 1 = no nucleus filter
+  stop_ids: tuple[int, ...] = ()  # empty = never stop early
+  vcd_alpha: float = 1.0  # contrastive strength a
+  vcd_beta: float = 0.1  # plausibility cut b
+  confidence: ConfidenceConfig = ConfidenceConfig()
+
+
+def filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """Temperature, then top-k, then top-p (keep the smallest set whose probability >= p)."""
+  logits = logits.astype(jnp.float32) / cfg.temperature
+  if cfg.top_k > 0:
+    kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if cfg.top_p < 1.0:
+    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass above each token
+    kept = jnp.where(before < cfg.top_p, ordered, jnp.inf)
+    logits = jnp.where(logits < kept.min(-1, keepdims=True), -jnp.inf, logits)
+  return logits
+
+
+def contrastive_logits(orig: jax.Array, contrast: jax.Array, alpha: float, beta: float) -> jax.Array:
+  """VCD: amplify what the original image supports over the contrast image, among tokens
+  the original finds plausible."""
+  orig, contrast = orig.astype(jnp.float32), contrast.astype(jnp.float32)
+  cd = (1 + alpha) * orig - alpha * contrast
+  cutoff = jnp.log(beta) + orig.max(-1, keepdims=True)
+  return jnp.where(orig < cutoff, -jnp.inf, cd)
+
+
+def choose_tokens(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  if cfg.temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(key, filter_logits(logits, cfg), axis=-1).astype(jnp.int32)
+
+
+@dataclasses.dataclass
+class SampleOutput:
+  """numpy, real prompts only: tokens/logprobs [B, n, L], topk_logprobs [B, n, L, k],
+  lengths [B, n] (stop token included), and the confidences of `scoring.response_scores`
+  ([B, n] each)."""
+
+  tokens: np.ndarray
+  lengths: np.ndarray
+  logprobs: np.ndarray
+  topk_logprobs: np.ndarray
+  scores: dict[str, np.ndarray]
+
+  def token_lists(self) -> list[list[list[int]]]:
+    return [[t[:n].tolist() for t, n in zip(row_t, row_n)] for row_t, row_n in zip(self.tokens, self.lengths)]
+
+
+class Sampler:
+  """Jitted prefill and decode for one model; `state` can be swapped per call (training)."""
+
+  def __init__(self, model: nnx.Module, pad_id: int = 0):
+    self.graphdef, self.state = nnx.split(model)
+    self.cfg = model.cfg
+    self.pad_id = pad_id
+    self.compilations = 0
+    self._prefill = jax.jit(self._prefill_impl, static_argnames=("cache_len",))
+    self._decode = jax.jit(self._decode_impl, static_argnames=("cfg", "contrastive"), donate_argnums=(1,))
+
+  def _prefill_impl(self, state, inputs, cache_len: int):
+    """Prompt pass: last-position logits [B, V] and the filled cache."""
+    self.compilations += 1
+    model = nnx.merge(self.graphdef, state)
+    b = inputs["input_ids"].shape[0]
+    cache = init_cache(self.cfg.text, b, cache_len, self.cfg.compute_dtype)
+    hidden, cache = model.hidden_states(**inputs, cache=cache)
+    return model.logits(hidden[:, -1]), cache
+
+  def _decode_impl(self, state, carry, cfg: SamplingConfig, contrastive: bool):
+    self.compilations += 1
+    model = nnx.merge(self.graphdef, state)
+    rows = carry["tokens"].shape[0]  # samples; with contrast, the model sees 2 * rows
+    stop_ids = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
+
+    def split(logits):
+      if contrastive:
+        orig, other = logits[:rows], logits[rows:]
+        return orig, contrastive_logits(orig, other, cfg.vcd_alpha, cfg.vcd_beta)
+      return logits, logits
+
+    def record(c, logits):
+      """Choose the token for step c["step"] from logits, record it and its log-probs."""
+      step = c["step"]
+      policy_logits, sample_logits = split(logits)
+      token = choose_tokens(sample_logits, jax.random.fold_in(c["key"], step), cfg)
+      token = jnp.where(c["done"], self.pad_id, token)
+      token_logp, topk_logp = token_statistics(policy_logits, token, cfg.confidence.top_k)
+      c = dict(c)
+      c["tokens"] = c["tokens"].at[:, step].set(token)
+      c["logprobs"] = c["logprobs"].at[:, step].set(jnp.where(c["done"], 0.0, token_logp))
+      c["topk"] = c["topk"].at[:, step].set(jnp.where(c["done"][:, None], 0.0, topk_logp))
+      c["lengths"] = jnp.where(c["done"], c["lengths"], step + 1)
+      c["done"] = c["done"] | jnp.isin(token, stop_ids)
+      c["step"] = step + 1
+      return c
+
+    def body(c):
+      token = c["tokens"][:, c["step"] - 1]
+      pos = c["next_pos"] + c["step"] - 1
+      if contrastive:
+        token, pos = jnp.concatenate([token, token]), jnp.concatenate([pos, pos])
+      positions = jnp.broadcast_to(pos[None, :, None], (3, pos.shape[0], 1))
+      ones = jnp.ones((token.shape[0], 1), jnp.int32)
+      logits, cache = model(token[:, None], positions, ones, cache=c["cache"])
+      return record({**c, "cache": cache}, logits[:, 0])
+
+    def cond(c):
+      return (c["step"] < cfg.max_new_tokens) & ~jnp.all(c["done"])
+
+    logits = carry.pop("logits")
+    carry = jax.lax.while_loop(cond, body, record(carry, logits))
+    mask = jnp.arange(cfg.max_new_tokens)[None] < carry["lengths"][:, None]
+    scores = response_scores(carry["logprobs"], carry["topk"], mask, cfg.confidence)
+    # The whole carry is returned so every donated buffer (the cache above all) is reused
+    # in place by the loop instead of being copied into it.
+    return carry | {"logits": logits, "scores": scores}
+
+  def __call__(
+    self,
+    batch: Batch,
+    cfg: SamplingConfig,
+    key: jax.Array,
+    contrast: Batch | None = None,
+    state: nnx.State | None = None,
+  ) -> SampleOutput:
+    state = self.state if state is None else state
+    cache_len = batch.input_ids.shape[1] + cfg.max_new_tokens
+    logits, cache = self._prefill(state, _device(batch), cache_len=cache_len)
+    next_pos = batch.attention_mask.sum(1) + batch.rope_deltas  # text position of token 0
+    if contrast is not None:
+      if not np.array_equal(contrast.input_ids, batch.input_ids):
+        raise ValueError("contrastive decoding needs the same prompts (tokens) under both image conditions")
+      logits_c, cache_c = self._prefill(state, _device(contrast), cache_len=cache_len)
+      logits, cache = _concat([logits, logits_c]), _concat([cache, cache_c])
+
+    n, rows = cfg.n, batch.input_ids.shape[0] * cfg.n
+    repeat = functools.partial(_repeat_rows, n=n, groups=2 if contrast is not None else 1)
+    k, steps = cfg.confidence.top_k, cfg.max_new_tokens
+    carry = {
+      "cache": repeat(cache),
+      "logits": repeat(logits),
+      "tokens": jnp.full((rows, steps), self.pad_id, jnp.int32),
+      "logprobs": jnp.zeros((rows, steps), jnp.float32),
+      "topk": jnp.zeros((rows, steps, k), jnp.float32),
+      "lengths": jnp.zeros((rows,), jnp.int32),
+      "done": jnp.zeros((rows,), bool),
+      "next_pos": jnp.repeat(jnp.asarray(next_pos, jnp.int32), n),
+      "step": jnp.zeros((), jnp.int32),
+      "key": key,
+    }
+    out = self._decode(state, carry, cfg=cfg, contrastive=contrast is not None)
+    b = batch.num_rows
+
+    def unflatten(x):
+      x = np.asarray(x)
+      return x.reshape(-1, n, *x.shape[1:])[:b]
+
+    return SampleOutput(
+      tokens=unflatten(out["tokens"]),
+      lengths=unflatten(out["lengths"]),
+      logprobs=unflatten(out["logprobs"]),
+      topk_logprobs=unflatten(out["topk"]),
+      scores={name: unflatten(v) for name, v in out["scores"].items()},
+    )
+
+
+def _device(batch: Batch) -> dict[str, jax.Array]:
+  return {k: jnp.asarray(v) for k, v in batch.model_inputs().items()}
+
+
+def _concat(trees):
+  """Stack per-condition prefill results along the batch axis (end_index is shared)."""
+  return jax.tree.map(lambda *xs: xs[0] if xs[0].ndim == 0 else jnp.concatenate(xs), *trees)
+
+
+def _repeat_rows(tree, n: int, groups: int):
+  """Repeat each prompt's rows n times (within each condition group), keeping scalars."""
+
+  def one(x):
+    if x.ndim == 0 or n == 1:
+      return x
+    g = x.reshape(groups, -1, *x.shape[1:])
+    return jnp.repeat(g, n, axis=1).reshape(-1, *x.shape[1:])
+
+  return jax.tree.map(one, tree)
