@@ -1,0 +1,105 @@
+"""The facade that users, rl/ and tts/ call: a model, its processor, a scorer and a sampler.
+
+    policy = Policy.from_pretrained("/path/to/Qwen2.5-VL-7B-Instruct")
+    prompt = policy.prompt("How many bricks are missing?", num_images=1)
+    out = policy.sample([prompt], [[image]], n=8, max_new_tokens=256, temperature=0.7, seed=0)
+    out.texts[0]                      # 8 responses
+    out.scores["confidence"][0]       # exp(-NMLP) of each, from the same pass
+    s = policy.score([prompt] * 2, [out.tokens[0, 0]] * 2, [[image], [noisy_image]])
+    s["confidence"]                   # the same response under both image conditions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from catts_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL, load_hf, save_hf
+from catts_jax.processing import Processor
+from catts_jax.sampling import SampleOutput, Sampler, SamplingConfig
+from catts_jax.scoring import ConfidenceConfig, Scorer
+
+
+@dataclasses.dataclass
+class Samples(SampleOutput):
+  texts: list[list[str]] = dataclasses.field(default_factory=list)  # [B][n], special tokens dropped
+
+
+class Policy:
+  def __init__(self, model: Qwen2_5_VL, processor: Processor, confidence: ConfidenceConfig = ConfidenceConfig()):
+    self.model = model
+    self.processor = processor
+    self.confidence = confidence
+    self.scorer = Scorer(model, confidence)
+    self.sampler = Sampler(model, processor.pad_id)
+
+  @classmethod
+  def from_pretrained(
+    cls,
+    path: str | pathlib.Path,
+    *,
+    dtype: str = "float32",
+    mesh: Mesh | None = None,
+    confidence: ConfidenceConfig = ConfidenceConfig(),
+    **processor_kwargs,
+  ) -> Policy:
+    """From an HF checkpoint directory; `dtype` is the compute dtype (params stay float32)."""
+    cfg = ModelConfig.from_pretrained(path).replace(dtype=dtype)
+    return cls(load_hf(path, cfg, mesh=mesh), Processor(path, cfg, **processor_kwargs), confidence)
+
+  @property
+  def cfg(self) -> ModelConfig:
+    return self.model.cfg
+
+  def stop_ids(self) -> tuple[int, ...]:
+    """The model's EOS ids and the tokenizer's (Qwen: <|im_end|> and <|endoftext|>)."""
+    ids = self.cfg.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids]) - {None}
+    if self.processor.tokenizer.eos_token_id is not None:
+      ids.add(self.processor.tokenizer.eos_token_id)
+    return tuple(sorted(ids))
+
+  def prompt(self, question: str, num_images: int = 0, system: str | None = None) -> str:
+    return self.processor.chat_prompt(question, num_images, system)
+
+  def score(
+    self,
+    prompts: Sequence[str],
+    responses: Sequence[Sequence[int] | str],
+    images: Sequence[Sequence] | None = None,
+  ) -> dict[str, np.ndarray]:
+    """Teacher-forced scores of each (prompt, images, response) row: token_logprobs [B, R]
+    (responses right-aligned, see response_mask), nmlp, confidence, conf_mean, conf_tail,
+    conf_bottom, conf_min_window [B]. Score one response under several image conditions by
+    repeating it with each condition's images."""
+    return self.scorer(self.processor.scoring_batch(prompts, responses, images))
+
+  def sample(
+    self,
+    prompts: Sequence[str],
+    images: Sequence[Sequence] | None = None,
+    *,
+    seed: int = 0,
+    contrast_images: Sequence[Sequence] | None = None,
+    config: SamplingConfig | None = None,
+    **overrides,
+  ) -> Samples:
+    """`n` samples per prompt (fields of SamplingConfig as keywords; stop_ids default to the
+    EOS ids). `contrast_images` switches on VCD contrastive decoding against them."""
+    config = config or SamplingConfig(stop_ids=self.stop_ids())
+    config = dataclasses.replace(config, **overrides)
+    batch = self.processor(prompts, images)
+    contrast = None if contrast_images is None else self.processor(prompts, contrast_images)
+    out = self.sampler(batch, config, jax.random.key(seed), contrast=contrast)
+    decode = self.processor.tokenizer.decode
+    texts = [[decode(t, skip_special_tokens=True) for t in row] for row in out.token_lists()]
+    fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    return Samples(**fields, texts=texts)
+
+  def save_pretrained(self, out_dir: str | pathlib.Path) -> pathlib.Path:
+    return save_hf(self.model, out_dir, processor_dir=self.processor.path)

@@ -1,0 +1,175 @@
+"""KV-cached sampler: greedy equals transformers, sampling follows softmax, filters hold,
+stops, determinism, shared prefill, VCD."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import stats
+from tiny_hf import random_image
+
+from catts_jax.policy import Policy
+from catts_jax.sampling import SamplingConfig, contrastive_logits, filter_logits
+from catts_jax.verify import Reference, make_cases
+
+GREEDY = SamplingConfig(max_new_tokens=32, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_ckpt):
+  return Policy.from_pretrained(tiny_ckpt)
+
+
+@pytest.fixture(scope="module")
+def cases(policy):
+  return make_cases(policy.processor)
+
+
+def first_step_logits(policy, prompt, images):
+  """The model's next-token logits after the prompt (full forward, no cache)."""
+  batch = policy.processor([prompt], [images])
+  inputs = {k: jnp.asarray(v) for k, v in batch.model_inputs().items()}
+  return np.asarray(nnx.jit(lambda m, x: m(**x))(policy.model, inputs)[0][0, -1])
+
+
+def test_greedy_matches_transformers_generate(policy, cases, tiny_ckpt):
+  """32 new tokens on 3 prompts (0/1/2 images, different lengths) decoded together."""
+  prompts, images = cases["padded_batch"]
+  out = policy.sample(prompts, images, config=GREEDY)
+  reference = Reference(tiny_ckpt)
+  for row, (prompt, imgs) in enumerate(zip(prompts, images)):
+    tokens, logprobs, _ = reference.greedy(policy.processor, prompt, imgs, 32)
+    np.testing.assert_array_equal(out.tokens[row, 0], tokens)
+    np.testing.assert_allclose(out.logprobs[row, 0], logprobs, atol=1e-4)
+  assert out.lengths.tolist() == [[32]] * 3
+  assert out.texts[0][0] == policy.processor.tokenizer.decode(out.tokens[0, 0], skip_special_tokens=True)
+
+
+def test_next_token_distribution_is_softmax(policy, cases):
+  """Temperature 1: 4000 first tokens from one prompt follow softmax(logits) (chi-square)."""
+  prompt, imgs = cases["one_image"][0][0], cases["one_image"][1][0]
+  logits = first_step_logits(policy, prompt, imgs).astype(np.float64)
+  probs = np.exp(logits - logits.max())
+  probs /= probs.sum()
+  n = 4000
+  out = policy.sample([prompt], [imgs], n=n, max_new_tokens=1, temperature=1.0, stop_ids=(), seed=7)
+  counts = np.bincount(out.tokens[0, :, 0], minlength=len(probs))
+  expected = probs * n
+  big = expected >= 5  # pool rare tokens so every cell has enough expected mass
+  observed = np.append(counts[big], counts[~big].sum())
+  expected = np.append(expected[big], expected[~big].sum())
+  assert big.sum() >= 20
+  p_value = stats.chisquare(observed, expected).pvalue
+  assert p_value > 1e-3, p_value
+  # The recorded log-prob of each sampled token is its log softmax probability.
+  np.testing.assert_allclose(out.logprobs[0, :, 0], np.log(probs[out.tokens[0, :, 0]]), atol=1e-5)
+
+
+def test_top_k_never_emits_excluded_tokens(policy, cases):
+  """At every step the sampled token is among the k most likely: its log-prob is at least the
+  k-th largest of the recorded top-20 log-probs."""
+  prompts, images = cases["padded_batch"]
+  out = policy.sample(prompts, images, n=8, max_new_tokens=24, temperature=1.5, top_k=3, stop_ids=(), seed=1)
+  assert (out.logprobs >= out.topk_logprobs[..., 2] - 1e-6).all()
+  assert len(np.unique(out.tokens)) > 3  # it did sample
+
+
+def test_top_p_never_emits_excluded_tokens(policy, cases):
+  prompt, imgs = cases["one_image"][0][0], cases["one_image"][1][0]
+  logits = first_step_logits(policy, prompt, imgs)
+  order = np.argsort(-logits)
+  probs = np.asarray(jax.nn.softmax(logits))[order]
+  keep = order[: int(np.searchsorted(np.cumsum(probs), 0.5)) + 1]  # smallest set with mass >= 0.5
+  out = policy.sample([prompt], [imgs], n=500, max_new_tokens=1, temperature=1.0, top_p=0.5, stop_ids=(), seed=3)
+  emitted = set(out.tokens[0, :, 0].tolist())
+  assert emitted <= set(keep.tolist())
+  assert len(emitted) > 1 or len(keep) == 1
+
+
+def test_filter_logits_top_p_is_minimal_nucleus():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 3, (64, 50)).astype(np.float32)
+  cfg = SamplingConfig(temperature=1.0, top_p=0.8)
+  kept = np.isfinite(np.asarray(filter_logits(jnp.asarray(logits), cfg)))
+  for row, k in zip(logits, kept):
+    p = np.sort(np.exp(row - row.max()) / np.exp(row - row.max()).sum())[::-1]
+    need = int(np.searchsorted(np.cumsum(p), 0.8)) + 1
+    assert k.sum() == need
+
+
+def test_deterministic_for_a_key(policy, cases):
+  prompts, images = cases["padded_batch"]
+  kw = dict(n=3, max_new_tokens=12, temperature=1.0, top_p=0.95, stop_ids=())
+  a = policy.sample(prompts, images, seed=5, **kw)
+  b = policy.sample(prompts, images, seed=5, **kw)
+  c = policy.sample(prompts, images, seed=6, **kw)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert not np.array_equal(a.tokens, c.tokens)
+  assert not np.array_equal(a.tokens[:, 0], a.tokens[:, 1])  # samples of one prompt differ
+
+
+def test_n_samples_share_prefill(policy, cases):
+  """Greedy with n=4 gives 4 copies of the n=1 greedy answer for every prompt."""
+  prompts, images = cases["padded_batch"]
+  one = policy.sample(prompts, images, config=dataclasses.replace(GREEDY, max_new_tokens=8))
+  four = policy.sample(prompts, images, config=dataclasses.replace(GREEDY, max_new_tokens=8, n=4))
+  assert four.tokens.shape == (3, 4, 8)
+  np.testing.assert_array_equal(four.tokens, np.repeat(one.tokens, 4, axis=1))
+  np.testing.assert_allclose(four.scores["nmlp"], np.repeat(one.scores["nmlp"], 4, axis=1), atol=1e-6)
+
+
+def test_stops_on_stop_ids(policy, cases):
+  prompts, images = cases["padded_batch"]
+  free = policy.sample(prompts, images, config=dataclasses.replace(GREEDY, max_new_tokens=10))
+  stop = int(free.tokens[1, 0, 3])  # row 1's 4th greedy token becomes a stop token
+  out = policy.sample(prompts, images, config=dataclasses.replace(GREEDY, max_new_tokens=10, stop_ids=(stop,)))
+  for row in range(3):
+    first = np.nonzero(free.tokens[row, 0] == stop)[0]
+    n = int(first[0]) + 1 if len(first) else 10
+    assert out.lengths[row, 0] == n
+    np.testing.assert_array_equal(out.tokens[row, 0, :n], free.tokens[row, 0, :n])
+    assert (out.tokens[row, 0, n:] == policy.processor.pad_id).all()
+    assert (out.logprobs[row, 0, n:] == 0).all()
+    # Confidences cover exactly the response, stop token included.
+    assert out.scores["nmlp"][row, 0] == pytest.approx(-free.logprobs[row, 0, :n].mean(), abs=1e-5)
+
+
+def test_contrastive_decoding(policy):
+  rng = np.random.default_rng(2)
+  orig, noisy = random_image(rng, 112, 84), random_image(rng, 112, 84)
+  prompt = policy.prompt("What is in the image?", 1)
+  cfg = dataclasses.replace(GREEDY, max_new_tokens=6, vcd_alpha=1.0, vcd_beta=0.1)
+  plain = policy.sample([prompt], [[orig]], config=cfg)
+  # Against the same image the contrast changes nothing: (1 + a) l - a l = l.
+  same = policy.sample([prompt], [[orig]], contrast_images=[[orig]], config=cfg)
+  np.testing.assert_array_equal(same.tokens, plain.tokens)
+  # Against another image the first token is the argmax of the VCD formula, and the
+  # recorded log-probs are the original condition's.
+  vcd = policy.sample([prompt], [[orig]], contrast_images=[[noisy]], config=cfg)
+  lo, ln = first_step_logits(policy, prompt, [orig]), first_step_logits(policy, prompt, [noisy])
+  assert vcd.tokens[0, 0, 0] == int(np.argmax(np.asarray(contrastive_logits(lo, ln, 1.0, 0.1))))
+  assert vcd.logprobs[0, 0, 0] == pytest.approx(float(jax.nn.log_softmax(lo)[vcd.tokens[0, 0, 0]]), abs=1e-5)
+
+
+def test_contrastive_logits_formula():
+  orig = np.array([[2.0, 1.0, -3.0, 0.5]])
+  other = np.array([[0.0, 2.0, -5.0, 0.5]])
+  got = np.asarray(contrastive_logits(jnp.asarray(orig), jnp.asarray(other), 0.5, 0.2))
+  cutoff = np.log(0.2) + 2.0
+  want = np.where(orig < cutoff, -np.inf, 1.5 * orig - 0.5 * other)
+  np.testing.assert_allclose(got, want)
+
+
+def test_sampler_compiles_once_per_shape(policy):
+  """Prompts of different lengths in one bucket reuse the compiled prefill and decode."""
+  sampler = policy.sampler
+  before = sampler.compilations
+  shapes = set()
+  for q in ("one", "one two", "one two three", "one two three four five"):
+    shapes.add(policy.processor([policy.prompt(q)]).input_ids.shape)
+    policy.sample([policy.prompt(q)], max_new_tokens=4, temperature=0.7, stop_ids=(), seed=0)
+  assert len(shapes) <= 2
+  assert sampler.compilations - before == 2 * len(shapes)  # one prefill + one decode each
