@@ -95,6 +95,17 @@ def test_mmmu_validation_and_dev(mmmu_root, tfds_dir):
   assert art["options"] == ["<image 1>", "<image 2>"] and len(art["images"]) == 2
   assert [im.size for im in data.decode_images(art)] == [(32, 24), (32, 24)]
   assert "(B) <image 2>" in data.prompt_for(art) and "\\boxed{}" in data.prompt_for(art)
+  assert data.chat_content(art, "A <image 2> B <image 1> C <image 2>") == [
+    {"type": "text", "text": "A "},
+    {"type": "image", "index": 1},
+    {"type": "text", "text": " B "},
+    {"type": "image", "index": 0},
+    {"type": "text", "text": " C <image 2>"},
+  ]
+  one = val.by_id("validation_Math_1")
+  assert data.chat_content(one, "x") == [{"type": "image", "index": 0}, {"type": "text", "text": "x"}]
+  # Tags that do not index the images (Math-Vision style): images first, text untouched.
+  assert data.chat_content(one, "<image1> and <image2>")[0] == {"type": "image", "index": 0}
   ratio = val.by_id("validation_Math_2")
   assert ratio["question_type"] == "open" and ratio["metadata"]["accepted_answers"] == ["24/7", "3.429"]
   dev = data.load("mmmu", manual_dir=mmmu_root, data_dir=tfds_dir, split="dev")

@@ -5,6 +5,7 @@
   ex = ds[0]                       # dict in the unified schema (see schema.py)
   text = data.prompt_for(ex)       # the benchmark's default template; or template="boxed"
   images = data.decode_images(ex)  # RGB PIL images, in order
+  parts = data.chat_content(ex, text)  # images placed at their <image n> tags (MMMU)
   ex = ds.by_id("4")
 
 Benchmarks: mathvision (testmini, test), mathvista (testmini, test), mmstar (val),
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from catts_jax.data.loader import BUILDERS, DEFAULT_SPLIT, Dataset, builder, load
 from catts_jax.data.mixture import Mixture, mix
-from catts_jax.data.prompts import DEFAULT_TEMPLATE, TEMPLATES, prompt_for
+from catts_jax.data.prompts import DEFAULT_TEMPLATE, TEMPLATES, chat_content, prompt_for
 from catts_jax.data.schema import MULTIPLE_CHOICE, OPEN, decode_images
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
   "Dataset",
   "Mixture",
   "builder",
+  "chat_content",
   "decode_images",
   "load",
   "mix",

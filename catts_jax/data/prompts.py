@@ -5,6 +5,7 @@ The paper prompts MathVista and Math-Vision with the bare question and MMStar an
 ("bare", "boxed", "query" = MathVista's official prompt) or pass a format string with any of
 {question}, {options} (the lettered block, empty when none or already in the question),
 {letters} ("A, B, C") and {instruction} (the boxed instruction for the question type).
+`chat_content` turns a prompt into chat-template content with the images where its tags are.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ DEFAULT_TEMPLATE = {
   "mmmu": "boxed",
   "jsonl": "bare",
 }
-IMAGE_TAG = re.compile(r"<image\s?\d+>")
+IMAGE_TAG = re.compile(r"<image\s?(\d+)>")
 
 
 def options_block(options: Sequence[str]) -> str:
@@ -74,3 +75,31 @@ def prompt_for(example: Mapping[str, Any], template: str | None = None, *, image
     return fmt.format_map(fields)
   except (KeyError, IndexError, ValueError) as e:
     raise ValueError(f"prompt template {name!r}: {e!r}; fields are {sorted(fields)}") from e
+
+
+def chat_content(example: Mapping[str, Any], text: str) -> list[dict[str, Any]]:
+  """HF chat-template content for a prompt: {"type": "image", "index": i} items where the
+  text's <image n> tags are (MMMU: image_n goes at its first tag), {"type": "text", ...}
+  between them. Images without a tag go first; so do all images when the tags do not index
+  them (Math-Vision's <image1>, <image2>, ... all name parts of its one picture)."""
+  n_images = len(example.get("images") or [])
+  tags = list(IMAGE_TAG.finditer(text))
+  numbers = {int(m.group(1)) for m in tags}
+  if not tags or not numbers <= set(range(1, n_images + 1)):
+    return [{"type": "image", "index": i} for i in range(n_images)] + [{"type": "text", "text": text}]
+  parts: list[dict[str, Any]] = [
+    {"type": "image", "index": i} for i in range(n_images) if i + 1 not in numbers
+  ]
+  placed, pos = set(), 0
+  for m in tags:
+    n = int(m.group(1))
+    if n in placed:
+      continue
+    if text[pos : m.start()]:
+      parts.append({"type": "text", "text": text[pos : m.start()]})
+    parts.append({"type": "image", "index": n - 1})
+    placed.add(n)
+    pos = m.end()
+  if text[pos:]:
+    parts.append({"type": "text", "text": text[pos:]})
+  return parts
