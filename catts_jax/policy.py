@@ -1,12 +1,12 @@
 """The facade that users, rl/ and tts/ call: a model, its processor, a scorer and a sampler.
 
-    policy = Policy.from_pretrained("/path/to/Qwen2.5-VL-7B-Instruct")
-    prompt = policy.prompt("How many bricks are missing?", num_images=1)
-    out = policy.sample([prompt], [[image]], n=8, max_new_tokens=256, temperature=0.7, seed=0)
-    out.texts[0]                      # 8 responses
-    out.scores["confidence"][0]       # exp(-NMLP) of each, from the same pass
-    s = policy.score([prompt] * 2, [out.tokens[0, 0]] * 2, [[image], [noisy_image]])
-    s["confidence"]                   # the same response under both image conditions
+policy = Policy.from_pretrained("/path/to/Qwen2.5-VL-7B-Instruct")
+prompt = policy.prompt("How many bricks are missing?", num_images=1)
+out = policy.sample([prompt], [[image]], n=8, max_new_tokens=256, temperature=0.7, seed=0)
+out.texts[0]                      # 8 responses
+out.scores["confidence"][0]       # exp(-NMLP) of each, from the same pass
+s = policy.score([prompt] * 2, [out.tokens[0, 0]] * 2, [[image], [noisy_image]])
+s["confidence"]                   # the same response under both image conditions
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ class Samples(SampleOutput):
 
 
 class Policy:
-  def __init__(self, model: Qwen2_5_VL, processor: Processor, confidence: ConfidenceConfig = ConfidenceConfig()):
+  def __init__(
+    self, model: Qwen2_5_VL, processor: Processor, confidence: ConfidenceConfig = ConfidenceConfig()
+  ):
     self.model = model
     self.processor = processor
     self.confidence = confidence

@@ -65,10 +65,23 @@ def contrastive_logits(orig: jax.Array, contrast: jax.Array, alpha: float, beta:
   return jnp.where(orig < cutoff, -jnp.inf, cd)
 
 
+def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+  """Exact sampling from softmax(logits) by inverting its CDF with one uniform per row.
+
+  `jax.random.categorical` draws a Gumbel variate for every vocabulary entry; this draws
+  one number per row, which on CPU cuts the per-step sampling cost several-fold.
+  Tokens of zero probability (filtered to -inf) are never chosen.
+  """
+  cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+  u = jax.random.uniform(key, cdf.shape[:-1] + (1,), minval=1e-7) * cdf[..., -1:]
+  index = jnp.sum(cdf < u, axis=-1)
+  return jnp.minimum(index, logits.shape[-1] - 1)
+
+
 def choose_tokens(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
   if cfg.temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return jax.random.categorical(key, filter_logits(logits, cfg), axis=-1).astype(jnp.int32)
+  return categorical(key, filter_logits(logits, cfg)).astype(jnp.int32)
 
 
 @dataclasses.dataclass

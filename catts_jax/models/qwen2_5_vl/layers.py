@@ -100,17 +100,21 @@ def inverse_frequencies(dim: int, theta: float) -> jax.Array:
   return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0 (GQA); mask: [B, 1, T, S] bool.
+def attention(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """q: [B, T, N, H]; k_t: [B, K, H, S] (keys transposed); v: [B, K, S, H]; mask: [B, 1, T, S]
+  bool; N % K == 0 (GQA). Returns [B, T, N, H].
 
-  Query head n reads key/value head n // (N // K), as transformers' repeat_kv does.
+  Query head n reads key/value head n // (N // K), as transformers' repeat_kv does. The
+  key/value layouts are those of the KV cache and are chosen so that both products are
+  plain batched matmuls over (B, K): XLA then never transposes the cache, which would
+  otherwise cost a full copy of it per layer and decode step.
   """
   scale = q.shape[-1] ** -0.5
   b, t, n, h = q.shape
-  kv_heads = k.shape[2]
+  kv_heads = k_t.shape[1]
   q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-  logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.einsum("btkgh,bkhs->bkgts", q, k_t, preferred_element_type=jnp.float32) * scale
   logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+  out = jnp.einsum("bkgts,bksh->btkgh", probs, v)
   return out.reshape(b, t, n, h)

@@ -19,15 +19,18 @@ from catts_jax.models.qwen2_5_vl.layers import (
 )
 
 # A KV cache is a plain pytree, so it can be donated to jit:
-#   {"layers": [{"k": [B, S, K, H], "v": [B, S, K, H]}, ...],
+#   {"layers": [{"k": [B, K, H, S], "v": [B, K, S, H]}, ...],  (layouts: see layers.attention)
 #    "valid": [B, S] bool (slot holds a real token), "end_index": int32 (next slot to write)}
 Cache = dict
 
 
 def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> Cache:
-  shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, max_len)
+  v_shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
   return {
-    "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
+    "layers": [
+      {"k": jnp.zeros(k_shape, dtype), "v": jnp.zeros(v_shape, dtype)} for _ in range(cfg.num_layers)
+    ],
     "valid": jnp.zeros((batch, max_len), bool),
     "end_index": jnp.zeros((), jnp.int32),
   }
@@ -69,12 +72,15 @@ class Attention(nnx.Module):
 
   def __call__(self, x, cos, sin, mask, layer_cache=None, end_index=None):
     q = apply_rope(self.q_proj(x), cos, sin)
-    k = apply_rope(self.k_proj(x), cos, sin)
-    v = self.v_proj(x)
+    k = apply_rope(self.k_proj(x), cos, sin).transpose(0, 2, 3, 1)  # [B, K, H, T]
+    v = self.v_proj(x).transpose(0, 2, 1, 3)  # [B, K, T, H]
     if layer_cache is not None:
-      start = (0, end_index, 0, 0)
-      k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
-      v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
+      k_all = jax.lax.dynamic_update_slice(
+        layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, 0, 0, end_index)
+      )
+      v_all = jax.lax.dynamic_update_slice(
+        layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, 0, end_index, 0)
+      )
       layer_cache = {"k": k_all, "v": v_all}
       k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
     return self.o_proj(attention(q, k, v, mask)), layer_cache

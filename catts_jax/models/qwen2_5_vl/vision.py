@@ -55,7 +55,7 @@ class VisionAttention(nnx.Module):
   def __call__(self, x, cos, sin, mask):
     q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)  # each [P, N, H]
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = attention(q[None], k[None], v[None], mask)[0]
+    out = attention(q[None], k.transpose(1, 2, 0)[None], v.swapaxes(0, 1)[None], mask)[0]
     return self.proj(out)
 
 
