@@ -228,7 +228,16 @@ def generate_case(rng, sampler, args, rows, *, cfg, hf, device, torch, ceiling, 
     floor += max(step_flops / ceiling, step_bytes / bandwidth)
   decode_bytes = (new - 1) * roofline.weight_bytes(cfg, dbytes)
   return case_report(
-    "generation", cfg.dtype, rows, rows * new, t, floor, flops, decode_weight_bytes=decode_bytes
+    "generation",
+    cfg.dtype,
+    rows,
+    rows * new,
+    t,
+    floor,
+    flops,
+    ceiling,
+    bandwidth,
+    decode_weight_bytes=decode_bytes,
   )
 
 

@@ -83,7 +83,9 @@ def test_top_p_never_emits_excluded_tokens(policy, cases):
   order = np.argsort(-logits)
   probs = np.asarray(jax.nn.softmax(logits))[order]
   keep = order[: int(np.searchsorted(np.cumsum(probs), 0.5)) + 1]  # smallest set with mass >= 0.5
-  out = policy.sample([prompt], [imgs], n=500, max_new_tokens=1, temperature=1.0, top_p=0.5, stop_ids=(), seed=3)
+  out = policy.sample(
+    [prompt], [imgs], n=500, max_new_tokens=1, temperature=1.0, top_p=0.5, stop_ids=(), seed=3
+  )
   emitted = set(out.tokens[0, :, 0].tolist())
   assert emitted <= set(keep.tolist())
   assert len(emitted) > 1 or len(keep) == 1
@@ -125,7 +127,9 @@ def test_stops_on_stop_ids(policy, cases):
   prompts, images = cases["padded_batch"]
   free = policy.sample(prompts, images, config=dataclasses.replace(GREEDY, max_new_tokens=10))
   stop = int(free.tokens[1, 0, 3])  # row 1's 4th greedy token becomes a stop token
-  out = policy.sample(prompts, images, config=dataclasses.replace(GREEDY, max_new_tokens=10, stop_ids=(stop,)))
+  out = policy.sample(
+    prompts, images, config=dataclasses.replace(GREEDY, max_new_tokens=10, stop_ids=(stop,))
+  )
   for row in range(3):
     first = np.nonzero(free.tokens[row, 0] == stop)[0]
     n = int(first[0]) + 1 if len(first) else 10

@@ -106,7 +106,9 @@ def numpy_reference(token_logp, topk_logp, length, cfg):
   }
 
 
-@pytest.mark.parametrize("cfg", [ConfidenceConfig(top_k=4, tail=5, window=6), ConfidenceConfig(top_k=3, tail=50, window=2048)])
+@pytest.mark.parametrize(
+  "cfg", [ConfidenceConfig(top_k=4, tail=5, window=6), ConfidenceConfig(top_k=3, tail=50, window=2048)]
+)
 def test_aggregations_equal_numpy(cfg):
   rng = np.random.default_rng(0)
   lengths = [1, 5, 6, 7, 23, 40]
