@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint verify clean
+.PHONY: install test lint verify bench bench-readme clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ lint: install
 verify: install
 	@test -n "$(HF)" || { echo "usage: make verify HF=/path/to/hf/checkpoint"; exit 2; }
 	$(PY) -m catts_jax.verify --hf $(HF)
+
+# Scoring/generation throughput against transformers on this machine (docs/reports/bench_cpu/report.json);
+# bench-readme rewrites the README's tables from the committed report.json files.
+bench: install
+	$(PY) -m infer.bench --out docs/reports/bench_cpu
+
+bench-readme: install
+	$(PY) -m infer.bench --render-readme README.md docs/reports/bench_cpu/report.json docs/reports/bench_gpu_h100/report.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -75,7 +75,7 @@ def measure_matmul_flops(n: int = 2048, dtype=jnp.float32, repeats: int = 10) ->
   return 2 * n**3 / seconds
 
 
-def measure_read_bandwidth(megabytes: int = 512, repeats: int = 10) -> float:
+def measure_read_bandwidth(megabytes: int = 1024, repeats: int = 15) -> float:
   """Bytes/s of a jitted full reduction over a large float32 array (reads dominate)."""
   x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
   f = jax.jit(jnp.sum)

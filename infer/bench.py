@@ -283,9 +283,47 @@ def print_table(report: dict) -> None:
     )
 
 
+def markdown(report: dict) -> str:
+  m = report["machine"]
+  lines = [
+    f"{report['device']}: matmul ceiling jax {m['jax_matmul_gflops_fp32']:.0f} / torch "
+    f"{m['torch_matmul_gflops_fp32']:.0f} GFLOP/s fp32"
+    + (f", jax {m['jax_matmul_gflops_bf16']:.0f} bf16" if "jax_matmul_gflops_bf16" in m else "")
+    + f", read bandwidth {m['read_bandwidth_gbs']:.0f} GB/s; {report['params'] / 1e6:.1f}M params.",
+    "",
+    "| case | dtype | batch | catts_jax tok/s | transformers tok/s | speedup | roofline catts_jax | roofline transformers |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in report["runs"]:
+    case = r["kind"] + (" + image" if r.get("image") else "")
+    lines.append(
+      f"| {case} | {r['dtype']} | {r['batch']} | {r['catts_jax_tokens_per_s']:,.0f} | "
+      f"{r['transformers_tokens_per_s']:,.0f} | {r['speedup']:.2f}x | {r['catts_jax_roofline_fraction']:.0%} | "
+      f"{r['transformers_roofline_fraction']:.0%} |"
+    )
+  return "\n".join(lines)
+
+
+def render_readme(readme: pathlib.Path, reports: list[pathlib.Path]) -> None:
+  """Replace the block between the bench-table markers in the README with tables made from
+  the given report.json files."""
+  start, end = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+  text = readme.read_text()
+  tables = "\n\n".join(f"`{p}`\n\n" + markdown(json.loads(p.read_text())) for p in reports)
+  head, rest = text.split(start)
+  _, tail = rest.split(end)
+  readme.write_text(f"{head}{start}\n{tables}\n{end}{tail}")
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description="catts_jax vs transformers: scoring and generation throughput")
-  parser.add_argument("--out", required=True, help="directory for report.json")
+  parser.add_argument("--out", help="directory for report.json")
+  parser.add_argument(
+    "--render-readme",
+    nargs="+",
+    metavar=("README", "REPORT"),
+    help="rewrite README's bench table from report.json files, run nothing",
+  )
   parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--score-batch", type=int, default=8)
@@ -294,6 +332,12 @@ def main(argv=None) -> int:
   parser.add_argument("--prompt-len", type=int, default=32)
   parser.add_argument("--new-tokens", type=int, default=64)
   args = parser.parse_args(argv)
+  if args.render_readme:
+    readme, *reports = map(pathlib.Path, args.render_readme)
+    render_readme(readme, reports)
+    return 0
+  if not args.out:
+    parser.error("--out is required")
   if args.device == "gpu" and jax.default_backend() != "gpu":
     print(f"--device gpu but jax's backend is {jax.default_backend()}", file=sys.stderr)
     return 2
