@@ -197,7 +197,8 @@ class Sampler:
       "logprobs": jnp.zeros((rows, steps), jnp.float32),
       "topk": jnp.zeros((rows, steps, k), jnp.float32),
       "lengths": jnp.zeros((rows,), jnp.int32),
-      "done": jnp.zeros((rows,), bool),
+      # Rows that only pad the batch to its bucket start finished, so they never hold the loop.
+      "done": jnp.arange(rows) >= batch.num_rows * n,
       "next_pos": jnp.repeat(jnp.asarray(next_pos, jnp.int32), n),
       "step": jnp.zeros((), jnp.int32),
       "key": key,
