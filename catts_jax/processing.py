@@ -133,8 +133,15 @@ class Processor:
 
   def chat_prompt(self, question: str, num_images: int = 0, system: str | None = None) -> str:
     """A user turn with the images first, rendered with the checkpoint's chat template."""
-    content = [{"type": "image"}] * num_images + [{"type": "text", "text": question}]
-    messages = [{"role": "user", "content": content}]
+    return self.chat([{"type": "image"}] * num_images + [{"type": "text", "text": question}], system)
+
+  def chat(self, content: Sequence[dict], system: str | None = None) -> str:
+    """A user turn from content items ({"type": "text", "text"} / {"type": "image"}, in
+    order), rendered with the checkpoint's chat template and the generation prompt."""
+    items = [
+      {"type": "image"} if c["type"] == "image" else {"type": "text", "text": c["text"]} for c in content
+    ]
+    messages = [{"role": "user", "content": items}]
     if system is not None:
       messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
     return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
