@@ -1,0 +1,1 @@
+"""CDRL: confidence-driven RL (rewards, GRPO-family objectives, rollouts)."""

@@ -1,0 +1,129 @@
+"""GRPO-family advantages and policy losses, chosen by name in config.
+
+Advantages take rewards [P, G] (G samples per prompt) and return one value per sample:
+- "grpo": `(r - mean) / (std + eps)` within the group (std with ddof=1, as TRL and verl);
+- "rloo": `r - mean of the other G - 1 samples` (leave-one-out baseline);
+- "dr_grpo": `r - mean` (Dr. GRPO drops the std division, which favours easy/hard groups).
+
+The policy loss is the clipped-ratio objective over response tokens,
+`max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))` with `r = exp(logp - old_logp)`,
+optionally dual-clipped for A < 0 (at most `-A * dual_clip`), plus `kl_coef` times a KL
+estimate to a frozen reference: "k1" `logp - ref` or the low-variance "k3"
+`exp(ref - logp) - (ref - logp) - 1`. Token terms are aggregated by
+- "token_mean": mean over all response tokens of the batch (DAPO);
+- "seq_mean": mean over each sequence's tokens, then over sequences (original GRPO);
+- "seq_sum": each sequence's token sum divided by a constant (`max_tokens`; Dr. GRPO).
+`old_logp` comes from the sampler, so several optimisation steps can reuse one rollout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def grpo_advantages(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
+  mean = rewards.mean(-1, keepdims=True)
+  std = rewards.std(-1, keepdims=True, ddof=1)
+  return (rewards - mean) / (std + eps)
+
+
+def rloo_advantages(rewards: jax.Array) -> jax.Array:
+  g = rewards.shape[-1]
+  others = (rewards.sum(-1, keepdims=True) - rewards) / (g - 1)
+  return rewards - others
+
+
+def dr_grpo_advantages(rewards: jax.Array) -> jax.Array:
+  return rewards - rewards.mean(-1, keepdims=True)
+
+
+ADVANTAGES: dict[str, Callable[[jax.Array], jax.Array]] = {
+  "grpo": grpo_advantages,
+  "rloo": rloo_advantages,
+  "dr_grpo": dr_grpo_advantages,
+}
+
+
+def advantages(name: str, rewards: jax.Array) -> jax.Array:
+  """rewards [P, G] -> advantages [P, G] by estimator name."""
+  if name not in ADVANTAGES:
+    raise ValueError(f"unknown advantage estimator {name!r}; choose from {sorted(ADVANTAGES)}")
+  if rewards.ndim != 2 or rewards.shape[-1] < 2:
+    raise ValueError(f"rewards must be [prompts, G >= 2], got shape {rewards.shape}")
+  return ADVANTAGES[name](rewards)
+
+
+def kl_k1(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
+  return logp - ref_logp
+
+
+def kl_k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
+  d = ref_logp - logp
+  return jnp.exp(d) - d - 1
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3}
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  eps_low: float = 0.2
+  eps_high: float = 0.28
+  dual_clip: float | None = None  # e.g. 3.0; None = off
+  kl_coef: float = 0.0
+  kl_estimator: str = "k3"
+  aggregation: str = "token_mean"
+  max_tokens: int | None = None  # the constant for "seq_sum"
+
+
+def aggregate(values: jax.Array, mask: jax.Array, how: str, max_tokens: int | None = None) -> jax.Array:
+  """values, mask [B, T] -> scalar."""
+  mask = mask.astype(values.dtype)
+  if how == "token_mean":
+    return (values * mask).sum() / jnp.maximum(mask.sum(), 1)
+  if how == "seq_mean":
+    per_seq = (values * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1)
+    return per_seq.mean()
+  if how == "seq_sum":
+    if not max_tokens:
+      raise ValueError("aggregation 'seq_sum' needs max_tokens")
+    return ((values * mask).sum(-1) / max_tokens).mean()
+  raise ValueError(f"unknown aggregation {how!r}; expected token_mean, seq_mean or seq_sum")
+
+
+def policy_loss(
+  logp: jax.Array,
+  old_logp: jax.Array,
+  advantages: jax.Array,
+  mask: jax.Array,
+  cfg: LossConfig,
+  ref_logp: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """logp, old_logp, ref_logp, mask [B, T]; advantages [B] -> (loss, metrics)."""
+  adv = advantages[:, None].astype(logp.dtype)
+  ratio = jnp.exp(logp - old_logp)
+  unclipped = -adv * ratio
+  clipped = -adv * jnp.clip(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)
+  pg = jnp.maximum(unclipped, clipped)
+  if cfg.dual_clip is not None:
+    pg = jnp.where(adv < 0, jnp.minimum(pg, -adv * cfg.dual_clip), pg)
+  token_loss = pg
+  metrics = {
+    "pg_loss": aggregate(pg, mask, cfg.aggregation, cfg.max_tokens),
+    "clip_fraction": aggregate((clipped > unclipped).astype(logp.dtype), mask, "token_mean"),
+    "ratio_mean": aggregate(ratio, mask, "token_mean"),
+  }
+  if cfg.kl_coef:
+    if ref_logp is None:
+      raise ValueError("kl_coef > 0 needs ref_logp")
+    if cfg.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"unknown KL estimator {cfg.kl_estimator!r}; choose from {sorted(KL_ESTIMATORS)}")
+    kl = KL_ESTIMATORS[cfg.kl_estimator](logp, ref_logp)
+    token_loss = token_loss + cfg.kl_coef * kl
+    metrics["kl"] = aggregate(kl, mask, "token_mean")
+  loss = aggregate(token_loss, mask, cfg.aggregation, cfg.max_tokens)
+  return loss, metrics

@@ -1,0 +1,86 @@
+"""Reward functions for CDRL, in a registry chosen by name and weighted in config.
+
+Every reward is `fn(prompts, completions, **fields) -> np.ndarray [N]`, one value per
+completion. Fields the rollout provides: `examples` (the problem of each completion),
+`benchmark`, `correct` (graded once, by `accuracy`), `confidence` (conf(y|x)) and
+`confidence_perturbed` (conf(y|x_noisy)) of the same response under the perturbed image.
+
+The paper gives no formulas; ours (PAPER.md):
+- accuracy: 1 if the extracted answer is correct, else 0 (the benchmark's own grader);
+- format: 1 if the response holds exactly one non-empty `\\boxed{...}`;
+- perceptual sensitivity: `clip(conf(y|x) - conf(y|x_noisy), 0, 1)`, a confidence drop when
+  the image is degraded;
+- calibration consistency: `conf` if correct else `-conf` ("signed", default), or the Brier
+  form `1 - (conf - correct)^2`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+RewardFn = Callable[..., np.ndarray]
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register(name: str):
+  def wrap(fn: RewardFn) -> RewardFn:
+    REWARDS[name] = fn
+    return fn
+
+  return wrap
+
+
+@register("accuracy")
+def accuracy(prompts, completions, *, examples, benchmark=None, correct=None, **_) -> np.ndarray:
+  if correct is not None:
+    return np.asarray(correct, np.float32)
+  from catts_jax.eval import answers
+
+  return np.asarray([answers.grade(benchmark, c, ex)[0] for c, ex in zip(completions, examples)], np.float32)
+
+
+BOXED = re.compile(r"\\boxed\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
+
+
+@register("format")
+def format_reward(prompts, completions, **_) -> np.ndarray:
+  return np.asarray(
+    [len(found := BOXED.findall(c)) == 1 and bool(found[0].strip()) for c in completions], np.float32
+  )
+
+
+@register("sensitivity")
+def perceptual_sensitivity(prompts, completions, *, confidence, confidence_perturbed, **_) -> np.ndarray:
+  drop = np.asarray(confidence, np.float32) - np.asarray(confidence_perturbed, np.float32)
+  return np.clip(drop, 0.0, 1.0)
+
+
+@register("calibration")
+def calibration(prompts, completions, *, confidence, correct, form: str = "signed", **_) -> np.ndarray:
+  conf = np.asarray(confidence, np.float32)
+  right = np.asarray(correct, np.float32)
+  if form == "signed":
+    return np.where(right > 0, conf, -conf)
+  if form == "brier":
+    return 1.0 - (conf - right) ** 2
+  raise ValueError(f"unknown calibration form {form!r}; expected 'signed' or 'brier'")
+
+
+def compute(
+  weights: Mapping[str, float], prompts: Sequence[str], completions: Sequence[str], **fields
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """Weighted sum of the named rewards and each component. Accuracy is graded first so the
+  others (calibration) reuse `correct`."""
+  unknown = set(weights) - set(REWARDS)
+  if unknown:
+    raise ValueError(f"unknown reward(s) {sorted(unknown)}; registered: {sorted(REWARDS)}")
+  components = {}
+  if "correct" not in fields and ("accuracy" in weights or "calibration" in weights):
+    fields["correct"] = accuracy(prompts, completions, **fields)
+  for name in weights:
+    components[name] = np.asarray(REWARDS[name](prompts, completions, **fields), np.float32)
+  total = sum(weights[name] * components[name] for name in weights)
+  return np.asarray(total, np.float32), components

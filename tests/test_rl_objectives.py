@@ -1,0 +1,150 @@
+"""CDRL rewards and GRPO-family objectives against hand computations and numpy references."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from catts_jax.data.schema import make_example
+from catts_jax.rl import grpo, rewards
+
+jax.config.update("jax_enable_x64", False)
+
+
+# --- rewards -------------------------------------------------------------------------------
+
+
+def test_rewards_hand_values():
+  conf = np.array([0.9, 0.8, 0.3, 0.6])
+  noisy = np.array([0.2, 0.85, 0.1, 0.6])
+  correct = np.array([1, 0, 1, 0])
+  f = dict(confidence=conf, confidence_perturbed=noisy, correct=correct, examples=[None] * 4)
+  np.testing.assert_allclose(rewards.perceptual_sensitivity([], [], **f), [0.7, 0.0, 0.2, 0.0], atol=1e-6)
+  np.testing.assert_allclose(rewards.calibration([], [], **f), [0.9, -0.8, 0.3, -0.6], atol=1e-6)
+  np.testing.assert_allclose(
+    rewards.calibration([], [], form="brier", **f), [1 - 0.01, 1 - 0.64, 1 - 0.49, 1 - 0.36], atol=1e-6
+  )
+  responses = ["so \\boxed{12}", "\\boxed{1} or \\boxed{2}", "no box", "\\boxed{ }", "\\boxed{\\frac{1}{2}}"]
+  np.testing.assert_array_equal(rewards.format_reward([], responses), [1, 0, 0, 0, 1])
+  total, parts = rewards.compute(
+    {"accuracy": 1.0, "sensitivity": 0.5, "calibration": 0.25}, [""] * 4, [""] * 4, **f
+  )
+  np.testing.assert_allclose(
+    total, correct + 0.5 * parts["sensitivity"] + 0.25 * parts["calibration"], atol=1e-6
+  )
+  with pytest.raises(ValueError, match="unknown reward"):
+    rewards.compute({"bogus": 1.0}, [], [])
+
+
+def test_accuracy_reward_grades_with_the_benchmark_grader():
+  ex = make_example(id="7", benchmark="mathvision", question="How many?", answer="10")
+  got = rewards.accuracy(
+    [], ["The answer is 10.", "The answer is 1.", "\\boxed{10}"], examples=[ex] * 3, benchmark="mathvision"
+  )
+  np.testing.assert_array_equal(got, [1, 0, 1])
+
+
+# --- advantages ----------------------------------------------------------------------------
+
+
+def test_advantages_hand_values():
+  r = jnp.array([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
+  s = np.sqrt(1 / 3)  # ddof=1 std of [1, 0, 0, 1]
+  np.testing.assert_allclose(grpo.advantages("grpo", r)[0], np.array([0.5, -0.5, -0.5, 0.5]) / s, rtol=1e-5)
+  np.testing.assert_allclose(grpo.advantages("grpo", r)[1], 0, atol=1e-6)  # zero-variance group
+  np.testing.assert_allclose(grpo.advantages("rloo", r)[0], [2 / 3, -2 / 3, -2 / 3, 2 / 3], rtol=1e-6)
+  np.testing.assert_allclose(grpo.advantages("dr_grpo", r)[0], [0.5, -0.5, -0.5, 0.5], rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown advantage"):
+    grpo.advantages("ppo", r)
+
+
+# --- the loss ------------------------------------------------------------------------------
+
+
+def numpy_loss(logp, old, adv, mask, cfg, ref):
+  """Plain loops, float64."""
+  b, t = logp.shape
+  token = np.zeros((b, t))
+  for i in range(b):
+    for j in range(t):
+      ratio = np.exp(logp[i, j] - old[i, j])
+      a = adv[i]
+      pg = max(-a * ratio, -a * min(max(ratio, 1 - cfg.eps_low), 1 + cfg.eps_high))
+      if cfg.dual_clip is not None and a < 0:
+        pg = min(pg, -a * cfg.dual_clip)
+      if cfg.kl_coef:
+        d = ref[i, j] - logp[i, j]
+        kl = (np.exp(d) - d - 1) if cfg.kl_estimator == "k3" else -d
+        pg += cfg.kl_coef * kl
+      token[i, j] = pg
+  if cfg.aggregation == "token_mean":
+    return (token * mask).sum() / mask.sum()
+  if cfg.aggregation == "seq_mean":
+    return np.mean([(token[i] * mask[i]).sum() / mask[i].sum() for i in range(b)])
+  return np.mean([(token[i] * mask[i]).sum() / cfg.max_tokens for i in range(b)])
+
+
+CONFIGS = [
+  grpo.LossConfig(),
+  grpo.LossConfig(aggregation="seq_mean", kl_coef=0.1, kl_estimator="k3"),
+  grpo.LossConfig(aggregation="seq_sum", max_tokens=7, kl_coef=0.05, kl_estimator="k1", dual_clip=3.0),
+  grpo.LossConfig(eps_low=0.1, eps_high=0.1, dual_clip=1.5),
+]
+
+
+@pytest.mark.parametrize(
+  "cfg", CONFIGS, ids=lambda c: f"{c.aggregation}-kl{c.kl_coef}-{c.kl_estimator}-dual{c.dual_clip}"
+)
+def test_loss_and_gradient_equal_numpy(cfg):
+  rng = np.random.default_rng(0)
+  b, t = 5, 7
+  old = -rng.exponential(1.0, (b, t))
+  logp = old + rng.normal(0, 0.4, (b, t))  # ratios both inside and outside the clip range
+  ref = old + rng.normal(0, 0.3, (b, t))
+  adv = np.array([1.5, -2.0, 0.3, -0.7, 0.0])
+  mask = (np.arange(t)[None] < np.array([7, 5, 3, 6, 1])[:, None]).astype(np.float64)
+
+  def loss_of(lp):
+    return grpo.policy_loss(
+      lp,
+      jnp.asarray(old, jnp.float32),
+      jnp.asarray(adv, jnp.float32),
+      jnp.asarray(mask, jnp.float32),
+      cfg,
+      jnp.asarray(ref, jnp.float32),
+    )[0]
+
+  got = float(loss_of(jnp.asarray(logp, jnp.float32)))
+  want = numpy_loss(logp, old, adv, mask, cfg, ref)
+  assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+  grad = np.asarray(jax.grad(loss_of)(jnp.asarray(logp, jnp.float32)))
+  h = 1e-6
+  numeric = np.zeros_like(logp)
+  for i in range(b):
+    for j in range(t):
+      up, down = logp.copy(), logp.copy()
+      up[i, j] += h
+      down[i, j] -= h
+      numeric[i, j] = (
+        numpy_loss(up, old, adv, mask, cfg, ref) - numpy_loss(down, old, adv, mask, cfg, ref)
+      ) / (2 * h)
+  np.testing.assert_allclose(grad, numeric, atol=2e-5)
+  assert (grad[mask == 0] == 0).all()
+
+
+def test_clip_fraction_and_kl_metrics():
+  logp = jnp.log(jnp.array([[1.5, 1.0, 0.5]]))
+  old = jnp.zeros((1, 3))
+  _, m = grpo.policy_loss(logp, old, jnp.array([1.0]), jnp.ones((1, 3)), grpo.LossConfig(kl_coef=0.1), old)
+  # A > 0: ratio 1.5 is clipped at 1.28; 0.5 is not (min picks the unclipped, smaller objective).
+  assert float(m["clip_fraction"]) == pytest.approx(1 / 3)
+  k3 = np.exp(-np.log([1.5, 1.0, 0.5])) + np.log([1.5, 1.0, 0.5]) - 1
+  assert float(m["kl"]) == pytest.approx(k3.mean(), rel=1e-5)
+  with pytest.raises(ValueError, match="needs ref_logp"):
+    grpo.policy_loss(logp, old, jnp.array([1.0]), jnp.ones((1, 3)), grpo.LossConfig(kl_coef=0.1))
+  cfg = dataclasses.replace(grpo.LossConfig(), aggregation="seq_sum")
+  with pytest.raises(ValueError, match="max_tokens"):
+    grpo.policy_loss(logp, old, jnp.array([1.0]), jnp.ones((1, 3)), cfg)
