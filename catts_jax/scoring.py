@@ -109,6 +109,14 @@ def response_scores(token_logp, topk_logp, mask, cfg: ConfidenceConfig) -> dict:
 # --- the scorer ------------------------------------------------------------------------------
 
 
+def response_logits(model, inputs: dict, response_len: int) -> tuple[jax.Array, jax.Array]:
+  """Logits predicting the last `response_len` tokens of each (left-padded) row, [B, R, V],
+  and those tokens [B, R]; the LM head runs on these R positions only."""
+  hidden, _ = model.hidden_states(**inputs)
+  t = hidden.shape[1]
+  return model.logits(hidden[:, t - response_len - 1 : t - 1]), inputs["input_ids"][:, t - response_len :]
+
+
 class Scorer:
   """Jitted teacher-forced scoring for one model. `compilations` counts traces."""
 
@@ -120,11 +128,7 @@ class Scorer:
 
   def _score_impl(self, state, inputs, response_mask, response_len: int):
     self.compilations += 1  # runs once per trace, i.e. per compiled shape
-    model = nnx.merge(self.graphdef, state)
-    hidden, _ = model.hidden_states(**inputs)
-    t = hidden.shape[1]
-    logits = model.logits(hidden[:, t - response_len - 1 : t - 1])
-    targets = inputs["input_ids"][:, t - response_len :]
+    logits, targets = response_logits(nnx.merge(self.graphdef, state), inputs, response_len)
     token_logp, topk_logp = token_statistics(logits, targets, self.cfg.top_k)
     return response_scores(token_logp, topk_logp, response_mask, self.cfg)
 

@@ -1,0 +1,169 @@
+"""The CDRL policy update: optimizer, loss over the model, and a sharded jitted train step.
+
+Params and optimizer state live on a (data, fsdp, tensor) mesh, sharded by the params'
+logical axes; the batch is sharded over data x fsdp. The step is `jax.jit` with explicit
+in/out shardings and the train state donated, so updates happen in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from catts_jax import sharding
+from catts_jax.rl.grpo import LossConfig, policy_loss
+from catts_jax.scoring import response_logits
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  learning_rate: float = 1e-6
+  warmup_steps: int = 0
+  total_steps: int = 1000  # cosine decay horizon
+  weight_decay: float = 0.0
+  clip_norm: float | None = 1.0
+  accumulate: int = 1  # gradient accumulation: one update every `accumulate` steps
+  freeze_vision: bool = False
+
+
+def make_optimizer(cfg: OptimizerConfig, params: nnx.State) -> optax.GradientTransformation:
+  """AdamW with linear warm-up and cosine decay, global-norm clipping, optional gradient
+  accumulation (optax.MultiSteps) and an optional frozen vision tower."""
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(cfg.total_steps, cfg.warmup_steps + 1)
+  )
+  opt = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+  if cfg.clip_norm:
+    opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+  if cfg.freeze_vision:
+    labels = jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if getattr(path[0], "key", None) == "visual" else "train", params
+    )
+    opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
+  if cfg.accumulate > 1:
+    opt = optax.MultiSteps(opt, every_k_schedule=cfg.accumulate)
+  return opt
+
+
+def response_logprobs(model, inputs: dict, response_len: int) -> jax.Array:
+  """Log-probs [B, R] of the last `response_len` tokens of each row under `model`."""
+  logits, targets = response_logits(model, inputs, response_len)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+
+
+def batch_shardings(batch: Mapping[str, jax.Array], mesh: Mesh) -> dict[str, NamedSharding]:
+  """Rows over data x fsdp; positions' batch is dim 1; image patches are not per row, so
+  they are replicated."""
+
+  def one(name, x):
+    if name in ("pixel_values", "patch_pos", "patch_image") or x.ndim == 0:
+      return NamedSharding(mesh, PartitionSpec())
+    return sharding.batch_sharding(mesh, x.ndim, batch_axis=1 if name == "positions" else 0)
+
+  return {name: one(name, x) for name, x in batch.items()}
+
+
+class Learner:
+  """Holds graphdef, params, optimizer state and the compiled step.
+
+  `batch` for `step`: the model inputs of a scoring batch (input_ids, positions,
+  attention_mask[, pixel_values, patch_pos, patch_image]) plus old_logp, ref_logp,
+  response_mask [B, R] and advantages [B]; `response_len` is static.
+  """
+
+  def __init__(
+    self,
+    model: nnx.Module,
+    loss_cfg: LossConfig,
+    opt_cfg: OptimizerConfig,
+    mesh: Mesh | None = None,
+    rules: Mapping | None = None,
+  ):
+    self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+    self.loss_cfg, self.mesh = loss_cfg, mesh
+    self.optimizer = make_optimizer(opt_cfg, params)
+    if mesh is not None:
+      params = jax.device_put(params, sharding.state_shardings(params, mesh, rules))
+    self.params = params
+    init = jax.jit(self.optimizer.init)
+    if mesh is not None:  # moments sharded like their params, counters replicated
+      replicated = NamedSharding(mesh, PartitionSpec())
+      opt_shardings = optax.tree_map_params(
+        self.optimizer,
+        lambda _, s: s,
+        jax.eval_shape(self.optimizer.init, params),
+        jax.tree.map(lambda x: x.sharding, params),
+        transform_non_params=lambda _: replicated,
+      )
+      init = jax.jit(self.optimizer.init, out_shardings=opt_shardings)
+    opt_state = init(params)
+    self.opt_state = opt_state
+    self._steps: dict = {}
+
+  def model(self) -> nnx.Module:
+    return nnx.merge(self.graphdef, self.params, self.rest)
+
+  def _loss(self, params, batch, response_len):
+    model = nnx.merge(self.graphdef, params, self.rest)
+    inputs = {
+      k: batch[k]
+      for k in ("input_ids", "positions", "attention_mask", "pixel_values", "patch_pos", "patch_image")
+      if k in batch
+    }
+    logp = response_logprobs(model, inputs, response_len)
+    return policy_loss(
+      logp,
+      batch["old_logp"],
+      batch["advantages"],
+      batch["response_mask"],
+      self.loss_cfg,
+      batch.get("ref_logp"),
+    )
+
+  def _step_impl(self, params, opt_state, batch, response_len):
+    (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch, response_len)
+    grad_norm = optax.tree.norm(grads)
+    updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    # A non-finite step keeps the previous state (the inputs are donated, so the host could
+    # not fall back to them); the caller sees the non-finite metrics and stops.
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+    params, opt_state = jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state)
+    return params, opt_state, {**metrics, "loss": loss, "grad_norm": grad_norm}
+
+  def _compiled(self, batch, response_len):
+    key = (response_len, tuple(sorted((k, v.shape) for k, v in batch.items())))
+    if key not in self._steps:
+      kwargs = {}
+      if self.mesh is not None:
+        param_sh = jax.tree.map(lambda x: x.sharding, self.params)
+        opt_sh = jax.tree.map(lambda x: x.sharding, self.opt_state)
+        kwargs = dict(
+          in_shardings=(param_sh, opt_sh, batch_shardings(batch, self.mesh)),
+          out_shardings=(param_sh, opt_sh, NamedSharding(self.mesh, PartitionSpec())),
+        )
+      fn = lambda p, o, b: self._step_impl(p, o, b, response_len)  # noqa: E731
+      self._steps[key] = jax.jit(fn, donate_argnums=(0, 1), **kwargs)
+    return self._steps[key]
+
+  def step(self, batch: Mapping, response_len: int) -> dict[str, float]:
+    """One optimisation step. A non-finite loss or gradient raises FloatingPointError and
+    leaves params and optimizer state as they were."""
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    step = self._compiled(batch, response_len)
+    self.params, self.opt_state, metrics = step(self.params, self.opt_state, batch)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+      raise FloatingPointError(
+        f"non-finite loss {metrics['loss']} or gradient norm {metrics['grad_norm']}; the update was not applied"
+      )
+    return metrics
