@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -157,8 +158,17 @@ class Learner:
 
   def step(self, batch: Mapping, response_len: int) -> dict[str, float]:
     """One optimisation step. A non-finite loss or gradient raises FloatingPointError and
-    leaves params and optimizer state as they were."""
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    leaves params and optimizer state as they were.
+
+    With several processes (jax.distributed), each passes its own rows of the global batch
+    (image patches, which are not per row, must be the same everywhere)."""
+    if jax.process_count() > 1:
+      shardings = batch_shardings(batch, self.mesh)
+      batch = {
+        k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()
+      }
+    else:
+      batch = {k: jnp.asarray(v) for k, v in batch.items()}
     step = self._compiled(batch, response_len)
     self.params, self.opt_state, metrics = step(self.params, self.opt_state, batch)
     metrics = {k: float(v) for k, v in metrics.items()}
