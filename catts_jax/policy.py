@@ -69,6 +69,16 @@ class Policy:
   def prompt(self, question: str, num_images: int = 0, system: str | None = None) -> str:
     return self.processor.chat_prompt(question, num_images, system)
 
+  def example_prompt(self, example: dict, template: str | None = None) -> tuple[str, list]:
+    """A benchmark example's rendered prompt and its images in prompt order (images sit at
+    their <image n> tags where the benchmark places them); errors name the example."""
+    from catts_jax import data
+
+    text = data.prompt_for(example, template)
+    content = data.chat_content(example, text)
+    images = data.decode_images(example)
+    return self.processor.chat(content), [images[c["index"]] for c in content if c["type"] == "image"]
+
   def score(
     self,
     prompts: Sequence[str],

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from catts_jax import data, perturb
+from catts_jax import perturb
 from catts_jax.eval import answers, metrics, report
 from catts_jax.policy import Policy
 from catts_jax.sampling import SamplingConfig
@@ -68,10 +68,7 @@ class Probe:
   def prepared(self, index: int, kind: str, level: float) -> tuple[str, list]:
     """Prompt text and (perturbed) images of problem `index`; raises with the problem id."""
     example = self.examples[index]
-    text = data.prompt_for(example, self.cfg.template)
-    content = data.chat_content(example, text)
-    images = data.decode_images(example)
-    images = [images[c["index"]] for c in content if c["type"] == "image"]
+    prompt, images = self.policy.example_prompt(example, self.cfg.template)
     if kind != "none":
       masks = self.region_masks(example, images) if self.cfg.targeted else [None] * len(images)
       seed = self.cfg.seed + 1009 * index
@@ -79,7 +76,7 @@ class Probe:
         perturb.perturb(im, kind, level, seed=seed + j, regions=m)
         for j, (im, m) in enumerate(zip(images, masks))
       ]
-    return self.policy.processor.chat(content), images
+    return prompt, images
 
   def region_masks(self, example: dict, images: list) -> list:
     if example["id"] not in self._masks:

@@ -37,9 +37,12 @@ class OptimizerConfig:
 def make_optimizer(cfg: OptimizerConfig, params: nnx.State) -> optax.GradientTransformation:
   """AdamW with linear warm-up and cosine decay, global-norm clipping, optional gradient
   accumulation (optax.MultiSteps) and an optional frozen vision tower."""
-  schedule = optax.warmup_cosine_decay_schedule(
-    0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(cfg.total_steps, cfg.warmup_steps + 1)
-  )
+  if cfg.warmup_steps:
+    schedule = optax.warmup_cosine_decay_schedule(
+      0.0, cfg.learning_rate, cfg.warmup_steps, max(cfg.total_steps, cfg.warmup_steps + 1)
+    )
+  else:
+    schedule = optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.total_steps, 1))
   opt = optax.adamw(schedule, weight_decay=cfg.weight_decay)
   if cfg.clip_norm:
     opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
@@ -74,6 +77,9 @@ def batch_shardings(batch: Mapping[str, jax.Array], mesh: Mesh) -> dict[str, Nam
 
 class Learner:
   """Holds graphdef, params, optimizer state and the compiled step.
+
+  The learner takes over the model's param arrays (each step donates them); sample and score
+  with the current params by passing `state=learner.params` to the sampler and scorer.
 
   `batch` for `step`: the model inputs of a scoring batch (input_ids, positions,
   attention_mask[, pixel_values, patch_pos, patch_image]) plus old_logp, ref_logp,
