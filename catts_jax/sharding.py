@@ -32,18 +32,21 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh over MESH_AXES; unspecified axes get size 1, and `data` absorbs what is left
-  when shape is None or leaves it out."""
+  """A mesh over MESH_AXES. Unspecified axes get size 1; one axis may be -1 (or, when none is,
+  `data` when it is left out) to take the devices that remain."""
   devices = list(jax.devices() if devices is None else devices)
   shape = dict(shape or {})
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
     raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected {MESH_AXES}")
-  rest = int(np.prod([shape.get(a, 1) for a in MESH_AXES if a != "data"]))
-  if "data" not in shape:
+  free = [a for a in MESH_AXES if shape.get(a) == -1] or ([] if "data" in shape else ["data"])
+  if len(free) > 1:
+    raise ValueError(f"mesh {shape}: only one axis may be -1")
+  if free:
+    rest = int(np.prod([shape.get(a, 1) for a in MESH_AXES if a != free[0]]))
     if len(devices) % rest:
       raise ValueError(f"mesh {shape} does not divide {len(devices)} devices")
-    shape["data"] = len(devices) // rest
+    shape[free[0]] = len(devices) // rest
   sizes = [shape.get(a, 1) for a in MESH_AXES]
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(

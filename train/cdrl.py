@@ -1,0 +1,178 @@
+"""CDRL training: `python -m train.cdrl --config configs/cdrl_tiny.py [--config.x=y] --out DIR`.
+
+Each step: a batch of problems -> rollout (G samples on the original image, confidences under
+a perturbed one, rewards, advantages) -> `updates_per_rollout` optimisation steps. Params,
+optimizer state and the data position are checkpointed every `save_every` steps (orbax,
+async); a rerun with the same --out resumes from the latest complete checkpoint. A
+non-finite loss or gradient stops the run with exit code 3 and leaves the last checkpoint
+intact. Logs go to DIR/train.jsonl and TensorBoard (DIR/tb); the final policy is exported
+to DIR/final as an HF directory, with DIR/report.json summarising the run.
+
+Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run where
+`jax.distributed.initialize()` finds them); each process then reads its own slice of the
+problems. Only process 0 writes logs and the final export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from catts_jax import data, sharding
+from catts_jax.checkpoint import Checkpointer
+from catts_jax.eval import report
+from catts_jax.models.qwen2_5_vl import ModelConfig, load_hf, save_hf
+from catts_jax.policy import Policy
+from catts_jax.rl.grpo import LossConfig
+from catts_jax.rl.learner import Learner, OptimizerConfig
+from catts_jax.rl.rollout import RolloutConfig, rollout
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
+_OUT = flags.DEFINE_string("out", None, "output directory (checkpoints, logs, report.json, final/)")
+
+
+def problems_for_step(
+  num: int, step: int, per_step: int, seed: int, process: int, processes: int
+) -> list[int]:
+  """Indices of this process's problems at `step`: epochs of seeded permutations, so the
+  data position is just the step number."""
+  per_process = per_step // processes
+  start = step * per_step + process * per_process
+  out = []
+  for position in range(start, start + per_process):
+    epoch, offset = divmod(position, num)
+    out.append(int(np.random.default_rng([seed, epoch]).permutation(num)[offset]))
+  return out
+
+
+def train(cfg, out: pathlib.Path) -> int:
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+  main_process = jax.process_index() == 0
+  out.mkdir(parents=True, exist_ok=True)
+  t = cfg.train
+  mesh = sharding.make_mesh(dict(cfg.mesh))
+  model_cfg = ModelConfig.from_pretrained(cfg.model.ckpt).replace(dtype=cfg.model.dtype)
+  policy = Policy.from_pretrained(cfg.model.ckpt, dtype=cfg.model.dtype)
+  rollout_cfg = RolloutConfig(**{**cfg.rollout.to_dict(), "template": cfg.data.template})
+  loss_cfg = LossConfig(**cfg.loss.to_dict())
+  learner = Learner(
+    load_hf(cfg.model.ckpt, model_cfg, mesh=mesh),
+    loss_cfg,
+    OptimizerConfig(**cfg.optimizer.to_dict()),
+    mesh=mesh,
+  )
+  # The frozen reference for the KL term: the starting weights, loaded once more.
+  ref_state = nnx.state(load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)) if loss_cfg.kl_coef else None
+  saliency = None
+  if rollout_cfg.targeted:
+    from catts_jax.saliency import ClipSaliency
+
+    saliency = ClipSaliency.from_pretrained(cfg.clip.model, cfg.clip.pretrained)
+
+  dataset = data.load(
+    cfg.data.benchmark, manual_dir=cfg.data.manual_dir, split=cfg.data.split, data_dir=cfg.data.data_dir
+  )
+  num = min(len(dataset), cfg.data.limit or len(dataset))
+
+  checkpoints = Checkpointer(out / "checkpoints", keep=t.keep, every=t.save_every)
+  start = 0
+  restored = checkpoints.restore(learner.params, learner.opt_state)
+  if restored is not None:
+    learner.params, learner.opt_state, record = restored
+    start = record["step"]
+  log = (out / "train.jsonl").open("a") if main_process else None
+  writer = None
+  if main_process:
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"))
+
+  from tqdm import tqdm
+
+  history = []
+  base_key = jax.random.key(t.seed)
+  for step in tqdm(
+    range(start, t.steps), initial=start, total=t.steps, desc="cdrl", disable=not main_process
+  ):
+    began = time.perf_counter()
+    indices = problems_for_step(
+      num, step, t.prompts_per_step, t.seed, jax.process_index(), jax.process_count()
+    )
+    examples = [dataset[i] for i in indices]
+    batch, response_len, metrics = rollout(
+      policy,
+      examples,
+      cfg.data.benchmark,
+      rollout_cfg,
+      jax.random.fold_in(base_key, step),
+      state=learner.params,
+      ref_state=ref_state,
+      saliency=saliency,
+      seed=t.seed + step,
+    )
+    try:
+      if not all(np.isfinite(v) for v in metrics.values()):
+        raise FloatingPointError(f"non-finite rollout metrics {metrics}")
+      if batch is not None:
+        for _ in range(t.updates_per_rollout):
+          metrics.update(learner.step(batch, response_len))
+    except FloatingPointError as e:
+      checkpoints.wait()
+      print(
+        f"step {step}: {e}; stopping. The last checkpoint (step {checkpoints.latest_step()}) is intact.",
+        file=sys.stderr,
+      )
+      return 3
+    seconds = time.perf_counter() - began
+    metrics.update(
+      step=step + 1,
+      seconds=seconds,
+      tokens_per_s=metrics["response_tokens"] * metrics["groups"] * rollout_cfg.group_size / seconds,
+    )
+    checkpoints.save(step + 1, learner.params, learner.opt_state, {"step": step + 1})
+    history.append(metrics)
+    if main_process:
+      log.write(json.dumps(metrics) + "\n")
+      log.flush()
+      for name, value in metrics.items():
+        writer.add_scalar(name, value, step + 1)
+  checkpoints.wait()
+
+  if main_process:
+    final = save_hf(learner.model(), out / "final", processor_dir=cfg.model.ckpt)
+    first, last = (history[0], history[-1]) if history else ({}, {})
+    summary = {
+      "steps": t.steps,
+      "resumed_from": start,
+      "final_checkpoint": str(final),
+      "first": first,
+      "last": last,
+      "config": cfg.to_dict(),
+      "rollout": dataclasses.asdict(rollout_cfg),
+    }
+    report.write_json(out / "report.json", summary)
+    writer.close()
+  return 0
+
+
+def main(argv) -> None:
+  del argv
+  if not _OUT.value:
+    raise app.UsageError("--out is required")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  sys.exit(train(_CONFIG.value, pathlib.Path(_OUT.value)))
+
+
+if __name__ == "__main__":
+  app.run(main)
