@@ -86,6 +86,8 @@ class ModelConfig:
   # Compute dtype of activations and matmuls; params are stored in param_dtype.
   dtype: str = "float32"
   param_dtype: str = "float32"
+  # Recompute each decoder layer's activations in the backward pass (training memory).
+  remat: bool = False
 
   @property
   def compute_dtype(self) -> jnp.dtype:

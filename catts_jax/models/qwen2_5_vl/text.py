@@ -109,6 +109,7 @@ class TextModel(nnx.Module):
     dtype, param_dtype = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     self.cfg = t
     self.dtype = dtype
+    self.remat = cfg.remat
     self.embed_tokens = param(
       rngs, default_init, (t.vocab_size, t.hidden_size), ("vocab", "embed"), param_dtype
     )
@@ -126,8 +127,11 @@ class TextModel(nnx.Module):
     x = embeds.astype(self.dtype)
     if cache is None:
       mask = attention_mask(token_valid, 0, x.shape[1])
+      run = lambda layer, x: layer(x, cos, sin, mask)[0]  # noqa: E731
+      if self.remat:
+        run = nnx.remat(run)
       for layer in self.layers:
-        x, _ = layer(x, cos, sin, mask)
+        x = run(layer, x)
       return self.norm(x), None
 
     end = cache["end_index"]
