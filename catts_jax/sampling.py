@@ -11,6 +11,7 @@
   on the same tokens, as extra rows of the same batch; tokens are drawn from
   `(1 + a) l_orig - a l_contrast` restricted to `l_orig >= log(b) + max l_orig`.
 - Deterministic for a given PRNG key: step i uses `fold_in(key, i)`.
+- The image and video placeholder tokens are never sampled.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class Sampler:
     model = nnx.merge(self.graphdef, state)
     rows = carry["tokens"].shape[0]  # samples; with contrast, the model sees 2 * rows
     stop_ids = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
+    banned = jnp.asarray([self.cfg.image_token_id, self.cfg.video_token_id], jnp.int32)
 
     def split(logits):
       if contrastive:
@@ -136,6 +138,9 @@ class Sampler:
       """Choose the token for step c["step"] from logits, record it and its log-probs."""
       step = c["step"]
       policy_logits, sample_logits = split(logits)
+      # Image/video placeholders are never a valid output: emitted, they would be read as
+      # image slots when the response is scored or continued.
+      sample_logits = sample_logits.at[:, banned].set(-jnp.inf)
       token = choose_tokens(sample_logits, jax.random.fold_in(c["key"], step), cfg)
       token = jnp.where(c["done"], self.pad_id, token)
       token_logp, topk_logp = token_statistics(policy_logits, token, cfg.confidence.top_k)

@@ -177,3 +177,13 @@ def test_sampler_compiles_once_per_shape(policy):
     policy.sample([policy.prompt(q)], max_new_tokens=4, temperature=0.7, stop_ids=(), seed=0)
   assert len(shapes) <= 2
   assert sampler.compilations - before == 2 * len(shapes)  # one prefill + one decode each
+
+
+def test_image_placeholders_are_never_sampled(policy):
+  """At a high temperature (near uniform over 576 tokens) 8192 draws would almost surely hit
+  <|image_pad|> / <|video_pad|>; the sampler must never emit them."""
+  cfg = policy.cfg
+  out = policy.sample([policy.prompt("hi")], n=256, max_new_tokens=32, temperature=20.0, stop_ids=(), seed=4)
+  emitted = set(out.tokens.ravel().tolist())
+  assert cfg.image_token_id not in emitted and cfg.video_token_id not in emitted
+  assert len(emitted) > 500  # it really sampled nearly everything else
