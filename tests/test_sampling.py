@@ -52,7 +52,10 @@ def test_next_token_distribution_is_softmax(policy, cases):
   """Temperature 1: 4000 first tokens from one prompt follow softmax(logits) (chi-square)."""
   prompt, imgs = cases["one_image"][0][0], cases["one_image"][1][0]
   logits = first_step_logits(policy, prompt, imgs).astype(np.float64)
-  probs = np.exp(logits - logits.max())
+  raw = np.exp(logits - logits.max())
+  raw /= raw.sum()
+  probs = raw.copy()
+  probs[[policy.cfg.image_token_id, policy.cfg.video_token_id]] = 0  # never sampled
   probs /= probs.sum()
   n = 4000
   out = policy.sample([prompt], [imgs], n=n, max_new_tokens=1, temperature=1.0, stop_ids=(), seed=7)
@@ -65,7 +68,7 @@ def test_next_token_distribution_is_softmax(policy, cases):
   p_value = stats.chisquare(observed, expected).pvalue
   assert p_value > 1e-3, p_value
   # The recorded log-prob of each sampled token is its log softmax probability.
-  np.testing.assert_allclose(out.logprobs[0, :, 0], np.log(probs[out.tokens[0, :, 0]]), atol=1e-5)
+  np.testing.assert_allclose(out.logprobs[0, :, 0], np.log(raw[out.tokens[0, :, 0]]), atol=1e-5)
 
 
 def test_top_k_never_emits_excluded_tokens(policy, cases):
@@ -79,7 +82,8 @@ def test_top_k_never_emits_excluded_tokens(policy, cases):
 
 def test_top_p_never_emits_excluded_tokens(policy, cases):
   prompt, imgs = cases["one_image"][0][0], cases["one_image"][1][0]
-  logits = first_step_logits(policy, prompt, imgs)
+  logits = first_step_logits(policy, prompt, imgs).copy()
+  logits[[policy.cfg.image_token_id, policy.cfg.video_token_id]] = -np.inf  # never sampled
   order = np.argsort(-logits)
   probs = np.asarray(jax.nn.softmax(logits))[order]
   keep = order[: int(np.searchsorted(np.cumsum(probs), 0.5)) + 1]  # smallest set with mass >= 0.5
