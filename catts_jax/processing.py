@@ -19,6 +19,9 @@ from catts_jax.models.qwen2_5_vl.config import ModelConfig
 from catts_jax.models.qwen2_5_vl.model import get_rope_index
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+# The keyword arguments of `Qwen2_5_VL.__call__` that a `Batch` provides (the last three
+# only with images).
+MODEL_INPUT_KEYS = ("input_ids", "positions", "attention_mask", "pixel_values", "patch_pos", "patch_image")
 
 
 def power_of_two_buckets(smallest: int, largest: int) -> tuple[int, ...]:

@@ -4,7 +4,7 @@
     python -m infer.bench --out runs/bench_gpu --device gpu   # one GPU, float32 and bfloat16
 
 One fixed Qwen2.5-VL-shaped model with random weights (text: hidden 512, 8 layers, 8 heads,
-2 KV heads, MLP 1408, vocab 8192, mrope [8, 12, 12]; a 2-block vision tower; ~31M params)
+2 KV heads, MLP 1408, vocab 8192, mrope [8, 12, 12]; a 2-block vision tower; the report records the parameter count)
 so figures stay comparable over time. Both sides get the same weights and inputs, run in
 this one process, alternating; the first call of each shape (compilation, warm-up) is
 excluded and reported separately; times are medians over repeats.

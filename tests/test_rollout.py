@@ -11,6 +11,7 @@ from tiny_hf import random_image
 from catts_jax.data.schema import from_record, make_example
 from catts_jax.models.qwen2_5_vl import load_hf
 from catts_jax.policy import Policy
+from catts_jax.processing import MODEL_INPUT_KEYS
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig, response_logprobs
 from catts_jax.rl.rollout import RolloutConfig, rollout
@@ -51,10 +52,7 @@ def test_rollout_batch_is_consistent_and_trains(setup):
   mask = batch["response_mask"].astype(bool)
   assert mask[:n].sum(1).min() >= 1 and not mask[n:].any()
   # The sampler's recorded log-probs are the teacher-forced ones of the same tokens.
-  inputs = {
-    k: jax.numpy.asarray(batch[k])
-    for k in ("input_ids", "positions", "attention_mask", "pixel_values", "patch_pos", "patch_image")
-  }
+  inputs = {k: jax.numpy.asarray(batch[k]) for k in MODEL_INPUT_KEYS}
   logp = np.asarray(response_logprobs(policy.model, inputs, r))
   np.testing.assert_allclose(batch["old_logp"][mask], logp[mask], atol=1e-4)
   np.testing.assert_allclose(batch["ref_logp"][mask], logp[mask], atol=1e-4)

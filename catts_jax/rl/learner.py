@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from catts_jax import sharding
+from catts_jax.processing import MODEL_INPUT_KEYS
 from catts_jax.rl.grpo import LossConfig, policy_loss
 from catts_jax.scoring import response_logits
 
@@ -120,11 +121,7 @@ class Learner:
 
   def _loss(self, params, batch, response_len):
     model = nnx.merge(self.graphdef, params, self.rest)
-    inputs = {
-      k: batch[k]
-      for k in ("input_ids", "positions", "attention_mask", "pixel_values", "patch_pos", "patch_image")
-      if k in batch
-    }
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
     logp = response_logprobs(model, inputs, response_len)
     return policy_loss(
       logp,
