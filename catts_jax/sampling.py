@@ -174,6 +174,32 @@ class Sampler:
     # in place by the loop instead of being copied into it.
     return carry | {"logits": logits, "scores": scores}
 
+  def decode_carry(self, cache, logits, next_pos, num_rows: int, cfg: SamplingConfig, key, groups: int = 1):
+    """The decode loop's initial state from the prefill's cache and last logits (one row per
+    prompt, `groups` image conditions stacked): each prompt's rows repeated `cfg.n` times.
+    Works under `jax.eval_shape` too (abstract carry for ahead-of-time compiles)."""
+    n, rows = cfg.n, next_pos.shape[0] * cfg.n
+    repeat = functools.partial(_repeat_rows, n=n, groups=groups)
+    k, steps = cfg.confidence.top_k, cfg.max_new_tokens
+    return {
+      "cache": repeat(cache),
+      "logits": repeat(logits),
+      "tokens": jnp.full((rows, steps), self.pad_id, jnp.int32),
+      "logprobs": jnp.zeros((rows, steps), jnp.float32),
+      "topk": jnp.zeros((rows, steps, k), jnp.float32),
+      "lengths": jnp.zeros((rows,), jnp.int32),
+      # Rows that only pad the batch to its bucket start finished, so they never hold the loop.
+      "done": jnp.arange(rows) >= num_rows * n,
+      "next_pos": jnp.repeat(jnp.asarray(next_pos, jnp.int32), n),
+      "step": jnp.zeros((), jnp.int32),
+      "key": key,
+    }
+
+  def lower_decode(self, state, carry, cfg: SamplingConfig, contrastive: bool = False):
+    """Lower the jitted decode loop for (possibly abstract, sharded) `state` and `carry`;
+    `.compile()` the result for memory and cost analyses without running it."""
+    return self._decode.lower(state, carry, cfg=cfg, contrastive=contrastive)
+
   def __call__(
     self,
     batch: Batch,
@@ -192,24 +218,10 @@ class Sampler:
       logits_c, cache_c = self._prefill(state, _device(contrast), cache_len=cache_len)
       logits, cache = _concat([logits, logits_c]), _concat([cache, cache_c])
 
-    n, rows = cfg.n, batch.input_ids.shape[0] * cfg.n
-    repeat = functools.partial(_repeat_rows, n=n, groups=2 if contrast is not None else 1)
-    k, steps = cfg.confidence.top_k, cfg.max_new_tokens
-    carry = {
-      "cache": repeat(cache),
-      "logits": repeat(logits),
-      "tokens": jnp.full((rows, steps), self.pad_id, jnp.int32),
-      "logprobs": jnp.zeros((rows, steps), jnp.float32),
-      "topk": jnp.zeros((rows, steps, k), jnp.float32),
-      "lengths": jnp.zeros((rows,), jnp.int32),
-      # Rows that only pad the batch to its bucket start finished, so they never hold the loop.
-      "done": jnp.arange(rows) >= batch.num_rows * n,
-      "next_pos": jnp.repeat(jnp.asarray(next_pos, jnp.int32), n),
-      "step": jnp.zeros((), jnp.int32),
-      "key": key,
-    }
+    groups = 2 if contrast is not None else 1
+    carry = self.decode_carry(cache, logits, next_pos, batch.num_rows, cfg, key, groups)
     out = self._decode(state, carry, cfg=cfg, contrastive=contrast is not None)
-    b = batch.num_rows
+    n, b = cfg.n, batch.num_rows
 
     def unflatten(x):
       x = np.asarray(x)

@@ -76,6 +76,69 @@ def batch_shardings(batch: Mapping[str, jax.Array], mesh: Mesh) -> dict[str, Nam
   return {name: one(name, x) for name, x in batch.items()}
 
 
+def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, loss_cfg: LossConfig):
+  """The pure CDRL train step `(params, opt_state, batch, response_len) -> (params, opt_state,
+  metrics)` for the model `nnx.merge(graphdef, params, rest)`.
+
+  Pure in its arguments, so it can be jitted and lowered from abstract (`jax.ShapeDtypeStruct`)
+  params and optimizer state without materialising any weight (`train.compile`)."""
+
+  def loss(params, batch, response_len):
+    model = nnx.merge(graphdef, params, rest)
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    logp = response_logprobs(model, inputs, response_len)
+    return policy_loss(
+      logp, batch["old_logp"], batch["advantages"], batch["response_mask"], loss_cfg, batch.get("ref_logp")
+    )
+
+  def step(params, opt_state, batch, response_len):
+    (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params, batch, response_len)
+    grad_norm = optax.tree.norm(grads)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    # A non-finite step keeps the previous state (the inputs are donated, so the host could
+    # not fall back to them); the caller sees the non-finite metrics and stops.
+    ok = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+    params, opt_state = jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state)
+    return params, opt_state, {**metrics, "loss": value, "grad_norm": grad_norm}
+
+  step.loss = loss
+  return step
+
+
+def opt_state_shardings(optimizer: optax.GradientTransformation, params, param_shardings, mesh: Mesh):
+  """Optimizer-state shardings: moments sharded like their params, counters replicated.
+  `params` may be abstract."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return optax.tree_map_params(
+    optimizer,
+    lambda _, s: s,
+    jax.eval_shape(optimizer.init, params),
+    param_shardings,
+    transform_non_params=lambda _: replicated,
+  )
+
+
+def jit_train_step(
+  step,
+  response_len: int,
+  mesh: Mesh | None = None,
+  param_shardings=None,
+  opt_shardings=None,
+  batch_shardings=None,
+):
+  """`step` (from `make_train_step`) jitted for one response length: params and optimizer
+  state donated; with a mesh, explicit in/out shardings (metrics replicated)."""
+  kwargs = {}
+  if mesh is not None:
+    kwargs = dict(
+      in_shardings=(param_shardings, opt_shardings, batch_shardings),
+      out_shardings=(param_shardings, opt_shardings, NamedSharding(mesh, PartitionSpec())),
+    )
+  return jax.jit(lambda p, o, b: step(p, o, b, response_len), donate_argnums=(0, 1), **kwargs)
+
+
 class Learner:
   """Holds graphdef, params, optimizer state and the compiled step.
 
@@ -103,60 +166,35 @@ class Learner:
     self.params = params
     init = jax.jit(self.optimizer.init)
     if mesh is not None:  # moments sharded like their params, counters replicated
-      replicated = NamedSharding(mesh, PartitionSpec())
-      opt_shardings = optax.tree_map_params(
-        self.optimizer,
-        lambda _, s: s,
-        jax.eval_shape(self.optimizer.init, params),
-        jax.tree.map(lambda x: x.sharding, params),
-        transform_non_params=lambda _: replicated,
+      opt_shardings = opt_state_shardings(
+        self.optimizer, params, jax.tree.map(lambda x: x.sharding, params), mesh
       )
       init = jax.jit(self.optimizer.init, out_shardings=opt_shardings)
     opt_state = init(params)
     self.opt_state = opt_state
+    self._train_step = make_train_step(self.graphdef, self.rest, self.optimizer, loss_cfg)
     self._steps: dict = {}
 
   def model(self) -> nnx.Module:
     return nnx.merge(self.graphdef, self.params, self.rest)
 
   def _loss(self, params, batch, response_len):
-    model = nnx.merge(self.graphdef, params, self.rest)
-    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
-    logp = response_logprobs(model, inputs, response_len)
-    return policy_loss(
-      logp,
-      batch["old_logp"],
-      batch["advantages"],
-      batch["response_mask"],
-      self.loss_cfg,
-      batch.get("ref_logp"),
-    )
+    return self._train_step.loss(params, batch, response_len)
 
   def _step_impl(self, params, opt_state, batch, response_len):
-    (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch, response_len)
-    grad_norm = optax.tree.norm(grads)
-    updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    # A non-finite step keeps the previous state (the inputs are donated, so the host could
-    # not fall back to them); the caller sees the non-finite metrics and stops.
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-    params, opt_state = jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state)
-    return params, opt_state, {**metrics, "loss": loss, "grad_norm": grad_norm}
+    return self._train_step(params, opt_state, batch, response_len)
 
   def _compiled(self, batch, response_len):
     key = (response_len, tuple(sorted((k, v.shape) for k, v in batch.items())))
     if key not in self._steps:
-      kwargs = {}
+      shardings = {}
       if self.mesh is not None:
-        param_sh = jax.tree.map(lambda x: x.sharding, self.params)
-        opt_sh = jax.tree.map(lambda x: x.sharding, self.opt_state)
-        kwargs = dict(
-          in_shardings=(param_sh, opt_sh, batch_shardings(batch, self.mesh)),
-          out_shardings=(param_sh, opt_sh, NamedSharding(self.mesh, PartitionSpec())),
+        shardings = dict(
+          param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
+          opt_shardings=jax.tree.map(lambda x: x.sharding, self.opt_state),
+          batch_shardings=batch_shardings(batch, self.mesh),
         )
-      fn = lambda p, o, b: self._step_impl(p, o, b, response_len)  # noqa: E731
-      self._steps[key] = jax.jit(fn, donate_argnums=(0, 1), **kwargs)
+      self._steps[key] = jit_train_step(self._train_step, response_len, self.mesh, **shardings)
     return self._steps[key]
 
   def step(self, batch: Mapping, response_len: int) -> dict[str, float]:
