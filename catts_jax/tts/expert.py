@@ -1,0 +1,663 @@
+"""The CA-TTS Expert: one chat model that plays Planner (planner.py), Voter and Critic.
+
+  expert = make_expert("hf:Qwen/Qwen2.5-VL-72B-Instruct")  # HF Inference Providers, HF_TOKEN
+  expert = make_expert("http://127.0.0.1:8000/v1")          # vLLM, TGI, `transformers serve`
+  expert = make_expert("self", policy)                       # the policy itself, greedy
+  probs, call = vote(expert, question, images, ["12", "15"])  # {"12": 0.8, "15": 0.2}
+  text, call = critique(expert, question, images, response)
+
+Messages are OpenAI chat messages, images as PNG data URLs (`user_message`). Remote calls
+time out, retry 429 / 5xx / connection errors / timeouts / garbled bodies with exponential
+backoff and jitter, and fail as one `ExpertError` carrying the call's record; every
+`ExpertCall` is a flat dict for results.jsonl. Secrets (HF_TOKEN, API keys) never reach
+records, messages or logs: error texts are redacted and exceptions are not chained.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+# Sent as the bearer token to OpenAI-compatible servers that need none: without it
+# huggingface_hub would send the user's own HF token to whatever server the URL names.
+NO_API_KEY = "EMPTY"
+IMAGE_MAX_SIDE = 2048  # larger images are shrunk before upload (request size limits)
+ERROR_MAX_CHARS = 200
+OUTPUT_MAX_CHARS = 300  # raw output kept in a record when it could not be parsed
+
+
+# ---------------------------------------------------------------------------
+# Messages
+# ---------------------------------------------------------------------------
+
+
+def image_url(image: Image.Image, max_side: int = IMAGE_MAX_SIDE) -> str:
+  """A PNG data URL of `image`, shrunk so that its longer side is at most `max_side`."""
+  if image.mode not in ("RGB", "RGBA", "L", "LA"):
+    image = image.convert("RGB")
+  if max(image.size) > max_side:
+    image = image.copy()
+    image.thumbnail((max_side, max_side))
+  buf = io.BytesIO()
+  image.save(buf, format="PNG")
+  return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_image_url(url: str) -> Image.Image:
+  """The RGB image of a base64 data URL (the only kind the `self` expert can read)."""
+  head, sep, data = url.partition(",")
+  if not (url.startswith("data:") and sep and head.endswith(";base64")):
+    raise ValueError(f"only base64 data URLs can be read locally, got {url[:40]!r}")
+  with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+    return im.convert("RGB")
+
+
+def user_message(text: str, images: Sequence[Image.Image] = ()) -> dict:
+  """A user turn: the images first (as Qwen-VL prompts place them), then the text."""
+  parts = [{"type": "image_url", "image_url": {"url": image_url(im)}} for im in images]
+  return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+
+def system_message(text: str) -> dict:
+  return {"role": "system", "content": text}
+
+
+# ---------------------------------------------------------------------------
+# Records and errors
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ExpertCall:
+  """One expert call as it goes to results.jsonl. `ok` is False when the call failed or its
+  output was unusable; `fallback` means a default replaced an unparseable answer (planner),
+  with `reason`; `output` keeps the start of an output that could not be parsed.
+  latency_s covers all attempts and the waits between them."""
+
+  role: str
+  ok: bool
+  latency_s: float
+  attempts: int
+  error: str | None = None
+  expert: str = ""
+  fallback: bool = False
+  reason: str | None = None
+  output: str | None = None
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+class ExpertError(RuntimeError):
+  """A call that failed after its retries (or whose output was unusable); `record` says why."""
+
+  def __init__(self, record: ExpertCall):
+    super().__init__(f"expert {record.role} call failed after {record.attempts} attempt(s): {record.error}")
+    self.record = record
+
+
+class Retryable(Exception):
+  """A failed attempt worth repeating (transient server or network trouble)."""
+
+  def __init__(self, message: str, wait_s: float | None = None):
+    super().__init__(message)
+    self.wait_s = wait_s  # the server's Retry-After, if it sent one
+
+
+class Fatal(Exception):
+  """A failed attempt that repeating will not fix (bad request, auth, offline mode)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+  """Attempt k (1-based) that fails transiently waits backoff_s * 2**(k-1), at least the
+  server's Retry-After, at most max_backoff_s, times a random factor in [1, 1 + jitter)."""
+
+  max_retries: int = 3
+  backoff_s: float = 1.0
+  max_backoff_s: float = 30.0
+  jitter: float = 0.1
+  sleep: Callable[[float], None] = time.sleep
+  rng: random.Random = dataclasses.field(default_factory=random.Random)
+
+  def delay(self, attempt: int, wait_s: float | None = None) -> float:
+    base = self.backoff_s * 2 ** (attempt - 1)
+    if wait_s is not None:
+      base = max(base, wait_s)
+    return min(base, self.max_backoff_s) * (1 + self.jitter * self.rng.random())
+
+
+def shorten(text: str, limit: int = ERROR_MAX_CHARS) -> str:
+  text = " ".join(str(text).split())
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------
+# Experts
+# ---------------------------------------------------------------------------
+
+
+class Expert:
+  """A chat model. Subclasses implement `_send` (one attempt) and may raise Retryable or
+  Fatal; any other exception counts as Fatal."""
+
+  name = "expert"
+
+  def __init__(self, retry: RetryPolicy | None = None, secrets: Sequence[str] = ()):
+    self.retry = retry or RetryPolicy()
+    self._secrets = tuple(s for s in secrets if s)
+    self.last_call: ExpertCall | None = None
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({self.name!r})"
+
+  def _send(self, messages: list[dict], max_tokens: int, temperature: float) -> str:
+    raise NotImplementedError
+
+  def redact(self, text: str) -> str:
+    for secret in self._secrets:
+      text = text.replace(secret, "***")
+    return text
+
+  def excerpt(self, text: str) -> str:
+    """The start of a reply, secrets removed, for a record."""
+    return self.redact(text)[:OUTPUT_MAX_CHARS]
+
+  def complete(
+    self, messages: Sequence[Mapping], max_tokens: int = 512, temperature: float = 0.0, role: str = "chat"
+  ) -> tuple[str, ExpertCall]:
+    """The reply text and the call's record; ExpertError (with the record) on failure."""
+    start, attempt = time.monotonic(), 0
+    while True:
+      attempt += 1
+      try:
+        text = self._send(list(messages), max_tokens, temperature)
+        self.last_call = ExpertCall(role, True, time.monotonic() - start, attempt, expert=self.name)
+        return text, self.last_call
+      except Exception as e:  # noqa: BLE001 - every failure becomes a record
+        failure = e
+      # Handled outside the except block, so no error chains to one that may quote secrets.
+      known = isinstance(failure, Retryable | Fatal)
+      # Redact before shortening: a cut could leave part of a secret.
+      error = shorten(self.redact(str(failure) if known else f"{type(failure).__name__}: {failure}"))
+      if not isinstance(failure, Retryable) or attempt > self.retry.max_retries:
+        self.last_call = ExpertCall(role, False, time.monotonic() - start, attempt, error, self.name)
+        logger.warning("expert %s: %s call failed after %d attempt(s): %s", self.name, role, attempt, error)
+        raise ExpertError(self.last_call)
+      wait = self.retry.delay(attempt, failure.wait_s)
+      logger.warning(
+        "expert %s: %s attempt %d failed (%s); retrying in %.1f s", self.name, role, attempt, error, wait
+      )
+      self.retry.sleep(wait)
+
+  def chat(self, messages: Sequence[Mapping], max_tokens: int = 512, temperature: float = 0.0) -> str:
+    """The reply text; the record is in `last_call` (also on ExpertError)."""
+    return self.complete(messages, max_tokens, temperature)[0]
+
+
+def _status_error(e: Exception) -> Exception:
+  """An HTTP error response as Retryable (429, 5xx) or Fatal (other 4xx)."""
+  response = e.response
+  status = response.status_code
+  try:
+    detail = shorten(response.text, 120)
+  except Exception:  # noqa: BLE001 - a streamed body may be unreadable
+    detail = ""
+  message = f"HTTP {status}" + (f": {detail}" if detail else "")
+  if status == 429 or status >= 500:
+    try:
+      wait = float(response.headers.get("retry-after"))
+    except (TypeError, ValueError):
+      wait = None
+    return Retryable(message, wait)
+  return Fatal(message)
+
+
+class RemoteExpert(Expert):
+  """An OpenAI-compatible chat endpoint through `huggingface_hub.InferenceClient`."""
+
+  def __init__(
+    self,
+    name: str,
+    client,
+    *,
+    model: str | None = None,
+    models_url: str | None = None,
+    api_key: str | None = None,
+    timeout_s: float = 60.0,
+    retry: RetryPolicy | None = None,
+  ):
+    super().__init__(retry, secrets=[api_key] if api_key else ())
+    self.name = name
+    self.client = client
+    self.model = model
+    self.timeout_s = timeout_s
+    self._models_url = models_url  # asked once for the served model's name, when model is None
+    self._api_key = api_key
+
+  def _payload_model(self) -> str | None:
+    """The `model` field: given, or the served model's id from GET /v1/models (servers
+    pinned to one model, like `transformers serve DIR` and vLLM, reject any other name)."""
+    if self.model is None and self._models_url is not None:
+      request = urllib.request.Request(self._models_url)
+      if self._api_key:
+        request.add_header("Authorization", f"Bearer {self._api_key}")
+      try:
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+          ids = [m["id"] for m in json.loads(response.read())["data"]]
+        self.model = ids[0] if ids else None
+        self._models_url = None  # asked and answered: do not ask again
+      except Exception as e:  # noqa: BLE001 - the chat call reports the real trouble
+        logger.debug("expert %s: model list unavailable (%s)", self.name, type(e).__name__)
+    return self.model
+
+  def _send(self, messages: list[dict], max_tokens: int, temperature: float) -> str:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
+
+    try:
+      out = self.client.chat_completion(
+        messages, model=self._payload_model(), max_tokens=max_tokens, temperature=temperature
+      )
+    except (InferenceTimeoutError, httpx2.TimeoutException, TimeoutError):
+      raise Retryable(f"timeout after {self.timeout_s:g} s") from None
+    except OfflineModeIsEnabled:
+      raise Fatal("HF_HUB_OFFLINE is set, which blocks huggingface_hub's client: unset it") from None
+    except HfHubHTTPError as e:
+      if e.response is None:
+        raise Retryable(f"HTTP error: {e}") from None
+      raise _status_error(e) from None
+    except (httpx2.TransportError, ConnectionError) as e:
+      raise Retryable(f"connection error: {type(e).__name__}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a garbled or cut-off body
+      raise Retryable(f"malformed response: {type(e).__name__}") from None
+    try:
+      content = out.choices[0].message.content
+    except (AttributeError, IndexError, KeyError, TypeError):
+      raise Retryable("malformed response: no choices[0].message") from None
+    if isinstance(content, list):  # some servers answer in content parts
+      content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+class SelfExpert(Expert):
+  """The policy as its own expert: the same messages rendered with its chat template,
+  greedy at temperature 0. Failures (e.g. a prompt over the length limit) are not retried."""
+
+  name = "self"
+
+  def __init__(self, policy, seed: int = 0):
+    super().__init__(RetryPolicy(max_retries=0))
+    self.policy = policy
+    self._seed = seed  # advanced per call so that sampled calls differ
+
+  def render(self, messages: Sequence[Mapping]) -> tuple[str, list[Image.Image]]:
+    """The chat prompt and its images in order."""
+    turns, images = [], []
+    for message in messages:
+      content = message["content"]
+      if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+      items = []
+      for part in content:
+        if part["type"] == "text":
+          items.append({"type": "text", "text": part["text"]})
+        elif part["type"] == "image_url":
+          images.append(decode_image_url(part["image_url"]["url"]))
+          items.append({"type": "image"})
+        else:
+          raise ValueError(f"unsupported content part type {part['type']!r}")
+      turns.append({"role": message["role"], "content": items})
+    prompt = self.policy.processor.hf.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return prompt, images
+
+  def _send(self, messages: list[dict], max_tokens: int, temperature: float) -> str:
+    prompt, images = self.render(messages)
+    seed, self._seed = self._seed, self._seed + 1
+    out = self.policy.sample(
+      [prompt], [images], n=1, max_new_tokens=max_tokens, temperature=float(temperature), seed=seed
+    )
+    return out.texts[0][0]
+
+
+def _public_url(url: str) -> str:
+  """The URL without user:password@ (a name that goes into records and logs)."""
+  parts = urllib.parse.urlsplit(url)
+  host = parts.hostname or ""
+  netloc = host + (f":{parts.port}" if parts.port else "")
+  return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def make_expert(
+  spec: str,
+  policy=None,
+  *,
+  timeout_s: float = 60.0,
+  max_retries: int = 3,
+  backoff_s: float = 1.0,
+  max_backoff_s: float = 30.0,
+  jitter: float = 0.1,
+  sleep: Callable[[float], None] = time.sleep,
+  model: str | None = None,
+  provider: str | None = None,
+  api_key_env: str | None = None,
+  seed: int = 0,
+) -> Expert | None:
+  """An expert from its spec:
+  - "hf:<model-id>": Hugging Face Inference Providers with HF_TOKEN (`provider` picks one,
+    default the router's choice);
+  - "http(s)://host[:port]/v1": any OpenAI-compatible server; `model` names the served model
+    (default: the one GET /v1/models lists), `api_key_env` the variable holding its API key;
+  - "self": `policy` answers as the expert;
+  - "none": None (CA-TTS runs without expert roles).
+  """
+  text = str(spec).strip()
+  retry = RetryPolicy(max_retries, backoff_s, max_backoff_s, jitter, sleep)
+  if text.lower() == "none":
+    return None
+  if text.lower() == "self":
+    if policy is None:
+      raise ValueError("expert spec 'self' needs the policy")
+    return SelfExpert(policy, seed)
+  from huggingface_hub import InferenceClient
+
+  if text.startswith("hf:") and len(text) > 3 and " " not in text:
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+      raise ValueError(f"expert spec {text!r} needs the HF_TOKEN environment variable")
+    client = InferenceClient(model=text[3:], token=token, timeout=timeout_s, provider=provider)
+    return RemoteExpert(text, client, api_key=token, timeout_s=timeout_s, retry=retry)
+  if text.startswith(("http://", "https://")) and urllib.parse.urlsplit(text).hostname:
+    api_key = None
+    if api_key_env:
+      api_key = os.environ.get(api_key_env)
+      if not api_key:
+        raise ValueError(f"expert spec {text!r}: environment variable {api_key_env} is not set")
+    base = text.rstrip("/")
+    models_url = (base if base.endswith("/v1") else base + "/v1") + "/models"
+    client = InferenceClient(base_url=base, token=api_key or NO_API_KEY, timeout=timeout_s)
+    name = _public_url(text)
+    return RemoteExpert(
+      name, client, model=model, models_url=models_url, api_key=api_key, timeout_s=timeout_s, retry=retry
+    )
+  raise ValueError(f"unknown expert spec {spec!r}: use hf:<model-id>, http(s)://host[:port]/v1, self or none")
+
+
+# ---------------------------------------------------------------------------
+# Lenient JSON, shared by the roles' parsers
+# ---------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[a-zA-Z]*")
+_BARE_WORD = re.compile(r"(?<=[\[{,:])\s*([A-Za-z_][\w\- .]*?)\s*(?=[,\]}:])")
+
+
+def _segments(text: str) -> list[str]:
+  """Balanced {...} / [...] spans in `text`, outermost first, in order of appearance."""
+  out, i = [], 0
+  while i < len(text):
+    if text[i] not in "{[":
+      i += 1
+      continue
+    stack, quote, j = [], None, i
+    while j < len(text):
+      c = text[j]
+      if quote:
+        if c == "\\":
+          j += 1
+        elif c == quote:
+          quote = None
+      elif c in "\"'" and (c == '"' or not text[j - 1].isalnum()):  # not an apostrophe
+        quote = c
+      elif c in "{[":
+        stack.append("}" if c == "{" else "]")
+      elif c in "}]":
+        if not stack or stack.pop() != c:
+          break
+        if not stack:
+          break
+      j += 1
+    if j < len(text) and not stack and text[j] in "}]":
+      out.append(text[i : j + 1])
+      i = j + 1
+    else:
+      i += 1  # unbalanced (e.g. truncated output): look for spans inside it
+  return out
+
+
+def _loads(segment: str) -> Any:
+  """JSON, else a Python literal (single quotes, trailing commas), else with bare words quoted."""
+  try:
+    return json.loads(segment)
+  except ValueError:
+    pass
+  for candidate in (segment, _BARE_WORD.sub(lambda m: json.dumps(m.group(1)), segment)):
+    try:
+      return ast.literal_eval(candidate)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+      continue
+  return None
+
+
+def extract_json(text: str) -> list[Any]:
+  """The JSON-like values found in a model's reply, last first (a final answer usually
+  follows any examples or reasoning). Code fences and prose around them are ignored."""
+  values = [_loads(s) for s in _segments(_FENCE.sub("\n", text))]
+  return [v for v in reversed(values) if isinstance(v, dict | list)]
+
+
+# ---------------------------------------------------------------------------
+# Voter
+# ---------------------------------------------------------------------------
+
+VOTER_SYSTEM = "You are a careful expert who checks answers to questions about images."
+VOTER_PROMPT = """Question:
+{question}
+
+Candidate answers:
+{candidates}
+
+Solve the question yourself using the image(s), then give the probability that each candidate is the correct answer. The probabilities sum to 1.
+Reply with JSON only, mapping each label to its probability, e.g. {example}"""
+CANDIDATE_MAX_CHARS = 200
+_PROB_KEYS = ("probabilities", "probability", "probs", "scores", "votes", "distribution", "answers")
+_NAME_KEYS = ("label", "candidate", "answer", "id", "option", "choice", "name")
+_VALUE_KEYS = ("probability", "prob", "p", "score", "confidence", "weight", "value")
+_LABEL = re.compile(r"(?:answer|candidate|option)?\s*#?\s*a(\d+)", re.IGNORECASE)
+_LABEL_INSIDE = re.compile(r"\bA(\d+)\b")
+# "key: 0.7" / "key = 70%" / "key - 0.7", the number ending its clause ("A1: 12 is wrong" is no vote).
+_PAIR = re.compile(
+  r"(?P<key>[^\n,;:=]+?)\s*(?::|=|->|\s[-\u2013\u2014]\s)\s*(?P<value>\d+(?:\.\d+)?(?:[eE]-?\d+)?)\s*(?P<pct>%)?"
+  r"(?=[ \t]*(?:$|[,;(]))",
+  re.MULTILINE,
+)
+
+
+def labels(n: int) -> list[str]:
+  return [f"A{i + 1}" for i in range(n)]
+
+
+def _prob(value: Any) -> float | None:
+  """A non-negative finite number from 0.7, "0.7", "70%"; None otherwise."""
+  if isinstance(value, bool):
+    return None
+  scale = 1.0
+  if isinstance(value, str):
+    value = value.strip()
+    if value.endswith("%"):
+      value, scale = value[:-1], 0.01
+  try:
+    p = float(value) * scale
+  except (TypeError, ValueError):
+    return None
+  return p if math.isfinite(p) and p >= 0 else None
+
+
+def _norm(text: str) -> str:
+  return " ".join(str(text).split()).casefold()
+
+
+def _match(key: Any, candidates: Sequence[str]) -> int | None:
+  """The candidate a key names: its label (A2), its exact text, or one label inside it."""
+  key = str(key).strip().strip("\"'`*_()[]<>. ").strip()
+  m = _LABEL.fullmatch(key)
+  if m and 1 <= int(m.group(1)) <= len(candidates):
+    return int(m.group(1)) - 1
+  texts = [_norm(c) for c in candidates]
+  if _norm(key) in texts:
+    return texts.index(_norm(key))
+  inside = {int(x) for x in _LABEL_INSIDE.findall(key)}
+  if len(inside) == 1 and 1 <= (i := inside.pop()) <= len(candidates):
+    return i - 1
+  return None
+
+
+def _pairs(obj: Any, n: int) -> list[tuple[Any, Any]]:
+  """(key, value) pairs from a parsed reply: a dict, a list of numbers in label order, a
+  list of {label, probability} dicts or of [label, probability] pairs."""
+  if isinstance(obj, dict):
+    for k, v in obj.items():
+      if str(k).lower() in _PROB_KEYS and isinstance(v, dict | list):
+        return _pairs(v, n)
+    return list(obj.items())
+  if not isinstance(obj, list):
+    return []
+  if len(obj) == n and all(_prob(v) is not None for v in obj):
+    return list(zip(labels(n), obj))
+  out = []
+  for item in obj:
+    if isinstance(item, dict):
+      lower = {str(k).lower(): v for k, v in item.items()}
+      name = next((lower[k] for k in _NAME_KEYS if k in lower), None)
+      value = next((lower[k] for k in _VALUE_KEYS if k in lower), None)
+      if name is not None and value is not None:
+        out.append((name, value))
+      elif len(item) == 1:
+        out.extend(item.items())
+    elif isinstance(item, list | tuple) and len(item) == 2:
+      out.append(tuple(item))
+  return out
+
+
+def _distribution(pairs: Sequence[tuple[Any, Any]], candidates: Sequence[str]) -> list[float] | None:
+  weights, found = [0.0] * len(candidates), False
+  for key, value in pairs:
+    if isinstance(value, dict):  # {"A1": {"probability": 0.7}}
+      value = next((v for k, v in value.items() if str(k).lower() in _VALUE_KEYS), None)
+    i, p = _match(key, candidates), _prob(value)
+    if i is not None and p is not None:
+      weights[i], found = p, True
+  total = sum(weights)
+  if not found or not total > 0 or not math.isfinite(total):
+    return None
+  return [w / total for w in weights]
+
+
+def parse_votes(text: str, candidates: Sequence[str]) -> dict[str, float] | None:
+  """The expert's probability per candidate (all candidates, renormalised; unknown keys
+  dropped, unmentioned candidates 0), or None when nothing usable is found."""
+  for value in extract_json(text):
+    probs = _distribution(_pairs(value, len(candidates)), candidates)
+    if probs is not None:
+      return dict(zip(candidates, probs))
+  pairs = [(m["key"], m["value"] + (m["pct"] or "")) for m in _PAIR.finditer(_FENCE.sub("\n", text))]
+  probs = _distribution(pairs, candidates)
+  return None if probs is None else dict(zip(candidates, probs))
+
+
+def _unusable(expert: Expert, call: ExpertCall, error: str, text: str) -> ExpertError:
+  record = dataclasses.replace(call, ok=False, error=error, output=expert.excerpt(text))
+  expert.last_call = record
+  logger.warning("expert %s: %s: %s", expert.name, call.role, error)
+  return ExpertError(record)
+
+
+def vote(
+  expert: Expert,
+  question: str,
+  images: Sequence[Image.Image],
+  candidates: Sequence[str],
+  *,
+  max_tokens: int = 512,
+  temperature: float = 0.0,
+) -> tuple[dict[str, float], ExpertCall]:
+  """The expert's probability that each unique candidate answer is right (sums to 1).
+  ExpertError when the call fails or the reply holds no usable probabilities."""
+  candidates = list(dict.fromkeys(str(c) for c in candidates))
+  if not candidates:
+    raise ValueError("vote needs at least one candidate answer")
+  listed = "\n".join(
+    f"{label}: {shorten(c, CANDIDATE_MAX_CHARS)}" for label, c in zip(labels(len(candidates)), candidates)
+  )
+  example = json.dumps({label: round(1 / len(candidates), 2) for label in labels(min(len(candidates), 3))})
+  prompt = VOTER_PROMPT.format(question=question, candidates=listed, example=example)
+  messages = [system_message(VOTER_SYSTEM), user_message(prompt, images)]
+  text, call = expert.complete(messages, max_tokens, temperature, role="voter")
+  probs = parse_votes(text, candidates)
+  if probs is None:
+    raise _unusable(
+      expert, call, "unparseable voter output (no positive probability for any candidate)", text
+    )
+  return probs, call
+
+
+# ---------------------------------------------------------------------------
+# Critic
+# ---------------------------------------------------------------------------
+
+CRITIC_SYSTEM = "You are a careful expert who reviews answers to questions about images."
+CRITIC_PROMPT = """Question:
+{question}
+
+A model's response:
+{response}
+
+Check the response step by step against the image(s). Point out what it misreads in the image and where its reasoning goes wrong, and say how to fix it; if it is right, say so. Be concise and write only the critique."""
+RESPONSE_MAX_CHARS = 6000  # the tail of a longer response is kept: the answer is at its end
+CRITIQUE_MAX_CHARS = 2000
+_CRITIQUE_LABEL = re.compile(r"^\s*(?:\*\*)?critique(?:\*\*)?\s*:\s*(?:\*\*)?", re.IGNORECASE)
+
+
+def clean_critique(text: str, max_chars: int = CRITIQUE_MAX_CHARS) -> str:
+  """The critique without code fences or a leading "Critique:" label, cut to max_chars."""
+  text = _CRITIQUE_LABEL.sub("", _FENCE.sub("", text).strip()).strip()
+  return text if len(text) <= max_chars else text[:max_chars].rstrip()
+
+
+def critique(
+  expert: Expert,
+  question: str,
+  images: Sequence[Image.Image],
+  response: str,
+  *,
+  max_chars: int = CRITIQUE_MAX_CHARS,
+  max_tokens: int = 1024,
+  temperature: float = 0.0,
+) -> tuple[str, ExpertCall]:
+  """The expert's critique of one response (reasoning + answer), at most max_chars long.
+  ExpertError when the call fails or the critique is empty."""
+  if len(response) > RESPONSE_MAX_CHARS:
+    response = "..." + response[-RESPONSE_MAX_CHARS:]
+  prompt = CRITIC_PROMPT.format(question=question, response=response)
+  messages = [system_message(CRITIC_SYSTEM), user_message(prompt, images)]
+  text, call = expert.complete(messages, max_tokens, temperature, role="critic")
+  cleaned = clean_critique(text, max_chars)
+  if not cleaned:
+    raise _unusable(expert, call, "empty critique", text)
+  return cleaned, call
