@@ -1,0 +1,191 @@
+"""train.compile: AOT plans from abstract state for TPU topologies (libtpu compile-only devices
+when installed, simulated CPU devices otherwise), clear OOM reports, HLO collectives, the sweep."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import cdrl_qwen2_5_vl
+from train import compile as aot
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(prompts=1, group=4, response=32):
+  c = cdrl_qwen2_5_vl.get_config("tiny,cpu")
+  c.train.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens = prompts, group, response
+  return c
+
+
+HLO = """HloModule m
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(f32[] %a, f32[] %b)
+}
+
+%body (p: (s32[], f32[8,128])) -> (s32[], f32[8,128]) {
+  %p = (s32[], f32[8,128]{1,0}) parameter(0)
+  %x = f32[8,128]{1,0} get-tuple-element(%p), index=1
+  %ar = f32[8,128]{1,0:T(8,128)} all-reduce(f32[8,128]{1,0} %x), replica_groups={{0,1}}, to_apply=%add
+  %ags = (bf16[4,128]{1,0}, bf16[16,128]{1,0}) all-gather-start(bf16[4,128]{1,0} %y), dimensions={0}
+  %agd = bf16[16,128]{1,0} all-gather-done(%ags)
+  ROOT %t = (s32[], f32[8,128]{1,0}) tuple(%i, %ar)
+}
+
+%cond (p: (s32[], f32[8,128])) -> pred[] {
+  ROOT %c = pred[] constant(true)
+}
+
+ENTRY %main (x: f32[64,32]) -> f32[16,32] {
+  %x = f32[64,32]{1,0} parameter(0)
+  %rs = f32[16,32]{1,0} reduce-scatter(f32[64,32]{1,0} %x), dimensions={0}, to_apply=%add
+  %cp = (f32[16,32]{1,0}, f32[16,32]{1,0}, u32[], u32[]) collective-permute-start(%rs), source_target_pairs={{0,1}}
+  %cpd = f32[16,32]{1,0} collective-permute-done(%cp)
+  %w = (s32[], f32[8,128]{1,0}) while(%init), condition=%cond, body=%body
+  ROOT %r = f32[16,32]{1,0} copy(%cpd)
+}
+"""
+
+
+def test_hlo_collectives_counts_bytes_and_loop_bodies():
+  got = aot.hlo_collectives(HLO)
+  assert got == {
+    "all-reduce": dict(count=1, bytes=8 * 128 * 4, loop_count=1, loop_bytes=8 * 128 * 4),
+    "all-gather": dict(count=1, bytes=16 * 128 * 2, loop_count=1, loop_bytes=16 * 128 * 2),
+    "reduce-scatter": dict(count=1, bytes=16 * 32 * 4, loop_count=0, loop_bytes=0),
+    "collective-permute": dict(count=1, bytes=16 * 32 * 4, loop_count=0, loop_bytes=0),
+  }
+
+
+def test_compile_oom_message_is_parsed():
+  error = RuntimeError(
+    "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total memory "
+    "required for HLO temporaries (525.39G) exceeds available HBM (15.75G). HLO module: jit__lambda."
+  )
+  oom = aot.compile_oom(error)
+  assert oom["temp_gib"] == pytest.approx(525.39) and oom["available_gib"] == pytest.approx(15.75)
+  assert aot.compile_oom(ValueError("incompatible shapes")) is None
+
+
+def test_mesh_and_topology_parsing():
+  assert aot.parse_mesh("data=1,fsdp=16,tensor=1") == {"data": 1, "fsdp": 16, "tensor": 1}
+  assert aot.mesh_sizes({"data": 1, "fsdp": -1, "tensor": 4}, 16) == {"data": 1, "fsdp": 4, "tensor": 4}
+  assert aot.chip_for("v5p:2x2x2")[1] == 8 and aot.chip_for("v5e:4x4")[0].hbm_gib == 15.75
+  with pytest.raises(ValueError, match="does not fit 16 chips"):
+    aot.mesh_sizes({"fsdp": 3, "tensor": 1, "data": 1}, 16)
+  with pytest.raises(ValueError, match="expected"):
+    aot.chip_for("v9x:4x4")
+
+
+def test_plan_compiles_train_and_decode_steps():
+  """The real train step and decode loop of a tiny model on a 4-chip v5e (TPU compile-only
+  devices when libtpu is installed): per-chip memory holds the sharded state, the FSDP
+  step gathers weights, the decode loop's collectives run per token."""
+  report = aot.plan(tiny(), "v5e:2x2", {"data": 1, "fsdp": -1}, prompt_len=64, image_patches=64)
+  assert report["backend"].startswith("tpu" if HAS_LIBTPU else "cpu-simulated")
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["chips"] == 4
+  assert report["shapes"]["rows"] == 4 and report["shapes"]["seq_len"] == 128  # 64 + 32 -> bucket
+  state = report["per_chip_state_gib"]
+  train, decode = report["steps"]["train"], report["steps"]["decode"]
+  assert train["compiled"] and decode["compiled"] and report["fits"]
+  # Params and Adam moments are arguments of the step: at least their per-chip bytes.
+  assert train["memory_bytes"]["argument"] >= (state["params"] + state["optimizer"]) * aot.GiB
+  assert train["memory_bytes"]["alias"] > 0  # donated params and optimizer state
+  # The decode loop takes the text model's params (jit drops the unused vision tower's); the
+  # optimizer state, reference weights and vision tower stay resident beside it.
+  assert decode["memory_bytes"]["argument"] >= 0.5 * state["params"] * aot.GiB
+  resident = decode["resident_outside_bytes"] / aot.GiB
+  assert state["optimizer"] + state["reference"] < resident < state["optimizer"] + 2 * state["params"]
+  assert train["flops"] > 0 and 0.5 < train["flops"] / train["analytic_flops_per_chip"] < 4
+  assert train["collectives"]["all-gather"]["count"] > 0
+  assert sum(c["loop_count"] for c in decode["collectives"].values()) > 0
+  assert report["fits"] == (
+    train["total_gib"] <= train["hbm_gib"] and decode["total_gib"] <= decode["hbm_gib"]
+  )
+
+
+def test_cpu_fallback_says_so():
+  report = aot.plan(tiny(), "v4:2x2x1", {"fsdp": 2, "tensor": 2, "data": 1}, ("decode",), 64, 0, cpu=True)
+  assert report["backend"].startswith("cpu-simulated (--cpu given")
+  assert report["steps"]["decode"]["compiled"] and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
+
+
+def test_state_larger_than_hbm_is_reported_without_compiling():
+  """7B with plain data parallelism: every chip holds all params, moments and the reference."""
+  cfg = cdrl_qwen2_5_vl.get_config("7b,v5e-16")
+  report = aot.plan(cfg, "v5e:2x2", cdrl_qwen2_5_vl.STRATEGIES["dp"])
+  assert not report["fits"]
+  train = report["steps"]["train"]
+  assert (
+    not train["compiled"]
+    and "does not fit" in train["reason"]
+    and "GiB per chip > 15.75 GiB" in train["reason"]
+  )
+  assert report["per_chip_state_gib"]["total"] > 100  # 8.3B params x (4 + 8 + 4) bytes
+  assert aot.verdict(train) == "OOM (state)"
+
+
+def test_over_large_batch_reports_oom_instead_of_crashing():
+  """A batch whose activations exceed HBM: the TPU compiler's out-of-memory error becomes a
+  'does not fit' with its numbers (on the CPU fallback: the measured peak above HBM)."""
+  cfg = tiny(prompts=64, group=8, response=2048)
+  report = aot.plan(cfg, "v5e:2x2", cdrl_qwen2_5_vl.STRATEGIES["fsdp"], ("train",), 64, 0)
+  train = report["steps"]["train"]
+  assert not report["fits"] and not train["fits"]
+  if "oom" in train:
+    assert train["oom"]["temp_gib"] > train["oom"]["available_gib"] == pytest.approx(15.75)
+    assert aot.verdict(train) == "OOM (compile)"
+  else:
+    assert train["total_gib"] > train["hbm_gib"]
+
+
+def test_cli_writes_report_and_prints_table(tmp_path):
+  out = tmp_path / "plan"
+  cmd = [
+    sys.executable,
+    "-m",
+    "train.compile",
+    "--config=configs/cdrl_qwen2_5_vl.py:tiny,cpu",
+    "--config.train.prompts_per_step=2",
+    "--config.rollout.max_new_tokens=16",
+    "--topology=v5e:2x2",
+    "--mesh=data=1,fsdp=2,tensor=2",
+    "--steps=decode",
+    "--prompt_len=64",
+    "--image_patches=0",
+    f"--out={out}",
+  ]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads((out / "report.json").read_text())
+  assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2} and report["strategy"] == "custom"
+  assert report["topology"] == "v5e:2x2" and report["fits"]
+  assert "decode" in proc.stdout and "fits: yes" in proc.stdout
+
+
+def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
+  cells = [("tiny", "v5e:2x2", "fsdp_tp", "1x2x16x0"), ("tiny", "v5e:2x2", "tp", "1x2x16x0")]
+  rows = aot.run_sweep(tmp_path, cells, ["decode"], timeout=300)
+  assert rows[0]["steps"]["decode"]["verdict"] == "fits" and rows[0]["image_patches"] == 0
+  # tp and fsdp_tp are the same mesh on 4 chips: compiled once.
+  assert rows[1]["same_as"] == rows[0]["name"] and rows[1]["strategy"] == "tp"
+  assert not (tmp_path / "runs" / rows[1]["name"]).exists()
+
+  def no_run(*args, **kwargs):
+    raise AssertionError("a finished cell was compiled again")
+
+  monkeypatch.setattr(aot.subprocess, "run", no_run)
+  assert aot.run_sweep(tmp_path, cells, ["decode"], timeout=300) == rows
+  table = aot.sweep_markdown(rows)
+  assert table.count("| tiny | v5e:2x2 (4 chips) |") == 2 and "**fits**" in table
+  doc = tmp_path / "doc.md"
+  doc.write_text("intro\n<!-- sweep-table:start -->\nold\n<!-- sweep-table:end -->\noutro\n")
+  aot.render_markdown(doc, table)
+  assert doc.read_text() == f"intro\n<!-- sweep-table:start -->\n{table}\n<!-- sweep-table:end -->\noutro\n"
