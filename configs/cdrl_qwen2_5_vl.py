@@ -88,13 +88,26 @@ def _mrope(head_dim: int) -> list[int]:
   return [t, (half - t) // 2, half - t - (half - t) // 2]
 
 
+def _tiny() -> dict:
+  d = _shaped(
+    _TINY, dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2, fullatt_block_indexes=[1])
+  )
+  v = d["vocab_size"]  # special tokens inside the small vocabulary
+  d.update(
+    bos_token_id=v - 7,
+    eos_token_id=v - 6,
+    vision_start_token_id=v - 4,
+    vision_end_token_id=v - 3,
+    vision_token_id=v - 5,
+    image_token_id=v - 2,
+    video_token_id=v - 1,
+  )
+  return d
+
+
 # HF config.json dicts of every size a config can name: the released ones, plus a
 # 1.5B-shaped (Qwen2.5-1.5B text, full Qwen2.5-VL vision tower) and a tiny one for benches.
-HF_CONFIGS = {
-  **RELEASED,
-  "1.5b": _shaped(_TEXT_1_5B, {}),
-  "tiny": _shaped(_TINY, dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2, fullatt_block_indexes=[1])),
-}
+HF_CONFIGS = {**RELEASED, "1.5b": _shaped(_TEXT_1_5B, {}), "tiny": _tiny()}
 SIZES = ("3b", "7b", "72b", "1.5b", "tiny")
 
 

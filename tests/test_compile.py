@@ -189,3 +189,26 @@ def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
   doc.write_text("intro\n<!-- sweep-table:start -->\nold\n<!-- sweep-table:end -->\noutro\n")
   aot.render_markdown(doc, table)
   assert doc.read_text() == f"intro\n<!-- sweep-table:start -->\n{table}\n<!-- sweep-table:end -->\noutro\n"
+
+
+def test_bench_times_the_real_train_step_and_checks_flops():
+  from train import bench
+
+  cfg = tiny()
+  cfg.model.dtype = "float32"
+  r = bench.run(cfg, rows=2, prompt_len=64, response_len=16, image_patches=16, steps=2, device="cpu")
+  assert r["batch"]["tokens"] == 2 * 80 and r["model"]["remat"] and r["model"]["vision_params"] > 0
+  assert 0 < r["step_s"] < r["compile_s"] and len(r["step_times_s"]) == 2
+  shapes = aot.Shapes(2, 1, 2, 16, 80, 32, 2, 64, 16, 16)
+  assert r["model_flops"] == pytest.approx(aot.analytic_train_flops(aot.model_config(cfg), shapes))
+  # XLA also counts the text model's remat recompute, the masked half of causal attention and
+  # the optimizer: more than the model's work, but not wildly so.
+  assert 1.0 < r["xla_over_model_flops"] < 2.0
+  assert r["mfu"] is None and 0 < r["mfu_of_measured_matmul"] < 1  # no nominal peak for a CPU
+  assert all(abs(x) < 1e3 for x in r["losses"])
+
+
+def test_bench_gpu_without_gpu_says_so(tmp_path):
+  cmd = [sys.executable, "-m", "train.bench", "--device=gpu", "--config=configs/cdrl_qwen2_5_vl.py:tiny,cpu"]
+  proc = subprocess.run(cmd + [f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "--device gpu but jax's backend is cpu" in proc.stderr

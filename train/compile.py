@@ -52,50 +52,79 @@ from collections.abc import Mapping, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
-_OUT = flags.DEFINE_string("out", None, "output directory (report.json)")
-_TOPOLOGY = flags.DEFINE_string(
-  "topology", None, "TPU topology, e.g. v5e:4x4, v5p:2x2x2 (default: the config's)"
-)
-_MESH = flags.DEFINE_string("mesh", None, "mesh axes, e.g. data=1,fsdp=16,tensor=1 (-1: the rest)")
-_STRATEGY = flags.DEFINE_enum("strategy", None, ["dp", "fsdp", "fsdp_tp", "tp"], "a named mesh (configs)")
-_STEPS = flags.DEFINE_list("steps", ["train", "decode"], "which steps to compile: train, decode")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "prompt tokens per problem (image tokens included)")
-_IMAGE_PATCHES = flags.DEFINE_integer("image_patches", 1024, "patches of the one image per prompt (0: text)")
-_CPU = flags.DEFINE_bool("cpu", False, "compile for simulated CPU devices even when libtpu is present")
-_SWEEP = flags.DEFINE_bool("sweep", False, "compile the sweep grid and write the Markdown table")
-_SWEEP_MODELS = flags.DEFINE_list("sweep_models", ["7b"], "sweep: model sizes")
-_SWEEP_TOPOLOGIES = flags.DEFINE_list("sweep_topologies", ["v5e:4x4", "v5p:2x2x2", "v6e:4x4", "v4:2x2x1"], "")
-_SWEEP_STRATEGIES = flags.DEFINE_list(
-  "sweep_strategies", ["fsdp", "fsdp_tp", "tp", "dp"], "sweep: strategies"
-)
-_SWEEP_SHAPES = flags.DEFINE_list(
-  "sweep_shapes", ["2x8x1024", "2x8x2048"], "sweep: PxGxR[xI] prompts x group x response [x image patches]"
-)
-_SWEEP_IMAGE_PATCHES = flags.DEFINE_integer(
-  "sweep_image_patches", 256, "sweep: image patches unless a shape says"
-)
-_SWEEP_EXTRA = flags.DEFINE_list(
-  "sweep_extra",
-  [
-    "7b/v5e:4x4/fsdp/16x8x2048",  # the paper-like config's own batch
-    "7b/v5p:2x2x2/fsdp/2x8x1024x1024",  # a 448x448 image per prompt
-    "3b/v5e:4x4/fsdp/2x8x2048",
-    "3b/v5e:4x4/fsdp_tp/2x8x2048",
-    "3b/v6e:4x4/fsdp/2x8x2048",
-    "3b/v5p:2x2x2/fsdp/2x8x2048",
-    "3b/v4:2x2x1/fsdp/2x8x2048",
-    "72b/v5e:4x4/fsdp/2x8x1024",
-    "72b/v5p:2x2x2/fsdp/2x8x1024",
-    "72b/v5p:4x4x4/fsdp_tp/2x8x1024",
-  ],
-  "sweep: extra cells model/topology/strategy/PxGxR[xI]",
-)
-_SWEEP_STEPS = flags.DEFINE_list("sweep_steps", ["train", "decode"], "sweep: steps compiled per cell")
-_SWEEP_TIMEOUT = flags.DEFINE_integer("sweep_timeout", 3600, "sweep: seconds per cell")
-_MARKDOWN = flags.DEFINE_string(
-  "markdown", None, "sweep: a Markdown file whose sweep-table block is rewritten"
-)
+
+def define_flags() -> None:
+  """Define the command-line flags: only when run as a program, so that other entry points
+  can import this module's helpers."""
+  global \
+    _CONFIG, \
+    _OUT, \
+    _TOPOLOGY, \
+    _MESH, \
+    _STRATEGY, \
+    _STEPS, \
+    _PROMPT_LEN, \
+    _IMAGE_PATCHES, \
+    _CPU, \
+    _SWEEP, \
+    _SWEEP_MODELS, \
+    _SWEEP_TOPOLOGIES, \
+    _SWEEP_STRATEGIES, \
+    _SWEEP_SHAPES, \
+    _SWEEP_IMAGE_PATCHES, \
+    _SWEEP_EXTRA, \
+    _SWEEP_STEPS, \
+    _SWEEP_TIMEOUT, \
+    _MARKDOWN
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
+  _OUT = flags.DEFINE_string("out", None, "output directory (report.json)")
+  _TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "TPU topology, e.g. v5e:4x4, v5p:2x2x2 (default: the config's)"
+  )
+  _MESH = flags.DEFINE_string("mesh", None, "mesh axes, e.g. data=1,fsdp=16,tensor=1 (-1: the rest)")
+  _STRATEGY = flags.DEFINE_enum("strategy", None, ["dp", "fsdp", "fsdp_tp", "tp"], "a named mesh (configs)")
+  _STEPS = flags.DEFINE_list("steps", ["train", "decode"], "which steps to compile: train, decode")
+  _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "prompt tokens per problem (image tokens included)")
+  _IMAGE_PATCHES = flags.DEFINE_integer(
+    "image_patches", 1024, "patches of the one image per prompt (0: text)"
+  )
+  _CPU = flags.DEFINE_bool("cpu", False, "compile for simulated CPU devices even when libtpu is present")
+  _SWEEP = flags.DEFINE_bool("sweep", False, "compile the sweep grid and write the Markdown table")
+  _SWEEP_MODELS = flags.DEFINE_list("sweep_models", ["7b"], "sweep: model sizes")
+  _SWEEP_TOPOLOGIES = flags.DEFINE_list(
+    "sweep_topologies", ["v5e:4x4", "v5p:2x2x2", "v6e:4x4", "v4:2x2x1"], ""
+  )
+  _SWEEP_STRATEGIES = flags.DEFINE_list(
+    "sweep_strategies", ["fsdp", "fsdp_tp", "tp", "dp"], "sweep: strategies"
+  )
+  _SWEEP_SHAPES = flags.DEFINE_list(
+    "sweep_shapes", ["2x8x1024", "2x8x2048"], "sweep: PxGxR[xI] prompts x group x response [x image patches]"
+  )
+  _SWEEP_IMAGE_PATCHES = flags.DEFINE_integer(
+    "sweep_image_patches", 256, "sweep: image patches unless a shape says"
+  )
+  _SWEEP_EXTRA = flags.DEFINE_list(
+    "sweep_extra",
+    [
+      "7b/v5e:4x4/fsdp/16x8x2048",  # the paper-like config's own batch
+      "7b/v5p:2x2x2/fsdp/2x8x1024x1024",  # a 448x448 image per prompt
+      "3b/v5e:4x4/fsdp/2x8x2048",
+      "3b/v5e:4x4/fsdp_tp/2x8x2048",
+      "3b/v6e:4x4/fsdp/2x8x2048",
+      "3b/v5p:2x2x2/fsdp/2x8x2048",
+      "3b/v4:2x2x1/fsdp/2x8x2048",
+      "72b/v5e:4x4/fsdp/2x8x1024",
+      "72b/v5p:2x2x2/fsdp/2x8x1024",
+      "72b/v5p:4x4x4/fsdp_tp/2x8x1024",
+    ],
+    "sweep: extra cells model/topology/strategy/PxGxR[xI]",
+  )
+  _SWEEP_STEPS = flags.DEFINE_list("sweep_steps", ["train", "decode"], "sweep: steps compiled per cell")
+  _SWEEP_TIMEOUT = flags.DEFINE_integer("sweep_timeout", 3600, "sweep: seconds per cell")
+  _MARKDOWN = flags.DEFINE_string(
+    "markdown", None, "sweep: a Markdown file whose sweep-table block is rewritten"
+  )
+
 
 CONFIG_FILE = "configs/cdrl_qwen2_5_vl.py"
 GiB = 2**30
@@ -984,6 +1013,10 @@ def main(argv) -> None:
     mesh_shape = STRATEGIES[_STRATEGY.value]
   else:
     mesh_shape = dict(cfg.mesh)
+  try:
+    mesh_sizes(mesh_shape, chips)
+  except ValueError as e:
+    raise app.UsageError(f"{e} of {topology}: pass --strategy or --mesh") from e
   unknown = set(_STEPS.value) - {"train", "decode"}
   if unknown:
     raise app.UsageError(f"--steps: unknown {sorted(unknown)}; expected train, decode")
@@ -1005,4 +1038,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,0 +1,259 @@
+"""CDRL train-step time and MFU on one device, with random weights.
+
+    python -m train.bench --config configs/cdrl_qwen2_5_vl.py:tiny,cpu --config.model.dtype=float32 \
+      --out docs/reports/train_bench_cpu
+    python -m train.bench --device gpu --config configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1 --out DIR
+
+The model (random weights, the config's dtype / master-weight dtype / remat), the real
+`Learner` (AdamW with the config's clipping and schedule, the GRPO loss with its KL term) and a
+synthetic rollout batch: `--rows` rows of `--prompt_len` prompt tokens holding one
+`--image_patches`-patch image, then `--response_len` response tokens. The first step
+(compilation) is timed apart; then `--steps` steps, median.
+
+Model FLOPs per step are analytic (`train.compile.analytic_train_flops`: 3 forward passes;
+remat's recompute is not model work) and checked against XLA's cost analysis of the step's
+program, which also counts the recompute, the masked half of causal attention, the vision
+tower's attention across all patches of the batch and the optimizer: the ratio is reported.
+MFU = model FLOPs / step time / peak, against the chip's nominal dense peak for the compute
+dtype where known (GPUs) and against a matmul ceiling measured on the spot.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+
+def define_flags() -> None:
+  """Define the command-line flags: only when run as a program, so that other entry points
+  can import this module's helpers."""
+  global _CONFIG, _OUT, _DEVICE, _ROWS, _PROMPT_LEN, _RESPONSE_LEN, _IMAGE_PATCHES, _STEPS
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
+  _OUT = flags.DEFINE_string("out", None, "output directory (report.json)")
+  _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "where to run")
+  _ROWS = flags.DEFINE_integer("rows", 8, "rows per train step (prompts x group)")
+  _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "prompt tokens per row (image tokens included)")
+  _RESPONSE_LEN = flags.DEFINE_integer("response_len", 512, "response tokens per row")
+  _IMAGE_PATCHES = flags.DEFINE_integer("image_patches", 256, "patches of one square image per row (0: text)")
+  _STEPS = flags.DEFINE_integer("steps", 5, "timed steps after the first")
+
+
+# Nominal dense peak FLOP/s by compute dtype, for device kinds that contain the key.
+PEAK_FLOPS = {
+  "H100": {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 494.7e12},  # SXM; fp32 as TF32
+  "H200": {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 494.7e12},
+  "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12},
+}
+
+
+def synthetic_batch(
+  model_cfg, rows: int, prompt_len: int, response_len: int, image_patches: int, seed: int = 0
+):
+  """A rollout-shaped train batch (numpy): random tokens, one image per row after 8 tokens."""
+  from catts_jax.models.qwen2_5_vl import get_rope_index
+  from catts_jax.processing import patch_metadata
+
+  rng = np.random.default_rng(seed)
+  t = prompt_len + response_len
+  special = [model_cfg.image_token_id, model_cfg.video_token_id, model_cfg.vision_start_token_id]
+  ids = rng.integers(0, min([model_cfg.text.vocab_size, *special]) - 16, (rows, t)).astype(np.int32)
+  batch = {}
+  grid = None
+  if image_patches:
+    side = int(round(image_patches**0.5))
+    merge = model_cfg.vision.spatial_merge_size
+    if side * side != image_patches or side % merge:
+      raise ValueError(
+        f"--image_patches {image_patches}: expected a square of a multiple of {merge}, e.g. 256"
+      )
+    tokens = image_patches // merge**2
+    if 10 + tokens > prompt_len:
+      raise ValueError(f"--prompt_len {prompt_len} cannot hold an image of {tokens} tokens")
+    ids[:, 8] = model_cfg.vision_start_token_id
+    ids[:, 9 : 9 + tokens] = model_cfg.image_token_id
+    ids[:, 9 + tokens] = model_cfg.vision_end_token_id
+    grid = np.tile(np.asarray([1, side, side], np.int32), (rows, 1))
+    patch_pos, patch_image = patch_metadata(grid, merge)
+    batch.update(
+      pixel_values=rng.standard_normal((rows * image_patches, model_cfg.vision.patch_dim)).astype(np.float32),
+      patch_pos=patch_pos,
+      patch_image=patch_image,
+    )
+  mask = np.ones_like(ids)
+  positions, _ = get_rope_index(
+    ids,
+    mask,
+    grid,
+    image_token_id=model_cfg.image_token_id,
+    spatial_merge_size=model_cfg.vision.spatial_merge_size,
+  )
+  logp = -rng.exponential(1.0, (rows, response_len)).astype(np.float32)
+  batch.update(
+    input_ids=ids,
+    positions=positions,
+    attention_mask=mask,
+    old_logp=logp + rng.normal(0, 0.05, logp.shape).astype(np.float32),
+    ref_logp=logp + rng.normal(0, 0.05, logp.shape).astype(np.float32),
+    response_mask=np.ones((rows, response_len), np.float32),
+    advantages=rng.normal(0, 1, rows).astype(np.float32),
+  )
+  return batch
+
+
+def run(
+  cfg, rows: int, prompt_len: int, response_len: int, image_patches: int, steps: int, device: str
+) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from catts_jax import roofline
+  from catts_jax.models.qwen2_5_vl import Qwen2_5_VL
+  from catts_jax.rl.grpo import LossConfig
+  from catts_jax.rl.learner import Learner, OptimizerConfig
+  from train import compile as aot
+
+  model_cfg = aot.model_config(cfg)
+  began = time.perf_counter()
+  model = Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+  learner = Learner(model, LossConfig(**cfg.loss.to_dict()), OptimizerConfig(**cfg.optimizer.to_dict()))
+  del model
+  init_s = time.perf_counter() - began
+  host = synthetic_batch(model_cfg, rows, prompt_len, response_len, image_patches, cfg.train.seed)
+  batch = {k: jnp.asarray(v) for k, v in host.items()}
+  shapes = aot.Shapes(
+    prompts=rows,
+    group=1,
+    rows=rows,
+    response_len=response_len,
+    seq_len=prompt_len + response_len,
+    patches=rows * image_patches,
+    prompt_rows=rows,
+    prompt_len=prompt_len,
+    max_new_tokens=response_len,
+    image_patches=image_patches,
+  )
+  model_flops = aot.analytic_train_flops(model_cfg, shapes)
+  # XLA's count for the same program (lowered, not compiled again).
+  lowered = learner._compiled(batch, response_len).lower(learner.params, learner.opt_state, batch)
+  cost = lowered.cost_analysis()
+  cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
+  xla_flops = float(cost.get("flops", 0.0))
+
+  start = time.perf_counter()
+  first = learner.step(batch, response_len)
+  compile_s = time.perf_counter() - start
+  times, losses = [], [first["loss"]]
+  for _ in range(steps):
+    start = time.perf_counter()
+    metrics = learner.step(batch, response_len)
+    times.append(time.perf_counter() - start)
+    losses.append(metrics["loss"])
+  step_s = float(np.median(times))
+
+  dev = jax.devices()[0]
+  dtype = model_cfg.dtype
+  peak = next((p.get(dtype) for k, p in PEAK_FLOPS.items() if k in dev.device_kind), None)
+  ceiling = roofline.measure_matmul_flops(
+    n=8192 if device == "gpu" else 1024, dtype=jnp.dtype(dtype), repeats=5
+  )
+  memory = dev.memory_stats() or {}
+  params = jax.tree.leaves(learner.params)
+  vision = jax.tree.leaves(learner.params["visual"])
+  report = {
+    "device": dev.device_kind,
+    "platform": dev.platform,
+    "jax": jax.__version__,
+    "model": {
+      "preset": cfg.model.get("preset"),
+      "params": int(sum(x.size for x in params)),
+      "vision_params": int(sum(x.size for x in vision)),
+      "dtype": dtype,
+      "param_dtype": model_cfg.param_dtype,
+      "remat": model_cfg.remat,
+    },
+    "batch": {
+      "rows": rows,
+      "prompt_len": prompt_len,
+      "response_len": response_len,
+      "seq_len": prompt_len + response_len,
+      "image_patches": image_patches,
+      "tokens": rows * (prompt_len + response_len),
+    },
+    "init_s": init_s,
+    "compile_s": compile_s,
+    "step_s": step_s,
+    "step_times_s": times,
+    "tokens_per_s": rows * (prompt_len + response_len) / step_s,
+    "model_flops": model_flops,
+    "xla_flops": xla_flops,
+    "xla_over_model_flops": xla_flops / model_flops if model_flops else None,
+    "achieved_tflops": model_flops / step_s / 1e12,
+    "peak_tflops": peak / 1e12 if peak else None,
+    "mfu": model_flops / step_s / peak if peak else None,
+    "measured_matmul_tflops": ceiling / 1e12,
+    "mfu_of_measured_matmul": model_flops / step_s / ceiling,
+    "peak_memory_gib": memory["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in memory else None,
+    "losses": losses,
+  }
+  return report
+
+
+def print_report(r: dict) -> None:
+  m, b = r["model"], r["batch"]
+  print(
+    f"{r['device']} (jax {r['jax']}): {m['preset']} {m['params'] / 1e9:.3g}B params "
+    f"({m['dtype']} compute, {m['param_dtype']} master, remat={m['remat']})"
+  )
+  print(
+    f"batch {b['rows']} rows x {b['seq_len']} tokens (response {b['response_len']}, image {b['image_patches']} patches)"
+  )
+  mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+  memory = f"{r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] is not None else "n/a"
+  print(
+    f"{'compile s':>10s} {'step s':>8s} {'tok/s':>9s} {'TFLOP/s':>8s} {'MFU':>6s} {'of matmul':>9s} {'XLA/model':>9s} {'peak mem':>9s}"
+  )
+  print(
+    f"{r['compile_s']:10.1f} {r['step_s']:8.3f} {r['tokens_per_s']:9.0f} {r['achieved_tflops']:8.2f} {mfu:>6s} "
+    f"{r['mfu_of_measured_matmul']:9.1%} {r['xla_over_model_flops']:9.2f} {memory:>9s}"
+  )
+
+
+def main(argv) -> None:
+  del argv
+  if not _OUT.value:
+    raise app.UsageError("--out is required")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1")
+  import jax
+
+  if _DEVICE.value == "gpu" and jax.default_backend() != "gpu":
+    print(f"--device gpu but jax's backend is {jax.default_backend()}", file=sys.stderr)
+    sys.exit(2)
+  if _DEVICE.value == "cpu":
+    jax.config.update("jax_platforms", "cpu")
+  report = run(
+    _CONFIG.value,
+    _ROWS.value,
+    _PROMPT_LEN.value,
+    _RESPONSE_LEN.value,
+    _IMAGE_PATCHES.value,
+    _STEPS.value,
+    _DEVICE.value,
+  )
+  report["config"] = _CONFIG.value.to_dict()
+  out = pathlib.Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+  print_report(report)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
