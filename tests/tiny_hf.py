@@ -27,14 +27,15 @@ Usage::
 from __future__ import annotations
 
 import copy
-import json
 import math
 import pathlib
 
 import numpy as np
 
+from catts_jax import scratch
+from catts_jax.scratch import SPECIAL_TOKENS
+
 __all__ = [
-  "CHAT_TEMPLATE",
   "SEVEN_B_SHAPE",
   "SPECIAL_TOKENS",
   "TINY",
@@ -99,54 +100,6 @@ SEVEN_B_SHAPE: dict = {
 # Tokenizer
 # ---------------------------------------------------------------------------
 
-# Same strings and order as the real Qwen2.5 tokenizer (ids 151643..151656 there).
-SPECIAL_TOKENS: tuple[str, ...] = (
-  "<|endoftext|>",
-  "<|im_start|>",
-  "<|im_end|>",
-  "<|object_ref_start|>",
-  "<|object_ref_end|>",
-  "<|box_start|>",
-  "<|box_end|>",
-  "<|quad_start|>",
-  "<|quad_end|>",
-  "<|vision_start|>",
-  "<|vision_end|>",
-  "<|vision_pad|>",
-  "<|image_pad|>",
-  "<|video_pad|>",
-)
-
-# The chat template of Qwen/Qwen2.5-VL-7B-Instruct.
-CHAT_TEMPLATE = (
-  "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-  "{% for message in messages %}"
-  "{% if loop.first and message['role'] != 'system' %}"
-  "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-  "{% endif %}"
-  "<|im_start|>{{ message['role'] }}\n"
-  "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-  "{% else %}"
-  "{% for content in message['content'] %}"
-  "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-  "{% set image_count.value = image_count.value + 1 %}"
-  "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-  "<|vision_start|><|image_pad|><|vision_end|>"
-  "{% elif content['type'] == 'video' or 'video' in content %}"
-  "{% set video_count.value = video_count.value + 1 %}"
-  "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-  "<|vision_start|><|video_pad|><|vision_end|>"
-  "{% elif 'text' in content %}{{ content['text'] }}"
-  "{% endif %}"
-  "{% endfor %}<|im_end|>\n"
-  "{% endif %}"
-  "{% endfor %}"
-  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# The pre-tokenisation regex of Qwen2 (also used by transformers' Qwen2Tokenizer).
-_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-
 _CORPUS = [
   """The little harbour town woke slowly in the grey light of the morning. Fishing boats
 rocked against the wooden pier, and the gulls circled above the nets, crying for scraps.
@@ -183,70 +136,10 @@ right, and the children will love it.""",
 ]
 
 
-def _train_bpe(vocab_size: int = 512):
-  """Train a byte-level BPE with Qwen2's pre-tokenizer on the built-in corpus.
-
-  Returns (vocab: dict[str, int], merges: list[tuple[str, str]]).
-  """
-  from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-  tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-  tok.normalizer = normalizers.NFC()
-  tok.pre_tokenizer = pre_tokenizers.Sequence(
-    [
-      pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ]
-  )
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(
-    vocab_size=vocab_size,
-    min_frequency=2,
-    show_progress=False,
-    special_tokens=[],
-    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-  )
+def build_tokenizer():
+  """The tiny vocab (BPE on the corpus above) with the Qwen2.5 special tokens."""
   # Repeat the corpus a few times so that min_frequency never starves the merges.
-  tok.train_from_iterator(_CORPUS * 3, trainer=trainer)
-  model = json.loads(tok.to_str())["model"]
-  vocab = dict(model["vocab"])
-  merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-  return vocab, merges
-
-
-def build_tokenizer(chat_template: str = CHAT_TEMPLATE):
-  """Return a ``transformers.Qwen2Tokenizer`` with the tiny vocab and the Qwen2.5 special tokens."""
-  from tokenizers import AddedToken
-  from transformers import Qwen2Tokenizer
-
-  vocab, merges = _train_bpe()
-  n = len(vocab)
-  assert sorted(vocab.values()) == list(range(n)), "trained vocab ids must be contiguous"
-  added = {
-    n + i: AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False, single_word=False)
-    for i, t in enumerate(SPECIAL_TOKENS)
-  }
-  tokenizer = Qwen2Tokenizer(
-    vocab=vocab,
-    merges=merges,
-    unk_token=None,
-    bos_token=None,
-    eos_token="<|im_end|>",
-    pad_token="<|endoftext|>",
-    added_tokens_decoder=added,
-    extra_special_tokens=list(SPECIAL_TOKENS[1:]),
-    model_max_length=131072,
-    chat_template=chat_template,
-    clean_up_tokenization_spaces=False,
-    split_special_tokens=False,
-  )
-  for i, t in enumerate(SPECIAL_TOKENS):
-    got = tokenizer.convert_tokens_to_ids(t)
-    if got != n + i:
-      raise AssertionError(f"special token {t!r} got id {got}, expected {n + i}")
-  if len(tokenizer) != n + len(SPECIAL_TOKENS):
-    raise AssertionError(f"unexpected tokenizer length {len(tokenizer)} (vocab {n})")
-  return tokenizer
+  return scratch.build_tokenizer(_CORPUS * 3, vocab_size=512)
 
 
 # ---------------------------------------------------------------------------
@@ -289,10 +182,6 @@ def _perturb_(model, generator) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _round_up(x: int, m: int) -> int:
-  return ((x + m - 1) // m) * m
-
-
 def build_tiny_checkpoint(
   out_dir,
   *,
@@ -313,80 +202,17 @@ def build_tiny_checkpoint(
   safetensors.
   """
   import torch
-  from transformers import (
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2VLImageProcessor,
-    Qwen2VLVideoProcessor,
-  )
-  from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+  from transformers import Qwen2_5_VLForConditionalGeneration
 
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
+  text_kw = {**copy.deepcopy(TINY["text"]), **copy.deepcopy(text or {})}
+  vision_kw = {**copy.deepcopy(TINY["vision"]), **copy.deepcopy(vision or {})}
 
-  text_kw = copy.deepcopy(TINY["text"])
-  text_kw.update(copy.deepcopy(text or {}))
-  vision_kw = copy.deepcopy(TINY["vision"])
-  vision_kw.update(copy.deepcopy(vision or {}))
-
-  # --- tokenizer / processor -------------------------------------------------
   tokenizer = build_tokenizer()
-  ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+  scratch.build_processor(tokenizer, vision_kw, min_pixels, max_pixels).save_pretrained(out)
+  config = scratch.hf_config(tokenizer, text_kw, vision_kw, tie_word_embeddings)
 
-  patch_size = vision_kw.get("patch_size", 14)
-  merge_size = vision_kw.get("spatial_merge_size", 2)
-  temporal_patch_size = vision_kw.get("temporal_patch_size", 2)
-  proc_kw = dict(
-    patch_size=patch_size,
-    merge_size=merge_size,
-    temporal_patch_size=temporal_patch_size,
-    min_pixels=min_pixels,
-    max_pixels=max_pixels,
-    image_mean=list(OPENAI_CLIP_MEAN),
-    image_std=list(OPENAI_CLIP_STD),
-  )
-  image_processor = Qwen2VLImageProcessor(**proc_kw)
-  video_processor = Qwen2VLVideoProcessor(**proc_kw)
-  processor = Qwen2_5_VLProcessor(
-    image_processor=image_processor,
-    tokenizer=tokenizer,
-    video_processor=video_processor,
-    chat_template=CHAT_TEMPLATE,
-  )
-
-  # --- config ----------------------------------------------------------------
-  text_kw.setdefault("vocab_size", _round_up(len(tokenizer), 64))
-  text_kw.setdefault("bos_token_id", ids["<|endoftext|>"])
-  text_kw.setdefault("eos_token_id", ids["<|im_end|>"])
-  text_kw.setdefault("pad_token_id", ids["<|endoftext|>"])
-  vision_kw.setdefault("out_hidden_size", text_kw["hidden_size"])
-
-  config = Qwen2_5_VLConfig(
-    text_config=text_kw,
-    vision_config=vision_kw,
-    image_token_id=ids["<|image_pad|>"],
-    video_token_id=ids["<|video_pad|>"],
-    vision_start_token_id=ids["<|vision_start|>"],
-    vision_end_token_id=ids["<|vision_end|>"],
-    tie_word_embeddings=tie_word_embeddings,
-    bos_token_id=ids["<|endoftext|>"],
-    eos_token_id=ids["<|im_end|>"],
-    pad_token_id=ids["<|endoftext|>"],
-  )
-  # transformers 5 keeps mrope_section inside text_config.rope_parameters; if it
-  # were dropped the model would silently fall back to [16, 24, 24].
-  want_rope = text_kw.get("rope_parameters")
-  if want_rope is not None and "mrope_section" in want_rope:
-    got = config.text_config.rope_parameters.get("mrope_section")
-    if list(got or []) != list(want_rope["mrope_section"]):
-      raise AssertionError(f"mrope_section not applied: {got} != {want_rope['mrope_section']}")
-  head_dim = config.text_config.hidden_size // config.text_config.num_attention_heads
-  section = config.text_config.rope_parameters.get("mrope_section")
-  if section is None or sum(section) != head_dim // 2:
-    raise ValueError(f"mrope_section {section} must sum to head_dim/2 = {head_dim // 2}")
-
-  # --- model -----------------------------------------------------------------
   torch.manual_seed(seed)
   model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
   generator = torch.Generator().manual_seed(seed + 0x5EED)
@@ -398,7 +224,6 @@ def build_tiny_checkpoint(
   # "model.embed_tokens.weight", "visual.*", "lm_head.weight" (absent when tied).
   save_kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
   model.save_pretrained(out, **save_kw)
-  processor.save_pretrained(out)
   return out
 
 
