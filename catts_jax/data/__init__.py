@@ -16,7 +16,7 @@ the official release from `manual_dir` and writes array_record files under `data
 
 from __future__ import annotations
 
-from catts_jax.data.loader import BUILDERS, DEFAULT_SPLIT, Dataset, builder, load
+from catts_jax.data.loader import BUILDERS, DEFAULT_SPLIT, Dataset, builder, load, step_indices
 from catts_jax.data.mixture import Mixture, mix
 from catts_jax.data.prompts import DEFAULT_TEMPLATE, TEMPLATES, chat_content, prompt_for
 from catts_jax.data.schema import MULTIPLE_CHOICE, OPEN, decode_images
@@ -36,4 +36,5 @@ __all__ = [
   "load",
   "mix",
   "prompt_for",
+  "step_indices",
 ]

@@ -6,6 +6,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from catts_jax.data import base, schema
@@ -14,6 +15,7 @@ from catts_jax.data.mathvision import MathVision
 from catts_jax.data.mathvista import MathVista
 from catts_jax.data.mmmu import MMMU
 from catts_jax.data.mmstar import MMStar
+from catts_jax.data.synthetic import Synthetic
 
 BUILDERS: dict[str, type[base.ReleaseBuilder]] = {
   "mathvision": MathVision,
@@ -22,7 +24,13 @@ BUILDERS: dict[str, type[base.ReleaseBuilder]] = {
   "mmmu": MMMU,
   "jsonl": Jsonl,
 }
-DEFAULT_SPLIT = {"mathvision": "testmini", "mathvista": "testmini", "mmstar": "val", "mmmu": "validation"}
+DEFAULT_SPLIT = {
+  "mathvision": "testmini",
+  "mathvista": "testmini",
+  "mmstar": "val",
+  "mmmu": "validation",
+  "synthetic": "test",
+}
 DEFAULT_DATA_DIR = pathlib.Path("~/tensorflow_datasets")
 
 
@@ -58,28 +66,33 @@ class Dataset(Sequence):
     return f"Dataset({self.benchmark}/{self.split}, {len(self)} examples)"
 
 
-def builder(benchmark: str, manual_dir, data_dir=None) -> base.ReleaseBuilder:
+def builder(benchmark: str, manual_dir, data_dir=None, config: str | None = None) -> tfds.core.DatasetBuilder:
+  data_dir = pathlib.Path(data_dir or DEFAULT_DATA_DIR).expanduser()
+  if benchmark == "synthetic":  # generated here: no release directory
+    return Synthetic(config=config or "reasoning", data_dir=str(data_dir))
   if benchmark not in BUILDERS:
-    raise ValueError(f"unknown benchmark {benchmark!r}; known: {sorted(BUILDERS)}")
+    raise ValueError(f"unknown benchmark {benchmark!r}; known: {sorted([*BUILDERS, 'synthetic'])}")
+  if manual_dir is None:
+    raise ValueError(f"{benchmark}: pass manual_dir, the directory of its release files")
   manual_dir = pathlib.Path(manual_dir).expanduser()
   if not manual_dir.is_dir():
     raise FileNotFoundError(f"{benchmark}: data directory {manual_dir} does not exist")
-  data_dir = pathlib.Path(data_dir or DEFAULT_DATA_DIR).expanduser()
   return BUILDERS[benchmark](source_dir=manual_dir, data_dir=str(data_dir))
 
 
 def load(
   benchmark: str,
   *,
-  manual_dir: str | pathlib.Path,
+  manual_dir: str | pathlib.Path | None = None,
   data_dir: str | pathlib.Path | None = None,
   split: str | None = None,
   rebuild: bool = False,
+  config: str | None = None,
 ) -> Dataset:
   """The split of `benchmark` built from the release in `manual_dir`, cached under `data_dir`
   (default ~/tensorflow_datasets). The first call builds it; `rebuild=True` builds again (after
-  the release files changed)."""
-  b = builder(benchmark, manual_dir, data_dir)
+  the release files changed). "synthetic" needs no release: `config` picks its task set."""
+  b = builder(benchmark, manual_dir, data_dir, config)
   mode = tfds.download.GenerateMode
   config = tfds.download.DownloadConfig(
     download_mode=mode.REUSE_CACHE_IF_EXISTS if rebuild else mode.REUSE_DATASET_IF_EXISTS
@@ -95,3 +108,17 @@ def load(
       "add its files and pass rebuild=True"
     )
   return Dataset(b.as_data_source(split), benchmark, split)
+
+
+def step_indices(
+  num: int, step: int, per_step: int, seed: int, process: int = 0, processes: int = 1
+) -> list[int]:
+  """This process's example indices at training `step`: epochs of seeded permutations of
+  range(num), so the data position of a run is just its step number."""
+  per_process = per_step // processes
+  start = step * per_step + process * per_process
+  out = []
+  for position in range(start, start + per_process):
+    epoch, offset = divmod(position, num)
+    out.append(int(np.random.default_rng([seed, epoch]).permutation(num)[offset]))
+  return out

@@ -31,6 +31,7 @@ DEFAULT_TEMPLATE = {
   "mmstar": "boxed",
   "mmmu": "boxed",
   "jsonl": "bare",
+  "synthetic": "bare",
 }
 IMAGE_TAG = re.compile(r"<image\s?(\d+)>")
 

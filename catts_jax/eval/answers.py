@@ -270,6 +270,7 @@ GRADERS: dict[str, Grader] = {
   "mmmu": grade_mmmu,
   "mmstar": grade_mmstar,
   "jsonl": grade_jsonl,
+  "synthetic": grade_jsonl,
 }
 
 
