@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = dict(
     benchmark="jsonl",
     manual_dir="",
+    config=placeholder(str),  # the synthetic benchmark's task set
     split=placeholder(str),
     data_dir=placeholder(str),
     limit=placeholder(int),

@@ -38,23 +38,6 @@ from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig
 from catts_jax.rl.rollout import RolloutConfig, rollout
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
-_OUT = flags.DEFINE_string("out", None, "output directory (checkpoints, logs, report.json, final/)")
-
-
-def problems_for_step(
-  num: int, step: int, per_step: int, seed: int, process: int, processes: int
-) -> list[int]:
-  """Indices of this process's problems at `step`: epochs of seeded permutations, so the
-  data position is just the step number."""
-  per_process = per_step // processes
-  start = step * per_step + process * per_process
-  out = []
-  for position in range(start, start + per_process):
-    epoch, offset = divmod(position, num)
-    out.append(int(np.random.default_rng([seed, epoch]).permutation(num)[offset]))
-  return out
-
 
 def train(cfg, out: pathlib.Path) -> int:
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -80,7 +63,11 @@ def train(cfg, out: pathlib.Path) -> int:
     saliency = ClipSaliency.from_pretrained(cfg.clip.model, cfg.clip.pretrained)
 
   dataset = data.load(
-    cfg.data.benchmark, manual_dir=cfg.data.manual_dir, split=cfg.data.split, data_dir=cfg.data.data_dir
+    cfg.data.benchmark,
+    manual_dir=cfg.data.manual_dir or None,
+    split=cfg.data.split,
+    data_dir=cfg.data.data_dir,
+    config=cfg.data.config,
   )
   num = min(len(dataset), cfg.data.limit or len(dataset))
 
@@ -105,7 +92,7 @@ def train(cfg, out: pathlib.Path) -> int:
     range(start, t.steps), initial=start, total=t.steps, desc="cdrl", disable=not main_process
   ):
     began = time.perf_counter()
-    indices = problems_for_step(
+    indices = data.step_indices(
       num, step, t.prompts_per_step, t.seed, jax.process_index(), jax.process_count()
     )
     examples = [dataset[i] for i in indices]
@@ -165,13 +152,20 @@ def train(cfg, out: pathlib.Path) -> int:
   return 0
 
 
-def main(argv) -> None:
-  del argv
-  if not _OUT.value:
-    raise app.UsageError("--out is required")
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-  sys.exit(train(_CONFIG.value, pathlib.Path(_OUT.value)))
+def main() -> None:
+  # Flags are defined here, not at import, so other entry points can import `train`.
+  config = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
+  out = flags.DEFINE_string("out", None, "output directory (checkpoints, logs, report.json, final/)")
+
+  def run(argv) -> None:
+    del argv
+    if not out.value:
+      raise app.UsageError("--out is required")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+    sys.exit(train(config.value, pathlib.Path(out.value)))
+
+  app.run(run)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -1,0 +1,65 @@
+"""Supervised warm start of a tiny Qwen2.5-VL from scratch on the synthetic tasks:
+`python -m train.sft --config configs/synthetic_tiny.py[:colour] --out runs/sft`.
+
+`reasoning` (default): count / bricks / bars with short reasoning; `colour`: the toy task of
+the CDRL learning check, a few steps only (format, not skill).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config(task: str = "reasoning") -> ml_collections.ConfigDict:
+  if task not in ("reasoning", "colour"):
+    raise ValueError(f"task {task!r}: expected 'reasoning' or 'colour'")
+  c = ml_collections.ConfigDict()
+  hidden = 128 if task == "reasoning" else 64
+  c.model = dict(
+    ckpt="",  # empty: build from scratch with the shape below
+    dtype="float32",
+    scratch=dict(
+      corpus_config=task,
+      vocab_size=512 if task == "reasoning" else 320,
+      seed=0,
+      min_pixels=56 * 56,
+      max_pixels=112 * 112,
+      text=dict(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=4 if task == "reasoning" else 2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        # head_dim hidden/4 -> hidden/8 rotary frequencies split over (t, h, w)
+        rope_parameters=dict(
+          rope_type="default",
+          rope_theta=1e4,
+          mrope_section=[4, 6, 6] if task == "reasoning" else [2, 3, 3],
+        ),
+        rms_norm_eps=1e-6,
+        max_position_embeddings=1024,
+      ),
+      vision=dict(
+        depth=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=2,
+        window_size=56,
+        fullatt_block_indexes=[1],
+      ),
+    ),
+  )
+  c.data = dict(benchmark="synthetic", config=task, split="train", data_dir=placeholder(str), template=None)
+  c.optimizer = dict(
+    learning_rate=3e-3,
+    warmup_steps=20,
+    total_steps=600 if task == "reasoning" else 30,
+    weight_decay=0.0,
+    clip_norm=1.0,
+    accumulate=1,
+    freeze_vision=False,
+  )
+  c.train = dict(steps=c.optimizer.total_steps, batch_size=32, seed=0, save_every=50, format_only=False)
+  c.eval = dict(split="test", size=128, every=0, max_new_tokens=64)
+  return c
