@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from catts_jax import roofline
+from catts_jax.eval.report import replace_block
 from catts_jax.models.qwen2_5_vl import ModelConfig, get_rope_index, load_hf
 from catts_jax.processing import Batch, ScoringBatch, patch_metadata
 from catts_jax.sampling import Sampler, SamplingConfig
@@ -307,12 +308,8 @@ def markdown(report: dict) -> str:
 def render_readme(readme: pathlib.Path, reports: list[pathlib.Path]) -> None:
   """Replace the block between the bench-table markers in the README with tables made from
   the given report.json files."""
-  start, end = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
-  text = readme.read_text()
   tables = "\n\n".join(f"`{p}`\n\n" + markdown(json.loads(p.read_text())) for p in reports)
-  head, rest = text.split(start)
-  _, tail = rest.split(end)
-  readme.write_text(f"{head}{start}\n{tables}\n{end}{tail}")
+  replace_block(readme, "bench-table", tables)
 
 
 def main(argv=None) -> int:

@@ -161,3 +161,16 @@ def _save(fig, path) -> pathlib.Path:
 
   plt.close(fig)
   return path
+
+
+def replace_block(path: str | pathlib.Path, name: str, text: str) -> None:
+  """Replace what lies between `<!-- {name}:start -->` and `<!-- {name}:end -->` in a
+  Markdown file (README tables generated from report.json files)."""
+  path = pathlib.Path(path)
+  start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+  content = path.read_text()
+  if start not in content or end not in content:
+    raise ValueError(f"{path}: no {start} ... {end} block to replace")
+  head, rest = content.split(start, 1)
+  _, tail = rest.split(end, 1)
+  path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
