@@ -1,0 +1,77 @@
+"""Visual Self-Check: does each candidate answer lean on the image?
+
+Each candidate answer in the table is represented by its most confident response; that
+response is scored teacher-forced (exp(-NMLP)) under the original image and under a perturbed
+copy, all candidates in one batched pass (2 rows each). The support drop
+`max(conf_orig - conf_noisy, 0)` splits `selfcheck_weight * N` votes among the candidates
+(`voting.selfcheck_boost`): an answer that truly depends on the image loses support under
+noise. Gated by `voting.needs_selfcheck` (a contested table). Optionally the VCD decode's
+answer (contrastive decoding against the same kind of noise) joins with `vcd_weight * N`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from catts_jax import perturb
+from catts_jax.tts import voting
+from catts_jax.tts.planner import VISUAL_SELF_CHECK
+
+if TYPE_CHECKING:
+  from catts_jax.policy import Policy
+  from catts_jax.tts.pipeline import Context
+
+
+def perturbed_images(
+  images: Sequence[Image.Image], kind: str, strength: float, seed: int
+) -> list[Image.Image]:
+  return perturb.perturb_batch(list(images), kind, strength, seed=seed)
+
+
+def score_pairs(
+  policy: Policy,
+  prompt: str,
+  images: Sequence[Image.Image],
+  noisy: Sequence[Image.Image],
+  responses: Sequence[Sequence[int]],
+) -> tuple[np.ndarray, np.ndarray]:
+  """exp(-NMLP) of each response (token ids) under the original and the perturbed images, in
+  one scoring pass: ([K], [K])."""
+  k = len(responses)
+  scores = policy.score([prompt] * (2 * k), [*responses, *responses], [list(images)] * k + [list(noisy)] * k)
+  conf = np.asarray(scores["confidence"], np.float64)
+  return conf[:k], conf[k:]
+
+
+def visual_self_check(ctx: Context, table: voting.VoteTable) -> dict[str, Any]:
+  """Runs the module on one problem at one N; returns its record for results.jsonl."""
+  tts = ctx.tts
+  margin = table.margin()
+  record: dict[str, Any] = {"module": VISUAL_SELF_CHECK, "margin": margin}
+  if not voting.needs_selfcheck(table, tts.selfcheck_margin):
+    return {**record, "ran": False, "reason": f"margin {margin:.3f} >= threshold {tts.selfcheck_margin:g}"}
+  candidates = list(table.weights())
+  if not candidates:
+    return {**record, "ran": False, "reason": "no candidate answers"}
+  reps = [ctx.representative(a) for a in candidates]
+  orig, noisy = ctx.selfcheck_scores(reps)
+  drops = voting.selfcheck_support(orig, noisy)
+  added = voting.selfcheck_boost(table, candidates, drops, ctx.n, tts.selfcheck_weight)
+  record.update(
+    ran=True,
+    candidates=candidates,
+    scored=[r.source for r in reps],
+    conf_orig=orig.tolist(),
+    conf_noisy=noisy.tolist(),
+    drops=drops.tolist(),
+    added=added,
+  )
+  weight = ctx.cfg.selfcheck.vcd_weight
+  if weight > 0 and ctx.vcd is not None and voting.answered(ctx.vcd.answer):
+    table.add("vcd", ctx.vcd.answer, weight * ctx.n)
+    record["vcd"] = {"answer": ctx.vcd.answer, "added": weight * ctx.n}
+  return record

@@ -1,0 +1,49 @@
+"""CA-TTS and its baselines: `python -m infer.catts --config configs/catts.py [--config.tts.tau=0.3]`.
+
+Every weight, threshold and gate of the vote (`tts`, see catts_jax/tts/voting.py), how the N
+samples are drawn, the self-check's and VCD's perturbed image, and how the Expert is called.
+Values the paper does not give are ours and untuned; the comments say which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from catts_jax.tts.voting import TTSConfig
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.tts = dataclasses.asdict(TTSConfig(adaptive=True))  # adaptive: report catts-adaptive too
+  # The N samples per problem (drawn once at the largest N; smaller N use their prefix);
+  # greedy and VCD decode with the same max_new_tokens.
+  c.sampling = dict(temperature=0.7, top_p=1.0, top_k=0, max_new_tokens=1024)  # untuned
+  # Self-Reflection: the policy re-answers with the critique in context, greedily.
+  c.reflection = dict(temperature=0.0, max_new_tokens=1024)
+  # Visual Self-Check: each candidate's response scored under the original and this image;
+  # vcd_weight > 0 also adds the VCD decode's answer with vcd_weight * N votes.
+  c.selfcheck = dict(perturbation="vcd_noise", strength=0.5, vcd_weight=0.0)
+  # VCD decoding (baseline and self-check vote): logits (1 + alpha) l - alpha l_noisy where
+  # l >= log(beta) + max l; VCD's own noise is 500 of 1000 diffusion steps (strength 0.5).
+  c.vcd = dict(alpha=1.0, beta=0.1, perturbation="vcd_noise", strength=0.5)
+  c.expert = dict(
+    timeout_s=60.0,
+    max_retries=3,
+    backoff_s=1.0,
+    max_backoff_s=30.0,
+    temperature=0.0,
+    planner_max_tokens=256,
+    voter_max_tokens=512,
+    critic_max_tokens=1024,
+    model=placeholder(str),  # the served model's name (default: what GET /v1/models lists)
+    provider=placeholder(str),  # hf: specs: the Inference Provider (default: the router's)
+    api_key_env=placeholder(str),  # http(s) specs: the variable that holds the API key
+  )
+  c.template = placeholder(str)  # prompt template (catts_jax.data.prompts); None = the benchmark's
+  c.batch_size = 4  # problems per sampler call (rows = batch_size * largest N)
+  c.dtype = "float32"  # compute dtype of the policy ("bfloat16" on accelerators)
+  c.seed = 0
+  return c

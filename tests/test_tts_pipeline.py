@@ -1,0 +1,339 @@
+"""CA-TTS per problem and the resumable run, on a scripted policy and a scripted Expert: module
+order, boosts by hand totals, gates, expert failures, the memo across N, baselines on nested
+prefixes, per-item errors and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from catts_jax.tts import expert as ex
+from catts_jax.tts import pipeline
+from catts_jax.tts.pipeline import Drawn, Problem, Response
+from catts_jax.tts.planner import PLANNER_SYSTEM, SELF_CONSISTENCY, SELF_REFLECTION, VISUAL_SELF_CHECK
+from configs import catts as catts_config
+
+SC, SR, SCK = SELF_CONSISTENCY, SELF_REFLECTION, VISUAL_SELF_CHECK
+
+
+def response(source, answer, confidence, index=0, gold="4"):
+  tokens = [index, *map(ord, answer)]
+  scores = {k: confidence for k in pipeline.SCORE_KEYS}
+  return Response(source, f"so the answer is {answer}", tokens, answer, answer == gold, confidence, scores)
+
+
+class FakeOps:
+  """A scripted policy: per problem id a list of (answer, confidence) samples; self-check
+  scores per answer; re-answers with a fixed answer. Records what it was asked."""
+
+  def __init__(self, samples, selfcheck=None, reanswer=("4", 0.7), fail_draw=(), fail_selfcheck=False):
+    self.samples, self.selfcheck, self.reanswer_with = samples, selfcheck or {}, reanswer
+    self.fail_draw, self.fail_selfcheck = set(fail_draw), fail_selfcheck
+    self.draws, self.scored, self.reanswers = [], [], []
+
+  def prepare(self, index, example):
+    if example.get("bad"):
+      raise ValueError(f"{example['id']}: image 0 cannot be decoded")
+    return Problem(index, example, f"prompt {example['id']}", [], f"question {example['id']}")
+
+  def draw(self, problems, n, seed):
+    self.draws.append(([p.id for p in problems], n, seed))
+    failing = [p.id for p in problems if p.id in self.fail_draw]
+    if failing:
+      raise ValueError(f"{failing[0]}: prompt length in tokens 9999 exceeds the largest bucket")
+    out = []
+    for p in problems:
+      samples = [
+        response(f"sample {j}", a, c, j, p.example["answer"])
+        for j, (a, c) in enumerate(self.samples[p.id][:n])
+      ]
+      conf = np.array([[s.confidence] * 4 for s in samples])
+      out.append(Drawn(samples, conf, np.full(len(samples), 4)))
+    return out
+
+  def decode(self, problems, vcd=False):
+    return [
+      response("vcd" if vcd else "greedy", self.samples[p.id][0][0], 0.5, 0, p.example["answer"])
+      for p in problems
+    ]
+
+  def reanswer(self, problem, target, critique_text, seed):
+    self.reanswers.append((target.source, critique_text, seed))
+    answer, conf = self.reanswer_with
+    return response("reflection", answer, conf, 99, problem.example["answer"])
+
+  def selfcheck_scores(self, problem, token_lists):
+    if self.fail_selfcheck:
+      raise RuntimeError("scorer out of memory")
+    self.scored.append(token_lists)
+    answers = ["".join(chr(t) for t in tokens[1:]) for tokens in token_lists]
+    pairs = [self.selfcheck.get(a, (0.5, 0.5)) for a in answers]
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+
+class RoleExpert(ex.Expert):
+  """Answers by role (read from the system prompt); a role's replies are used in turn, the
+  last one repeating; an Exception reply is raised."""
+
+  name = "scripted"
+
+  def __init__(self, **replies):
+    super().__init__(ex.RetryPolicy(max_retries=0))
+    self.replies, self.sent = {k: list(v) for k, v in replies.items()}, []
+
+  def _send(self, messages, max_tokens, temperature):
+    system = messages[0]["content"]
+    role = {PLANNER_SYSTEM: "planner", ex.VOTER_SYSTEM: "voter", ex.CRITIC_SYSTEM: "critic"}[system]
+    self.sent.append((role, messages[1]["content"][-1]["text"]))
+    queue = self.replies[role]
+    reply = queue.pop(0) if len(queue) > 1 else queue[0]
+    if isinstance(reply, Exception):
+      raise reply
+    return reply
+
+
+def config(**tts):
+  cfg = catts_config.get_config()
+  cfg.tts.update(tts)
+  return cfg
+
+
+SAMPLES = [("3", 0.9), ("4", 0.8), ("3", 0.2), ("5", 0.6)]
+SELFCHECK = {"3": (0.9, 0.85), "4": (0.8, 0.2), "5": (0.6, 0.7)}  # drops 0.05, 0.6, 0
+
+
+def solve(ops, expert, cfg, ns=(4,), methods=pipeline.METHODS, example=None):
+  example = example or {"id": "p1", "answer": "4"}
+  problem = ops.prepare(0, example)
+  drawn = ops.draw([problem], max(ns), 0)[0]
+  greedy, vcd = ops.decode([problem])[0], ops.decode([problem], vcd=True)[0]
+  return pipeline.solve(problem, drawn, greedy, vcd, ns=ns, methods=methods, expert=expert, ops=ops, cfg=cfg)
+
+
+def test_default_order_without_expert_by_hand_totals():
+  ops = FakeOps({"p1": SAMPLES}, SELFCHECK)
+  row = solve(ops, None, config())
+  r = row["methods"]["catts"]["4"]
+  assert r["order"] == [SC, SR, SCK] and r["plan"] == {"by": "default", "reason": "no expert"}
+  sc, sr, sck = r["modules"]
+  assert sc["voter"] == {"ran": False, "reason": "no expert"}
+  assert (
+    sr["ran"] is False and sr["reason"] == "no expert to critique" and sr["signal"] == pytest.approx(0.55)
+  )
+  assert (
+    sck["ran"]
+    and sck["candidates"] == ["3", "4", "5"]
+    and sck["scored"] == ["sample 0", "sample 1", "sample 3"]
+  )
+  assert sck["drops"] == pytest.approx([0.05, 0.6, 0.0])
+  # SC: 3 -> 1.1, 4 -> 0.8, 5 -> 0.6; the self-check splits 0.5 * 4 = 2 votes by the drops.
+  assert sck["added"] == pytest.approx({"3": 2 * 0.05 / 0.65, "4": 2 * 0.6 / 0.65})
+  totals = r["table"]["totals"]
+  assert totals == pytest.approx({"3": 1.1 + 2 * 0.05 / 0.65, "4": 0.8 + 2 * 0.6 / 0.65, "5": 0.6})
+  assert (r["answer"], r["correct"]) == ("4", True)
+  assert r["confidence"] == pytest.approx(totals["4"] / sum(totals.values()))
+  assert row["expert_calls"] == []
+  # Majority and confidence-weighted votes pick "3" from the same samples.
+  assert row["methods"]["majority"]["4"]["answer"] == "3" and not row["methods"]["majority"]["4"]["correct"]
+  json.dumps(row)  # a results.jsonl row
+
+
+def test_planner_order_voter_and_critic():
+  expert = RoleExpert(
+    planner=['{"order": ["SC", "SR"]}'],
+    voter=['{"A1": 0.25, "A2": 0.75, "A3": 0}'],
+    critic=["Look again at the left bar."],
+  )
+  ops = FakeOps({"p1": SAMPLES}, SELFCHECK, reanswer=("4", 0.7))
+  row = solve(ops, expert, config(reflection_threshold=0.85))
+  r = row["methods"]["catts"]["4"]
+  assert r["order"] == [SC, SR] and r["plan"] == {"by": "expert"}
+  sc, sr = r["modules"]
+  assert sc["voter"]["probs"] == {"3": 0.25, "4": 0.75, "5": 0.0}
+  assert sc["voter"]["added"] == pytest.approx({"3": 0.5, "4": 1.5})  # tau * N = 2
+  # The winner "4" has mean sample confidence 0.8 < 0.85: its most confident sample is critiqued.
+  assert sr["ran"] and sr["critiqued"] == "sample 1" and sr["signal"] == pytest.approx(0.8)
+  assert sr["critique"] == "Look again at the left bar." and sr["added"] == 2.0
+  assert ops.reanswers == [("sample 1", "Look again at the left bar.", ops.reanswers[0][2])]
+  assert r["table"]["totals"] == pytest.approx({"3": 1.6, "4": 0.8 + 1.5 + 2.0, "5": 0.6})
+  assert r["answer"] == "4" and r["correct"]
+  assert ops.scored == []  # the planner skipped the self-check
+  roles = [(c["role"], c["ok"], c["n"], c["cached"]) for c in row["expert_calls"]]
+  assert roles == [("planner", True, 4, False), ("voter", True, 4, False), ("critic", True, 4, False)]
+  assert "so the answer is 4" in expert.sent[2][1]  # the critic read the critiqued response
+  assert all(c["latency_s"] >= 0 and c["attempts"] == 1 for c in row["expert_calls"])
+
+
+def test_expert_failures_cost_the_module_not_the_problem():
+  expert = RoleExpert(
+    planner=[ConnectionError("refused")], voter=["I cannot tell."], critic=[ConnectionError("refused")]
+  )
+  ops = FakeOps({"p1": SAMPLES}, SELFCHECK)
+  row = solve(ops, expert, config())
+  r = row["methods"]["catts"]["4"]
+  assert r["order"] == [SC, SR, SCK] and r["plan"]["by"] == "default"
+  assert r["plan"]["reason"].startswith("planner failed: ConnectionError")
+  sc, sr, sck = r["modules"]
+  assert sc["voter"]["reason"].startswith("voter failed: unparseable voter output")
+  assert sr["ran"] is False and sr["reason"].startswith("critic failed")
+  assert sck["ran"] and r["answer"] == "4"  # SC + self-check still decide
+  calls = row["expert_calls"]
+  assert [(c["role"], c["ok"]) for c in calls] == [("planner", False), ("voter", False), ("critic", False)]
+  assert calls[1]["output"] == "I cannot tell." and "ConnectionError" in calls[0]["error"]
+
+
+def test_memo_reuses_identical_requests_across_n():
+  samples = [("3", 0.9), ("4", 0.8), ("3", 0.7), ("4", 0.1)]  # N=2 and N=4 see the same candidates
+  expert = RoleExpert(planner=["nothing useful"], voter=['{"A1": 1}'], critic=["Recount."])
+  ops = FakeOps({"p1": samples}, SELFCHECK, reanswer=("5", 0.5))
+  row = solve(ops, expert, config(reflection_threshold=1.01), ns=(2, 4))
+  calls = [(c["role"], c["n"], c["cached"]) for c in row["expert_calls"]]
+  assert calls == [
+    ("planner", 2, False), ("voter", 2, False), ("critic", 2, False),
+    ("planner", 4, False), ("voter", 4, True), ("critic", 4, True),
+  ]  # fmt: skip
+  assert [role for role, _ in expert.sent] == ["planner", "voter", "critic", "planner"]
+  assert all(c["latency_s"] == 0.0 and c["attempts"] == 0 for c in row["expert_calls"] if c["cached"])
+  assert row["expert_calls"][0]["fallback"] and row["methods"]["catts"]["2"]["plan"]["by"] == "default"
+  assert len(ops.reanswers) == 1  # the same critique of the same response: one re-answer
+  assert sum(len(t) for t in ops.scored) == 3  # "3", "4" and the re-answer "5", each scored once
+  for n in ("2", "4"):
+    assert row["methods"]["catts"][n]["modules"][1]["answer"] == "5"
+    assert row["methods"]["catts"][n]["modules"][2]["scored"] == ["sample 0", "sample 1", "reflection"]
+
+
+def test_a_plan_without_sc_that_leaves_no_answer_gets_the_sc_votes():
+  expert = RoleExpert(planner=['{"order": ["SCk"]}'], voter=['{"A1": 1}'])
+  row = solve(FakeOps({"p1": SAMPLES}, SELFCHECK), expert, config())
+  r = row["methods"]["catts"]["4"]
+  assert r["order"] == [SCK]
+  assert r["modules"][0] == {"module": SCK, "margin": 0.0, "ran": False, "reason": "no candidate answers"}
+  assert r["modules"][1]["module"] == SC and r["modules"][1]["reason"] == "the plan left no answer"
+  assert r["answer"] == "3"  # SC 1.1 + voter 0.5 * 4 * 1 on "3"
+
+
+def test_reflection_gate_and_selfcheck_gate_skip_with_reasons():
+  samples = [("4", 0.95)] * 4
+  expert = RoleExpert(planner=['{"order": ["SC", "SR", "SCk"]}'], voter=['{"A1": 1}'])
+  row = solve(FakeOps({"p1": samples}), expert, config(reflection_threshold=0.9))
+  _, sr, sck = row["methods"]["catts"]["4"]["modules"]
+  assert sr == {
+    "module": SR,
+    "signal": pytest.approx(0.95),
+    "ran": False,
+    "reason": "confidence 0.950 >= threshold 0.9",
+  }
+  assert sck == {"module": SCK, "margin": 1.0, "ran": False, "reason": "margin 1.000 >= threshold 1"}
+
+
+def test_optional_vcd_vote_in_the_selfcheck():
+  cfg = config()
+  cfg.selfcheck.vcd_weight = 0.25
+  row = solve(FakeOps({"p1": SAMPLES}, SELFCHECK), None, cfg)
+  sck = row["methods"]["catts"]["4"]["modules"][2]
+  assert sck["vcd"] == {"answer": "3", "added": 1.0}  # the fake VCD decode answers sample 0's "3"
+
+
+def test_baselines_on_nested_prefixes():
+  samples = [("a", 0.2), ("b", 0.9), ("b", 0.8), ("a", 0.3), ("a", 0.1)]
+  ops = FakeOps({"p1": samples})
+  row = solve(ops, None, config(deepconf_keep=0.5, deepconf_confidence="conf_tail"), ns=(1, 2, 5),
+              example={"id": "p1", "answer": "b"})  # fmt: skip
+  m = row["methods"]
+  assert set(m) == set(pipeline.METHODS)
+  for method in pipeline.SAMPLED:  # N=1: the first sample's answer, whatever the method
+    assert m[method]["1"]["answer"] == "a" and not m[method]["1"]["correct"]
+  assert m["majority"]["5"]["answer"] == "a" and m["majority"]["5"]["confidence"] == pytest.approx(0.6)
+  assert m["best-of-n"]["5"] == {"answer": "b", "correct": True, "confidence": 0.9}
+  # DeepConf keeps the top half by confidence (>= the median 0.3): b 0.9 + 0.8 against a 0.3.
+  assert m["deepconf"]["5"]["answer"] == "b" and m["deepconf"]["5"]["confidence"] == pytest.approx(1.7 / 2.0)
+  online = m["deepconf-online"]["5"]
+  assert online["answer"] == "b" and online["tokens"] == 20 and online["token_savings"] == 0.0  # all warm-up
+  assert m["greedy"] == {"answer": "a", "correct": False, "confidence": 0.5}
+  assert [s["source"] for s in row["samples"]] == [f"sample {j}" for j in range(5)]
+  assert row["samples"][1]["conf_tail"] == 0.9 and row["gold"] == "b"
+
+
+def test_stable_seed():
+  assert pipeline.stable_seed(0, "draw", ["1", "2"]) == pipeline.stable_seed(0, "draw", ["1", "2"])
+  assert pipeline.stable_seed(0, "draw", ["1", "2"]) != pipeline.stable_seed(0, "draw", ["2", "1"])
+  assert 0 <= pipeline.stable_seed("x") < 2**31
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def strip(rows):
+  """Rows without what varies from run to run (timings)."""
+  out = []
+  for r in rows:
+    r = {k: v for k, v in r.items() if k != "timing"}
+    if "expert_calls" in r:
+      r["expert_calls"] = [{k: v for k, v in c.items() if k != "latency_s"} for c in r["expert_calls"]]
+    out.append(r)
+  return out
+
+
+EXAMPLES = [{"id": str(i), "answer": "4"} for i in range(7)]
+ALL_SAMPLES = {str(i): [("4", 0.5), (str(i), 0.6), ("4", 0.4), ("7", 0.9)] for i in range(7)}
+
+
+def runner(ops, examples=EXAMPLES, expert=None, **cfg_kwargs):
+  cfg = config()
+  cfg.batch_size = 3
+  cfg.update(cfg_kwargs)
+  return pipeline.Runner(ops, examples, ns=(1, 2, 4), methods=pipeline.METHODS, expert=expert, cfg=cfg)
+
+
+def test_run_records_bad_items_and_goes_on(tmp_path):
+  examples = [*EXAMPLES[:2], {"id": "bad", "answer": "4", "bad": True}, *EXAMPLES[2:5]]
+  ops = FakeOps(ALL_SAMPLES, fail_draw={"3"})
+  rows = runner(ops, examples).run(tmp_path)
+  assert [r["id"] for r in rows] == ["0", "1", "bad", "2", "3", "4"]
+  errors = {r["id"]: r["error"] for r in rows if "error" in r}
+  assert errors == {
+    "bad": "bad: image 0 cannot be decoded",
+    "3": "3: prompt length in tokens 9999 exceeds the largest bucket",
+  }
+  # The chunk ["2", "3", "4"] failed to draw together, then item by item.
+  assert [ids for ids, _, _ in ops.draws] == [["0", "1"], ["2", "3", "4"], ["2"], ["3"], ["4"]]
+  assert all(n == 4 for _, n, _ in ops.draws)
+  assert set(rows[3]["methods"]["catts"]) == {"1", "2", "4"}
+
+
+def test_unexpected_exception_fails_only_its_problem(tmp_path):
+  ops = FakeOps(ALL_SAMPLES, fail_selfcheck=True)
+  rows = runner(ops, EXAMPLES[:2]).run(tmp_path)
+  assert [r["error"] for r in rows] == [
+    "0: RuntimeError: scorer out of memory",
+    "1: RuntimeError: scorer out of memory",
+  ]
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
+  expert = lambda: RoleExpert(planner=['{"order": ["SC", "SCk"]}'], voter=['{"A1": 0.5, "A2": 0.5}'])
+  full_ops = FakeOps(ALL_SAMPLES)
+  full = runner(full_ops, expert=expert()).run(tmp_path / "full")
+  assert len(full) == 7 and not [r for r in full if "error" in r]
+
+  # Killed after 4 rows, in the middle of writing the 5th.
+  lines = (tmp_path / "full" / "results.jsonl").read_text().splitlines(keepends=True)
+  (tmp_path / "resumed").mkdir()
+  (tmp_path / "resumed" / "results.jsonl").write_text("".join(lines[:4]) + lines[4][:40])
+  ops = FakeOps(ALL_SAMPLES)
+  resumed = runner(ops, expert=expert()).run(tmp_path / "resumed")
+  assert strip(resumed) == strip(full)
+  # Only the unfinished chunk ["3", "4", "5"] and the last one were drawn, with the same seeds.
+  assert ops.draws == full_ops.draws[1:]
+  # Nothing is left to do: a third run draws nothing.
+  again = FakeOps(ALL_SAMPLES)
+  assert len(runner(again, expert=expert()).run(tmp_path / "resumed")) == 7 and again.draws == []
+
+
+def test_runner_rejects_bad_settings():
+  with pytest.raises(ValueError, match="unknown method"):
+    pipeline.Runner(FakeOps({}), [], ns=(1,), methods=["beam"], expert=None, cfg=config())
+  with pytest.raises(ValueError, match="positive"):
+    pipeline.Runner(FakeOps({}), [], ns=(0, 2), methods=["majority"], expert=None, cfg=config())
