@@ -1,0 +1,360 @@
+"""`python -m infer.catts` end to end on a tiny checkpoint over real Math-Vision problems: the
+policy as its own expert, a kill and a resume, a faulty expert server killed mid-run, and
+`transformers serve` as the Expert."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from catts_jax.policy import Policy
+from catts_jax.tts.pipeline import METHODS
+from infer import catts
+
+SHARED = Path(__file__).parents[2] / "shared/data/math-vision-testmini"
+if not SHARED.is_dir() and os.environ.get("CI"):
+  raise RuntimeError(f"{SHARED} missing")
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+ROOT = Path(__file__).parents[1]
+SMALL = [  # short decodes everywhere; every gate open, so every module and role runs
+  "--config.sampling.max_new_tokens=4",
+  "--config.reflection.max_new_tokens=4",
+  "--config.expert.planner_max_tokens=4",
+  "--config.expert.voter_max_tokens=4",
+  "--config.expert.critic_max_tokens=4",
+  "--config.tts.reflection_threshold=1.01",
+  "--config.tts.selfcheck_margin=1.01",
+  "--config.tts.adaptive_min_samples=1",
+  "--config.batch_size=4",
+]
+_POLICIES = {}
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+def share_policies(monkeypatch):
+  """In-process runs share one loaded policy per checkpoint (and its compiled functions)."""
+  load = Policy.from_pretrained
+
+  def cached(cls, path, **kwargs):
+    key = (str(path), json.dumps(kwargs, default=str, sort_keys=True))
+    if key not in _POLICIES:
+      _POLICIES[key] = load(path, **kwargs)
+    return _POLICIES[key]
+
+  monkeypatch.setattr(Policy, "from_pretrained", classmethod(cached))
+
+
+@pytest.fixture
+def shared_policy(monkeypatch):
+  share_policies(monkeypatch)
+
+
+@pytest.fixture
+def online(monkeypatch):
+  """conftest sets HF_HUB_OFFLINE, which makes huggingface_hub refuse even 127.0.0.1."""
+  import huggingface_hub.constants
+
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+def args_for(ckpt, out, tfds, *extra, limit=4, ns="2,4"):
+  return [
+    "--ckpt", str(ckpt), "--benchmark", "mathvision", "--data", str(SHARED), "--split", "testmini",
+    "--data-dir", str(tfds), "--limit", str(limit), "--n", ns, "--out", str(out), *SMALL, *extra,
+  ]  # fmt: skip
+
+
+def read_jsonl(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def strip(rows):
+  """Rows without what varies from run to run (timings, latencies)."""
+  out = []
+  for r in rows:
+    r = {k: v for k, v in r.items() if k != "timing"}
+    r["expert_calls"] = [{k: v for k, v in c.items() if k != "latency_s"} for c in r["expert_calls"]]
+    out.append(r)
+  return out
+
+
+@pytest.fixture(scope="module")
+def self_run(tiny_ckpt, tfds_dir, tmp_path_factory):
+  """One uninterrupted run with the policy as its own expert (no server anywhere)."""
+  out = tmp_path_factory.mktemp("self") / "run"
+  args = args_for(tiny_ckpt, out, tfds_dir, "--expert", "self")
+  with pytest.MonkeyPatch.context() as mp:
+    share_policies(mp)
+    assert catts.main(args) == 0
+  return out, args
+
+
+def test_self_expert_end_to_end(self_run, capsys):
+  out, args = self_run
+  rows = read_jsonl(out / "results.jsonl")
+  assert len(rows) == 4 and not [r for r in rows if "error" in r]
+  for r in rows:
+    assert list(r["methods"]) == list(METHODS)
+    assert len(r["samples"]) == 4 and r["greedy"]["source"] == "greedy" and r["vcd"]["source"] == "vcd"
+    for n in ("2", "4"):
+      c = r["methods"]["catts"][n]
+      assert [m["module"] for m in c["modules"]][:3] == [
+        "self_consistency",
+        "self_reflection",
+        "visual_self_check",
+      ]
+      assert c["modules"][1]["ran"] and c["modules"][2]["ran"]  # gates opened by the config
+      assert c["table"]["winner"] == (c["answer"] or None)
+    roles = {(c["role"], c["expert"]) for c in r["expert_calls"]}
+    assert roles == {("planner", "self"), ("voter", "self"), ("critic", "self")}
+  report = json.loads((out / "report.json").read_text())
+  assert (report["problems"], report["errors"], report["ns"], report["expert"]) == (4, 0, [2, 4], "self")
+  assert [t["method"] for t in report["table"]] == list(METHODS)
+  for m in METHODS:
+    assert all(0 <= a <= 1 for a in report["accuracy"][m].values())
+  assert set(report["slope"]) == {"catts", "majority", "deepconf", "deepconf-online", "best-of-n"}
+  assert [p["cap"] for p in report["adaptive"]["points"]] == [2, 4]
+  assert set(report["expert_calls"]) == {"planner", "voter", "critic"}
+  png = out / "accuracy_vs_n.png"
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+  assert "| method | N=2 | N=4 | ece | auroc | beta |" in (out / "report.md").read_text()
+
+  # A rerun resumes: nothing is redone; other settings in the same --out are refused.
+  capsys.readouterr()
+  assert catts.main(args) == 0
+  assert "catts" in capsys.readouterr().out
+  assert strip(read_jsonl(out / "results.jsonl")) == strip(rows)
+  assert catts.main([*args, "--n", "1,4"]) == 2
+  assert "holds a run with other ns" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(
+  self_run, tiny_ckpt, tfds_dir, tmp_path, shared_policy
+):
+  _, args = self_run
+  out = tmp_path / "killed"
+  args = [*args[: args.index("--out")], "--out", str(out), *args[args.index("--out") + 2 :]]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+  proc = subprocess.Popen([sys.executable, "-m", "infer.catts", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+  results, deadline = out / "results.jsonl", time.monotonic() + 240
+  try:
+    while not (results.is_file() and results.read_text().count("\n") >= 1):
+      assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+      assert time.monotonic() < deadline, "no row written"
+      time.sleep(0.05)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  written = results.read_text().count("\n")
+  assert 1 <= written < 4, f"killed after {written} rows"
+  assert catts.main(args) == 0
+  rows = read_jsonl(results)
+  expected = read_jsonl(self_run[0] / "results.jsonl")
+  assert [r["id"] for r in rows] == [r["id"] for r in expected]
+  assert strip(rows) == strip(expected)
+
+
+def poll_lines(path, count, then, stop):
+  while not stop.is_set():
+    if path.is_file() and path.read_text().count("\n") >= count:
+      then()
+      return
+    time.sleep(0.02)
+
+
+def test_faulty_expert_server_killed_mid_run(tiny_ckpt, tfds_dir, tmp_path, shared_policy, online):
+  log = tmp_path / "requests.log"
+  script = ["ok", "500", "500", "garbled", "garbled", "sleep", "sleep", "badjson", "badjson", "badjson", "ok"]
+  server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "expert_server.py"), str(log), *script],
+                            stdout=subprocess.PIPE)  # fmt: skip
+  stop = threading.Event()
+  try:
+    port = int(server.stdout.readline())
+    watcher = threading.Thread(target=poll_lines, args=(log, 16, server.kill, stop), daemon=True)
+    watcher.start()
+    faults = ["--config.expert.timeout_s=0.5", "--config.expert.max_retries=1", "--config.expert.backoff_s=0.01",
+              "--config.expert.max_backoff_s=0.02"]  # fmt: skip
+    out = tmp_path / "run"
+    args = args_for(tiny_ckpt, out, tfds_dir, "--expert", f"http://127.0.0.1:{port}/v1", *faults)
+    assert catts.main(args) == 0
+    assert server.poll() is not None, "the server was not killed mid-run"
+  finally:
+    stop.set()
+    server.kill()
+    server.wait()
+  rows = read_jsonl(out / "results.jsonl")
+  assert len(rows) == 4 and not [r for r in rows if "error" in r]  # every problem has its result
+  for r in rows:
+    assert set(r["methods"]["catts"]) == {"2", "4"} and r["expert_calls"]
+  calls = [c for r in rows for c in r["expert_calls"]]
+  errors = " | ".join(c["error"] for c in calls if c["error"])
+  for kind in ("HTTP 500", "malformed response", "timeout after 0.5 s", "connection error"):
+    assert kind in errors, f"{kind!r} not recorded in {errors}"
+  assert any(c["ok"] and c["role"] == "planner" and not c["fallback"] for c in calls)
+  assert any(c["fallback"] or "unparseable" in (c["error"] or "") for c in calls)  # badjson
+  assert rows[-1]["expert_calls"][-1]["error"].startswith("connection error")  # after the kill
+  report = json.loads((out / "report.json").read_text())
+  assert report["errors"] == 0 and sum(s["failed"] for s in report["expert_calls"].values()) > 0
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture
+def transformers_server(tiny_ckpt, tmp_path):
+  """`transformers serve CKPT` on 127.0.0.1 (extra transformers[serving])."""
+  pytest.importorskip("fastapi")
+  pytest.importorskip("uvicorn")
+  port, log = free_port(), tmp_path / "serve.log"
+  cli = [sys.executable, "-m", "transformers.cli.transformers"]  # the `transformers` command
+  command = [*cli, "serve", str(tiny_ckpt), "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+  with open(log, "wb") as f:
+    proc = subprocess.Popen(
+      command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+  url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
+  try:
+    while True:
+      try:
+        with urllib.request.urlopen(url + "/health", timeout=1) as r:
+          if r.status == 200:
+            break
+      except OSError:
+        pass
+      if proc.poll() is not None or time.monotonic() > deadline:
+        raise RuntimeError(f"transformers serve did not start:\n{log.read_text()[-2000:]}")
+      time.sleep(0.2)
+    yield url + "/v1"
+  finally:
+    proc.terminate()
+    try:
+      proc.wait(10)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+
+
+def test_transformers_serve_as_the_expert(
+  transformers_server, tiny_ckpt, tfds_dir, tmp_path, shared_policy, online
+):
+  out = tmp_path / "run"
+  args = args_for(tiny_ckpt, out, tfds_dir, "--expert", transformers_server, "--config.expert.timeout_s=30",
+                  limit=8)  # fmt: skip
+  assert catts.main(args) == 0
+  rows = read_jsonl(out / "results.jsonl")
+  assert len(rows) == 8 and not [r for r in rows if "error" in r]
+  for r in rows:
+    by_role = {}
+    for c in r["expert_calls"]:
+      by_role.setdefault(c["role"], []).append(c)
+      assert c["expert"] == transformers_server and (c["attempts"] >= 1 or c["cached"])
+    assert set(by_role) == {"planner", "voter", "critic"}
+    # Real HTTP calls: the random model writes no plan (default order) and no probabilities.
+    assert all(c["ok"] and c["fallback"] for c in by_role["planner"])
+    assert all(
+      c["error"] and "unparseable voter output" in c["error"] for c in by_role["voter"] if not c["ok"]
+    )
+    assert set(r["methods"]["catts"]) == {"2", "4"}
+  critiques = [
+    m for r in rows for m in r["methods"]["catts"]["4"]["modules"] if m["module"] == "self_reflection"
+  ]
+  assert any(m["ran"] for m in critiques) or all("critic failed" in m["reason"] for m in critiques)
+  report = json.loads((out / "report.json").read_text())
+  assert report["problems"] == 8 and report["expert"] == transformers_server
+
+
+@pytest.mark.parametrize(
+  "extra,message",
+  [
+    (["--methods", "catts,beam"], "--methods: unknown ['beam']"),
+    (["--n", "0,2"], "expected comma-separated positive integers"),
+    (["--config.tts.nope=1"], "unknown config key 'tts.nope'"),
+    (["--config.tts.reflection_signal=loudness"], "reflection_signal must be one of"),
+    (["--expert", "ftp://x"], "unknown expert spec"),
+  ],
+)
+def test_bad_input_is_a_clear_error(extra, message, tiny_ckpt, tfds_dir, tmp_path, capsys):
+  assert catts.main([*args_for(tiny_ckpt, tmp_path / "out", tfds_dir), *extra]) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_missing_data_and_checkpoint(tiny_ckpt, tmp_path, capsys):
+  args = ["--benchmark", "mathvision", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]
+  assert catts.main(["--ckpt", str(tiny_ckpt), *args]) == 2
+  assert "does not exist" in capsys.readouterr().err
+  assert catts.main(["--ckpt", str(tmp_path), *args]) == 2
+  assert "no config.json" in capsys.readouterr().err
+
+
+def test_summary_by_hand():
+  """Accuracy per method and N over the problems without errors, slope, and catts-adaptive
+  stopping on the confidence-weighted margin of the first n samples."""
+  from catts_jax.tts.voting import TTSConfig
+
+  def rec(correct):
+    return {"answer": "x", "correct": correct, "confidence": 0.9 if correct else 0.2}
+
+  def row(i, samples, catts_ok, majority_ok, greedy_ok):
+    catts_by_n = {
+      str(n): {**rec(ok), "plan": {"by": "expert"}, "modules": []} for n, ok in zip((1, 2, 4), catts_ok)
+    }
+    return {
+      "id": str(i),
+      "samples": [{"answer": a, "confidence": c} for a, c in samples],
+      "methods": {
+        "catts": catts_by_n,
+        "majority": {str(n): rec(ok) for n, ok in zip((1, 2, 4), majority_ok)},
+        "greedy": rec(greedy_ok),
+      },
+      "expert_calls": [
+        {"role": "voter", "ok": False, "cached": False, "latency_s": 0.5, "error": "HTTP 500"}
+      ],
+    }
+
+  rows = [
+    # Unanimous at n=2: margin 1 >= 0.6 stops there.
+    row(
+      0, [("a", 0.9), ("a", 0.8), ("b", 0.9), ("c", 0.9)], (False, True, False), (False, False, True), True
+    ),
+    # Never settles: runs to the cap.
+    row(
+      1, [("a", 0.5), ("b", 0.5), ("a", 0.5), ("b", 0.5)], (False, False, True), (False, True, True), False
+    ),
+    {"id": "2", "error": "2: image 0 cannot be decoded"},
+  ]
+  tts = TTSConfig(adaptive=True, adaptive_margin=0.6, adaptive_min_samples=2)
+  s = catts.summarize(rows, [1, 2, 4], ["catts", "majority", "greedy"], tts)
+  assert (s["problems"], s["errors"], s["error_ids"]) == (3, 1, ["2"])
+  assert s["accuracy"]["catts"] == {"1": 0.0, "2": 0.5, "4": 0.5}
+  assert s["accuracy"]["majority"] == {"1": 0.0, "2": 0.5, "4": 1.0}
+  assert s["accuracy"]["greedy"] == {"1": 0.5, "2": 0.5, "4": 0.5}
+  assert s["slope"]["majority"]["beta"] == pytest.approx(50.0)  # 0, 50, 100 points at log2 N = 0, 1, 2
+  assert "greedy" not in s["slope"]
+  assert math.isnan(s["calibration"]["majority"]["4"]["auroc"])  # all correct: one class
+  assert s["adaptive"]["points"] == [
+    {"cap": 1, "mean_samples": 1.0, "accuracy": 0.0},
+    {"cap": 2, "mean_samples": 2.0, "accuracy": 0.5},
+    {"cap": 4, "mean_samples": 3.0, "accuracy": 1.0},  # problem 0 stops at 2 (right), 1 runs to 4 (right)
+  ]
+  assert s["expert_calls"]["voter"] == {
+    "calls": 2, "ok": 0, "failed": 2, "cached": 0, "fallback": 0, "mean_latency_s": 0.5, "errors": {"HTTP 500": 2}
+  }  # fmt: skip
+  assert [r["method"] for r in s["table"]] == ["catts", "majority", "greedy"]
+  assert s["table"][1]["N=4"] == 100.0 and s["table"][2]["beta"] == "-"
