@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint verify bench bench-readme clean
+.PHONY: install test lint verify catts ablation bench bench-readme clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ lint: install
 verify: install
 	@test -n "$(HF)" || { echo "usage: make verify HF=/path/to/hf/checkpoint"; exit 2; }
 	$(PY) -m catts_jax.verify --hf $(HF)
+
+# CA-TTS and its baselines on Math-Vision testmini: make catts CKPT=/path/to/hf/checkpoint [EXPERT=self]
+catts: install
+	@test -n "$(CKPT)" || { echo "usage: make catts CKPT=/path/to/hf/checkpoint [EXPERT=self|none|hf:<id>|http://host:port/v1]"; exit 2; }
+	$(PY) -m infer.catts --ckpt $(CKPT) --benchmark mathvision --data ../shared/data/math-vision-testmini --expert $(or $(EXPERT),self) --out runs/catts
+
+# The CDRL learning check and ablation on the toy colour task (CPU, minutes); rewrites the README table.
+ablation: install
+	$(PY) -m train.ablation --config configs/ablation_colour.py --out docs/reports/ablation_colour
+	$(PY) -m train.ablation --out docs/reports/ablation_colour --render-readme README.md
 
 # Scoring/generation throughput against transformers on this machine (docs/reports/bench_cpu/report.json);
 # bench-readme rewrites the README's tables from the committed report.json files.

@@ -173,7 +173,8 @@ def verify(
     tokens_ok = first is None or margins[first] <= tolerance
     agree = slice(None, first)
     sampler_diff = float(np.abs(sampled.logprobs[row, 0][agree] - ref_logprobs[agree]).max())
-    scorer_diff = float(np.abs(scored["token_logprobs"][row] - ref_logprobs).max())
+    # Scored responses are right-aligned in a bucketed width.
+    scorer_diff = float(np.abs(scored["token_logprobs"][row, -len(ref_logprobs) :] - ref_logprobs).max())
     passed = bool(tokens_ok and sampler_diff <= tolerance and scorer_diff <= tolerance)
     ok &= passed
     greedy["rows"].append(

@@ -27,8 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   rl.rollout.max_new_tokens = 24
   rl.rollout.perturbation, rl.rollout.strength = "vcd_noise", 1.0
   rl.loss.kl_coef = 0.0  # a toy from a barely trained start: nothing to stay close to
-  rl.optimizer.update(learning_rate=3e-4, warmup_steps=5, total_steps=1000)
-  rl.train.update(steps=200, prompts_per_step=32, save_every=50, keep=2)
+  rl.optimizer.update(learning_rate=5e-4, warmup_steps=5, total_steps=1000)
+  rl.train.update(steps=150, prompts_per_step=32, save_every=50, keep=2)
   c.rl = rl
 
   c.arms = {

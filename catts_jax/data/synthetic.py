@@ -70,7 +70,8 @@ def colour_task(rng: np.random.Generator) -> dict:
     question="What colour is the shape?",
     answer=name,
     answer_type="text",
-    solution=_boxed(f"The {shape} is {name}.", name),
+    # The shape is drawn but not named: the colour is the answer's only free choice.
+    solution=_boxed(f"The shape is {name}.", name),
   )
 
 
