@@ -38,6 +38,17 @@ def test_rewards_hand_values():
     rewards.compute({"bogus": 1.0}, [], [])
 
 
+def test_unanswered_responses_get_the_worst_calibration():
+  ex = make_example(id="7", benchmark="mathvision", question="How many?", answer="10")
+  responses = ["\\boxed{10}", "\\boxed{3}", "qq zz"]  # right, wrong, no answer at all
+  conf = np.array([0.9, 0.2, 0.05])
+  f = dict(examples=[ex] * 3, benchmark="mathvision", confidence=conf, confidence_perturbed=conf)
+  _, parts = rewards.compute({"accuracy": 1.0, "calibration": 1.0}, [""] * 3, responses, **f)
+  np.testing.assert_allclose(parts["calibration"], [0.9, -0.2, -1.0], atol=1e-6)
+  _, parts = rewards.compute({"calibration": 1.0}, [""] * 3, responses, form="brier", **f)
+  np.testing.assert_allclose(parts["calibration"], [1 - 0.01, 1 - 0.04, 0.0], atol=1e-6)
+
+
 def test_accuracy_reward_grades_with_the_benchmark_grader():
   ex = make_example(id="7", benchmark="mathvision", question="How many?", answer="10")
   got = rewards.accuracy(

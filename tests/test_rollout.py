@@ -56,10 +56,10 @@ def test_rollout_batch_is_consistent_and_trains(setup):
   logp = np.asarray(response_logprobs(policy.model, inputs, r))
   np.testing.assert_allclose(batch["old_logp"][mask], logp[mask], atol=1e-4)
   np.testing.assert_allclose(batch["ref_logp"][mask], logp[mask], atol=1e-4)
-  # Rewards: the tiny random model is never right, so calibration is -conf and the total is
-  # 0.5 * sensitivity - 0.5 * confidence per sample; advantages are normalised per group.
+  # Rewards: the tiny random model never states an answer, so accuracy is 0 and calibration
+  # the worst value (-1) for every sample; advantages are normalised per group.
   assert metrics["reward_accuracy"] == 0
-  assert metrics["reward_calibration"] == pytest.approx(-metrics["confidence"], rel=1e-5)
+  assert metrics["reward_calibration"] == -1.0
   adv = batch["advantages"][:n].reshape(3, 4)
   np.testing.assert_allclose(adv.mean(1), 0, atol=1e-5)
   assert metrics["confidence"] != metrics["confidence_perturbed"]

@@ -11,7 +11,11 @@ The paper gives no formulas; ours (PAPER.md):
 - perceptual sensitivity: `clip(conf(y|x) - conf(y|x_noisy), 0, 1)`, a confidence drop when
   the image is degraded;
 - calibration consistency: `conf` if correct else `-conf` ("signed", default), or the Brier
-  form `1 - (conf - correct)^2`.
+  form `1 - (conf - correct)^2`. A response that states no final answer (no non-empty
+  \\boxed{} and no "the answer is ...") gets the worst value
+  (-1, Brier 0): otherwise a policy can lower its confidence on wrong answers by writing
+  improbable text instead of answering. On the toy colour task, CDRL from a chance-level start
+  did exactly that (accuracy and confidence both 0 within 20 steps) until this rule.
 """
 
 from __future__ import annotations
@@ -33,13 +37,28 @@ def register(name: str):
   return wrap
 
 
+def states_an_answer(response: str) -> bool:
+  """A non-empty \\boxed{} or a non-empty "the answer is ..." span."""
+  from catts_jax.eval import parsing
+
+  return any(parsing.boxed(response)) or bool(parsing.after_phrase(response))
+
+
+def grade(completions, examples, benchmark=None) -> tuple[np.ndarray, np.ndarray]:
+  """(correct, answered) per completion: graded by the benchmark's grader; answered = the
+  response states a final answer."""
+  from catts_jax.eval import answers
+
+  correct = [answers.grade(benchmark, c, ex)[0] for c, ex in zip(completions, examples)]
+  answered = [states_an_answer(c) for c in completions]
+  return np.asarray(correct, np.float32), np.asarray(answered, bool)
+
+
 @register("accuracy")
 def accuracy(prompts, completions, *, examples, benchmark=None, correct=None, **_) -> np.ndarray:
   if correct is not None:
     return np.asarray(correct, np.float32)
-  from catts_jax.eval import answers
-
-  return np.asarray([answers.grade(benchmark, c, ex)[0] for c, ex in zip(completions, examples)], np.float32)
+  return grade(completions, examples, benchmark)[0]
 
 
 BOXED = re.compile(r"\\boxed\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
@@ -59,14 +78,20 @@ def perceptual_sensitivity(prompts, completions, *, confidence, confidence_pertu
 
 
 @register("calibration")
-def calibration(prompts, completions, *, confidence, correct, form: str = "signed", **_) -> np.ndarray:
+def calibration(
+  prompts, completions, *, confidence, correct, answered=None, form: str = "signed", **_
+) -> np.ndarray:
   conf = np.asarray(confidence, np.float32)
   right = np.asarray(correct, np.float32)
   if form == "signed":
-    return np.where(right > 0, conf, -conf)
-  if form == "brier":
-    return 1.0 - (conf - right) ** 2
-  raise ValueError(f"unknown calibration form {form!r}; expected 'signed' or 'brier'")
+    value, worst = np.where(right > 0, conf, -conf), -1.0
+  elif form == "brier":
+    value, worst = 1.0 - (conf - right) ** 2, 0.0
+  else:
+    raise ValueError(f"unknown calibration form {form!r}; expected 'signed' or 'brier'")
+  if answered is None:
+    return value
+  return np.where(np.asarray(answered, bool), value, worst).astype(np.float32)
 
 
 def compute(
@@ -79,7 +104,7 @@ def compute(
     raise ValueError(f"unknown reward(s) {sorted(unknown)}; registered: {sorted(REWARDS)}")
   components = {}
   if "correct" not in fields and ("accuracy" in weights or "calibration" in weights):
-    fields["correct"] = accuracy(prompts, completions, **fields)
+    fields["correct"], fields["answered"] = grade(completions, fields["examples"], fields.get("benchmark"))
   for name in weights:
     components[name] = np.asarray(REWARDS[name](prompts, completions, **fields), np.float32)
   total = sum(weights[name] * components[name] for name in weights)

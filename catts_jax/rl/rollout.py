@@ -111,8 +111,11 @@ def rollout(
     confidence_perturbed=noisy_scores["confidence"],
     form=cfg.calibration_form,
   )
-  grouped = total.reshape(len(prompts), g)
-  advantages = np.asarray(grpo.advantages(cfg.advantage, grouped)).reshape(-1)
+  grouped = total.reshape(len(prompts), g).astype(np.float64)
+  # Every estimator is shift-invariant: centring in float64 first keeps float32 from
+  # subtracting nearly equal rewards (GRPO's division by a tiny std amplifies that error).
+  centred = grouped - grouped.mean(-1, keepdims=True)
+  advantages = np.asarray(grpo.advantages(cfg.advantage, centred)).reshape(-1)
   keep = np.repeat(grouped.std(-1) > 0, g) if cfg.dynamic_filter else np.ones(len(total), bool)
 
   metrics = {
