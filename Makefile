@@ -32,7 +32,7 @@ catts: install
 # The CDRL learning check and ablation on the toy colour task (CPU, minutes); rewrites the README table.
 ablation: install
 	$(PY) -m train.ablation --config configs/ablation_colour.py --out docs/reports/ablation_colour
-	$(PY) -m train.ablation --out docs/reports/ablation_colour --render-readme README.md
+	$(PY) -m train.ablation --out docs/reports/ablation_colour --render_readme README.md
 
 # Scoring/generation throughput against transformers on this machine (docs/reports/bench_cpu/report.json);
 # bench-readme rewrites the README's tables from the committed report.json files.

@@ -10,7 +10,7 @@
    and each answer is scored on its original and on a perturbed image.
 
 DIR/report.json holds the reward curves, the before/after table and the confidence-drop
-ratio of the arms; `--render-readme README.md` writes the README's table from it. Each stage
+ratio of the arms; `--render_readme README.md` writes the README's table from it. Each stage
 resumes: a finished stage is skipped, an interrupted RL run continues from its checkpoint.
 """
 
