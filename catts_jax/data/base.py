@@ -30,18 +30,13 @@ def config_for(source_dir: str | pathlib.Path) -> tfds.core.BuilderConfig:
   return tfds.core.BuilderConfig(name=f"{stem[:40]}_{digest}", description=f"built from {path}")
 
 
-class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base class; subclasses set `name`, `SPLITS`, `LAYOUT_HINT` and implement `find_split` and
-  `examples`. Construct with the release directory: `MathVision(source_dir=..., data_dir=...)`."""
+class SchemaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A tfds builder of unified-schema examples, written as array_record and read without
+  TensorFlow."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Unified schema, images as encoded bytes."}
-  SPLITS: tuple[str, ...] = ()
-  LAYOUT_HINT = ""
 
-  def __init__(self, *, source_dir: str | pathlib.Path, **kwargs):
-    self.source_dir = pathlib.Path(source_dir).expanduser()
-    kwargs.setdefault("config", config_for(self.source_dir))
+  def __init__(self, **kwargs):
     kwargs.setdefault("file_format", FILE_FORMAT)
     super().__init__(**kwargs)
 
@@ -54,6 +49,20 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(features=schema.features(), disable_shuffling=True)
+
+
+class ReleaseBuilder(SchemaBuilder, skip_registration=True):
+  """Base class; subclasses set `name`, `SPLITS`, `LAYOUT_HINT` and implement `find_split` and
+  `examples`. Construct with the release directory: `MathVision(source_dir=..., data_dir=...)`."""
+
+  RELEASE_NOTES = {"1.0.0": "Unified schema, images as encoded bytes."}
+  SPLITS: tuple[str, ...] = ()
+  LAYOUT_HINT = ""
+
+  def __init__(self, *, source_dir: str | pathlib.Path, **kwargs):
+    self.source_dir = pathlib.Path(source_dir).expanduser()
+    kwargs.setdefault("config", config_for(self.source_dir))
+    super().__init__(**kwargs)
 
   def _split_generators(self, dl_manager) -> dict[str, Iterator]:
     root = self.source_dir

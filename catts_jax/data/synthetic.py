@@ -20,17 +20,15 @@ rules: \\boxed{} or "the answer is", typed numbers, option letters).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import io
 import json
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from PIL import Image, ImageDraw
 
-from catts_jax.data import schema
+from catts_jax.data import base, schema
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (230, 200, 30)}
 SHAPES = ("square", "circle", "triangle")
@@ -198,26 +196,12 @@ def generate(tasks: tuple[str, ...], split: str, index: int, seed: int = 0) -> d
   )
 
 
-class Synthetic(tfds.core.GeneratorBasedBuilder):
+class Synthetic(base.SchemaBuilder):
   """`Synthetic(config="reasoning", data_dir=...)`; nothing to download."""
 
   name = "synthetic"
-  VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "colour, count, bricks and bars tasks."}
   BUILDER_CONFIGS = list(CONFIGS)
-
-  def __init__(self, **kwargs):
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
-
-  # Metadata lives beside the module file (see base.ReleaseBuilder.code_path).
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(inspect.getfile(cls))
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(features=schema.features(), disable_shuffling=True)
 
   def _split_generators(self, dl_manager) -> dict[str, Iterator]:
     return {split: self._generate_examples(split, n) for split, n in self.builder_config.split_sizes}

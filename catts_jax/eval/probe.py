@@ -115,7 +115,7 @@ class Probe:
   def run(self, out_dir: pathlib.Path, progress=None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / "results.jsonl"
-    done = {(r["id"], r["kind"], r["level"]) for r in read_rows(results)}
+    done = {(r["id"], r["kind"], r["level"]) for r in report.read_rows(results)}
     with results.open("a", encoding="utf-8") as f:
       for kind, level in conditions(self.cfg):
         pending = [i for i, ex in enumerate(self.examples) if (ex["id"], kind, level) not in done]
@@ -134,19 +134,7 @@ class Probe:
           f.flush()
           if progress:
             progress(len(chunk))
-    return summarize(read_rows(results), self.cfg, out_dir)
-
-
-def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
-  if not path.is_file():
-    return []
-  rows = []
-  for line in path.read_text(encoding="utf-8").splitlines():
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue  # a line cut off by a killed run; its problem is redone
-  return rows
+    return summarize(report.read_rows(results), self.cfg, out_dir)
 
 
 def summarize(rows: list[dict[str, Any]], cfg: ProbeConfig, out_dir: pathlib.Path) -> dict[str, Any]:

@@ -174,3 +174,28 @@ def replace_block(path: str | pathlib.Path, name: str, text: str) -> None:
   head, rest = content.split(start, 1)
   _, tail = rest.split(end, 1)
   path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+# --- streamed results (JSONL, one row per finished item) -----------------------------------
+
+
+def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+  """Rows of a results.jsonl (none if missing); a line cut off by a killed run is skipped."""
+  if not path.is_file():
+    return []
+  rows = []
+  for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue  # a line cut off by a killed run; its problem is redone
+  return rows
+
+
+def trim_partial_line(path: pathlib.Path) -> None:
+  """Drops a last line cut off by a killed run, so appended rows start on a line of their own."""
+  if not path.is_file():
+    return
+  text = path.read_bytes()
+  if text and not text.endswith(b"\n"):
+    path.write_bytes(text[: text.rfind(b"\n") + 1])

@@ -40,6 +40,7 @@ import numpy as np
 
 from catts_jax import data
 from catts_jax.eval import answers as grading
+from catts_jax.eval.report import read_rows, trim_partial_line
 from catts_jax.sampling import SamplingConfig
 from catts_jax.tts import deepconf, voting
 from catts_jax.tts.expert import Expert, ExpertError, vote
@@ -470,27 +471,6 @@ def solve(
 
 
 # --- the run -------------------------------------------------------------------------------------
-
-
-def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
-  if not path.is_file():
-    return []
-  rows = []
-  for line in path.read_text(encoding="utf-8").splitlines():
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue  # a line cut off by a killed run; its problem is redone
-  return rows
-
-
-def trim_partial_line(path: pathlib.Path) -> None:
-  """Drops a last line cut off by a killed run, so appended rows start on a line of their own."""
-  if not path.is_file():
-    return
-  text = path.read_bytes()
-  if text and not text.endswith(b"\n"):
-    path.write_bytes(text[: text.rfind(b"\n") + 1])
 
 
 def error_message(problem_id: str, error: BaseException) -> str:
