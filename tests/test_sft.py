@@ -3,12 +3,18 @@ format-only warm start learns the format but not the answers; the ablation entry
 its stages end to end."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from catts_jax import data
-from configs import ablation_colour, synthetic_tiny
-from train import ablation, sft
+from configs import synthetic_tiny
+from train import sft
+
+ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,23 +56,39 @@ def test_sft_resumes_from_its_checkpoint(tmp_path, tfds_dir):
 
 
 def test_ablation_runs_every_stage(tmp_path, tfds_dir):
-  c = ablation_colour.get_config()
-  c.data_dir = tfds_dir
-  c.sft.train.steps = c.sft.optimizer.total_steps = 4
-  c.sft.eval.size = 8
-  c.rl.train.update(steps=2, prompts_per_step=2)
-  c.rl.rollout.group_size = 2
-  c.eval.size = 8
-  result = ablation.run(c, tmp_path / "abl")
+  """The entry point as a program (one device, as users run it), tiny stage lengths."""
+  out = tmp_path / "abl"
+  overrides = [
+    f"--config.data_dir={tfds_dir}",
+    "--config.sft.train.steps=4",
+    "--config.sft.optimizer.total_steps=4",
+    "--config.sft.eval.size=8",
+    "--config.rl.train.steps=2",
+    "--config.rl.train.prompts_per_step=2",
+    "--config.rl.rollout.group_size=2",
+    "--config.eval.size=8",
+  ]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  cmd = [
+    sys.executable,
+    "-m",
+    "train.ablation",
+    "--config",
+    "configs/ablation_colour.py",
+    *overrides,
+    f"--out={out}",
+  ]
+  done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads((out / "report.json").read_text())
   assert set(result["arms"]) == {"cdrl", "accuracy"}
   for arm in result["arms"].values():
     assert arm["steps"] == 2 and 0 <= arm["after"]["accuracy"] <= 1
     assert "confidence_drop" in arm["after"]
   readme = tmp_path / "README.md"
   readme.write_text("a\n<!-- ablation-table:start -->\nold\n<!-- ablation-table:end -->\nb\n")
-  from catts_jax.eval.report import replace_block
-
-  replace_block(readme, "ablation-table", ablation.markdown(result))
+  cmd = [sys.executable, "-m", "train.ablation", f"--out={out}", f"--render_readme={readme}"]
+  assert subprocess.run(cmd, env=env, timeout=300, cwd=ROOT).returncode == 0
   assert "after RL: cdrl" in readme.read_text() and "old" not in readme.read_text()
 
 
