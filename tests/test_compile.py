@@ -135,7 +135,7 @@ def test_state_larger_than_hbm_is_reported_without_compiling():
 def test_over_large_batch_reports_oom_instead_of_crashing():
   """A batch whose activations exceed HBM: the TPU compiler's out-of-memory error becomes a
   'does not fit' with its numbers (on the CPU fallback: the measured peak above HBM)."""
-  cfg = tiny(prompts=64, group=8, response=2048)
+  cfg = tiny(prompts=16, group=8, response=2048)
   report = aot.plan(cfg, "v5e:2x2", cdrl_qwen2_5_vl.STRATEGIES["fsdp"], ("train",), 64, 0)
   train = report["steps"]["train"]
   assert not report["fits"] and not train["fits"]

@@ -26,7 +26,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 
@@ -227,6 +227,7 @@ def print_report(r: dict) -> None:
 
 def main(argv) -> None:
   del argv
+  logging.set_verbosity(logging.WARNING)  # jax logs its failed TPU backend probe at INFO
   if not _OUT.value:
     raise app.UsageError("--out is required")
   if _CONFIG.value is None:

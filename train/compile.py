@@ -49,7 +49,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 
@@ -106,8 +106,11 @@ def define_flags() -> None:
   _SWEEP_EXTRA = flags.DEFINE_list(
     "sweep_extra",
     [
-      "7b/v5e:4x4/fsdp/16x8x2048",  # the paper-like config's own batch
+      "7b/v5e:4x4/fsdp/2x8x1024x0",  # text only: the language model's share
+      "7b/v5e:4x4/fsdp_tp/2x8x1024x0",
+      "7b/v5e:4x4/fsdp_tp/1x8x1024",  # half the rows
       "7b/v5p:2x2x2/fsdp/2x8x1024x1024",  # a 448x448 image per prompt
+      "7b/v5p:2x2x2/fsdp/16x8x2048x1024",  # the paper-like config's own batch
       "3b/v5e:4x4/fsdp/2x8x2048",
       "3b/v5e:4x4/fsdp_tp/2x8x2048",
       "3b/v6e:4x4/fsdp/2x8x2048",
@@ -561,9 +564,13 @@ def analyze(compiled, hbm_gib: float, resident_bytes: int) -> dict:
     "flops": float(cost.get("flops", 0.0)),
     "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
     "transcendentals": float(cost.get("transcendentals", 0.0)),
-    "collectives": hlo_collectives(compiled.as_text()),
     "resident_outside_bytes": int(resident_bytes),
   }
+  try:
+    out["collectives"] = hlo_collectives(compiled.as_text())
+  except Exception as e:  # noqa: BLE001 - XLA cannot always print the HLO it compiled
+    out["collectives"] = None
+    out["collectives_error"] = f"XLA could not print the compiled HLO: {str(e).splitlines()[0][:300]}"
   if memory:
     total = memory["peak"] + resident_bytes
     out.update(
@@ -798,6 +805,8 @@ def print_report(report: dict) -> None:
         for op, c in sorted(r["collectives"].items())
       ]
       print(f"{name} collectives: " + ", ".join(parts))
+    elif r.get("collectives_error"):
+      print(f"{name} collectives: n/a ({r['collectives_error']})")
   print(f"fits: {'yes' if report['fits'] else 'NO'} ({report['seconds']:.0f} s)")
 
 
@@ -861,8 +870,8 @@ def summary_row(name: str, cell, report: dict | None, error: str | None = None) 
       compile_s=r.get("compile_s"),
       tflops=r.get("flops", 0) / 1e12 if r.get("compiled") else None,
       compute_floor_s=r.get("compute_floor_s"),
-      collective_gib=sum(c["bytes"] for c in r.get("collectives", {}).values()) / GiB
-      if r.get("compiled")
+      collective_gib=sum(c["bytes"] for c in r["collectives"].values()) / GiB
+      if r.get("collectives")
       else None,
       oom=r.get("oom"),
       reason=r.get("reason"),
@@ -927,29 +936,56 @@ def _fmt(x, spec=".1f", missing="-") -> str:
   return missing if x is None else format(x, spec)
 
 
+def _memory_cell(step: dict | None, state_gib: float) -> str:
+  """'peak / total' GiB per chip; for a compile-time OOM the compiler's temporaries and a
+  lower bound of the total (temporaries + state); for a state OOM the state."""
+  if step is None:
+    return ""
+  if step.get("peak_gib") is not None:
+    return f"{step['peak_gib']:.1f} / {step['total_gib']:.1f}"
+  temp = (step.get("oom") or {}).get("temp_gib")
+  if temp is not None:
+    return f"temps {temp:,.1f} / &ge; {temp + state_gib:,.1f}"
+  if step["verdict"] == "OOM (state)":
+    return f"state {state_gib:.1f}"
+  return ""
+
+
 def sweep_markdown(rows: list[dict]) -> str:
+  """One row per cell: train and decode memory per chip, verdicts, cost and compile time."""
   lines = [
-    "| model | topology | strategy (data/fsdp/tensor) | P x G x R, image patches | step | train batch "
-    "| state GiB/chip | step peak GiB/chip | + resident = total GiB/chip | HBM GiB | verdict | TFLOP/chip "
-    "| collectives GiB/chip | compile s |",
+    "| model | topology | strategy (data/fsdp/tensor) | P x G x R, image patches | train batch | state GiB/chip "
+    "| train peak / total GiB/chip | train | decode peak / total GiB/chip | decode | HBM GiB | train TFLOP/chip "
+    "| train collectives GiB/chip | compile s |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     if "error" in r:
       lines.append(
-        f"| {r['model']} | {r['topology']} | {r['strategy']} | {r['shape']} | | | | | | | "
-        f"error: {r['error']} | | | |"
+        f"| {r['model']} | {r['topology']} | {r['strategy']} | {r['shape']} | | | | error: {r['error']} | | | | | | |"
       )
       continue
     mesh = "/".join(str(r["mesh"][a]) for a in ("data", "fsdp", "tensor"))
-    for step, s in r["steps"].items():
-      lines.append(
-        f"| {r['model']} | {r['topology']} ({r['chips']} chips) | {r['strategy']} ({mesh}) | "
-        f"{'x'.join(r['shape'].split('x')[:3])}, {r['image_patches']} | {step} | "
-        f"{r['rows']} x {r['seq_len']} | {r['state_gib']:.1f} | {_fmt(s['peak_gib'])} | {_fmt(s['total_gib'])} | "
-        f"{r['hbm_gib']:.2f} | **{s['verdict']}** | {_fmt(s['tflops'], '.0f')} | "
-        f"{_fmt(s['collective_gib'])} | {_fmt(s['compile_s'], '.0f')} |"
-      )
+    train, decode = r["steps"].get("train"), r["steps"].get("decode")
+    shape = "x".join(r["shape"].split("x")[:3])
+    compile_s = (
+      " + ".join(f"{s['compile_s']:.0f}" for s in (train, decode) if s and s.get("compile_s")) or "-"
+    )
+    if train and train.get("verdict") == "batch does not divide":
+      train_cell = ""
+    else:
+      train_cell = _memory_cell(train, r["state_gib"])
+    collectives = "-"
+    if train and train.get("collective_gib") is not None:
+      collectives = f"{train['collective_gib']:.0f}"
+    elif train and train.get("peak_gib") is not None:
+      collectives = "n/a"
+    lines.append(
+      f"| {r['model']} | {r['topology']} ({r['chips']} chips) | {r['strategy']} ({mesh}) | {shape}, {r['image_patches']} "
+      f"| {r['rows']} x {r['seq_len']} | {r['state_gib']:.1f} | {train_cell} | **{train['verdict'] if train else '-'}** "
+      f"| {_memory_cell(decode, r['state_gib'])} | **{decode['verdict'] if decode else '-'}** | {r['hbm_gib']:.2f} "
+      f"| {_fmt(train.get('tflops') if train else None, '.0f')} | {collectives} | {compile_s} |"
+    )
   return "\n".join(lines)
 
 
@@ -975,6 +1011,7 @@ def _ensure_cpu_devices(n: int) -> None:
 
 def main(argv) -> None:
   del argv
+  logging.set_verbosity(logging.WARNING)  # jax logs its failed TPU backend probe at INFO
   if not _OUT.value:
     raise app.UsageError("--out is required")
   out = pathlib.Path(_OUT.value)
