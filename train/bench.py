@@ -93,7 +93,9 @@ def synthetic_batch(
     image_token_id=model_cfg.image_token_id,
     spatial_merge_size=model_cfg.vision.spatial_merge_size,
   )
-  logp = -rng.exponential(1.0, (rows, response_len)).astype(np.float32)
+  # Near a random-init policy's own log-probs (uniform over the vocabulary), so the clipped
+  # ratios and the KL term stay in their usual range.
+  logp = np.full((rows, response_len), -np.log(model_cfg.text.vocab_size), np.float32)
   batch.update(
     input_ids=ids,
     positions=positions,

@@ -85,9 +85,7 @@ def define_flags() -> None:
   _STRATEGY = flags.DEFINE_enum("strategy", None, ["dp", "fsdp", "fsdp_tp", "tp"], "a named mesh (configs)")
   _STEPS = flags.DEFINE_list("steps", ["train", "decode"], "which steps to compile: train, decode")
   _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "prompt tokens per problem (image tokens included)")
-  _IMAGE_PATCHES = flags.DEFINE_integer(
-    "image_patches", 1024, "patches of the one image per prompt (0: text)"
-  )
+  _IMAGE_PATCHES = flags.DEFINE_integer("image_patches", 256, "patches of the one image per prompt (0: text)")
   _CPU = flags.DEFINE_bool("cpu", False, "compile for simulated CPU devices even when libtpu is present")
   _SWEEP = flags.DEFINE_bool("sweep", False, "compile the sweep grid and write the Markdown table")
   _SWEEP_MODELS = flags.DEFINE_list("sweep_models", ["7b"], "sweep: model sizes")
@@ -588,7 +586,7 @@ def plan(
   mesh_shape: Mapping[str, int],
   steps: Sequence[str] = ("train", "decode"),
   prompt_len: int = 512,
-  image_patches: int = 1024,
+  image_patches: int = 256,
   cpu: bool = False,
   progress=print,
 ) -> dict:
@@ -760,6 +758,8 @@ def _finish(report: dict, began: float) -> dict:
 def verdict(step: dict) -> str:
   if step.get("fits"):
     return "fits"
+  if step.get("compiled") and step.get("peak_gib", 0) <= step.get("hbm_gib", 0):
+    return "OOM (with resident)"  # the step alone fits, not beside the resident state
   if step.get("unshardable"):
     return "batch does not divide"
   if "reason" in step:
@@ -887,6 +887,12 @@ def run_sweep(out: pathlib.Path, cells, steps, timeout: int, image_patches: int 
     for line in log.read_text().splitlines():
       if line.strip():
         row = json.loads(line)
+        report_file = out / "runs" / row["name"] / "report.json"
+        if "error" not in row and "same_as" not in row and report_file.exists():  # as this code summarises
+          cell = (row["model"], row["topology"], row["strategy"], row["shape"])
+          row = summary_row(row["name"], cell, json.loads(report_file.read_text()))
+        if row.get("same_as") in done:
+          row = dict(done[row["same_as"]], name=row["name"], strategy=row["strategy"], same_as=row["same_as"])
         done[row["name"]] = row
   from configs.cdrl_qwen2_5_vl import STRATEGIES
 
