@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint verify catts ablation bench bench-readme clean
+.PHONY: install test lint verify catts ablation plan train-bench bench bench-readme clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ catts: install
 ablation: install
 	$(PY) -m train.ablation --config configs/ablation_colour.py --out docs/reports/ablation_colour
 	$(PY) -m train.ablation --out docs/reports/ablation_colour --render_readme README.md
+
+# AOT sharding plans for TPU topologies (libtpu, no TPU): resumable sweep, rewrites docs/sharding.md's table
+plan: install
+	$(PY) -m pip install --quiet -e ".[tpu]"
+	$(PY) -m train.compile --sweep --out docs/reports/compile_sweep --markdown docs/sharding.md
+
+# CDRL train-step time and MFU on this machine (tiny random-weight model)
+train-bench: install
+	$(PY) -m train.bench --config configs/cdrl_qwen2_5_vl.py:tiny,cpu --config.model.dtype=float32 --out docs/reports/train_bench_cpu
 
 # Scoring/generation throughput against transformers on this machine (docs/reports/bench_cpu/report.json);
 # bench-readme rewrites the README's tables from the committed report.json files.
