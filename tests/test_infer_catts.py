@@ -6,15 +6,14 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from serving import transformers_serve
 
 from catts_jax.policy import Policy
 from catts_jax.tts.pipeline import METHODS
@@ -211,44 +210,11 @@ def test_faulty_expert_server_killed_mid_run(tiny_ckpt, tfds_dir, tmp_path, shar
   assert report["errors"] == 0 and sum(s["failed"] for s in report["expert_calls"].values()) > 0
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture
 def transformers_server(tiny_ckpt, tmp_path):
   """`transformers serve CKPT` on 127.0.0.1 (extra transformers[serving])."""
-  pytest.importorskip("fastapi")
-  pytest.importorskip("uvicorn")
-  port, log = free_port(), tmp_path / "serve.log"
-  cli = [sys.executable, "-m", "transformers.cli.transformers"]  # the `transformers` command
-  command = [*cli, "serve", str(tiny_ckpt), "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-  with open(log, "wb") as f:
-    proc = subprocess.Popen(
-      command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
-  url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
-  try:
-    while True:
-      try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as r:
-          if r.status == 200:
-            break
-      except OSError:
-        pass
-      if proc.poll() is not None or time.monotonic() > deadline:
-        raise RuntimeError(f"transformers serve did not start:\n{log.read_text()[-2000:]}")
-      time.sleep(0.2)
+  with transformers_serve(tiny_ckpt, tmp_path / "serve.log") as url:
     yield url + "/v1"
-  finally:
-    proc.terminate()
-    try:
-      proc.wait(10)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
 
 
 def test_transformers_serve_as_the_expert(

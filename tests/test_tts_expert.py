@@ -3,18 +3,15 @@ Critic parsers, the policy as its own expert, and one run against `transformers 
 
 import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from PIL import Image
+from serving import transformers_serve
 from tiny_hf import random_image
 
 from catts_jax.tts import expert as ex
@@ -477,43 +474,11 @@ def test_self_expert_failure_is_recorded(policy):
 # --- the real `transformers serve` ------------------------------------------------------------
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def transformers_server(tiny_ckpt, tmp_path_factory):
   """`transformers serve CKPT` pinned to the tiny checkpoint on CPU (extra transformers[serving])."""
-  pytest.importorskip("fastapi")
-  pytest.importorskip("uvicorn")
-  port, log = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
-  env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-  cli = [sys.executable, "-m", "transformers.cli.transformers"]  # the `transformers` command
-  command = [*cli, "serve", str(tiny_ckpt), "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-  with open(log, "wb") as out:
-    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-  url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
-  try:
-    while True:
-      try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as r:
-          if r.status == 200:
-            break
-      except OSError:
-        pass
-      if proc.poll() is not None or time.monotonic() > deadline:
-        raise RuntimeError(f"transformers serve did not start:\n{log.read_text()[-2000:]}")
-      time.sleep(0.2)
+  with transformers_serve(tiny_ckpt, tmp_path_factory.mktemp("serve") / "serve.log", timeout=60) as url:
     yield url
-  finally:
-    proc.terminate()
-    try:
-      proc.wait(10)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
 
 
 def test_roles_through_transformers_serve(transformers_server, tiny_ckpt, monkeypatch):

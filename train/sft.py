@@ -18,6 +18,7 @@ DIR/report.json the summary (loss curve, accuracy, wall time).
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import sys
 import time
@@ -144,7 +145,7 @@ def train(cfg, out: pathlib.Path) -> dict:
       solutions = examples[1:] + examples[:1] if t.format_only else None
       batch, response_len = solution_batch(policy, examples, cfg.data.template, solutions)
       record = {"step": step + 1, "loss": step_fn(batch, response_len)}
-      if not jnp.isfinite(record["loss"]):
+      if not math.isfinite(record["loss"]):
         print(f"step {step}: non-finite loss {record['loss']}; stopping", file=sys.stderr)
         raise SystemExit(3)
       if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < t.steps:
