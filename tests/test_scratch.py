@@ -15,13 +15,17 @@ TEXT = dict(
   rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 3, 3]),
   max_position_embeddings=512,
 )
-VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56, fullatt_block_indexes=[1])
+VISION = dict(
+  depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56, fullatt_block_indexes=[1]
+)
 CORPUS = ["What colour is the shape?", "The square is red. The answer is \\boxed{red}."] * 20
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-  return scratch.new_checkpoint(tmp_path_factory.mktemp("scratch") / "m", corpus=CORPUS, text=TEXT, vision=VISION, vocab_size=300)
+  return scratch.new_checkpoint(
+    tmp_path_factory.mktemp("scratch") / "m", corpus=CORPUS, text=TEXT, vision=VISION, vocab_size=300
+  )
 
 
 def test_tokenizer_keeps_qwen_special_token_order(ckpt):

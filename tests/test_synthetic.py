@@ -24,7 +24,9 @@ def test_reference_solutions_grade_correct_and_images_are_small(config):
     assert correct, (ex["id"], ex["metadata"]["solution"], extracted)
     # Another problem's solution is right only when it happens to have the same answer.
     other = data.schema.from_record(synthetic.generate(tasks, "train", i + 1))
-    assert answers.grade("synthetic", other["metadata"]["solution"], ex)[0] == (other["answer"] == ex["answer"])
+    assert answers.grade("synthetic", other["metadata"]["solution"], ex)[0] == (
+      other["answer"] == ex["answer"]
+    )
 
 
 def test_generation_is_deterministic_and_splits_differ():
