@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
     calibration_form="signed",
     advantage="grpo",
     dynamic_filter=True,
+    # Also differentiate the sensitivity reward through conf(y|x_noisy) (catts_jax/rl/rollout.py):
+    # the perturbed copies join the batch. Off here: the paper describes rewards only.
+    sensitivity_gradient=False,
   )
   c.clip = dict(model="ViT-B-32", pretrained="openai")  # for targeted perturbations
   c.loss = dict(
@@ -52,7 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
     freeze_vision=False,
   )
   c.mesh = dict(data=1, fsdp=-1, tensor=1)  # -1: the devices left over
-  c.train = dict(steps=500, prompts_per_step=16, updates_per_rollout=1, seed=0, save_every=10, keep=3)
+  # oversample > 1: draw that many times prompts_per_step problems per step and train on the
+  # informative groups first (DAPO's refill of groups whose rewards have zero variance).
+  c.train = dict(
+    steps=500, prompts_per_step=16, oversample=1.0, updates_per_rollout=1, seed=0, save_every=10, keep=3
+  )
   return c
 
 

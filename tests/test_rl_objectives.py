@@ -159,3 +159,20 @@ def test_clip_fraction_and_kl_metrics():
   cfg = dataclasses.replace(grpo.LossConfig(), aggregation="seq_sum")
   with pytest.raises(ValueError, match="max_tokens"):
     grpo.policy_loss(logp, old, jnp.array([1.0]), jnp.ones((1, 3)), cfg)
+
+
+def test_kl_rows_leave_rows_out_of_the_kl_term():
+  """A row with kl_rows 0 contributes its policy term but no KL: as if its reference were the
+  policy itself (k3 = 0 there); the kl metric averages the other rows only."""
+  rng = np.random.default_rng(1)
+  old = jnp.asarray(-rng.exponential(1.0, (3, 4)), jnp.float32)
+  logp = old + jnp.asarray(rng.normal(0, 0.3, (3, 4)), jnp.float32)
+  ref = old + jnp.asarray(rng.normal(0, 0.3, (3, 4)), jnp.float32)
+  adv, mask = jnp.array([1.0, -0.5, 0.7]), jnp.ones((3, 4))
+  cfg = grpo.LossConfig(kl_coef=0.1)
+  rows = jnp.array([1.0, 0.0, 1.0])
+  loss, m = grpo.policy_loss(logp, old, adv, mask, cfg, ref, rows)
+  ref_without_row_1 = ref.at[1].set(logp[1])
+  want, m_all = grpo.policy_loss(logp, old, adv, mask, cfg, ref_without_row_1)
+  assert float(loss) == pytest.approx(float(want), rel=1e-6)
+  assert float(m["kl"]) == pytest.approx(float(m_all["kl"]) * 3 / 2, rel=1e-5)

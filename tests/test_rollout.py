@@ -76,3 +76,75 @@ def test_dynamic_filter_drops_zero_variance_groups(setup):
   cfg = RolloutConfig(group_size=3, max_new_tokens=4, reward_weights={"accuracy": 1.0}, dynamic_filter=True)
   batch, _, metrics = rollout(policy, examples, "mathvision", cfg, jax.random.key(1))
   assert batch is None and metrics["kept_groups"] == 0  # all-zero accuracy rewards: no signal
+
+
+def test_sensitivity_gradient_adds_the_perturbed_rows(setup):
+  """The perturbed copy of each response joins the batch with advantage -w * conf(y|x_noisy)
+  and its teacher-forced log-probs as old log-probs; training on it lowers conf(y|x_noisy)."""
+  policy, examples = setup
+  w = 0.5
+  cfg = RolloutConfig(
+    group_size=2, max_new_tokens=6, strength=1.0, reward_weights={"sensitivity": w}, sensitivity_gradient=True
+  )
+  batch, r, metrics = rollout(
+    policy, examples, "mathvision", cfg, jax.random.key(2), ref_state=policy.scorer.state
+  )
+  n = 3 * 2
+  mask = batch["response_mask"].astype(bool)
+  assert mask[:n].any(1).all() and not mask[2 * n :].any()
+  assert (batch["kl_rows"][:n] == 1).all() and not batch["kl_rows"][n:].any()  # samples only
+  np.testing.assert_array_equal(batch["input_ids"][:n], batch["input_ids"][n : 2 * n])  # same rows...
+  assert not np.array_equal(batch["pixel_values"][: len(batch["pixel_values"]) // 2], batch["pixel_values"][len(batch["pixel_values"]) // 2 :])  # ...other pixels  # fmt: skip
+  inputs = {k: jax.numpy.asarray(batch[k]) for k in MODEL_INPUT_KEYS}
+  logp = np.asarray(response_logprobs(policy.model, inputs, r))
+  np.testing.assert_allclose(batch["old_logp"][mask], logp[mask], atol=1e-4)
+  noisy = slice(n, 2 * n)
+  conf_noisy = np.exp((logp[noisy] * mask[noisy]).sum(1) / np.maximum(mask[noisy].sum(1), 1))
+  conf = np.exp((logp[:n] * mask[:n]).sum(1) / mask[:n].sum(1))
+  expected = np.where(conf > conf_noisy, -w * conf_noisy, 0.0)
+  np.testing.assert_allclose(batch["advantages"][noisy], expected, atol=1e-4)
+  assert metrics["noisy_rows"] == int((expected != 0).sum()) > 0
+
+  # Only the perturbed rows' term: the originals' advantages (which move the same responses
+  # on their clean images) are zeroed here.
+  only_noisy = {
+    **batch,
+    "advantages": np.concatenate([np.zeros(n), batch["advantages"][n:]]).astype(np.float32),
+  }
+  learner = Learner(load_hf(policy.processor.path), LossConfig(), OptimizerConfig(learning_rate=1e-3))
+  for _ in range(3):
+    learner.step(only_noisy, r)
+  after = np.asarray(response_logprobs(learner.model(), inputs, r))
+  rows = expected != 0
+  before_sum = (logp[noisy] * mask[noisy]).sum(1)[rows]
+  after_sum = (after[noisy] * mask[noisy]).sum(1)[rows]
+  assert (after_sum < before_sum).all(), (before_sum, after_sum)
+
+
+def test_without_sensitivity_gradient_the_batch_holds_the_originals_only(setup):
+  policy, examples = setup
+  cfg = RolloutConfig(group_size=2, max_new_tokens=6, strength=1.0, dynamic_filter=False)
+  batch, _, metrics = rollout(policy, examples, "mathvision", cfg, jax.random.key(2))
+  assert "noisy_rows" not in metrics and batch["response_mask"][6:].sum() == 0
+
+
+def test_refill_trains_on_informative_groups_first(setup, monkeypatch):
+  """DAPO refill: from 3 sampled groups, group 0 (all rewards equal) gives way to groups 1, 2."""
+  from catts_jax.rl import rollout as rollout_module
+
+  def fake_compute(weights, prompts, completions, **fields):
+    total = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 0.0], np.float32)
+    return total, {"accuracy": total}
+
+  monkeypatch.setattr(rollout_module.rewards, "compute", fake_compute)
+  policy, examples = setup
+  cfg = RolloutConfig(group_size=2, max_new_tokens=4, advantage="dr_grpo", dynamic_filter=True)
+  batch, _, metrics = rollout(policy, examples, "mathvision", cfg, jax.random.key(3), train_groups=2)
+  assert metrics["groups"] == 3 and metrics["informative_groups"] == 2 and metrics["kept_groups"] == 2
+  np.testing.assert_allclose(batch["advantages"][:4], [-0.5, 0.5, 0.5, -0.5])
+  assert batch["response_mask"][:4].any(1).all() and not batch["response_mask"][4:].any()
+
+  batch, _, metrics = rollout(policy, examples, "mathvision", cfg, jax.random.key(3), train_groups=3)
+  assert metrics["kept_groups"] == 2  # too few informative groups: the rest are masked
+  np.testing.assert_allclose(batch["advantages"][:6], [-0.5, 0.5, 0.5, -0.5, 0, 0])
+  assert batch["response_mask"][:4].any(1).all() and not batch["response_mask"][4:].any()

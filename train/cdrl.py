@@ -40,6 +40,7 @@ from catts_jax.rl.rollout import RolloutConfig, rollout
 
 
 def train(cfg, out: pathlib.Path) -> int:
+  started = time.perf_counter()
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()
   main_process = jax.process_index() == 0
@@ -88,13 +89,14 @@ def train(cfg, out: pathlib.Path) -> int:
 
   history = []
   base_key = jax.random.key(t.seed)
+  # DAPO refill: sample `oversample` times the problems a step trains on; the informative
+  # groups fill the batch first (catts_jax/rl/rollout.py).
+  drawn = int(np.ceil(t.prompts_per_step * t.oversample))
   for step in tqdm(
     range(start, t.steps), initial=start, total=t.steps, desc="cdrl", disable=not main_process
   ):
     began = time.perf_counter()
-    indices = data.step_indices(
-      num, step, t.prompts_per_step, t.seed, jax.process_index(), jax.process_count()
-    )
+    indices = data.step_indices(num, step, drawn, t.seed, jax.process_index(), jax.process_count())
     examples = [dataset[i] for i in indices]
     batch, response_len, metrics = rollout(
       policy,
@@ -106,6 +108,7 @@ def train(cfg, out: pathlib.Path) -> int:
       ref_state=ref_state,
       saliency=saliency,
       seed=t.seed + step,
+      train_groups=t.prompts_per_step // jax.process_count(),
     )
     try:
       if not all(np.isfinite(v) for v in metrics.values()):
@@ -144,6 +147,7 @@ def train(cfg, out: pathlib.Path) -> int:
       "final_checkpoint": str(final),
       "first": first,
       "last": last,
+      "seconds": time.perf_counter() - started,  # this invocation, loading and compiling included
       "config": cfg.to_dict(),
       "rollout": dataclasses.asdict(rollout_cfg),
     }

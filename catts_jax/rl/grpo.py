@@ -102,8 +102,12 @@ def policy_loss(
   mask: jax.Array,
   cfg: LossConfig,
   ref_logp: jax.Array | None = None,
+  kl_rows: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """logp, old_logp, ref_logp, mask [B, T]; advantages [B] -> (loss, metrics)."""
+  """logp, old_logp, ref_logp, mask [B, T]; advantages [B] -> (loss, metrics).
+
+  kl_rows [B]: 1 where the row is a sample of the policy, the only rows on which the KL
+  estimators estimate the KL; 0 leaves a row out of the KL term (default: all rows in)."""
   adv = advantages[:, None].astype(logp.dtype)
   ratio = jnp.exp(logp - old_logp)
   unclipped = -adv * ratio
@@ -123,7 +127,11 @@ def policy_loss(
     if cfg.kl_estimator not in KL_ESTIMATORS:
       raise ValueError(f"unknown KL estimator {cfg.kl_estimator!r}; choose from {sorted(KL_ESTIMATORS)}")
     kl = KL_ESTIMATORS[cfg.kl_estimator](logp, ref_logp)
+    kl_mask = mask
+    if kl_rows is not None:
+      kl = kl * kl_rows[:, None].astype(kl.dtype)
+      kl_mask = mask * kl_rows[:, None].astype(mask.dtype)
     token_loss = token_loss + cfg.kl_coef * kl
-    metrics["kl"] = aggregate(kl, mask, "token_mean")
+    metrics["kl"] = aggregate(kl, kl_mask, "token_mean")
   loss = aggregate(token_loss, mask, cfg.aggregation, cfg.max_tokens)
   return loss, metrics

@@ -88,7 +88,13 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, los
     inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
     logp = response_logprobs(model, inputs, response_len)
     return policy_loss(
-      logp, batch["old_logp"], batch["advantages"], batch["response_mask"], loss_cfg, batch.get("ref_logp")
+      logp,
+      batch["old_logp"],
+      batch["advantages"],
+      batch["response_mask"],
+      loss_cfg,
+      batch.get("ref_logp"),
+      batch.get("kl_rows"),
     )
 
   def step(params, opt_state, batch, response_len):
@@ -147,7 +153,7 @@ class Learner:
 
   `batch` for `step`: the model inputs of a scoring batch (input_ids, positions,
   attention_mask[, pixel_values, patch_pos, patch_image]) plus old_logp, ref_logp,
-  response_mask [B, R] and advantages [B]; `response_len` is static.
+  response_mask [B, R], advantages [B] and optionally kl_rows [B]; `response_len` is static.
   """
 
   def __init__(

@@ -6,7 +6,16 @@ config); G samples on the original (the sampler also records their log-probs and
 conf(y|x)); one batched scoring pass of the same responses under the perturbed images gives
 conf(y|x_noisy); a scoring pass with the frozen reference gives the KL baseline. Groups whose
 rewards have zero variance carry no GRPO signal and are dropped (DAPO dynamic filtering) when
-`dynamic_filter` is on; the caller refills the batch from further problems.
+`dynamic_filter` is on; given more problems than `train_groups`, the informative groups
+fill the batch first (DAPO's refill, sampled in one pass).
+
+`sensitivity_gradient`: the sensitivity reward clip(conf(y|x) - conf(y|x_noisy), 0, 1) is a
+differentiable function of the policy, but a policy-gradient reward only ranks the sampled
+responses: nothing ever lowers conf(y|x_noisy) itself. With this on, the perturbed-image copy
+of each response joins the train batch with advantage -w_sens * conf(y|x_noisy) (where the
+reward is not clipped at 0), old log-probs from the scoring pass: at ratio 1 its policy-loss
+gradient is the reward's gradient through conf(y|x_noisy) (d conf = conf * d mean log p),
+up to the loss's token aggregation. The clipped ratio bounds how far one step lowers it.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ class RolloutConfig:
   calibration_form: str = "signed"
   advantage: str = "grpo"
   dynamic_filter: bool = True
+  sensitivity_gradient: bool = False
   template: str | None = None
 
 
@@ -63,8 +73,12 @@ def rollout(
   ref_state: nnx.State | None = None,
   saliency=None,
   seed: int = 0,
+  train_groups: int | None = None,
 ) -> tuple[dict[str, np.ndarray] | None, int, dict[str, Any]]:
-  """(train batch or None if every group was filtered, its response_len, metrics)."""
+  """(train batch or None if every group was filtered, its response_len, metrics).
+
+  `train_groups`: how many of the sampled groups the batch holds (default: all); sample more
+  problems than that for DAPO's refill of filtered groups."""
   prompts, originals, perturbed = [], [], []
   for i, ex in enumerate(examples):
     prompt, images = policy.example_prompt(ex, cfg.template)
@@ -99,7 +113,6 @@ def rollout(
   noisy_scores = policy.scorer(
     policy.processor.scoring_batch(rep(prompts), tokens, rep(perturbed)), state=state
   )
-  sb = policy.processor.scoring_batch(rep(prompts), tokens, rep(originals))
   confidence = out.scores["confidence"].reshape(-1)
   total, parts = rewards.compute(
     cfg.reward_weights,
@@ -116,7 +129,13 @@ def rollout(
   # subtracting nearly equal rewards (GRPO's division by a tiny std amplifies that error).
   centred = grouped - grouped.mean(-1, keepdims=True)
   advantages = np.asarray(grpo.advantages(cfg.advantage, centred)).reshape(-1)
-  keep = np.repeat(grouped.std(-1) > 0, g) if cfg.dynamic_filter else np.ones(len(total), bool)
+  informative = grouped.std(-1) > 0 if cfg.dynamic_filter else np.ones(len(prompts), bool)
+  # The train batch: `train_groups` groups, informative ones first in draw order (DAPO's
+  # refill when more problems were sampled than are trained on), then masked ones so the
+  # batch shape does not depend on how many carried a signal.
+  groups = np.argsort(~informative, kind="stable")[: train_groups or len(prompts)]
+  rows_of = (groups[:, None] * g + np.arange(g)).reshape(-1)
+  keep = np.repeat(informative[groups], g)
 
   metrics = {
     "reward": float(total.mean()),
@@ -124,24 +143,47 @@ def rollout(
     "confidence": float(confidence.mean()),
     "confidence_perturbed": float(noisy_scores["confidence"].mean()),
     "response_tokens": float(lengths.mean()),
-    "kept_groups": int(keep.sum() // g),
+    "informative_groups": int(informative.sum()),
+    "kept_groups": int(informative[groups].sum()),
     "groups": len(prompts),
   }
+  pick = lambda xs: [xs[i] for i in rows_of]  # noqa: E731
+  row_prompts, row_tokens = pick(rep(prompts)), pick(tokens)
+  advantages, confidence = advantages[rows_of], confidence[rows_of]
+  noisy_rows = cfg.sensitivity_gradient and cfg.reward_weights.get("sensitivity", 0.0) != 0.0
+  if noisy_rows:  # rows [0, n): original images; [n, 2n): the same responses, perturbed
+    sb = policy.processor.scoring_batch(
+      row_prompts * 2, row_tokens * 2, pick(rep(originals)) + pick(rep(perturbed))
+    )
+  else:
+    sb = policy.processor.scoring_batch(row_prompts, row_tokens, pick(rep(originals)))
+  rows, r = sb.batch.input_ids.shape[0], sb.response_len
+  old_logp = _right_align(out.logprobs.reshape(len(tokens), -1)[rows_of], lengths[rows_of], r)
+  advantages = advantages * keep
+  if noisy_rows:
+    conf_noisy = noisy_scores["confidence"][rows_of]
+    # d/d conf_noisy of clip(conf - conf_noisy, 0, 1) is -1 where conf > conf_noisy, else 0.
+    noisy_adv = -cfg.reward_weights["sensitivity"] * conf_noisy * (confidence > conf_noisy)
+    metrics["noisy_rows"] = int((noisy_adv != 0).sum())
+    advantages = np.concatenate([advantages, noisy_adv])
+    keep = np.concatenate([keep, noisy_adv != 0])
+    old_logp = np.concatenate([old_logp, noisy_scores["token_logprobs"][rows_of, -r:]])
   if not keep.any():
-    return None, sb.response_len, metrics
+    return None, r, metrics
 
   # Rows past the real ones only pad the batch to its bucket: zero mask, zero advantage.
-  rows, r = sb.batch.input_ids.shape[0], sb.response_len
-  pad = rows - len(tokens)
+  pad = rows - len(keep)
   keep = np.concatenate([keep, np.zeros(pad, bool)])
   batch = dict(sb.batch.model_inputs())
   batch.update(
-    old_logp=_pad_rows(_right_align(out.logprobs.reshape(len(tokens), -1), lengths, r), rows),
+    old_logp=_pad_rows(old_logp, rows),
     response_mask=sb.response_mask.astype(np.float32) * keep[:, None],
     advantages=np.concatenate([advantages, np.zeros(pad)]).astype(np.float32) * keep,
   )
   if ref_state is not None:
     batch["ref_logp"] = _pad_rows(policy.scorer(sb, state=ref_state)["token_logprobs"], rows)
+    if noisy_rows:  # perturbed copies are not samples of the policy: no KL estimate there
+      batch["kl_rows"] = (np.arange(rows) < len(rows_of)).astype(np.float32)
   return batch, r, metrics
 
 
