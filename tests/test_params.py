@@ -46,6 +46,17 @@ def test_round_trip_hf_flax_hf(tiny_ckpt, tmp_path):
     np.testing.assert_array_equal(src.get(key), dst.get(key), err_msg=key)
 
 
+def test_export_copies_processor_files_not_provenance(tiny_ckpt, tmp_path):
+  """A bundled checkpoint's training.json describes that checkpoint: an export trained from
+  it must not inherit it."""
+  src = tmp_path / "src"
+  shutil.copytree(tiny_ckpt, src)
+  (src / "training.json").write_text('{"command": "python -m train.sft"}')
+  exported = save_hf(load_hf(src), tmp_path / "export", processor_dir=src)
+  assert (exported / "tokenizer.json").is_file()
+  assert not (exported / "training.json").exists()
+
+
 def test_sharded_checkpoint_in_and_out(tmp_path):
   """A checkpoint split over several files (model.safetensors.index.json) loads to the same
   state, and export can shard too."""

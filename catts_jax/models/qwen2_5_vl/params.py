@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # Files an exported directory takes from the source checkpoint (tokenizer, processor, template).
-WEIGHT_OR_CONFIG = ("config.json", INDEX_FILE)
+# Not copied from a processor_dir: the weights' own files, and the provenance record of
+# bundled checkpoints (it describes the source checkpoint, not the exported one).
+WEIGHT_OR_CONFIG = ("config.json", INDEX_FILE, "training.json")
 
 
 class CheckpointError(ValueError):
