@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint verify catts ablation plan train-bench bench bench-readme clean
+.PHONY: install test lint demo demo-readme checkpoints verify catts ablation plan train-bench bench bench-readme clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,19 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# The first command: calibration before/after CDRL and CA-TTS scaling of the bundled tiny
+# checkpoints on the synthetic test split, and Math-Vision testmini end to end (CPU, minutes).
+demo: install
+	$(PY) -m infer.demo --out $(or $(OUT),runs/demo)
+
+# The README's demo block, from the committed run (make demo OUT=docs/reports/demo first).
+demo-readme: install
+	$(PY) -m infer.demo --out docs/reports/demo --render-readme README.md
+
+# Rebuild checkpoints/synthetic_{sft,cdrl} from scratch (seeded SFT, then CDRL; each <= 10 min).
+checkpoints: install
+	$(PY) -m train.bundle --runs runs --dest checkpoints
 
 # Compare the Flax port with transformers on a downloaded checkpoint: make verify HF=/path/to/Qwen2.5-VL-7B-Instruct
 verify: install

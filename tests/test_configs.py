@@ -29,6 +29,17 @@ def test_tiny_config():
   assert c.data.split is None  # a placeholder: settable from the command line
 
 
+def test_demo_and_ablation_configs_build():
+  from configs import ablation_colour, synthetic_tiny_cdrl
+
+  for c in (synthetic_tiny_cdrl.get_config(), ablation_colour.get_config().rl):
+    rollout = RolloutConfig(**c.rollout.to_dict())
+    LossConfig(**c.loss.to_dict())
+    OptimizerConfig(**c.optimizer.to_dict())
+    assert rollout.perturbation == "vcd_noise" and c.train.oversample == 1.0
+  assert synthetic_tiny_cdrl.get_config().rollout.sensitivity_gradient
+
+
 def gradients(ckpt, inputs, remat: bool):
   from flax import nnx
 

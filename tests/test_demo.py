@@ -1,0 +1,119 @@
+"""The bundled checkpoints and `infer.demo`: the checkpoints are small, safe to load and equal
+transformers' reference; the demo runs every stage end to end, resumes, and checks its
+targets on the measured figures."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infer import demo
+
+ROOT = Path(__file__).parents[1]
+BUNDLED = [ROOT / "checkpoints" / "synthetic_sft", ROOT / "checkpoints" / "synthetic_cdrl"]
+
+
+@pytest.mark.parametrize("ckpt", BUNDLED, ids=lambda p: p.name)
+def test_bundled_checkpoint_is_small_safe_and_documented(ckpt):
+  files = [p for p in ckpt.rglob("*") if p.is_file()]
+  assert sum(p.stat().st_size for p in files) <= 10 * 2**20
+  suffixes = {p.suffix for p in files}
+  assert ".safetensors" in suffixes and not suffixes & {".bin", ".pt", ".pth", ".pkl", ".pickle"}
+  config = json.loads((ckpt / "config.json").read_text())
+  assert config["model_type"] == "qwen2_5_vl"
+  training = json.loads((ckpt / "training.json").read_text())  # how it was made, and how long it took
+  assert training["seconds"] > 0 and training["command"].startswith("python -m train.")
+  assert "seed" in json.dumps(training["config"])
+
+
+def test_bundled_cdrl_checkpoint_equals_transformers():
+  from catts_jax.verify import verify
+
+  result = verify(str(BUNDLED[1]), new_tokens=8)
+  assert result["ok"], result
+
+
+def calibration(accuracy, drop):
+  return {"accuracy": accuracy, "confidence_drop": drop}
+
+
+def synthetic(catts, majority, adaptive):
+  ns = ["1", "2", "4"]
+  beta = lambda acc: (acc[-1] - acc[0]) * 50  # two doublings; only the ratio matters here  # noqa: E731
+  return {
+    "accuracy": {"catts": dict(zip(ns, catts)), "majority": dict(zip(ns, majority))},
+    "slope": {"catts": {"beta": beta(catts)}, "majority": {"beta": beta(majority)}},
+    "adaptive": {"points": [{"cap": c, "mean_samples": s, "accuracy": a} for c, s, a in adaptive]},
+  }
+
+
+def test_targets_hold_and_fail_on_the_figures():
+  cal = {"sft": calibration(0.5, 0.05), "cdrl": calibration(0.55, 0.12)}
+  syn = synthetic([0.5, 0.6, 0.8], [0.5, 0.55, 0.6], [(1, 1.0, 0.5), (2, 1.5, 0.62), (4, 2.0, 0.8)])
+  t = demo.targets(cal, syn)
+  assert t["drop_ratio_cdrl_vs_sft"]["value"] == pytest.approx(2.4) and t["drop_ratio_cdrl_vs_sft"]["holds"]
+  assert t["accuracy_cdrl_vs_sft"]["holds"]
+  assert t["beta_ratio_catts_vs_majority"]["value"] == pytest.approx(3.0)
+  assert t["beta_ratio_catts_vs_majority"]["holds"] and t["catts_vs_majority_at_4"]["holds"]
+  assert (
+    t["adaptive_samples_to_majority_top"]["value"] == 1.5 and t["adaptive_samples_to_majority_top"]["holds"]
+  )
+
+  cal = {"sft": calibration(0.5, 0.05), "cdrl": calibration(0.45, 0.09)}
+  syn = synthetic([0.5, 0.5, 0.55], [0.5, 0.6, 0.7], [(1, 1.0, 0.5), (2, 2.0, 0.5), (4, 4.0, 0.55)])
+  t = demo.targets(cal, syn)
+  assert not any(v["holds"] for v in t.values()), t
+  flat = synthetic([0.5, 0.5, 0.6], [0.5, 0.5, 0.5], [(4, 4.0, 0.6)])  # majority's beta 0: no ratio
+  assert not demo.targets(cal, flat)["beta_ratio_catts_vs_majority"]["holds"]
+
+
+def test_demo_runs_every_stage_and_resumes(tmp_path):
+  """The demo as a program on tiny sizes (the bundled checkpoints, a few problems)."""
+  out = tmp_path / "demo"
+  cmd = [
+    sys.executable, "-m", "infer.demo", f"--out={out}", f"--data-dir={tmp_path / 'tfds'}",
+    "--calibration-size=4", "--limit=2", "--n=1,2", "--mv-limit=1", "--max-new-tokens=8",
+  ]  # fmt: skip
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads((out / "report.json").read_text())
+  assert result["calibration"]["sft"]["n"] == 4 and result["synthetic"]["problems"] == 2
+  assert result["mathvision"]["problems"] == 1
+  assert all(isinstance(t["holds"], bool) for t in result["targets"].values())
+  for png in ("reliability_sft.png", "reliability_cdrl.png", "confidence_under_noise.png"):
+    assert (out / png).stat().st_size > 0
+  assert (out / "catts_synthetic" / "accuracy_vs_n.png").is_file()
+  assert "Targets" in done.stdout
+
+  # A rerun reads every finished stage back: the same figures.
+  again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+  assert again.returncode == 0, again.stderr[-3000:]
+  rerun = json.loads((out / "report.json").read_text())
+  assert rerun["calibration"] == result["calibration"] and rerun["synthetic"] == result["synthetic"]
+
+  readme = tmp_path / "README.md"
+  readme.write_text("a\n<!-- demo-table:start -->\nold\n<!-- demo-table:end -->\nb\n")
+  assert demo.main([f"--out={out}", f"--render-readme={readme}"]) == 0
+  text = readme.read_text()
+  assert "Targets" in text and "old" not in text and text.startswith("a\n") and text.endswith("b\n")
+
+
+def test_bundle_copies_the_export_with_its_record(tmp_path):
+  from train import bundle
+
+  run = tmp_path / "run"
+  (run / "final").mkdir(parents=True)
+  (run / "final" / "model.safetensors").write_bytes(b"weights")
+  (run / "report.json").write_text(json.dumps({"seconds": 12.5, "final_checkpoint": str(run / "final")}))
+  dest = tmp_path / "bundled"
+  dest.mkdir()
+  (dest / "stale.safetensors").write_bytes(b"old")  # a previous bundle is replaced, not merged
+  summary = bundle.bundle(run, dest, "python -m train.sft --config configs/synthetic_tiny.py")
+  assert summary["seconds"] == 12.5
+  assert sorted(p.name for p in dest.iterdir()) == ["model.safetensors", "training.json"]
+  record = json.loads((dest / "training.json").read_text())
+  assert record == {"command": "python -m train.sft --config configs/synthetic_tiny.py", "seconds": 12.5}
