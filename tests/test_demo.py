@@ -96,10 +96,10 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert rerun["calibration"] == result["calibration"] and rerun["synthetic"] == result["synthetic"]
 
   readme = tmp_path / "README.md"
-  readme.write_text("a\n<!-- demo-table:start -->\nold\n<!-- demo-table:end -->\nb\n")
+  readme.write_text("a\n<!-- demo-table:start -->\nSTALE BLOCK\n<!-- demo-table:end -->\nb\n")
   assert demo.main([f"--out={out}", f"--render-readme={readme}"]) == 0
   text = readme.read_text()
-  assert "Targets" in text and "old" not in text and text.startswith("a\n") and text.endswith("b\n")
+  assert "Targets" in text and "STALE BLOCK" not in text and text.startswith("a\n") and text.endswith("b\n")
 
 
 def test_bundle_copies_the_export_with_its_record(tmp_path):
