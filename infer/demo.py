@@ -60,11 +60,15 @@ def calibration(name: str, ckpt: str, examples: list[dict], max_new_tokens: int,
   conf = np.array([r["confidence"] for r in rows])
   correct = np.array([r["correct"] for r in rows], float)
   report.plot_reliability(conf, correct, out / f"reliability_{name}.png", title=f"{name}, greedy")
+  tasks = sorted({ex["category"] for ex in examples})
   return {
     "checkpoint": ckpt,
     **greedy.summary(rows),
     "ece": metrics.ece(conf, correct),
     "auroc": metrics.auroc(conf, correct),
+    "by_task": {
+      task: greedy.summary([r for r, ex in zip(rows, examples) if ex["category"] == task]) for task in tasks
+    },
   }
 
 
@@ -120,10 +124,16 @@ def targets(cal: dict, syn: dict) -> dict:
 
 def markdown(result: dict) -> str:
   from catts_jax.eval import report
+  from infer.catts import columns
 
   cal_rows = [
     {"checkpoint": name, **{k: v for k, v in r.items() if k != "checkpoint"}}
     for name, r in result["calibration"].items()
+  ]
+  task_rows = [
+    {"checkpoint": name, "task": task, **summary}
+    for name, r in result["calibration"].items()
+    for task, summary in r["by_task"].items()
   ]
   cal_cols = [
     "checkpoint",
@@ -137,7 +147,6 @@ def markdown(result: dict) -> str:
   ]
   syn, mv = result["synthetic"], result["mathvision"]
   ns = sorted(int(k) for k in syn["accuracy"]["majority"])
-  cols = ["method", *(f"N={n}" for n in ns), "ece", "auroc", "beta"]
   adaptive = [
     {"cap N": p["cap"], "mean samples": p["mean_samples"], "accuracy %": 100 * p["accuracy"]}
     for p in syn.get("adaptive", {}).get("points", [])
@@ -147,6 +156,7 @@ def markdown(result: dict) -> str:
     for name, t in result["targets"].items()
   ]
   mv_ns = sorted(int(k) for k in mv["accuracy"]["majority"])
+  task_cols = ["checkpoint", "task", "n", "accuracy", "confidence", "confidence_perturbed", "confidence_drop"]
   return "\n".join(
     [
       f"Calibration on the synthetic test split ({cal_rows[0]['n']} problems, greedy; drop = confidence on "
@@ -154,10 +164,14 @@ def markdown(result: dict) -> str:
       "",
       report.markdown_table(cal_rows, cal_cols),
       "",
+      "Per task:",
+      "",
+      report.markdown_table(task_rows, task_cols),
+      "",
       f"CA-TTS and baselines, CDRL checkpoint, first {syn['problems']} synthetic test problems, "
       "`--expert self` (accuracy in %, ECE/AUROC at the largest N, beta = points per doubling of N):",
       "",
-      report.markdown_table(syn["table"], cols),
+      report.markdown_table(syn["table"], columns(ns)),
       "",
       "catts-adaptive (stops a problem once its confidence-weighted vote margin is reached):",
       "",
@@ -170,7 +184,7 @@ def markdown(result: dict) -> str:
       f"Math-Vision testmini, first {mv['problems']} problems ({mv['errors']} errors), same checkpoint "
       "(a model trained only on the synthetic shapes: chance-level answers expected):",
       "",
-      report.markdown_table(mv["table"], ["method", *(f"N={n}" for n in mv_ns), "ece", "auroc", "beta"]),
+      report.markdown_table(mv["table"], columns(mv_ns)),
       "",
       f"Wall time {result['seconds']['total']:.0f} s ("
       + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items() if k != "total")
@@ -217,36 +231,16 @@ def run(args) -> dict:
   common = ["--methods", METHODS, "--expert", "self", f"--config.sampling.max_new_tokens={args.max_new_tokens}",
             f"--config.reflection.max_new_tokens={args.max_new_tokens}"]  # fmt: skip
   t = time.perf_counter()
-  syn_argv = [
-    "--ckpt",
-    args.cdrl,
-    "--benchmark",
-    "synthetic",
-    "--split",
-    "test",
-    "--limit",
-    str(args.limit),
-    "--n",
-    args.n,
-  ]
+  syn_argv = ["--ckpt", args.cdrl, "--benchmark", "synthetic", "--split", "test", "--limit", str(args.limit),
+              "--n", args.n]  # fmt: skip
   if args.data_dir:
     syn_argv += ["--data-dir", args.data_dir]
   syn = catts_run(out / "catts_synthetic", syn_argv + common)
   seconds["catts_synthetic"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  mv_argv = [
-    "--ckpt",
-    args.cdrl,
-    "--benchmark",
-    "mathvision",
-    "--data",
-    args.mathvision,
-    "--limit",
-    str(args.mv_limit),
-    "--n",
-    "1,2,4",
-  ]
+  mv_argv = ["--ckpt", args.cdrl, "--benchmark", "mathvision", "--data", args.mathvision,
+             "--limit", str(args.mv_limit), "--n", "1,2,4"]  # fmt: skip
   mv = catts_run(out / "catts_mathvision", mv_argv + common)
   seconds["catts_mathvision"] = time.perf_counter() - t
   seconds["total"] = time.perf_counter() - began

@@ -98,6 +98,9 @@ def test_sensitivity_gradient_adds_the_perturbed_rows(setup):
   inputs = {k: jax.numpy.asarray(batch[k]) for k in MODEL_INPUT_KEYS}
   logp = np.asarray(response_logprobs(policy.model, inputs, r))
   np.testing.assert_allclose(batch["old_logp"][mask], logp[mask], atol=1e-4)
+  np.testing.assert_allclose(
+    batch["ref_logp"][:n][mask[:n]], logp[:n][mask[:n]], atol=1e-4
+  )  # ref = policy here
   noisy = slice(n, 2 * n)
   conf_noisy = np.exp((logp[noisy] * mask[noisy]).sum(1) / np.maximum(mask[noisy].sum(1), 1))
   conf = np.exp((logp[:n] * mask[:n]).sum(1) / mask[:n].sum(1))

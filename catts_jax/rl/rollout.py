@@ -181,8 +181,14 @@ def rollout(
     advantages=np.concatenate([advantages, np.zeros(pad)]).astype(np.float32) * keep,
   )
   if ref_state is not None:
-    batch["ref_logp"] = _pad_rows(policy.scorer(sb, state=ref_state)["token_logprobs"], rows)
-    if noisy_rows:  # perturbed copies are not samples of the policy: no KL estimate there
+    # The KL is estimated on the policy's own samples only: perturbed copies are not samples
+    # of the policy in their context, so the reference pass skips them.
+    ref_sb = (
+      policy.processor.scoring_batch(row_prompts, row_tokens, pick(rep(originals))) if noisy_rows else sb
+    )
+    ref_logp = policy.scorer(ref_sb, state=ref_state)["token_logprobs"][: len(rows_of)]
+    batch["ref_logp"] = _pad_rows(ref_logp, rows)
+    if noisy_rows:
       batch["kl_rows"] = (np.arange(rows) < len(rows_of)).astype(np.float32)
   return batch, r, metrics
 
