@@ -1,9 +1,10 @@
 """Prompts + images -> static-shape numpy batches for the jitted model.
 
 The HF processor from the checkpoint directory does tokenisation, the chat template and
-image patching. We then left-pad sequences and pad the patch list to bucket sizes, so the
-number of distinct shapes (and so of jit compilations) stays small, and compute the
-M-RoPE positions and per-patch (row, col, image) metadata on the host.
+image patching. We then left-pad sequences to bucket sizes and lay the patches out one image
+per slot ([images, patches per image], both bucketed), so the number of distinct shapes (and
+so of jit compilations) stays small and the vision tower attends within each image only, and
+compute the M-RoPE positions and per-patch (row, col, image) metadata on the host.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ class Batch:
   attention_mask: np.ndarray  # [B, T] int32
   positions: np.ndarray  # [3, B, T] int32
   rope_deltas: np.ndarray  # [B] int32
-  pixel_values: np.ndarray | None  # [P, C*T*p*p] float32, zero-padded to a bucket
-  patch_pos: np.ndarray | None  # [P, 2] int32 (row, col) within its image
-  patch_image: np.ndarray | None  # [P] int32 image index, -1 for padding
+  pixel_values: np.ndarray | None  # [I, S, C*T*p*p] float32: one image (frame) per slot, zero-padded
+  patch_pos: np.ndarray | None  # [I, S, 2] int32 (row, col) within its image
+  patch_image: np.ndarray | None  # [I, S] int32 image index, -1 for padding
   image_grid_thw: np.ndarray | None  # [num_images, 3]
   num_rows: int  # real rows; rows past it pad the batch to a bucket (mask all 0)
 
@@ -108,6 +109,32 @@ def patch_metadata(grid_thw: np.ndarray, merge: int) -> tuple[np.ndarray, np.nda
   return np.concatenate(pos).astype(np.int32), np.concatenate(image).astype(np.int32)
 
 
+def image_slots(
+  pixel_values: np.ndarray,
+  grid_thw: np.ndarray,
+  merge: int,
+  image_buckets: Sequence[int],
+  patch_buckets: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The processor's flat patches [P, D] -> one image (frame) per slot: pixels [I, S, D],
+  (row, col) [I, S, 2] and image index [I, S] (-1 marks padding), with I and S the smallest
+  buckets that hold the images and the largest image. Slots keep the vision tower's
+  attention within an image (as the reference's cu_seqlens do) at I * S^2 cost, not P^2."""
+  pos, image = patch_metadata(grid_thw, merge)
+  frames = int(image.max()) + 1
+  counts = np.bincount(image, minlength=frames)
+  slots = bucket(frames, image_buckets, "images in batch")
+  size = bucket(int(counts.max()), patch_buckets, "patches per image")
+  pixels = np.zeros((slots, size, pixel_values.shape[-1]), np.float32)
+  slot_pos = np.zeros((slots, size, 2), np.int32)
+  slot_image = np.full((slots, size), -1, np.int32)
+  within = np.arange(len(image)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[image]
+  pixels[image, within] = pixel_values
+  slot_pos[image, within] = pos
+  slot_image[image, within] = image
+  return pixels, slot_pos, slot_image
+
+
 class Processor:
   """Wraps the checkpoint's HF `AutoProcessor` and produces bucketed `Batch`es."""
 
@@ -118,6 +145,7 @@ class Processor:
     *,
     seq_buckets: Sequence[int] | None = None,
     patch_buckets: Sequence[int] | None = None,
+    image_buckets: Sequence[int] | None = None,
     batch_buckets: Sequence[int] | None = None,
     response_buckets: Sequence[int] | None = None,
   ):
@@ -129,7 +157,10 @@ class Processor:
     self.tokenizer = self.hf.tokenizer
     self.tokenizer.padding_side = "left"  # generation appends on the right
     self.seq_buckets = tuple(seq_buckets or power_of_two_buckets(32, self.cfg.text.max_position_embeddings))
+    # Patches per image (multiples of the 2x2 merge block): powers of two waste < 2x, and
+    # starting at 64 keeps small images to one shape.
     self.patch_buckets = tuple(patch_buckets or power_of_two_buckets(64, 1 << 20))
+    self.image_buckets = tuple(image_buckets or power_of_two_buckets(1, 1 << 16))
     self.batch_buckets = tuple(batch_buckets or power_of_two_buckets(1, 1 << 16))
     self.response_buckets = tuple(response_buckets or power_of_two_buckets(16, self.seq_buckets[-1] // 2))
     self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -175,8 +206,8 @@ class Processor:
     )
 
   def assemble(self, rows: Sequence[np.ndarray], encoded: Encoded, min_length: int = 0) -> Batch:
-    """Left-pad token rows to a length bucket and the batch to a row bucket, pad patches to a
-    patch bucket, and compute positions."""
+    """Left-pad token rows to a length bucket and the batch to a row bucket, lay the patches
+    out in image slots (`image_slots`), and compute positions."""
     for i, row in enumerate(rows):
       bucket(len(row), self.seq_buckets, f"prompt {i} length in tokens")
     length = bucket(max(max(len(r) for r in rows), min_length), self.seq_buckets, "batch length in tokens")
@@ -196,12 +227,13 @@ class Processor:
     )
     pixels = patch_pos = patch_image = None
     if grid is not None:
-      pixels = encoded.pixel_values
-      patch_pos, patch_image = patch_metadata(grid, self.cfg.vision.spatial_merge_size)
-      extra = bucket(len(pixels), self.patch_buckets, "image patches in batch") - len(pixels)
-      pixels = np.pad(pixels, ((0, extra), (0, 0)))
-      patch_pos = np.pad(patch_pos, ((0, extra), (0, 0)))
-      patch_image = np.pad(patch_image, (0, extra), constant_values=-1)
+      pixels, patch_pos, patch_image = image_slots(
+        encoded.pixel_values,
+        grid,
+        self.cfg.vision.spatial_merge_size,
+        self.image_buckets,
+        self.patch_buckets,
+      )
     return Batch(ids, mask, positions, deltas, pixels, patch_pos, patch_image, grid, len(rows))
 
   def __call__(self, prompts: Sequence[str], images: Sequence[Sequence] | None = None) -> Batch:

@@ -33,7 +33,7 @@ import numpy as np
 from catts_jax import roofline
 from catts_jax.eval.report import replace_block
 from catts_jax.models.qwen2_5_vl import ModelConfig, get_rope_index, load_hf
-from catts_jax.processing import Batch, ScoringBatch, patch_metadata
+from catts_jax.processing import Batch, ScoringBatch, image_slots
 from catts_jax.sampling import Sampler, SamplingConfig
 from catts_jax.scoring import Scorer
 
@@ -85,7 +85,9 @@ def make_batch(rng, cfg: ModelConfig, rows: int, length: int, image: bool) -> Ba
     ids[:, 9 + n] = VISION_END
     grid = np.tile(np.asarray(GRID, np.int32), (rows, 1))
     pixels = rng.standard_normal((rows * n * 4, cfg.vision.patch_dim)).astype(np.float32)
-    patch_pos, patch_image = patch_metadata(grid, cfg.vision.spatial_merge_size)
+    pixels, patch_pos, patch_image = image_slots(
+      pixels, grid, cfg.vision.spatial_merge_size, (rows,), (n * 4,)
+    )
   mask = np.ones_like(ids)
   positions, deltas = get_rope_index(ids, mask, grid, image_token_id=IMAGE, spatial_merge_size=2)
   return Batch(ids, mask, positions, deltas, pixels, patch_pos, patch_image, grid, rows)
@@ -97,7 +99,8 @@ def hf_inputs(batch: Batch, device, torch):
     "attention_mask": torch.from_numpy(batch.attention_mask.astype(np.int64)).to(device),
   }
   if batch.pixel_values is not None:
-    out["pixel_values"] = torch.from_numpy(batch.pixel_values).to(device)
+    flat = batch.pixel_values[batch.patch_image >= 0]  # the processor's layout: all patches in order
+    out["pixel_values"] = torch.from_numpy(flat).to(device)
     out["image_grid_thw"] = torch.from_numpy(batch.image_grid_thw.astype(np.int64)).to(device)
     out["mm_token_type_ids"] = (out["input_ids"] == IMAGE).long()
   return out

@@ -199,7 +199,7 @@ def test_bench_times_the_real_train_step_and_checks_flops():
   r = bench.run(cfg, rows=2, prompt_len=64, response_len=16, image_patches=16, steps=2, device="cpu")
   assert r["batch"]["tokens"] == 2 * 80 and r["model"]["remat"] and r["model"]["vision_params"] > 0
   assert 0 < r["step_s"] < r["compile_s"] and len(r["step_times_s"]) == 2
-  shapes = aot.Shapes(2, 1, 2, 16, 80, 32, 2, 64, 16, 16)
+  shapes = aot.Shapes(2, 1, 2, 16, 80, 2, 32, 2, 64, 16, 16)
   assert r["model_flops"] == pytest.approx(aot.analytic_train_flops(aot.model_config(cfg), shapes))
   # XLA also counts the text model's remat recompute, the masked half of causal attention and
   # the optimizer: more than the model's work, but not wildly so.

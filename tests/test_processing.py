@@ -6,7 +6,7 @@ import torch
 from tiny_hf import random_image
 from transformers.vision_utils import get_vision_position_ids
 
-from catts_jax.processing import Processor, bucket, patch_metadata, power_of_two_buckets
+from catts_jax.processing import Processor, bucket, image_slots, patch_metadata, power_of_two_buckets
 
 
 def test_buckets_bound_shapes(tiny_ckpt):
@@ -18,11 +18,12 @@ def test_buckets_bound_shapes(tiny_ckpt):
     batch = processor([processor.chat_prompt("count " * words, 1)], [[random_image(rng, w, h)]])
     shapes.add((batch.input_ids.shape, batch.pixel_values.shape))
     assert batch.input_ids.shape[1] in processor.seq_buckets
-    assert batch.pixel_values.shape[0] in processor.patch_buckets
+    assert batch.pixel_values.shape[0] in processor.image_buckets
+    assert batch.pixel_values.shape[1] in processor.patch_buckets
     # Padding is on the left and padded patches belong to no image.
     assert batch.attention_mask[0, -1] == 1
     n_real = int(batch.image_grid_thw.prod(-1).sum())
-    assert (batch.patch_image[n_real:] == -1).all() and (batch.patch_image[:n_real] == 0).all()
+    assert (batch.patch_image[0, n_real:] == -1).all() and (batch.patch_image[0, :n_real] == 0).all()
   assert len(shapes) <= 2, shapes
 
 
@@ -45,6 +46,24 @@ def test_patch_metadata_matches_transformers():
   ref = get_vision_position_ids(torch.from_numpy(grid), 2).numpy()
   np.testing.assert_array_equal(pos, ref)
   np.testing.assert_array_equal(image, np.repeat([0, 1, 2], [24, 16, 4]))
+
+
+def test_image_slots_hold_each_image_in_order():
+  """Mixed sizes: one image per slot, padded to bucketed slot and image counts; reading the
+  real patches back in order gives the processor's flat layout."""
+  grid = np.array([[1, 4, 6], [1, 8, 2], [1, 2, 2]])
+  flat = np.random.default_rng(0).standard_normal((44, 5)).astype(np.float32)
+  pixels, pos, image = image_slots(flat, grid, 2, image_buckets=(2, 4, 8), patch_buckets=(16, 32))
+  assert pixels.shape == (4, 32, 5) and pos.shape == (4, 32, 2) and image.shape == (4, 32)
+  np.testing.assert_array_equal((image >= 0).sum(1), [24, 16, 4, 0])
+  real = image >= 0
+  np.testing.assert_array_equal(pixels[real], flat)
+  flat_pos, flat_image = patch_metadata(grid, 2)
+  np.testing.assert_array_equal(pos[real], flat_pos)
+  np.testing.assert_array_equal(image[real], flat_image)
+  assert (pixels[~real] == 0).all()
+  with pytest.raises(ValueError, match="patches per image: 24 exceeds the largest bucket 16"):
+    image_slots(flat, grid, 2, image_buckets=(4,), patch_buckets=(16,))
 
 
 def test_bad_inputs_name_the_item(tiny_ckpt, tmp_path):

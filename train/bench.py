@@ -13,7 +13,7 @@ synthetic rollout batch: `--rows` rows of `--prompt_len` prompt tokens holding o
 Model FLOPs per step are analytic (`train.compile.analytic_train_flops`: 3 forward passes;
 remat's recompute is not model work) and checked against XLA's cost analysis of the step's
 program, which also counts the recompute, the masked half of causal attention, the vision
-tower's attention across all patches of the batch and the optimizer: the ratio is reported.
+tower's masked (cross-window) attention and the optimizer: the ratio is reported.
 MFU = model FLOPs / step time / peak, against the chip's nominal dense peak for the compute
 dtype where known (GPUs) and against a matmul ceiling measured on the spot.
 """
@@ -57,7 +57,7 @@ def synthetic_batch(
 ):
   """A rollout-shaped train batch (numpy): random tokens, one image per row after 8 tokens."""
   from catts_jax.models.qwen2_5_vl import get_rope_index
-  from catts_jax.processing import patch_metadata
+  from catts_jax.processing import image_slots
 
   rng = np.random.default_rng(seed)
   t = prompt_len + response_len
@@ -79,12 +79,9 @@ def synthetic_batch(
     ids[:, 9 : 9 + tokens] = model_cfg.image_token_id
     ids[:, 9 + tokens] = model_cfg.vision_end_token_id
     grid = np.tile(np.asarray([1, side, side], np.int32), (rows, 1))
-    patch_pos, patch_image = patch_metadata(grid, merge)
-    batch.update(
-      pixel_values=rng.standard_normal((rows * image_patches, model_cfg.vision.patch_dim)).astype(np.float32),
-      patch_pos=patch_pos,
-      patch_image=patch_image,
-    )
+    pixels = rng.standard_normal((rows * image_patches, model_cfg.vision.patch_dim)).astype(np.float32)
+    pixels, patch_pos, patch_image = image_slots(pixels, grid, merge, (rows,), (image_patches,))
+    batch.update(pixel_values=pixels, patch_pos=patch_pos, patch_image=patch_image)
   mask = np.ones_like(ids)
   positions, _ = get_rope_index(
     ids,
@@ -135,6 +132,7 @@ def run(
     rows=rows,
     response_len=response_len,
     seq_len=prompt_len + response_len,
+    images=rows if image_patches else 0,
     patches=rows * image_patches,
     prompt_rows=rows,
     prompt_len=prompt_len,

@@ -362,7 +362,8 @@ class Shapes:
   rows: int  # train rows: prompts x group, bucketed
   response_len: int  # bucketed
   seq_len: int  # prompt + response, bucketed
-  patches: int  # all rows' image patches, bucketed (0: text only)
+  images: int  # image slots: one image per train row, bucketed (0: text only)
+  patches: int  # all slots' patches: images x image_patches
   prompt_rows: int  # decode: prompts, bucketed
   prompt_len: int  # decode: prompt tokens, bucketed
   max_new_tokens: int
@@ -383,16 +384,18 @@ def trainer_shapes(
       f"--prompt_len {prompt_len} cannot hold a {image_patches}-patch image ({image_tokens} tokens)"
     )
   response = bucket(max_new_tokens, response_buckets, "response length")
-  patches = 0
-  if image_patches:
-    patches = bucket(prompts * group * image_patches, power_of_two_buckets(64, 1 << 24), "patches")
+  images = bucket(prompts * group, row_buckets, "images") if image_patches else 0
+  merge_block = model_cfg.vision.spatial_merge_size**2
+  if image_patches % merge_block:
+    raise ValueError(f"--image_patches {image_patches}: expected a multiple of {merge_block}")
   return Shapes(
     prompts=prompts,
     group=group,
     rows=bucket(prompts * group, row_buckets, "rows"),
     response_len=response,
     seq_len=bucket(prompt_len + response, seq_buckets, "sequence length"),
-    patches=patches,
+    images=images,
+    patches=images * image_patches,
     prompt_rows=bucket(prompts, row_buckets, "prompt rows"),
     prompt_len=bucket(prompt_len, seq_buckets, "prompt length"),
     max_new_tokens=max_new_tokens,
@@ -407,7 +410,8 @@ def train_batch(model_cfg, shapes: Shapes, mesh=None) -> dict:
 
   from catts_jax.rl.learner import batch_shardings
 
-  b, t, r, p = shapes.rows, shapes.seq_len, shapes.response_len, shapes.patches
+  b, t, r = shapes.rows, shapes.seq_len, shapes.response_len
+  i, p = shapes.images, shapes.image_patches
   batch = dict(
     input_ids=((b, t), jnp.int32),
     positions=((3, b, t), jnp.int32),
@@ -417,11 +421,11 @@ def train_batch(model_cfg, shapes: Shapes, mesh=None) -> dict:
     response_mask=((b, r), jnp.float32),
     advantages=((b,), jnp.float32),
   )
-  if p:
+  if i:
     batch.update(
-      pixel_values=((p, model_cfg.vision.patch_dim), jnp.float32),
-      patch_pos=((p, 2), jnp.int32),
-      patch_image=((p,), jnp.int32),
+      pixel_values=((i, p, model_cfg.vision.patch_dim), jnp.float32),
+      patch_pos=((i, p, 2), jnp.int32),
+      patch_image=((i, p), jnp.int32),
     )
   batch = {k: jax.ShapeDtypeStruct(*v) for k, v in batch.items()}
   if mesh is None:
@@ -443,7 +447,7 @@ def analytic_train_flops(model_cfg, shapes: Shapes) -> float:
     per_image = roofline.vision_flops(
       model_cfg, shapes.image_patches, min(shapes.image_patches, v.window_patches**2)
     )
-    fwd += per_image * shapes.patches / shapes.image_patches
+    fwd += per_image * shapes.images
   return 3 * fwd
 
 

@@ -1,10 +1,12 @@
 """Qwen2.5-VL vision tower: patch embedding, 2-D RoPE, window/full attention, patch merger.
 
-Patches stay in the processor's order (spatial-merge blocks of 2x2 patches, row-major).
-The reference permutes them into window order and back; attention restricted by segment
-ids is invariant to that permutation, so we keep the order and mask instead. Windows are
-computed inside jit from each patch's (row, col) and image index, so any mix of image
-sizes in a padded, fixed-shape patch batch compiles once.
+Patches arrive one image per slot, [images, patches per image] (`processing.image_slots`),
+each in the processor's order (spatial-merge blocks of 2x2 patches, row-major). Attention
+runs per slot: no image attends to another (the reference's cu_seqlens), and the cost is
+images x slot^2, not (all patches)^2. The reference permutes patches into window order and
+back; attention restricted by segment ids is invariant to that permutation, so we keep the
+order and mask instead. Windows are computed inside jit from each patch's (row, col), so any
+mix of image sizes in the padded, fixed-shape slots compiles once.
 """
 
 from __future__ import annotations
@@ -25,24 +27,26 @@ from catts_jax.models.qwen2_5_vl.layers import (
 
 
 def vision_cos_sin(patch_pos: jax.Array, cfg: VisionConfig) -> tuple[jax.Array, jax.Array]:
-  """patch_pos [P, 2] (row, col) -> cos, sin [P, head_dim]: half the dims rotate by row, half by col."""
+  """patch_pos [..., 2] (row, col) -> cos, sin [..., head_dim]: half the dims rotate by row,
+  half by col."""
   inv_freq = inverse_frequencies(cfg.head_dim // 2, cfg.rope_theta)
-  freqs = patch_pos.astype(jnp.float32)[..., None] * inv_freq  # [P, 2, head_dim/4]
-  freqs = freqs.reshape(freqs.shape[0], -1)  # row freqs then col freqs
+  freqs = patch_pos.astype(jnp.float32)[..., None] * inv_freq  # [..., 2, head_dim/4]
+  freqs = freqs.reshape(*freqs.shape[:-2], -1)  # row freqs then col freqs
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb), jnp.sin(emb)
 
 
 def segment_masks(patch_pos: jax.Array, patch_image: jax.Array, cfg: VisionConfig):
-  """Full-attention mask (same image) and window mask (same image and window), [1, 1, P, P].
+  """Per slot: full-attention mask (same image) and window mask (same image and window),
+  [I, 1, S, S] each, from patch_pos [I, S, 2] and patch_image [I, S].
 
   patch_image is the image (frame) index of each patch, -1 for padding; padding patches
   attend only to each other and are dropped after the merger.
   """
-  window = patch_pos // cfg.window_patches  # [P, 2]
-  same_image = patch_image[:, None] == patch_image[None, :]
-  same_window = jnp.all(window[:, None, :] == window[None, :, :], axis=-1)
-  return same_image[None, None], (same_image & same_window)[None, None]
+  window = patch_pos // cfg.window_patches  # [I, S, 2]
+  same_image = patch_image[:, :, None] == patch_image[:, None, :]
+  same_window = jnp.all(window[:, :, None, :] == window[:, None, :, :], axis=-1)
+  return same_image[:, None], (same_image & same_window)[:, None]
 
 
 class VisionAttention(nnx.Module):
@@ -53,9 +57,9 @@ class VisionAttention(nnx.Module):
     self.proj = Dense((n, h), (d,), ("q_heads", "head_dim", "embed"), **kw)
 
   def __call__(self, x, cos, sin, mask):
-    q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)  # each [P, N, H]
+    q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)  # each [I, S, N, H]: a batch of images
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = attention(q[None], k.transpose(1, 2, 0)[None], v.swapaxes(0, 1)[None], mask)[0]
+    out = attention(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), mask)
     return self.proj(out)
 
 
@@ -84,7 +88,7 @@ class PatchMerger(nnx.Module):
     self.fc2 = Dense((merged,), (cfg.out_hidden_size,), ("mlp", "embed"), use_bias=True, **kw)
 
   def __call__(self, x):
-    x = self.ln_q(x).reshape(x.shape[0] // self.unit, -1)
+    x = self.ln_q(x).reshape(-1, self.unit * x.shape[-1])
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
@@ -99,13 +103,17 @@ class VisionTransformer(nnx.Module):
     self.merger = PatchMerger(v, **kw)
 
   def __call__(self, pixel_values, patch_pos, patch_image):
-    """pixel_values [P, C*T*p*p], patch_pos [P, 2], patch_image [P] -> [P / merge^2, out_hidden].
+    """pixel_values [I, S, C*T*p*p], patch_pos [I, S, 2], patch_image [I, S] -> merged
+    features [I * S / merge^2, out_hidden]: the real images' tokens first, in image order,
+    then the padding's.
 
-    P must be a multiple of merge^2 (the processor's patches come in whole merge blocks).
+    S must be a multiple of merge^2 (the processor's patches come in whole merge blocks).
     """
     cos, sin = vision_cos_sin(patch_pos, self.cfg)
     full_mask, window_mask = segment_masks(patch_pos, patch_image, self.cfg)
     x = self.patch_embed(pixel_values)
     for i, block in enumerate(self.blocks):
       x = block(x, cos, sin, full_mask if i in self.cfg.fullatt_block_indexes else window_mask)
-    return self.merger(x)
+    merged = self.merger(x)
+    real = patch_image[:, :: self.merger.unit].reshape(-1) >= 0
+    return merged[jnp.argsort(~real, stable=True)]
