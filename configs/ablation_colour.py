@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   rl.rollout.group_size = 8
   rl.rollout.max_new_tokens = 24
   rl.rollout.perturbation, rl.rollout.strength = "vcd_noise", 1.0
+  # The confidence rewards' own gradient (catts_jax/rl/rollout.py); nothing for the
+  # accuracy-only arm, which has no confidence reward.
+  rl.rollout.confidence_gradient = True
   rl.loss.kl_coef = 0.0  # a toy from a barely trained start: nothing to stay close to
   rl.optimizer.update(learning_rate=5e-4, warmup_steps=5, total_steps=1000)
   rl.train.update(steps=150, prompts_per_step=32, save_every=50, keep=2)

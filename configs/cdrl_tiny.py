@@ -37,9 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
     calibration_form="signed",
     advantage="grpo",
     dynamic_filter=True,
-    # Also differentiate the sensitivity reward through conf(y|x_noisy) (catts_jax/rl/rollout.py):
-    # the perturbed copies join the batch. Off here: the paper describes rewards only.
-    sensitivity_gradient=False,
+    # Also differentiate the confidence rewards through conf(y|x) and conf(y|x_noisy)
+    # (catts_jax/rl/rollout.py): the perturbed copies join the batch. Off here: the paper
+    # describes rewards only.
+    confidence_gradient=False,
   )
   c.clip = dict(model="ViT-B-32", pretrained="openai")  # for targeted perturbations
   c.loss = dict(

@@ -37,7 +37,7 @@ def test_demo_and_ablation_configs_build():
     LossConfig(**c.loss.to_dict())
     OptimizerConfig(**c.optimizer.to_dict())
     assert rollout.perturbation == "vcd_noise" and c.train.oversample == 1.0
-  assert synthetic_tiny_cdrl.get_config().rollout.sensitivity_gradient
+  assert synthetic_tiny_cdrl.get_config().rollout.confidence_gradient
 
 
 def gradients(ckpt, inputs, remat: bool):

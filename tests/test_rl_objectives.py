@@ -49,6 +49,37 @@ def test_unanswered_responses_get_the_worst_calibration():
   np.testing.assert_allclose(parts["calibration"], [1 - 0.01, 1 - 0.04, 0.0], atol=1e-6)
 
 
+@pytest.mark.parametrize("form", ["signed", "brier"])
+def test_confidence_gradients_equal_finite_differences(form):
+  """d total / d conf and d total / d conf_noisy of the weighted rewards, against central
+  differences of rewards.compute; flat where sensitivity is clipped or no answer is stated."""
+  conf = np.array([0.9, 0.8, 0.3, 0.6, 0.7])
+  noisy = np.array([0.2, 0.85, 0.1, 0.4, 0.3])
+  correct = np.array([1.0, 0.0, 1.0, 0.0, 1.0])
+  answered = np.array([True, True, True, True, False])
+  weights = {"accuracy": 1.0, "sensitivity": 0.5, "calibration": 0.25}
+  fields = dict(examples=[None] * 5, correct=correct, answered=answered, form=form)
+
+  def total(c, n):
+    return rewards.compute(weights, [""] * 5, [""] * 5, confidence=c, confidence_perturbed=n, **fields)[0]
+
+  h = 1e-3
+  d_clean, d_noisy = rewards.confidence_gradients(
+    weights, confidence=conf, confidence_perturbed=noisy, correct=correct, answered=answered, form=form
+  )
+  for i in range(5):
+    e = np.eye(5)[i] * h
+    np.testing.assert_allclose(
+      d_clean[i], (total(conf + e, noisy) - total(conf - e, noisy))[i] / (2 * h), atol=2e-3
+    )
+    np.testing.assert_allclose(
+      d_noisy[i], (total(conf, noisy + e) - total(conf, noisy - e))[i] / (2 * h), atol=2e-3
+    )
+  assert d_noisy[1] == 0 and d_noisy[0] == -0.5  # clipped at 0 / live
+  assert rewards.confidence_gradients({"accuracy": 1.0}, confidence=conf, confidence_perturbed=noisy,
+                                      correct=correct, answered=answered)[0].tolist() == [0.0] * 5  # fmt: skip
+
+
 def test_accuracy_reward_grades_with_the_benchmark_grader():
   ex = make_example(id="7", benchmark="mathvision", question="How many?", answer="10")
   got = rewards.accuracy(

@@ -78,13 +78,15 @@ def test_dynamic_filter_drops_zero_variance_groups(setup):
   assert batch is None and metrics["kept_groups"] == 0  # all-zero accuracy rewards: no signal
 
 
-def test_sensitivity_gradient_adds_the_perturbed_rows(setup):
+def test_confidence_gradient_adds_the_perturbed_rows(setup):
   """The perturbed copy of each response joins the batch with advantage -w * conf(y|x_noisy)
-  and its teacher-forced log-probs as old log-probs; training on it lowers conf(y|x_noisy)."""
+  and its teacher-forced log-probs as old log-probs, the sampled row gains +w * conf(y|x)
+  (the sensitivity reward's own gradient); training on the perturbed rows lowers
+  conf(y|x_noisy)."""
   policy, examples = setup
   w = 0.5
   cfg = RolloutConfig(
-    group_size=2, max_new_tokens=6, strength=1.0, reward_weights={"sensitivity": w}, sensitivity_gradient=True
+    group_size=2, max_new_tokens=6, strength=1.0, reward_weights={"sensitivity": w}, confidence_gradient=True
   )
   batch, r, metrics = rollout(
     policy, examples, "mathvision", cfg, jax.random.key(2), ref_state=policy.scorer.state
@@ -104,9 +106,17 @@ def test_sensitivity_gradient_adds_the_perturbed_rows(setup):
   noisy = slice(n, 2 * n)
   conf_noisy = np.exp((logp[noisy] * mask[noisy]).sum(1) / np.maximum(mask[noisy].sum(1), 1))
   conf = np.exp((logp[:n] * mask[:n]).sum(1) / mask[:n].sum(1))
-  expected = np.where(conf > conf_noisy, -w * conf_noisy, 0.0)
+  active = (conf > conf_noisy) & (conf - conf_noisy < 1)
+  expected = np.where(active, -w * conf_noisy, 0.0)
   np.testing.assert_allclose(batch["advantages"][noisy], expected, atol=1e-4)
-  assert metrics["noisy_rows"] == int((expected != 0).sum()) > 0
+  assert metrics["noisy_rows"] == int(active.sum()) > 0
+  # The sampled rows: the group advantage of the reward w * clip(conf - conf_noisy, 0, 1)
+  # (GRPO: centred, over the sample std; zero-variance groups dropped) plus the reward's own
+  # gradient +w * conf.
+  reward = (w * np.clip(conf - conf_noisy, 0, 1)).reshape(3, 2)
+  std = reward.std(1, ddof=1, keepdims=True)
+  group = np.where(std > 0, (reward - reward.mean(1, keepdims=True)) / (std + 1e-6), 0.0).reshape(-1)
+  np.testing.assert_allclose(batch["advantages"][:n], group + np.where(active, w * conf, 0.0), atol=1e-3)
 
   # Only the perturbed rows' term: the originals' advantages (which move the same responses
   # on their clean images) are zeroed here.
@@ -124,7 +134,7 @@ def test_sensitivity_gradient_adds_the_perturbed_rows(setup):
   assert (after_sum < before_sum).all(), (before_sum, after_sum)
 
 
-def test_without_sensitivity_gradient_the_batch_holds_the_originals_only(setup):
+def test_without_confidence_gradient_the_batch_holds_the_originals_only(setup):
   policy, examples = setup
   cfg = RolloutConfig(group_size=2, max_new_tokens=6, strength=1.0, dynamic_filter=False)
   batch, _, metrics = rollout(policy, examples, "mathvision", cfg, jax.random.key(2))

@@ -109,3 +109,37 @@ def compute(
     components[name] = np.asarray(REWARDS[name](prompts, completions, **fields), np.float32)
   total = sum(weights[name] * components[name] for name in weights)
   return np.asarray(total, np.float32), components
+
+
+def confidence_gradients(
+  weights: Mapping[str, float],
+  *,
+  confidence,
+  confidence_perturbed,
+  correct,
+  answered,
+  form: str = "signed",
+) -> tuple[np.ndarray, np.ndarray]:
+  """d total / d conf(y|x) and d total / d conf(y|x_noisy) per completion: the weighted
+  rewards' own dependence on the two confidences (sensitivity and calibration; accuracy and
+  format do not depend on them). Zero where a reward is flat: sensitivity clipped at 0 or 1,
+  calibration of a response that states no answer."""
+  conf = np.asarray(confidence, np.float64)
+  noisy = np.asarray(confidence_perturbed, np.float64)
+  right = np.asarray(correct, np.float64)
+  d_clean, d_noisy = np.zeros_like(conf), np.zeros_like(conf)
+  w = weights.get("sensitivity", 0.0)
+  if w:
+    live = (conf - noisy > 0) & (conf - noisy < 1)
+    d_clean += w * live
+    d_noisy -= w * live
+  w = weights.get("calibration", 0.0)
+  if w:
+    if form == "signed":
+      slope = np.where(right > 0, 1.0, -1.0)
+    elif form == "brier":
+      slope = -2.0 * (conf - right)
+    else:
+      raise ValueError(f"unknown calibration form {form!r}; expected 'signed' or 'brier'")
+    d_clean += w * slope * np.asarray(answered, bool)
+  return d_clean, d_noisy

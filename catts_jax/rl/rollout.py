@@ -9,13 +9,19 @@ rewards have zero variance carry no GRPO signal and are dropped (DAPO dynamic fi
 `dynamic_filter` is on; given more problems than `train_groups`, the informative groups
 fill the batch first (DAPO's refill, sampled in one pass).
 
-`sensitivity_gradient`: the sensitivity reward clip(conf(y|x) - conf(y|x_noisy), 0, 1) is a
-differentiable function of the policy, but a policy-gradient reward only ranks the sampled
-responses: nothing ever lowers conf(y|x_noisy) itself. With this on, the perturbed-image copy
-of each response joins the train batch with advantage -w_sens * conf(y|x_noisy) (where the
-reward is not clipped at 0), old log-probs from the scoring pass: at ratio 1 its policy-loss
-gradient is the reward's gradient through conf(y|x_noisy) (d conf = conf * d mean log p),
-up to the loss's token aggregation. The clipped ratio bounds how far one step lowers it.
+`confidence_gradient`: the sensitivity reward clip(conf(y|x) - conf(y|x_noisy), 0, 1) and the
+calibration reward (+-conf(y|x), or Brier) are differentiable functions of the policy, but a
+policy-gradient reward only ranks the sampled responses: nothing ever lowers conf(y|x_noisy)
+itself. With this on, the rewards' own gradient joins the update
+(`rewards.confidence_gradients`): the perturbed-image copy of each response joins the train
+batch with advantage (d R / d conf_noisy) * conf(y|x_noisy) (old log-probs from the scoring
+pass) and the sampled row's advantage gains (d R / d conf) * conf(y|x). At ratio 1 their
+policy-loss gradients are the reward's gradient through each confidence (d conf = conf *
+d mean log p), up to the loss's token aggregation. Sensitivity's pair moves only what tells
+the two images apart (pushing conf(y|x_noisy) down alone also lowers conf(y|x) through the
+shared weights, and on a model that cannot see yet, confidence everywhere); calibration's
+term keeps sensitivity's push on conf(y|x) off wrong answers. The clipped ratio bounds how
+far one step goes.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ class RolloutConfig:
   calibration_form: str = "signed"
   advantage: str = "grpo"
   dynamic_filter: bool = True
-  sensitivity_gradient: bool = False
+  confidence_gradient: bool = False
   template: str | None = None
 
 
@@ -114,12 +120,15 @@ def rollout(
     policy.processor.scoring_batch(rep(prompts), tokens, rep(perturbed)), state=state
   )
   confidence = out.scores["confidence"].reshape(-1)
+  correct, answered = rewards.grade(texts, rep(list(examples)), benchmark)
   total, parts = rewards.compute(
     cfg.reward_weights,
     rep(prompts),
     texts,
     examples=rep(list(examples)),
     benchmark=benchmark,
+    correct=correct,
+    answered=answered,
     confidence=confidence,
     confidence_perturbed=noisy_scores["confidence"],
     form=cfg.calibration_form,
@@ -150,7 +159,16 @@ def rollout(
   pick = lambda xs: [xs[i] for i in rows_of]  # noqa: E731
   row_prompts, row_tokens = pick(rep(prompts)), pick(tokens)
   advantages, confidence = advantages[rows_of], confidence[rows_of]
-  noisy_rows = cfg.sensitivity_gradient and cfg.reward_weights.get("sensitivity", 0.0) != 0.0
+  if cfg.confidence_gradient:
+    d_clean, d_noisy = rewards.confidence_gradients(
+      cfg.reward_weights,
+      confidence=confidence,
+      confidence_perturbed=noisy_scores["confidence"][rows_of],
+      correct=correct[rows_of],
+      answered=answered[rows_of],
+      form=cfg.calibration_form,
+    )
+  noisy_rows = cfg.confidence_gradient and bool(cfg.reward_weights.get("sensitivity", 0.0))
   if noisy_rows:  # rows [0, n): original images; [n, 2n): the same responses, perturbed
     sb = policy.processor.scoring_batch(
       row_prompts * 2, row_tokens * 2, pick(rep(originals)) + pick(rep(perturbed))
@@ -160,10 +178,12 @@ def rollout(
   rows, r = sb.batch.input_ids.shape[0], sb.response_len
   old_logp = _right_align(out.logprobs.reshape(len(tokens), -1)[rows_of], lengths[rows_of], r)
   advantages = advantages * keep
+  if cfg.confidence_gradient:
+    # The rewards' own gradient (module docstring): d R / d conf * conf on each row.
+    advantages = advantages + d_clean * confidence
+    keep = keep | (d_clean != 0)
   if noisy_rows:
-    conf_noisy = noisy_scores["confidence"][rows_of]
-    # d/d conf_noisy of clip(conf - conf_noisy, 0, 1) is -1 where conf > conf_noisy, else 0.
-    noisy_adv = -cfg.reward_weights["sensitivity"] * conf_noisy * (confidence > conf_noisy)
+    noisy_adv = d_noisy * noisy_scores["confidence"][rows_of]
     metrics["noisy_rows"] = int((noisy_adv != 0).sum())
     advantages = np.concatenate([advantages, noisy_adv])
     keep = np.concatenate([keep, noisy_adv != 0])
