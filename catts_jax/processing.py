@@ -148,12 +148,23 @@ class Processor:
     image_buckets: Sequence[int] | None = None,
     batch_buckets: Sequence[int] | None = None,
     response_buckets: Sequence[int] | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
   ):
+    """min_pixels / max_pixels override the checkpoint's image resizing bounds (Qwen's
+    resize keeps each image's pixel count within them); give both or neither."""
     from transformers import AutoProcessor  # heavy import, only when a processor is built
 
     self.path = pathlib.Path(path)
     self.cfg = cfg or ModelConfig.from_pretrained(self.path)
-    self.hf = AutoProcessor.from_pretrained(self.path)
+    kwargs = {}
+    if (min_pixels is None) != (max_pixels is None):
+      raise ValueError(f"min_pixels {min_pixels} / max_pixels {max_pixels}: give both or neither")
+    if min_pixels is not None:
+      if not 0 < min_pixels <= max_pixels:
+        raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
+      kwargs["size"] = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
+    self.hf = AutoProcessor.from_pretrained(self.path, **kwargs)
     self.tokenizer = self.hf.tokenizer
     self.tokenizer.padding_side = "left"  # generation appends on the right
     self.seq_buckets = tuple(seq_buckets or power_of_two_buckets(32, self.cfg.text.max_position_embeddings))

@@ -123,6 +123,10 @@ def get_config(spec: str = "7b,gpu-8"):
   # Recompute each decoder layer in the backward pass: the train step's activations are
   # otherwise ~num_layers x larger (see docs/sharding.md).
   c.model.remat = True
+  # Image resizing bounds for training, as image tokens x 28 x 28 pixels (Qwen's own default
+  # reaches 1280 tokens): 64 to 256 tokens (a 448x448 image: 1024 patches) per image and row.
+  c.model.min_pixels = 64 * 28 * 28
+  c.model.max_pixels = 256 * 28 * 28
   c.mesh = MESHES[hardware]
   c.topology = TOPOLOGIES.get(hardware, "")
   c.rollout.group_size = 8

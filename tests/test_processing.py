@@ -88,3 +88,16 @@ def test_image_paths_and_modes(tiny_ckpt, tmp_path):
   np.testing.assert_allclose(a.pixel_values, b.pixel_values)
   c = processor([prompt], [[rgb.convert("L")]])
   assert c.pixel_values.shape == a.pixel_values.shape
+
+
+def test_pixel_bounds_resize_images(tiny_ckpt):
+  """min_pixels / max_pixels bound each image's resized area (the 3B/7B training configs set them)."""
+  rng = np.random.default_rng(2)
+  image = random_image(rng, 448, 448)
+  prompt = "<|vision_start|><|image_pad|><|vision_end|>"
+  default = Processor(tiny_ckpt)([prompt], [[image]])
+  small = Processor(tiny_ckpt, min_pixels=56 * 56, max_pixels=112 * 112)([prompt], [[image]])
+  assert small.image_grid_thw.tolist() == [[1, 8, 8]]
+  assert default.image_grid_thw.prod() > small.image_grid_thw.prod()
+  with pytest.raises(ValueError, match="give both or neither"):
+    Processor(tiny_ckpt, max_pixels=112 * 112)

@@ -31,12 +31,13 @@ from ml_collections import config_flags
 from catts_jax import data, sharding
 from catts_jax.checkpoint import Checkpointer
 from catts_jax.eval import report
-from catts_jax.models.qwen2_5_vl import ModelConfig, load_hf, save_hf
+from catts_jax.models.qwen2_5_vl import load_hf, save_hf
 from catts_jax.policy import Policy
 from catts_jax.processing import Processor
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig
 from catts_jax.rl.rollout import RolloutConfig, rollout
+from train.compile import model_config
 
 
 def train(cfg, out: pathlib.Path) -> int:
@@ -47,13 +48,14 @@ def train(cfg, out: pathlib.Path) -> int:
   out.mkdir(parents=True, exist_ok=True)
   t = cfg.train
   mesh = sharding.make_mesh(dict(cfg.mesh))
-  model_cfg = ModelConfig.from_pretrained(cfg.model.ckpt).replace(dtype=cfg.model.dtype)
+  model_cfg = model_config(cfg)  # the checkpoint's config with the run's dtypes and remat
   rollout_cfg = RolloutConfig(**{**cfg.rollout.to_dict(), "template": cfg.data.template})
   loss_cfg = LossConfig(**cfg.loss.to_dict())
   # One copy of the weights: the learner owns (and updates) them, and the policy samples and
   # scores with `state=learner.params`.
   model = load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)
-  policy = Policy(model, Processor(cfg.model.ckpt, model_cfg))
+  pixels = {k: cfg.model[k] for k in ("min_pixels", "max_pixels") if cfg.model.get(k)}
+  policy = Policy(model, Processor(cfg.model.ckpt, model_cfg, **pixels))
   learner = Learner(model, loss_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh)
   # The frozen reference for the KL term: the starting weights, loaded once more.
   ref_state = nnx.state(load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)) if loss_cfg.kl_coef else None
