@@ -4,19 +4,20 @@
 
 The perturbation is VCD's diffusion noise at full strength (the image is gone), the one the
 demo measures the confidence drop under; the paper's reward weights (accuracy 1, sensitivity
-0.5, calibration 0.5) and KL coefficient. Choices made on this task (greedy accuracy and
-confidence drop on the 256 test problems, bundled SFT: 0.617 and 0.244):
+0.5, calibration 0.5) and KL coefficient. Choices made on this task, by greedy accuracy
+and confidence drop on the 256 test problems (the bundled SFT before this config's runs was
+an earlier, seeded build: 0.617 and 0.244; the current one is in the demo's report):
 - advantages mean-centred only (Dr.GRPO): in a group whose answers are all right, GRPO's
   division by the reward std blows the small sensitivity differences up to unit advantages
   (GRPO, lr 2e-4, rewards only: accuracy 0.461, drop 0.244);
 - `confidence_gradient`: with the rewards alone the drop did not move (Dr.GRPO, lr 5e-5,
-  KL: 0.578, 0.253); with the reward's own gradient it does, at a cost in accuracy
-  (perturbed-row term only, lr 1e-4: 0.418, 0.478; lr 5e-5: 0.504, 0.446; both terms, lr
-  5e-5, 8 problems a step: 0.516, 0.450), hence lr 5e-5. The lost accuracy is mostly broken
-  reasoning text (phrases of the other tasks' templates), not wrong counts;
-- 16 problems x 8 samples a step, and as many perturbed copies: 256 rows (both terms:
-  0.523, 0.481). Sampling at temperature 0.7 instead of 1 (0.469, 0.451) or KL 0.1 with it
-  (0.516, 0.454) did not help.
+  KL: 0.578, 0.253); with the rewards' own gradient it does, at a cost in accuracy
+  (perturbed-row term only, lr 1e-4: 0.418, 0.478; lr 5e-5: 0.504, 0.446; both sensitivity
+  terms, lr 5e-5, 8 problems a step: 0.516, 0.450), hence lr 5e-5. The lost accuracy is
+  mostly broken reasoning text (phrases of the other tasks' templates), not wrong counts;
+- 16 problems x 8 samples a step, and as many perturbed copies: 256 rows (both sensitivity
+  terms: 0.523, 0.481). Sampling at temperature 0.7 instead of 1 (0.469, 0.451) or KL 0.1
+  with it (0.516, 0.454) did not help.
 """
 
 from __future__ import annotations

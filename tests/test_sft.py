@@ -85,11 +85,14 @@ def test_ablation_runs_every_stage(tmp_path, tfds_dir):
   for arm in result["arms"].values():
     assert arm["steps"] == 2 and 0 <= arm["after"]["accuracy"] <= 1
     assert "confidence_drop" in arm["after"]
+    by_answer = arm["after"]["accuracy_by_answer"]  # per colour: which ones the arm misses
+    assert by_answer and all(0 <= v <= 1 for v in by_answer.values())
   readme = tmp_path / "README.md"
   readme.write_text("a\n<!-- ablation-table:start -->\nold\n<!-- ablation-table:end -->\nb\n")
   cmd = [sys.executable, "-m", "train.ablation", f"--out={out}", f"--render_readme={readme}"]
   assert subprocess.run(cmd, env=env, timeout=300, cwd=ROOT).returncode == 0
   assert "after RL: cdrl" in readme.read_text() and "old" not in readme.read_text()
+  assert "accuracy by answer" in readme.read_text()
 
 
 def test_step_indices_cover_each_epoch_once():

@@ -41,14 +41,21 @@ def evaluate(path: pathlib.Path, cfg) -> dict:
   e = cfg.eval
   policy = Policy.from_pretrained(path)
   ds = data.load(cfg.sft.data.benchmark, config=cfg.sft.data.config, split=e.split, data_dir=cfg.data_dir)
+  examples = ds[: min(len(ds), e.size)]
   rows = greedy.greedy_eval(
     policy,
-    ds[: min(len(ds), e.size)],
+    examples,
     cfg.sft.data.benchmark,
     max_new_tokens=e.max_new_tokens,
     perturbation=(e.perturbation, e.strength),
   )
-  return greedy.summary(rows)
+  by_answer = {}
+  for ex, row in zip(examples, rows):
+    by_answer.setdefault(ex["answer"], []).append(row["correct"])
+  return {
+    **greedy.summary(rows),
+    "accuracy_by_answer": {a: float(np.mean(c)) for a, c in sorted(by_answer.items())},
+  }
 
 
 def curve(run_dir: pathlib.Path, key: str = "reward_accuracy", every: int = 10) -> list[float]:
@@ -108,9 +115,14 @@ def markdown(result: dict) -> str:
     + f" ({arm['steps']} steps, {arm['seconds']:.0f} s)"
     for name, arm in result["arms"].items()
   )
+  by_answer = "\n".join(
+    f"- {row['model']}: accuracy by answer "
+    + ", ".join(f"{a} {v:.2f}" for a, v in row.get("accuracy_by_answer", {}).items())
+    for row in rows
+  )
   return (
     report.markdown_table(rows, cols)
-    + f"\n\n{curves}\n\nConfidence drop under noise, CDRL / accuracy-only: "
+    + f"\n\n{curves}\n{by_answer}\n\nConfidence drop under noise, CDRL / accuracy-only: "
     + f"{result['drop_ratio_cdrl_vs_accuracy']:.1f}x; CDRL / warm start: {result['drop_ratio_cdrl_vs_before']:.1f}x."
   )
 
