@@ -27,8 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
   rl.rollout.max_new_tokens = 24
   rl.rollout.perturbation, rl.rollout.strength = "vcd_noise", 1.0
   # The confidence rewards' own gradient (catts_jax/rl/rollout.py); nothing for the
-  # accuracy-only arm, which has no confidence reward.
+  # accuracy-only arm, which has no confidence reward. From step 50, once the policy has
+  # begun to see: lowering conf(y|x_noisy) means nothing before (from step 0, CDRL never
+  # learned one colour; accuracy-only GRPO can lose one too, see the README).
   rl.rollout.confidence_gradient = True
+  rl.rollout.confidence_gradient_from = 50
   rl.loss.kl_coef = 0.0  # a toy from a barely trained start: nothing to stay close to
   rl.optimizer.update(learning_rate=5e-4, warmup_steps=5, total_steps=1000)
   rl.train.update(steps=150, prompts_per_step=32, save_every=50, keep=2)

@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     # (catts_jax/rl/rollout.py): the perturbed copies join the batch. Off here: the paper
     # describes rewards only.
     confidence_gradient=False,
+    confidence_gradient_from=0,  # the step it starts at
   )
   c.clip = dict(model="ViT-B-32", pretrained="openai")  # for targeted perturbations
   c.loss = dict(

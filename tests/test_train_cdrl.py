@@ -40,17 +40,20 @@ def cdrl(ckpt, out, tmp_path, *overrides):
 
 def test_train_resume_and_export(tiny_ckpt, tmp_path):
   out = tmp_path / "run"
-  first = cdrl(tiny_ckpt, out, tmp_path)
+  # The confidence rewards' own gradient from the third step on (0-based step 2).
+  gradient = ["--config.rollout.confidence_gradient=True", "--config.rollout.confidence_gradient_from=2"]
+  first = cdrl(tiny_ckpt, out, tmp_path, *gradient)
   assert first.returncode == 0, first.stderr[-3000:]
   rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [1, 2, 3]
+  assert ["noisy_rows" in r for r in rows] == [False, False, True]
   for r in rows:
     assert np.isfinite(r["loss"]) and r["groups"] == 2 and 0 < r["confidence"] <= 1
     assert {"reward_accuracy", "reward_sensitivity", "reward_calibration", "kl", "clip_fraction"} <= set(r)
   assert rows[1]["kl"] > 0  # the policy moved away from the reference
   assert list((out / "tb").iterdir())
 
-  more = cdrl(tiny_ckpt, out, tmp_path, "--config.train.steps=5")
+  more = cdrl(tiny_ckpt, out, tmp_path, "--config.train.steps=5", *gradient)
   assert more.returncode == 0, more.stderr[-3000:]
   report = json.loads((out / "report.json").read_text())
   assert report["resumed_from"] == 3 and report["last"]["step"] == 5

@@ -21,7 +21,8 @@ d mean log p), up to the loss's token aggregation. Sensitivity's pair moves only
 the two images apart (pushing conf(y|x_noisy) down alone also lowers conf(y|x) through the
 shared weights, and on a model that cannot see yet, confidence everywhere); calibration's
 term keeps sensitivity's push on conf(y|x) off wrong answers. The clipped ratio bounds how
-far one step goes.
+far one step goes. `confidence_gradient_from` delays it (train.cdrl): pushing conf(y|x_noisy)
+down means nothing while the policy cannot see yet.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class RolloutConfig:
   advantage: str = "grpo"
   dynamic_filter: bool = True
   confidence_gradient: bool = False
+  confidence_gradient_from: int = 0  # the train step it starts at (train.cdrl)
   template: str | None = None
 
 
