@@ -100,20 +100,18 @@ def train(cfg, out: pathlib.Path) -> int:
     began = time.perf_counter()
     indices = data.step_indices(num, step, drawn, t.seed, jax.process_index(), jax.process_count())
     examples = [dataset[i] for i in indices]
-    step_cfg = rollout_cfg
-    if step < rollout_cfg.confidence_gradient_from:
-      step_cfg = dataclasses.replace(rollout_cfg, confidence_gradient=False)
     batch, response_len, metrics = rollout(
       policy,
       examples,
       cfg.data.benchmark,
-      step_cfg,
+      rollout_cfg,
       jax.random.fold_in(base_key, step),
       state=learner.params,
       ref_state=ref_state,
       saliency=saliency,
       seed=t.seed + step,
       train_groups=t.prompts_per_step // jax.process_count(),
+      step=step,
     )
     try:
       if not all(np.isfinite(v) for v in metrics.values()):

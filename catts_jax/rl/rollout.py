@@ -21,7 +21,7 @@ d mean log p), up to the loss's token aggregation. Sensitivity's pair moves only
 the two images apart (pushing conf(y|x_noisy) down alone also lowers conf(y|x) through the
 shared weights, and on a model that cannot see yet, confidence everywhere); calibration's
 term keeps sensitivity's push on conf(y|x) off wrong answers. The clipped ratio bounds how
-far one step goes. `confidence_gradient_from` delays it (train.cdrl): pushing conf(y|x_noisy)
+far one step goes. `confidence_gradient_from` delays it to that train step: pushing conf(y|x_noisy)
 down means nothing while the policy cannot see yet.
 """
 
@@ -58,7 +58,7 @@ class RolloutConfig:
   advantage: str = "grpo"
   dynamic_filter: bool = True
   confidence_gradient: bool = False
-  confidence_gradient_from: int = 0  # the train step it starts at (train.cdrl)
+  confidence_gradient_from: int = 0  # the train step it starts at
   template: str | None = None
 
 
@@ -82,11 +82,13 @@ def rollout(
   saliency=None,
   seed: int = 0,
   train_groups: int | None = None,
+  step: int = 0,
 ) -> tuple[dict[str, np.ndarray] | None, int, dict[str, Any]]:
   """(train batch or None if every group was filtered, its response_len, metrics).
 
   `train_groups`: how many of the sampled groups the batch holds (default: all); sample more
-  problems than that for DAPO's refill of filtered groups."""
+  problems than that for DAPO's refill of filtered groups. `step`: the train step, for
+  `confidence_gradient_from`."""
   prompts, originals, perturbed = [], [], []
   for i, ex in enumerate(examples):
     prompt, images = policy.example_prompt(ex, cfg.template)
@@ -161,7 +163,9 @@ def rollout(
   pick = lambda xs: [xs[i] for i in rows_of]  # noqa: E731
   row_prompts, row_tokens = pick(rep(prompts)), pick(tokens)
   advantages, confidence = advantages[rows_of], confidence[rows_of]
-  if cfg.confidence_gradient:
+  gradient = cfg.confidence_gradient and step >= cfg.confidence_gradient_from
+  d_clean, d_noisy = np.zeros(len(rows_of)), np.zeros(len(rows_of))
+  if gradient:
     d_clean, d_noisy = rewards.confidence_gradients(
       cfg.reward_weights,
       confidence=confidence,
@@ -170,7 +174,7 @@ def rollout(
       answered=answered[rows_of],
       form=cfg.calibration_form,
     )
-  noisy_rows = cfg.confidence_gradient and bool(cfg.reward_weights.get("sensitivity", 0.0))
+  noisy_rows = gradient and bool(cfg.reward_weights.get("sensitivity", 0.0))
   if noisy_rows:  # rows [0, n): original images; [n, 2n): the same responses, perturbed
     sb = policy.processor.scoring_batch(
       row_prompts * 2, row_tokens * 2, pick(rep(originals)) + pick(rep(perturbed))
@@ -179,11 +183,9 @@ def rollout(
     sb = policy.processor.scoring_batch(row_prompts, row_tokens, pick(rep(originals)))
   rows, r = sb.batch.input_ids.shape[0], sb.response_len
   old_logp = _right_align(out.logprobs.reshape(len(tokens), -1)[rows_of], lengths[rows_of], r)
-  advantages = advantages * keep
-  if cfg.confidence_gradient:
-    # The rewards' own gradient (module docstring): d R / d conf * conf on each row.
-    advantages = advantages + d_clean * confidence
-    keep = keep | (d_clean != 0)
+  # The rewards' own gradient (module docstring): d R / d conf * conf on each row.
+  advantages = advantages * keep + d_clean * confidence
+  keep = keep | (d_clean != 0)
   if noisy_rows:
     noisy_adv = d_noisy * noisy_scores["confidence"][rows_of]
     metrics["noisy_rows"] = int((noisy_adv != 0).sum())
