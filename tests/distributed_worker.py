@@ -1,4 +1,5 @@
-"""Train 3 steps as process PID of N (jax.distributed over CPU, gloo) on rows of one global batch.
+"""Train 3 steps as process PID of N (jax.distributed over CPU, gloo) on one global batch
+(every process passes all of it; each of its devices takes its rows).
 
 python distributed_worker.py CKPT PORT PID N  -> prints "losses <l1> <l2> <l3>"
 With N == 1 it runs alone on 2 local devices with the whole batch (the reference).
@@ -38,9 +39,6 @@ batch = dict(
   response_mask=mask,
   advantages=rng.normal(0, 1, 4).astype(np.float32),
 )
-if n > 1:  # this process's rows
-  rows = slice(pid * 4 // n, (pid + 1) * 4 // n)
-  batch = {k: (v[:, rows] if k == "positions" else v[rows]) for k, v in batch.items()}
 learner = Learner(
   load_hf(ckpt, mesh=mesh), LossConfig(kl_coef=0.01), OptimizerConfig(learning_rate=1e-4), mesh=mesh
 )

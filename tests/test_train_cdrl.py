@@ -16,8 +16,8 @@ if not SHARED.is_dir() and os.environ.get("CI"):
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
 
 
-def cdrl(ckpt, out, tmp_path, *overrides):
-  cmd = [
+def cdrl_command(ckpt, out, tmp_path, *overrides):
+  return [
     sys.executable,
     "-m",
     "train.cdrl",
@@ -32,9 +32,20 @@ def cdrl(ckpt, out, tmp_path, *overrides):
     f"--out={out}",
     *overrides,
   ]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def cdrl_env(devices=1, **extra):
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+
+
+def cdrl(ckpt, out, tmp_path, *overrides, devices=1):
   return subprocess.run(
-    cmd, capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parents[1]
+    cdrl_command(ckpt, out, tmp_path, *overrides),
+    capture_output=True,
+    text=True,
+    env=cdrl_env(devices),
+    timeout=600,
+    cwd=Path(__file__).parents[1],
   )
 
 
@@ -103,3 +114,46 @@ def test_the_run_builds_its_model_with_the_configs_dtypes_and_remat(tiny_ckpt):
   got = model_config(cfg)
   assert got.remat and got.param_dtype == "bfloat16" and got.dtype == "bfloat16"
   assert got.text == ModelConfig.from_pretrained(tiny_ckpt).text
+
+
+def test_two_processes_train_on_images_as_one_process(tiny_ckpt, tmp_path):
+  """jax.distributed over two CPU processes (one device each) runs the same training as one
+  process with two devices: Math-Vision images, perturbed copies in the batch, data=2."""
+  from test_distributed import free_port
+
+  run = ["--config.mesh.data=2", "--config.train.steps=2", "--config.rollout.confidence_gradient=True"]
+  alone = cdrl(tiny_ckpt, tmp_path / "alone", tmp_path, *run, devices=2)  # also builds the tfds cache
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  coordinator = f"127.0.0.1:{free_port()}"
+  procs = [
+    subprocess.Popen(
+      cdrl_command(tiny_ckpt, tmp_path / "two", tmp_path, *run),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=cdrl_env(JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+      cwd=Path(__file__).parents[1],
+    )
+    for i in range(2)
+  ]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+
+  def logged(name):
+    return [json.loads(x) for x in (tmp_path / name / "train.jsonl").read_text().splitlines()]
+
+  one, two = logged("alone"), logged("two")
+  assert [r["step"] for r in two] == [1, 2] and all(r["noisy_rows"] > 0 for r in two)
+  for a, b in zip(one, two):
+    for key in ("loss", "reward", "confidence", "confidence_perturbed", "grad_norm"):
+      assert abs(a[key] - b[key]) <= 1e-5, (key, a[key], b[key])
+  from safetensors.numpy import load_file
+
+  want, got = (
+    load_file(tmp_path / "alone/final/model.safetensors"),
+    load_file(tmp_path / "two/final/model.safetensors"),
+  )
+  assert want.keys() == got.keys()
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)

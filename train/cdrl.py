@@ -8,9 +8,14 @@ non-finite loss or gradient stops the run with exit code 3 and leaves the last c
 intact. Logs go to DIR/train.jsonl and TensorBoard (DIR/tb); the final policy is exported
 to DIR/final as an HF directory, with DIR/report.json summarising the run.
 
-Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run where
-`jax.distributed.initialize()` finds them); each process then reads its own slice of the
-problems. Only process 0 writes logs and the final export.
+Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or pass
+`--distributed` where `jax.distributed.initialize()` finds them itself (TPU pods). Every
+process reads the step's problems and prepares the same rollout inputs, so the sampler and
+the scorer (replicated: every device computes every row) and the train step (rows sharded
+over data x fsdp) run as one SPMD program over all devices. The train batch cannot be split
+by process: image slots are not per row, a row's image tokens index into all of them. The
+host work (decoding, perturbing, grading) is repeated on every process. Only process 0
+writes logs and the final export.
 """
 
 from __future__ import annotations
@@ -42,8 +47,6 @@ from train.compile import model_config
 
 def train(cfg, out: pathlib.Path) -> int:
   started = time.perf_counter()
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
   main_process = jax.process_index() == 0
   out.mkdir(parents=True, exist_ok=True)
   t = cfg.train
@@ -98,7 +101,7 @@ def train(cfg, out: pathlib.Path) -> int:
     range(start, t.steps), initial=start, total=t.steps, desc="cdrl", disable=not main_process
   ):
     began = time.perf_counter()
-    indices = data.step_indices(num, step, drawn, t.seed, jax.process_index(), jax.process_count())
+    indices = data.step_indices(num, step, drawn, t.seed)
     examples = [dataset[i] for i in indices]
     batch, response_len, metrics = rollout(
       policy,
@@ -110,7 +113,7 @@ def train(cfg, out: pathlib.Path) -> int:
       ref_state=ref_state,
       saliency=saliency,
       seed=t.seed + step,
-      train_groups=t.prompts_per_step // jax.process_count(),
+      train_groups=t.prompts_per_step,
       step=step,
     )
     try:
@@ -159,16 +162,33 @@ def train(cfg, out: pathlib.Path) -> int:
   return 0
 
 
+def initialize_distributed(detect: bool) -> None:
+  """jax.distributed from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or
+  with `detect`, from what `jax.distributed.initialize()` finds (TPU pods, SLURM, ...)."""
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    number = lambda name: int(env[name]) if env.get(name) else None  # noqa: E731
+    jax.distributed.initialize(
+      env["JAX_COORDINATOR_ADDRESS"], number("JAX_NUM_PROCESSES"), number("JAX_PROCESS_ID")
+    )
+  elif detect:
+    jax.distributed.initialize()
+
+
 def main() -> None:
   # Flags are defined here, not at import, so other entry points can import `train`.
   config = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
   out = flags.DEFINE_string("out", None, "output directory (checkpoints, logs, report.json, final/)")
+  distributed = flags.DEFINE_bool(
+    "distributed", False, "multi-host: jax.distributed.initialize() from the cluster's environment"
+  )
 
   def run(argv) -> None:
     del argv
     if not out.value:
       raise app.UsageError("--out is required")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+    initialize_distributed(distributed.value)
     sys.exit(train(config.value, pathlib.Path(out.value)))
 
   app.run(run)

@@ -110,15 +110,11 @@ def load(
   return Dataset(b.as_data_source(split), benchmark, split)
 
 
-def step_indices(
-  num: int, step: int, per_step: int, seed: int, process: int = 0, processes: int = 1
-) -> list[int]:
-  """This process's example indices at training `step`: epochs of seeded permutations of
-  range(num), so the data position of a run is just its step number."""
-  per_process = per_step // processes
-  start = step * per_step + process * per_process
+def step_indices(num: int, step: int, per_step: int, seed: int) -> list[int]:
+  """The example indices of training `step`: epochs of seeded permutations of range(num), so
+  the data position of a run is just its step number."""
   out = []
-  for position in range(start, start + per_process):
+  for position in range(step * per_step, (step + 1) * per_step):
     epoch, offset = divmod(position, num)
     out.append(int(np.random.default_rng([seed, epoch]).permutation(num)[offset]))
   return out

@@ -207,15 +207,14 @@ class Learner:
     """One optimisation step. A non-finite loss or gradient raises FloatingPointError and
     leaves params and optimizer state as they were.
 
-    With several processes (jax.distributed), each passes its own rows of the global batch
-    (image patches, which are not per row, must be the same everywhere)."""
-    if jax.process_count() > 1:
-      shardings = batch_shardings(batch, self.mesh)
-      batch = {
-        k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()
-      }
-    else:
-      batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    With several processes (jax.distributed), every process passes the same global batch and
+    each device takes its shard of the rows: the image slots are not per row (a row's image
+    tokens index into all of them), so no process could build its rows' slots alone."""
+    shardings = batch_shardings(batch, self.mesh)
+    batch = {
+      k: jax.make_array_from_callback(np.shape(v), shardings[k], lambda index, v=v: np.asarray(v)[index])
+      for k, v in batch.items()
+    }
     step = self._compiled(batch, response_len)
     self.params, self.opt_state, metrics = step(self.params, self.opt_state, batch)
     metrics = {k: float(v) for k, v in metrics.items()}
