@@ -18,6 +18,10 @@ an earlier, seeded build: 0.617 and 0.244; the current one is in the demo's repo
 - 16 problems x 8 samples a step, and as many perturbed copies: 256 rows (both sensitivity
   terms: 0.523, 0.481). Sampling at temperature 0.7 instead of 1 (0.469, 0.451) or KL 0.1
   with it (0.516, 0.454) did not help.
+- From the current SFT checkpoint (0.648, 0.310; this config: 0.523, 0.726): a format
+  reward of 0.5 (0.516, 0.701) did not help; the confidence-gradient terms centred within
+  each group (so text that all samples share gets no net push) kept more accuracy but lost
+  the drop (0.598, 0.317). Neither is kept.
 """
 
 from __future__ import annotations
