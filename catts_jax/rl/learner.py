@@ -95,6 +95,7 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, los
       loss_cfg,
       batch.get("ref_logp"),
       batch.get("kl_rows"),
+      batch.get("token_advantages"),
     )
 
   def step(params, opt_state, batch, response_len):
@@ -210,11 +211,14 @@ class Learner:
     With several processes (jax.distributed), every process passes the same global batch and
     each device takes its shard of the rows: the image slots are not per row (a row's image
     tokens index into all of them), so no process could build its rows' slots alone."""
-    shardings = batch_shardings(batch, self.mesh)
-    batch = {
-      k: jax.make_array_from_callback(np.shape(v), shardings[k], lambda index, v=v: np.asarray(v)[index])
-      for k, v in batch.items()
-    }
+    if self.mesh is None:
+      batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    else:
+      shardings = batch_shardings(batch, self.mesh)
+      batch = {
+        k: jax.make_array_from_callback(np.shape(v), shardings[k], lambda index, v=v: np.asarray(v)[index])
+        for k, v in batch.items()
+      }
     step = self._compiled(batch, response_len)
     self.params, self.opt_state, metrics = step(self.params, self.opt_state, batch)
     metrics = {k: float(v) for k, v in metrics.items()}
