@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
   # learned one colour; accuracy-only GRPO can lose one too, see the README).
   rl.rollout.confidence_gradient = True
   rl.rollout.confidence_gradient_from = 50
+  # Calibrate the answer's confidence, not the whole response's: from a chance-level start the
+  # calibration reward pays for low confidence, and on the whole response the policy can get
+  # it by garbling its text, which stopped it exploring one colour (README).
+  rl.rollout.calibration_span = "answer"
   rl.loss.kl_coef = 0.0  # a toy from a barely trained start: nothing to stay close to
   rl.optimizer.update(learning_rate=5e-4, warmup_steps=5, total_steps=1000)
   rl.train.update(steps=150, prompts_per_step=32, save_every=50, keep=2)

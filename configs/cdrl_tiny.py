@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     regions=4,
     reward_weights={"accuracy": 1.0, "sensitivity": 0.5, "calibration": 0.5},
     calibration_form="signed",
+    calibration_span="response",  # or "answer": the final \\boxed{} answer's confidence
     advantage="grpo",
     dynamic_filter=True,
     # Also differentiate the confidence rewards through conf(y|x) and conf(y|x_noisy)

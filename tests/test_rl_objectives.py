@@ -106,13 +106,13 @@ def test_advantages_hand_values():
 
 
 def numpy_loss(logp, old, adv, mask, cfg, ref):
-  """Plain loops, float64."""
+  """Plain loops, float64. adv [b] per row or [b, t] per token."""
   b, t = logp.shape
   token = np.zeros((b, t))
   for i in range(b):
     for j in range(t):
       ratio = np.exp(logp[i, j] - old[i, j])
-      a = adv[i]
+      a = adv[i, j] if adv.ndim == 2 else adv[i]
       pg = max(-a * ratio, -a * min(max(ratio, 1 - cfg.eps_low), 1 + cfg.eps_high))
       if cfg.dual_clip is not None and a < 0:
         pg = min(pg, -a * cfg.dual_clip)
@@ -175,6 +175,25 @@ def test_loss_and_gradient_equal_numpy(cfg):
       ) / (2 * h)
   np.testing.assert_allclose(grad, numeric, atol=2e-5)
   assert (grad[mask == 0] == 0).all()
+
+
+def test_token_advantages_add_to_the_row_advantages():
+  """Per-token advantages (a reward gradient on some tokens only) enter the clipped objective
+  token by token, added to the row's advantage; numpy reference, dual clip and KL on."""
+  rng = np.random.default_rng(2)
+  b, t = 4, 6
+  old = -rng.exponential(1.0, (b, t))
+  logp = old + rng.normal(0, 0.4, (b, t))
+  ref = old + rng.normal(0, 0.3, (b, t))
+  adv = np.array([1.0, -0.5, 0.0, 0.25])
+  tokens = np.where(rng.random((b, t)) < 0.3, rng.normal(0, 2.0, (b, t)), 0.0)
+  mask = (np.arange(t)[None] < np.array([6, 4, 2, 5])[:, None]).astype(np.float64)
+  cfg = grpo.LossConfig(kl_coef=0.05, dual_clip=3.0)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+  got, _ = grpo.policy_loss(f32(logp), f32(old), f32(adv), f32(mask), cfg, f32(ref), None, f32(tokens))
+  want = numpy_loss(logp, old, adv[:, None] + tokens, mask, cfg, ref)
+  assert float(got) == pytest.approx(want, rel=1e-5, abs=1e-6)
+  assert want != pytest.approx(numpy_loss(logp, old, adv, mask, cfg, ref), rel=1e-3)
 
 
 def test_clip_fraction_and_kl_metrics():

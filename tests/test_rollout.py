@@ -161,3 +161,67 @@ def test_refill_trains_on_informative_groups_first(setup, monkeypatch):
   assert metrics["kept_groups"] == 2  # too few informative groups: the rest are masked
   np.testing.assert_allclose(batch["advantages"][:6], [-0.5, 0.5, 0.5, -0.5, 0, 0])
   assert batch["response_mask"][:4].any(1).all() and not batch["response_mask"][4:].any()
+
+
+def test_answer_mask_marks_the_last_boxed_answer(tiny_ckpt):
+  from transformers import AutoTokenizer
+
+  from catts_jax.rl.rollout import answer_mask
+
+  tok = AutoTokenizer.from_pretrained(tiny_ckpt)
+  ids = tok("So 3 + 4 = 7. The answer is \\boxed{7}, not \\boxed{12}.")["input_ids"]
+  mask = answer_mask(tok, ids)
+  picked = tok.decode([t for t, m in zip(ids, mask) if m])
+  assert "12" in picked and "7" not in picked and "answer" not in picked
+  assert answer_mask(tok, tok("no final answer")["input_ids"]).all()
+
+
+def test_calibration_on_the_answer_span(setup, monkeypatch):
+  """calibration_span="answer": the calibration reward judges exp(mean log-prob) of the
+  answer's tokens, and its gradient (confidence_gradient) is a per-token advantage on those
+  tokens only, d R / d conf_answer * conf_answer * length / answer tokens; the row advantages
+  keep the group term alone."""
+  from catts_jax.rl import rewards
+  from catts_jax.rl import rollout as rollout_module
+
+  policy, examples = setup
+  w = 0.5
+  # Every response "answers"; the first two groups right, the third wrong; the last two
+  # tokens are the answer.
+  monkeypatch.setattr(
+    rewards,
+    "grade",
+    lambda texts, exs, benchmark=None: (
+      np.array([float(e["id"] != "p2") for e in exs], np.float32),
+      np.ones(len(texts), bool),
+    ),
+  )
+  monkeypatch.setattr(
+    rollout_module, "answer_mask", lambda tok, tokens: np.arange(len(tokens)) >= len(tokens) - 2
+  )
+  cfg = RolloutConfig(
+    group_size=2,
+    max_new_tokens=6,
+    reward_weights={"calibration": w},
+    calibration_span="answer",
+    confidence_gradient=True,
+    dynamic_filter=False,
+  )
+  batch, r, metrics = rollout(policy, examples, "mathvision", cfg, jax.random.key(3))
+  n = 3 * 2
+  mask = batch["response_mask"][:n].astype(bool)
+  old = batch["old_logp"][:n]
+  length = mask.sum(1)
+  assert (length >= 2).all()
+  span = np.zeros_like(mask)
+  span[:, -2:] = True  # right-aligned: a row's last two response tokens
+  conf_answer = np.exp((old * span).sum(1) / 2)
+  sign = np.where(np.repeat([1.0, 1.0, -1.0], 2) > 0, 1.0, -1.0)
+  assert metrics["reward_calibration"] == pytest.approx(float((sign * conf_answer).mean()), rel=1e-4)
+  want = np.where(span, (w * sign * conf_answer * length / 2)[:, None], 0.0)
+  np.testing.assert_allclose(batch["token_advantages"][:n], want, rtol=1e-4, atol=1e-6)
+  assert not batch["token_advantages"][n:].any()
+  reward = (w * sign * conf_answer).reshape(3, 2)
+  std = reward.std(1, ddof=1, keepdims=True)
+  group = np.where(std > 0, (reward - reward.mean(1, keepdims=True)) / (std + 1e-6), 0.0)
+  np.testing.assert_allclose(batch["advantages"][:n], group.reshape(-1), atol=1e-3)

@@ -103,12 +103,17 @@ def policy_loss(
   cfg: LossConfig,
   ref_logp: jax.Array | None = None,
   kl_rows: jax.Array | None = None,
+  token_advantages: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """logp, old_logp, ref_logp, mask [B, T]; advantages [B] -> (loss, metrics).
 
   kl_rows [B]: 1 where the row is a sample of the policy, the only rows on which the KL
-  estimators estimate the KL; 0 leaves a row out of the KL term (default: all rows in)."""
+  estimators estimate the KL; 0 leaves a row out of the KL term (default: all rows in).
+  token_advantages [B, T]: added to each row's advantage token by token (a reward gradient
+  that acts on some tokens only, e.g. a final answer's)."""
   adv = advantages[:, None].astype(logp.dtype)
+  if token_advantages is not None:
+    adv = adv + token_advantages.astype(logp.dtype)
   ratio = jnp.exp(logp - old_logp)
   unclipped = -adv * ratio
   clipped = -adv * jnp.clip(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)

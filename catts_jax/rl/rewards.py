@@ -15,7 +15,9 @@ The paper gives no formulas; ours (PAPER.md):
   \\boxed{} and no "the answer is ...") gets the worst value
   (-1, Brier 0): otherwise a policy can lower its confidence on wrong answers by writing
   improbable text instead of answering. On the toy colour task, CDRL from a chance-level start
-  did exactly that (accuracy and confidence both 0 within 20 steps) until this rule.
+  did exactly that (accuracy and confidence both 0 within 20 steps) until this rule. Text
+  that states an answer can still be made improbable; `calibration_confidence` (the
+  rollout's `calibration_span="answer"`) judges the answer's tokens alone.
 """
 
 from __future__ import annotations
@@ -79,9 +81,19 @@ def perceptual_sensitivity(prompts, completions, *, confidence, confidence_pertu
 
 @register("calibration")
 def calibration(
-  prompts, completions, *, confidence, correct, answered=None, form: str = "signed", **_
+  prompts,
+  completions,
+  *,
+  confidence,
+  correct,
+  answered=None,
+  form: str = "signed",
+  calibration_confidence=None,
+  **_,
 ) -> np.ndarray:
-  conf = np.asarray(confidence, np.float32)
+  """`calibration_confidence`: the confidence to calibrate, when not the response's own
+  (the rollout's `calibration_span="answer"`: that of the final answer's tokens)."""
+  conf = np.asarray(confidence if calibration_confidence is None else calibration_confidence, np.float32)
   right = np.asarray(correct, np.float32)
   if form == "signed":
     value, worst = np.where(right > 0, conf, -conf), -1.0

@@ -23,6 +23,15 @@ shared weights, and on a model that cannot see yet, confidence everywhere); cali
 term keeps sensitivity's push on conf(y|x) off wrong answers. The clipped ratio bounds how
 far one step goes. `confidence_gradient_from` delays it to that train step: pushing conf(y|x_noisy)
 down means nothing while the policy cannot see yet.
+
+`calibration_span="answer"`: the calibration reward judges the confidence of the final
+answer's tokens (`answer_mask`: the last \\boxed{}), exp(mean log-prob) from the sampler,
+instead of the whole response's. Below 50% accuracy the calibration reward pays for low
+confidence; on the whole response a policy can earn that by writing improbable text, and on
+the toy colour task it did, and stopped exploring the right answer. With the gradient on,
+calibration's term becomes a per-token advantage on the answer's tokens
+(`token_advantages`), scaled by length / answer tokens so that a row's push is, as for the
+row terms, its token count times the gradient of its confidence.
 """
 
 from __future__ import annotations
@@ -59,7 +68,24 @@ class RolloutConfig:
   dynamic_filter: bool = True
   confidence_gradient: bool = False
   confidence_gradient_from: int = 0  # the train step it starts at
+  # The confidence the calibration reward judges: "response" (exp(-NMLP) of the whole
+  # response) or "answer" (of the final \\boxed{} answer's tokens; see `answer_mask`).
+  calibration_span: str = "response"
   template: str | None = None
+
+
+def answer_mask(tokenizer, tokens: Sequence[int]) -> np.ndarray:
+  """[L] bool: the tokens that spell the last \\boxed{} answer of a response (all tokens
+  when it has none). Lowering the whole response's confidence can be done by writing
+  improbable text anywhere; lowering the answer's only by doubting the answer."""
+  pieces = tokenizer.batch_decode([[t] for t in tokens])
+  ends = np.cumsum([len(p) for p in pieces])
+  found = list(rewards.BOXED.finditer("".join(pieces)))
+  if not found:
+    return np.ones(len(tokens), bool)
+  start, stop = found[-1].span(1)
+  mask = (ends > start) & (ends - np.array([len(p) for p in pieces]) < stop)
+  return mask if mask.any() else np.ones(len(tokens), bool)
 
 
 def _right_align(values: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
@@ -125,6 +151,16 @@ def rollout(
   )
   confidence = out.scores["confidence"].reshape(-1)
   correct, answered = rewards.grade(texts, rep(list(examples)), benchmark)
+  token_logp = out.logprobs.reshape(len(tokens), -1)
+  if cfg.calibration_span == "answer":
+    spans = [answer_mask(policy.processor.tokenizer, t) for t in tokens]
+    calibrated = np.array(
+      [np.exp(token_logp[i, : len(m)][m].mean()) if len(m) else confidence[i] for i, m in enumerate(spans)]
+    )
+  elif cfg.calibration_span == "response":
+    spans, calibrated = None, confidence
+  else:
+    raise ValueError(f"calibration_span {cfg.calibration_span!r}: expected 'response' or 'answer'")
   total, parts = rewards.compute(
     cfg.reward_weights,
     rep(prompts),
@@ -135,6 +171,7 @@ def rollout(
     answered=answered,
     confidence=confidence,
     confidence_perturbed=noisy_scores["confidence"],
+    calibration_confidence=calibrated,
     form=cfg.calibration_form,
   )
   grouped = total.reshape(len(prompts), g).astype(np.float64)
@@ -164,16 +201,24 @@ def rollout(
   row_prompts, row_tokens = pick(rep(prompts)), pick(tokens)
   advantages, confidence = advantages[rows_of], confidence[rows_of]
   gradient = cfg.confidence_gradient and step >= cfg.confidence_gradient_from
-  d_clean, d_noisy = np.zeros(len(rows_of)), np.zeros(len(rows_of))
+  d_clean, d_noisy, d_answer = (np.zeros(len(rows_of)) for _ in range(3))
   if gradient:
+    weights = dict(cfg.reward_weights)
+    on_answer = spans is not None and bool(weights.get("calibration"))
+    judged = dict(correct=correct[rows_of], answered=answered[rows_of], form=cfg.calibration_form)
     d_clean, d_noisy = rewards.confidence_gradients(
-      cfg.reward_weights,
+      {k: w for k, w in weights.items() if not (on_answer and k == "calibration")},
       confidence=confidence,
       confidence_perturbed=noisy_scores["confidence"][rows_of],
-      correct=correct[rows_of],
-      answered=answered[rows_of],
-      form=cfg.calibration_form,
+      **judged,
     )
+    if on_answer:  # calibration's gradient through the answer's confidence
+      d_answer, _ = rewards.confidence_gradients(
+        {"calibration": weights["calibration"]},
+        confidence=calibrated[rows_of],
+        confidence_perturbed=calibrated[rows_of],
+        **judged,
+      )
   noisy_rows = gradient and bool(cfg.reward_weights.get("sensitivity", 0.0))
   if noisy_rows:  # rows [0, n): original images; [n, 2n): the same responses, perturbed
     sb = policy.processor.scoring_batch(
@@ -185,13 +230,24 @@ def rollout(
   old_logp = _right_align(out.logprobs.reshape(len(tokens), -1)[rows_of], lengths[rows_of], r)
   # The rewards' own gradient (module docstring): d R / d conf * conf on each row.
   advantages = advantages * keep + d_clean * confidence
-  keep = keep | (d_clean != 0)
+  keep = keep | (d_clean != 0) | (d_answer != 0)
+  token_adv = None
+  if d_answer.any():
+    # On the answer's tokens only, scaled by length / answer tokens so that, like the row
+    # terms, a row's push is its token count times the gradient of its confidence.
+    token_adv = np.zeros((len(rows_of), max(lengths[rows_of].max(), 1)))
+    for j, i in enumerate(rows_of):
+      m = spans[i]
+      token_adv[j, : len(m)][m] = d_answer[j] * calibrated[i] * len(m) / m.sum()
+    token_adv = _right_align(token_adv, lengths[rows_of], r)
   if noisy_rows:
     noisy_adv = d_noisy * noisy_scores["confidence"][rows_of]
     metrics["noisy_rows"] = int((noisy_adv != 0).sum())
     advantages = np.concatenate([advantages, noisy_adv])
     keep = np.concatenate([keep, noisy_adv != 0])
     old_logp = np.concatenate([old_logp, noisy_scores["token_logprobs"][rows_of, -r:]])
+    if token_adv is not None:
+      token_adv = np.concatenate([token_adv, np.zeros_like(token_adv)])
   if not keep.any():
     return None, r, metrics
 
@@ -204,6 +260,8 @@ def rollout(
     response_mask=sb.response_mask.astype(np.float32) * keep[:, None],
     advantages=np.concatenate([advantages, np.zeros(pad)]).astype(np.float32) * keep,
   )
+  if token_adv is not None:
+    batch["token_advantages"] = _pad_rows(token_adv, rows) * keep[:, None]
   if ref_state is not None:
     # The KL is estimated on the policy's own samples only: perturbed copies are not samples
     # of the policy in their context, so the reference pass skips them.
