@@ -21,7 +21,8 @@ an earlier, seeded build: 0.617 and 0.244; the current one is in the demo's repo
 - From the current SFT checkpoint (0.648, 0.310; this config: 0.523, 0.726): a format
   reward of 0.5 (0.516, 0.701) did not help; the confidence-gradient terms centred within
   each group (so text that all samples share gets no net push) kept more accuracy but lost
-  the drop (0.598, 0.317). Neither is kept.
+  the drop (0.598, 0.317); calibration on the answer's tokens (`calibration_span="answer"`,
+  which fixed the colour ablation) cost more accuracy here (0.477, 0.671). None is kept.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ _OUT = flags.DEFINE_string("out", None, "output directory")
 _RENDER = flags.DEFINE_string(
   "render_readme", None, "rewrite this README's ablation table from --out's report.json"
 )
+_BLOCK = flags.DEFINE_string("readme_block", "ablation-table", "the README block --render_readme rewrites")
 
 
 def evaluate(path: pathlib.Path, cfg) -> dict:
@@ -134,7 +135,7 @@ def main(argv) -> None:
   out = pathlib.Path(_OUT.value)
   if _RENDER.value:
     result = json.loads((out / "report.json").read_text())
-    report.replace_block(_RENDER.value, "ablation-table", f"`{out}/report.json`\n\n{markdown(result)}")
+    report.replace_block(_RENDER.value, _BLOCK.value, f"`{out}/report.json`\n\n{markdown(result)}")
     return
   logging.set_verbosity(logging.WARNING)
   run(_CONFIG.value, out)
