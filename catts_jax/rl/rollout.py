@@ -79,12 +79,13 @@ def answer_mask(tokenizer, tokens: Sequence[int]) -> np.ndarray:
   when it has none). Lowering the whole response's confidence can be done by writing
   improbable text anywhere; lowering the answer's only by doubting the answer."""
   pieces = tokenizer.batch_decode([[t] for t in tokens])
-  ends = np.cumsum([len(p) for p in pieces])
+  sizes = np.array([len(p) for p in pieces], int)
+  ends = np.cumsum(sizes)
   found = list(rewards.BOXED.finditer("".join(pieces)))
   if not found:
     return np.ones(len(tokens), bool)
   start, stop = found[-1].span(1)
-  mask = (ends > start) & (ends - np.array([len(p) for p in pieces]) < stop)
+  mask = (ends > start) & (ends - sizes < stop)  # the token's characters overlap the answer
   return mask if mask.any() else np.ones(len(tokens), bool)
 
 
@@ -227,7 +228,7 @@ def rollout(
   else:
     sb = policy.processor.scoring_batch(row_prompts, row_tokens, pick(rep(originals)))
   rows, r = sb.batch.input_ids.shape[0], sb.response_len
-  old_logp = _right_align(out.logprobs.reshape(len(tokens), -1)[rows_of], lengths[rows_of], r)
+  old_logp = _right_align(token_logp[rows_of], lengths[rows_of], r)
   # The rewards' own gradient (module docstring): d R / d conf * conf on each row.
   advantages = advantages * keep + d_clean * confidence
   keep = keep | (d_clean != 0) | (d_answer != 0)
