@@ -64,9 +64,10 @@ def test_confidence_gradients_equal_finite_differences(form):
     return rewards.compute(weights, [""] * 5, [""] * 5, confidence=c, confidence_perturbed=n, **fields)[0]
 
   h = 1e-3
-  d_clean, d_noisy = rewards.confidence_gradients(
+  d_sensitivity, d_noisy, d_calibrated = rewards.confidence_gradients(
     weights, confidence=conf, confidence_perturbed=noisy, correct=correct, answered=answered, form=form
   )
+  d_clean = d_sensitivity + d_calibrated  # calibration judges conf(y|x) itself here
   for i in range(5):
     e = np.eye(5)[i] * h
     np.testing.assert_allclose(
@@ -76,8 +77,32 @@ def test_confidence_gradients_equal_finite_differences(form):
       d_noisy[i], (total(conf, noisy + e) - total(conf, noisy - e))[i] / (2 * h), atol=2e-3
     )
   assert d_noisy[1] == 0 and d_noisy[0] == -0.5  # clipped at 0 / live
-  assert rewards.confidence_gradients({"accuracy": 1.0}, confidence=conf, confidence_perturbed=noisy,
-                                      correct=correct, answered=answered)[0].tolist() == [0.0] * 5  # fmt: skip
+  none = rewards.confidence_gradients({"accuracy": 1.0}, confidence=conf, confidence_perturbed=noisy,
+                                      correct=correct, answered=answered)  # fmt: skip
+  assert all(d.tolist() == [0.0] * 5 for d in none)
+
+  # Calibration judging another confidence (the answer's): its gradient is taken there.
+  answer = np.array([0.5, 0.95, 0.4, 0.2, 0.6])
+
+  def judged(a):
+    return rewards.compute(
+      weights,
+      [""] * 5,
+      [""] * 5,
+      confidence=conf,
+      confidence_perturbed=noisy,
+      calibration_confidence=a,
+      **fields,
+    )[0]
+
+  d_sens, _, d_answer = rewards.confidence_gradients(
+    weights, confidence=conf, confidence_perturbed=noisy, correct=correct, answered=answered, form=form,
+    calibration_confidence=answer,
+  )  # fmt: skip
+  np.testing.assert_array_equal(d_sens, d_sensitivity)
+  for i in range(5):
+    e = np.eye(5)[i] * h
+    np.testing.assert_allclose(d_answer[i], (judged(answer + e) - judged(answer - e))[i] / (2 * h), atol=2e-3)
 
 
 def test_accuracy_reward_grades_with_the_benchmark_grader():

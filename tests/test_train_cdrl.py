@@ -144,7 +144,8 @@ def test_two_processes_train_on_images_as_one_process(tiny_ckpt, tmp_path):
     return [json.loads(x) for x in (tmp_path / name / "train.jsonl").read_text().splitlines()]
 
   one, two = logged("alone"), logged("two")
-  assert [r["step"] for r in two] == [1, 2] and all(r["noisy_rows"] > 0 for r in two)
+  assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2]
+  assert all(r["noisy_rows"] > 0 for r in two)
   for a, b in zip(one, two):
     for key in ("loss", "reward", "confidence", "confidence_perturbed", "grad_norm"):
       assert abs(a[key] - b[key]) <= 1e-5, (key, a[key], b[key])

@@ -94,16 +94,19 @@ def calibration(
   """`calibration_confidence`: the confidence to calibrate, when not the response's own
   (the rollout's `calibration_span="answer"`: that of the final answer's tokens)."""
   conf = np.asarray(confidence if calibration_confidence is None else calibration_confidence, np.float32)
-  right = np.asarray(correct, np.float32)
-  if form == "signed":
-    value, worst = np.where(right > 0, conf, -conf), -1.0
-  elif form == "brier":
-    value, worst = 1.0 - (conf - right) ** 2, 0.0
-  else:
-    raise ValueError(f"unknown calibration form {form!r}; expected 'signed' or 'brier'")
+  value, _, worst = _calibration(conf, np.asarray(correct, np.float32), form)
   if answered is None:
     return value
   return np.where(np.asarray(answered, bool), value, worst).astype(np.float32)
+
+
+def _calibration(conf: np.ndarray, right: np.ndarray, form: str):
+  """(value, d value / d conf, the value of a response that states no answer)."""
+  if form == "signed":
+    return np.where(right > 0, conf, -conf), np.where(right > 0, 1.0, -1.0), -1.0
+  if form == "brier":
+    return 1.0 - (conf - right) ** 2, -2.0 * (conf - right), 0.0
+  raise ValueError(f"unknown calibration form {form!r}; expected 'signed' or 'brier'")
 
 
 def compute(
@@ -131,15 +134,17 @@ def confidence_gradients(
   correct,
   answered,
   form: str = "signed",
-) -> tuple[np.ndarray, np.ndarray]:
-  """d total / d conf(y|x) and d total / d conf(y|x_noisy) per completion: the weighted
-  rewards' own dependence on the two confidences (sensitivity and calibration; accuracy and
-  format do not depend on them). Zero where a reward is flat: sensitivity clipped at 0 or 1,
-  calibration of a response that states no answer."""
+  calibration_confidence=None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The weighted rewards' own dependence on the confidences, per completion: d total /
+  d conf(y|x) through sensitivity, d total / d conf(y|x_noisy), and d total / d the
+  confidence calibration judges (`calibration_confidence`, default conf(y|x); add it to the
+  first when that is conf(y|x)). Accuracy and format do not depend on them. Zero where a
+  reward is flat: sensitivity clipped at 0 or 1, calibration of a response that states no
+  answer."""
   conf = np.asarray(confidence, np.float64)
   noisy = np.asarray(confidence_perturbed, np.float64)
-  right = np.asarray(correct, np.float64)
-  d_clean, d_noisy = np.zeros_like(conf), np.zeros_like(conf)
+  d_clean, d_noisy, d_calibrated = np.zeros_like(conf), np.zeros_like(conf), np.zeros_like(conf)
   w = weights.get("sensitivity", 0.0)
   if w:
     live = (conf - noisy > 0) & (conf - noisy < 1)
@@ -147,11 +152,7 @@ def confidence_gradients(
     d_noisy -= w * live
   w = weights.get("calibration", 0.0)
   if w:
-    if form == "signed":
-      slope = np.where(right > 0, 1.0, -1.0)
-    elif form == "brier":
-      slope = -2.0 * (conf - right)
-    else:
-      raise ValueError(f"unknown calibration form {form!r}; expected 'signed' or 'brier'")
-    d_clean += w * slope * np.asarray(answered, bool)
-  return d_clean, d_noisy
+    judged = conf if calibration_confidence is None else np.asarray(calibration_confidence, np.float64)
+    _, slope, _ = _calibration(judged, np.asarray(correct, np.float64), form)
+    d_calibrated += w * slope * np.asarray(answered, bool)
+  return d_clean, d_noisy, d_calibrated

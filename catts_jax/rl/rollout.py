@@ -204,22 +204,19 @@ def rollout(
   gradient = cfg.confidence_gradient and step >= cfg.confidence_gradient_from
   d_clean, d_noisy, d_answer = (np.zeros(len(rows_of)) for _ in range(3))
   if gradient:
-    weights = dict(cfg.reward_weights)
-    on_answer = spans is not None and bool(weights.get("calibration"))
-    judged = dict(correct=correct[rows_of], answered=answered[rows_of], form=cfg.calibration_form)
-    d_clean, d_noisy = rewards.confidence_gradients(
-      {k: w for k, w in weights.items() if not (on_answer and k == "calibration")},
+    d_clean, d_noisy, d_calibrated = rewards.confidence_gradients(
+      cfg.reward_weights,
       confidence=confidence,
       confidence_perturbed=noisy_scores["confidence"][rows_of],
-      **judged,
+      correct=correct[rows_of],
+      answered=answered[rows_of],
+      form=cfg.calibration_form,
+      calibration_confidence=calibrated[rows_of],
     )
-    if on_answer:  # calibration's gradient through the answer's confidence
-      d_answer, _ = rewards.confidence_gradients(
-        {"calibration": weights["calibration"]},
-        confidence=calibrated[rows_of],
-        confidence_perturbed=calibrated[rows_of],
-        **judged,
-      )
+    if spans is None:  # calibration judged conf(y|x): its term joins the row's
+      d_clean = d_clean + d_calibrated
+    else:  # the answer's confidence: a term on the answer's tokens (below)
+      d_answer = d_calibrated
   noisy_rows = gradient and bool(cfg.reward_weights.get("sensitivity", 0.0))
   if noisy_rows:  # rows [0, n): original images; [n, 2n): the same responses, perturbed
     sb = policy.processor.scoring_batch(
