@@ -30,9 +30,11 @@ def test_reference_solutions_grade_correct_and_images_are_small(config):
 
 
 def test_generation_is_deterministic_and_splits_differ():
-  a = synthetic.generate(("count", "bricks", "bars"), "train", 7)
-  assert a == synthetic.generate(("count", "bricks", "bars"), "train", 7)
-  assert a["images"] != synthetic.generate(("count", "bricks", "bars"), "test", 7)["images"]
+  tasks = ("count", "bricks", "bars")
+  a = synthetic.generate(tasks, "train", 7)
+  assert a == synthetic.generate(tasks, "train", 7)
+  images = {split: synthetic.generate(tasks, split, 7)["images"][0] for split in ("train", "validation", "test")}
+  assert len(set(images.values())) == 3
 
 
 def _pixels(ex):
@@ -65,6 +67,8 @@ def test_loads_through_tfds_with_splits(tmp_path):
   assert json.dumps(ds[0]["metadata"])  # solution kept as metadata
   train = data.load("synthetic", config="colour", split="train", data_dir=tmp_path)
   assert train[0]["id"].startswith("train-")
+  validation = data.load("synthetic", config="colour", split="validation", data_dir=tmp_path)
+  assert len(validation) == 512 and validation[0]["id"].startswith("validation-")
   with pytest.raises(ValueError, match="pass manual_dir"):
     data.load("mathvision", data_dir=tmp_path)
 

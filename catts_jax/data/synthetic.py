@@ -12,6 +12,7 @@ Tasks (each a seeded generator of (image, question, reasoning + answer)):
   ds = data.load("synthetic", config="reasoning", split="test", data_dir=...)
   ex["metadata"]["solution"]   # the reference reasoning, for supervised warm starts
 
+Splits: train (4096), validation (512, for choosing settings) and test (256, for reporting).
 Configs choose the task mix and split sizes; building is deterministic (seed per split and
 index), so every machine builds the same problems. Grading is the jsonl grader (MathVista
 rules: \\boxed{} or "the answer is", typed numbers, option letters).
@@ -163,7 +164,8 @@ TASKS: dict[str, Callable[[np.random.Generator], dict]] = {
 @dataclasses.dataclass
 class SyntheticConfig(tfds.core.BuilderConfig):
   tasks: tuple[str, ...] = ()
-  split_sizes: tuple[tuple[str, int], ...] = (("train", 4096), ("test", 256))
+  # validation: for choosing settings, so that the test split is only reported
+  split_sizes: tuple[tuple[str, int], ...] = (("train", 4096), ("validation", 512), ("test", 256))
   seed: int = 0
 
 
@@ -200,7 +202,11 @@ class Synthetic(base.SchemaBuilder):
   """`Synthetic(config="reasoning", data_dir=...)`; nothing to download."""
 
   name = "synthetic"
-  RELEASE_NOTES = {"1.0.0": "colour, count, bricks and bars tasks."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "colour, count, bricks and bars tasks.",
+    "1.1.0": "a validation split (512 problems) for choosing settings.",
+  }
   BUILDER_CONFIGS = list(CONFIGS)
 
   def _split_generators(self, dl_manager) -> dict[str, Iterator]:
