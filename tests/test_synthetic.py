@@ -33,7 +33,9 @@ def test_generation_is_deterministic_and_splits_differ():
   tasks = ("count", "bricks", "bars")
   a = synthetic.generate(tasks, "train", 7)
   assert a == synthetic.generate(tasks, "train", 7)
-  images = {split: synthetic.generate(tasks, split, 7)["images"][0] for split in ("train", "validation", "test")}
+  images = {
+    split: synthetic.generate(tasks, split, 7)["images"][0] for split in ("train", "validation", "test")
+  }
   assert len(set(images.values())) == 3
 
 
