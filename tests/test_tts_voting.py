@@ -204,16 +204,26 @@ def test_selfcheck_support_is_the_clipped_drop():
 
 
 def test_selfcheck_boost_by_hand_totals():
-  t = table_of(("A", 2.0), ("B", 1.8))  # N = 4, weight 0.5: the self-check is worth 2 votes
+  t = table_of(("A", 2.0), ("B", 1.8))  # N = 4, weight 0.5: the self-check is worth <= 2 votes
+  # The drops sum to 0.4 < 1: each answer gets 2 * its drop, 0.8 votes in all.
   added = voting.selfcheck_boost(t, ["A", "B"], [0.1, 0.3], n=4, weight=0.5)
-  assert added == pytest.approx({"A": 0.5, "B": 1.5})
-  assert t.weights() == pytest.approx({"A": 2.5, "B": 3.3}) and t.winner() == "B"
+  assert added == pytest.approx({"A": 0.2, "B": 0.6})
+  assert t.weights() == pytest.approx({"A": 2.2, "B": 2.4}) and t.winner() == "B"
+  # The drops sum to 1.5 > 1: the 2 votes are split 0.9 : 0.6.
+  t = table_of(("A", 2.0), ("B", 1.8))
+  assert voting.selfcheck_boost(t, ["A", "B"], [0.9, 0.6], n=4) == pytest.approx({"A": 1.2, "B": 0.8})
+
+
+def test_selfcheck_boost_of_noise_sized_drops_is_noise_sized():
+  t = table_of(("A", 2.0), ("B", 1.8))
+  added = voting.selfcheck_boost(t, ["A", "B"], [0.001, 0.004], n=4)
+  assert added == pytest.approx({"A": 0.002, "B": 0.008}) and t.winner() == "A"
 
 
 def test_selfcheck_boost_ignores_unknown_candidates_and_zero_drops():
   t = table_of(("A", 2.0), ("B", 1.8))
-  # "C" is not in the table: B takes the whole 2.0 and overtakes A.
-  assert voting.selfcheck_boost(t, ["A", "B", "C"], [0.0, 0.3, 0.9], n=4) == pytest.approx({"B": 2.0})
+  # "C" is not in the table: its drop counts for nothing; B gets 2 * 0.3 and overtakes A.
+  assert voting.selfcheck_boost(t, ["A", "B", "C"], [0.0, 0.3, 0.9], n=4) == pytest.approx({"B": 0.6})
   assert t.winner() == "B"
   t = table_of(("A", 2.0), ("B", 1.8))
   assert voting.selfcheck_boost(t, ["A", "B"], [0.0, 0.0], n=4) == {}

@@ -40,7 +40,7 @@ class TTSConfig:
   reflection_boost: float = 0.5  # the re-answer gets reflection_boost * N
   reflection_signal: str = "confidence"  # one of SIGNALS; see `reflection_signal`
   reflection_threshold: float = 0.8  # reflect when the signal is below this (untuned)
-  selfcheck_weight: float = 0.5  # total self-check boost selfcheck_weight * N
+  selfcheck_weight: float = 0.5  # self-check boost: at most selfcheck_weight * N in all
   selfcheck_margin: float = 1.0  # self-check only when the posterior margin is below this
   deepconf_confidence: str = "conf_bottom"  # sampler score for offline DeepConf (or conf_tail)
   deepconf_keep: float = 0.9  # eta: keep the top 90% (DeepConf-high) or 0.1 (DeepConf-low)
@@ -302,16 +302,20 @@ def selfcheck_boost(
   weight: float = 0.5,
   source: str = "selfcheck",
 ) -> dict[str, float]:
-  """Adds `weight * n * drop_a / sum_b drop_b` to each candidate a in the table, so the whole
-  self-check is worth `weight * n` votes, split by how much each answer leans on the image.
-  Candidates not in the table are ignored and the sum runs over the rest; nothing is added
-  when no candidate loses support. Returns what was added."""
+  """Adds `weight * n * drop_a / max(1, sum_b drop_b)` to each candidate a in the table: an
+  answer gets votes in proportion to the support it loses under noise (all of it, with
+  confidences in (0, 1]: `weight * n`), and the whole self-check is worth at most `weight * n`.
+  Drops of a few thousandths thus add a few thousandths of `weight * n`, not a share of it
+  (a plain split would give noise-sized differences full weight). Candidates not in the table
+  are ignored and the sum runs over the rest. Returns what was added."""
   d = np.asarray(drops, np.float64).reshape(-1)
   if d.shape[0] != len(answers):
     raise ValueError(f"{len(answers)} candidates but {d.shape[0]} drops")
   if len(set(answers)) != len(answers):
     raise ValueError(f"candidate answers must be unique, got {list(answers)}")
-  return _split(table, source, dict(zip(answers, d.tolist())), weight * n)
+  known = table.weights()
+  mass = sum(v for a, v in zip(answers, d.tolist()) if answered(a) and a in known and v > 0)
+  return _split(table, source, dict(zip(answers, d.tolist())), weight * n * min(mass, 1.0))
 
 
 def needs_selfcheck(table: VoteTable, margin_threshold: float) -> bool:
