@@ -70,7 +70,7 @@ def test_loads_through_tfds_with_splits(tmp_path):
   train = data.load("synthetic", config="colour", split="train", data_dir=tmp_path)
   assert train[0]["id"].startswith("train-")
   validation = data.load("synthetic", config="colour", split="validation", data_dir=tmp_path)
-  assert len(validation) == 512 and validation[0]["id"].startswith("validation-")
+  assert len(validation) == 768 and validation[0]["id"].startswith("validation-")
   with pytest.raises(ValueError, match="pass manual_dir"):
     data.load("mathvision", data_dir=tmp_path)
 

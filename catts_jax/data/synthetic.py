@@ -12,7 +12,7 @@ Tasks (each a seeded generator of (image, question, reasoning + answer)):
   ds = data.load("synthetic", config="reasoning", split="test", data_dir=...)
   ex["metadata"]["solution"]   # the reference reasoning, for supervised warm starts
 
-Splits: train (4096), validation (512, for choosing settings) and test (256, for reporting).
+Splits: train (4096), validation (768, for choosing settings) and test (256, for reporting).
 Configs choose the task mix and split sizes; building is deterministic (seed per split and
 index), so every machine builds the same problems. Grading is the jsonl grader (MathVista
 rules: \\boxed{} or "the answer is", typed numbers, option letters).
@@ -165,7 +165,7 @@ TASKS: dict[str, Callable[[np.random.Generator], dict]] = {
 class SyntheticConfig(tfds.core.BuilderConfig):
   tasks: tuple[str, ...] = ()
   # validation: for choosing settings, so that the test split is only reported
-  split_sizes: tuple[tuple[str, int], ...] = (("train", 4096), ("validation", 512), ("test", 256))
+  split_sizes: tuple[tuple[str, int], ...] = (("train", 4096), ("validation", 768), ("test", 256))
   seed: int = 0
 
 
@@ -205,7 +205,7 @@ class Synthetic(base.SchemaBuilder):
   VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {
     "1.0.0": "colour, count, bricks and bars tasks.",
-    "1.1.0": "a validation split (512 problems) for choosing settings.",
+    "1.1.0": "a validation split (768 problems) for choosing settings.",
   }
   BUILDER_CONFIGS = list(CONFIGS)
 
