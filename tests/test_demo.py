@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from infer import demo
@@ -68,6 +69,12 @@ def test_targets_hold_and_fail_on_the_figures():
   assert not any(v["holds"] for v in t.values()), t
   flat = synthetic([0.5, 0.5, 0.6], [0.5, 0.5, 0.5], [(4, 4.0, 0.6)])  # majority's beta 0: no ratio
   assert not demo.targets(cal, flat)["beta_ratio_catts_vs_majority"]["holds"]
+  # Both falling: the ratio of two negative slopes is not a ratio of gains.
+  falling = demo.targets(cal, synthetic([0.6, 0.5, 0.4], [0.6, 0.55, 0.5], [(4, 4.0, 0.4)]))
+  ratio = falling["beta_ratio_catts_vs_majority"]
+  assert np.isnan(ratio["value"]) and not ratio["holds"] and ratio["betas"]["majority"] < 0
+  for value in (ratio["value"], None):  # None: the NaN read back from report.json
+    assert demo._measured({**ratio, "value": value}).startswith("undefined (beta: catts ")
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
