@@ -5,8 +5,9 @@ response is scored teacher-forced (exp(-NMLP)) under the original image and unde
 copy, all candidates in one batched pass (2 rows each). The support drop
 `max(conf_orig - conf_noisy, 0)` earns each candidate `selfcheck_weight * N * drop` votes,
 scaled down when the drops sum past 1 (`voting.selfcheck_boost`): an answer that truly
-depends on the image loses support under noise. Gated by `voting.needs_selfcheck` (a contested table). Optionally the VCD decode's
-answer (contrastive decoding against the same kind of noise) joins with `vcd_weight * N`.
+depends on the image loses support under noise. Gated by `voting.needs_selfcheck` (a
+contested table). Optionally the VCD decode's answer (contrastive decoding against the same
+kind of noise) joins with `vcd_weight * N`.
 """
 
 from __future__ import annotations

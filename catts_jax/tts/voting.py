@@ -193,9 +193,12 @@ def best_of_n(answers: Sequence[str | None], confidences) -> str | None:
 # --- Expert as Voter --------------------------------------------------------------------------
 
 
-def _split(table: VoteTable, source: str, scores: Mapping[str, float], total: float) -> dict[str, float]:
-  """Adds `total * s_a / sum(s)` to each answer already in the table (s clipped at 0); answers
-  the table does not hold are ignored. Nothing is added when no known answer has s > 0."""
+def _split(
+  table: VoteTable, source: str, scores: Mapping[str, float], total: float, floor: float = 0.0
+) -> dict[str, float]:
+  """Adds `total * s_a / max(sum(s), floor)` to each answer already in the table (s clipped
+  at 0); answers the table does not hold are ignored. Nothing is added when no known answer
+  has s > 0."""
   known = table.weights()
   s = {}
   for a, v in scores.items():
@@ -207,7 +210,7 @@ def _split(table: VoteTable, source: str, scores: Mapping[str, float], total: fl
   mass = sum(s.values())
   if mass <= 0:
     return {}
-  added = {a: total * v / mass for a, v in s.items()}
+  added = {a: total * v / max(mass, floor) for a, v in s.items()}
   for a, w in added.items():
     table.add(source, a, w)
   return added
@@ -313,9 +316,7 @@ def selfcheck_boost(
     raise ValueError(f"{len(answers)} candidates but {d.shape[0]} drops")
   if len(set(answers)) != len(answers):
     raise ValueError(f"candidate answers must be unique, got {list(answers)}")
-  known = table.weights()
-  mass = sum(v for a, v in zip(answers, d.tolist()) if answered(a) and a in known and v > 0)
-  return _split(table, source, dict(zip(answers, d.tolist())), weight * n * min(mass, 1.0))
+  return _split(table, source, dict(zip(answers, d.tolist())), weight * n, floor=1.0)
 
 
 def needs_selfcheck(table: VoteTable, margin_threshold: float) -> bool:
