@@ -88,7 +88,10 @@ class Reference:
         **enc,
         do_sample=False,
         max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
+        # Plain argmax for exactly new_tokens steps, as the port decodes here: no stop token,
+        # and so no min_new_tokens, which would mask the end-of-turn logit when the model
+        # wants to end early and make transformers pick the runner-up.
+        eos_token_id=None,
         output_logits=True,
         return_dict_in_generate=True,
       )
