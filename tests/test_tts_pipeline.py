@@ -128,10 +128,11 @@ def test_default_order_without_expert_by_hand_totals():
     and sck["scored"] == ["sample 0", "sample 1", "sample 3"]
   )
   assert sck["drops"] == pytest.approx([0.05, 0.6, 0.0])
-  # SC: 3 -> 1.1, 4 -> 0.8, 5 -> 0.6; the self-check splits 0.5 * 4 = 2 votes by the drops.
-  assert sck["added"] == pytest.approx({"3": 2 * 0.05 / 0.65, "4": 2 * 0.6 / 0.65})
+  # SC: 3 -> 1.1, 4 -> 0.8, 5 -> 0.6; the self-check gives each 0.5 * 4 = 2 times its drop
+  # (the drops sum to 0.65 < 1, so no scaling down).
+  assert sck["added"] == pytest.approx({"3": 2 * 0.05, "4": 2 * 0.6})
   totals = r["table"]["totals"]
-  assert totals == pytest.approx({"3": 1.1 + 2 * 0.05 / 0.65, "4": 0.8 + 2 * 0.6 / 0.65, "5": 0.6})
+  assert totals == pytest.approx({"3": 1.1 + 2 * 0.05, "4": 0.8 + 2 * 0.6, "5": 0.6})
   assert (r["answer"], r["correct"]) == ("4", True)
   assert r["confidence"] == pytest.approx(totals["4"] / sum(totals.values()))
   assert row["expert_calls"] == []
