@@ -197,7 +197,7 @@ def markdown(result: dict) -> str:
       "",
       report.markdown_table(mv["table"], columns(mv_ns)),
       "",
-      f"Wall time {result['seconds']['total']:.0f} s ("
+      f"Wall time {result['seconds']['total']:.0f} s, summed over the runs that wrote it ("
       + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items() if k != "total")
       + ").",
     ]
@@ -218,7 +218,16 @@ def run(args) -> dict:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   began = time.perf_counter()
-  seconds = {}
+  # Seconds per stage, summed over the runs that wrote `out`: a resumed run reads finished
+  # work back in no time, and adds what it spends to what the earlier runs spent (a killed
+  # run's unfinished stage is not counted).
+  spent = out / "seconds.json"
+  seconds = json.loads(spent.read_text()) if spent.is_file() else {}
+
+  def add(stage: str, since: float) -> None:
+    seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - since
+    report.write_json(spent, seconds)
+
   ds = data.load("synthetic", data_dir=args.data_dir, split="test")
 
   t = time.perf_counter()
@@ -237,7 +246,7 @@ def run(args) -> dict:
     xlabel="VCD noise strength (the same greedy answer)",
     title="Confidence on the image vs under noise",
   )
-  seconds["calibration"] = time.perf_counter() - t
+  add("calibration", t)
 
   common = ["--methods", METHODS, "--expert", "self", f"--config.sampling.max_new_tokens={args.max_new_tokens}",
             f"--config.reflection.max_new_tokens={args.max_new_tokens}"]  # fmt: skip
@@ -247,14 +256,14 @@ def run(args) -> dict:
   if args.data_dir:
     syn_argv += ["--data-dir", args.data_dir]
   syn = catts_run(out / "catts_synthetic", syn_argv + common)
-  seconds["catts_synthetic"] = time.perf_counter() - t
+  add("catts_synthetic", t)
 
   t = time.perf_counter()
   mv_argv = ["--ckpt", args.cdrl, "--benchmark", "mathvision", "--data", args.mathvision,
              "--limit", str(args.mv_limit), "--n", "1,2,4"]  # fmt: skip
   mv = catts_run(out / "catts_mathvision", mv_argv + common)
-  seconds["catts_mathvision"] = time.perf_counter() - t
-  seconds["total"] = time.perf_counter() - began
+  add("catts_mathvision", t)
+  add("total", began)
 
   keep = ("problems", "errors", "accuracy", "calibration", "slope", "adaptive", "table", "modules")
   result = {

@@ -101,6 +101,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   rerun = json.loads((out / "report.json").read_text())
   assert rerun["calibration"] == result["calibration"] and rerun["synthetic"] == result["synthetic"]
+  # Its wall time adds to the first run's instead of replacing it with read-back time.
+  assert rerun["seconds"] == json.loads((out / "seconds.json").read_text())
+  assert all(rerun["seconds"][k] > v for k, v in result["seconds"].items())
 
   readme = tmp_path / "README.md"
   readme.write_text("a\n<!-- demo-table:start -->\nSTALE BLOCK\n<!-- demo-table:end -->\nb\n")
