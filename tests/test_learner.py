@@ -82,9 +82,13 @@ def test_non_finite_step_stops_and_keeps_params(tiny_ckpt):
 
 
 def test_frozen_vision_tower(tiny_ckpt):
+  # On a mesh, as train.cdrl runs it: the frozen params' optimizer state is masked out
+  # (optax.MaskedNode), and the state's shardings must follow that structure.
+  mesh = sharding.make_mesh({"fsdp": 4, "tensor": 2})
   model = load_hf(tiny_ckpt)
   batch, r = train_batch(tiny_ckpt, model)
-  learner = Learner(model, LOSS, OptimizerConfig(learning_rate=1e-2, warmup_steps=1, freeze_vision=True))
+  opt = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, freeze_vision=True)
+  learner = Learner(model, LOSS, opt, mesh=mesh)
   vision_before = np.asarray(learner.model().visual.blocks[0].attn.qkv.kernel.get_value()).copy()
   text_before = np.asarray(learner.model().language_model.layers[0].mlp.up_proj.kernel.get_value()).copy()
   learner.step(batch, r)

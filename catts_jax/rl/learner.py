@@ -116,14 +116,16 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, los
 
 def opt_state_shardings(optimizer: optax.GradientTransformation, params, param_shardings, mesh: Mesh):
   """Optimizer-state shardings: moments sharded like their params, counters replicated.
-  `params` may be abstract."""
+  `params` may be abstract. Frozen params have no moments (optax.MaskedNode, kept as is)."""
   replicated = NamedSharding(mesh, PartitionSpec())
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
   return optax.tree_map_params(
     optimizer,
-    lambda _, s: s,
+    lambda x, s: x if masked(x) else s,
     jax.eval_shape(optimizer.init, params),
     param_shardings,
     transform_non_params=lambda _: replicated,
+    is_leaf=masked,
   )
 
 
