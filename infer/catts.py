@@ -234,19 +234,22 @@ def summarize(rows: list[dict], ns: list[int], methods: list[str], tts: voting.T
 
 
 def table_rows(summary: dict[str, Any], ns: list[int], methods: list[str]) -> list[dict[str, Any]]:
-  """Accuracy (%) per method and N, ECE / AUROC at the largest N, slope beta."""
+  """Accuracy (%) per method and N, ECE / AUROC at the largest N, slope beta and its bootstrap
+  interval over problems."""
   rows = []
   for m in methods:
     row: dict[str, Any] = {"method": m}
     row.update({f"N={n}": 100 * summary["accuracy"][m][str(n)] for n in ns})
     row.update(summary["calibration"][m][str(ns[-1])])
-    row["beta"] = summary["slope"].get(m, {}).get("beta", "-")
+    fit = summary["slope"].get(m)
+    row["beta"] = fit["beta"] if fit else "-"
+    row["beta 95% CI"] = f"[{fit['low']:.2f}, {fit['high']:.2f}]" if fit else "-"
     rows.append(row)
   return rows
 
 
 def columns(ns: list[int]) -> list[str]:
-  return ["method", *(f"N={n}" for n in ns), "ece", "auroc", "beta"]
+  return ["method", *(f"N={n}" for n in ns), "ece", "auroc", "beta", "beta 95% CI"]
 
 
 def write_report(out: pathlib.Path, summary: dict[str, Any], ns: list[int], methods: list[str]) -> None:

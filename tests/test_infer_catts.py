@@ -324,3 +324,7 @@ def test_summary_by_hand():
   }  # fmt: skip
   assert [r["method"] for r in s["table"]] == ["catts", "majority", "greedy"]
   assert s["table"][1]["N=4"] == 100.0 and s["table"][2]["beta"] == "-"
+  fit = s["slope"]["majority"]
+  assert fit["low"] <= fit["beta"] <= fit["high"]
+  assert s["table"][1]["beta 95% CI"] == f"[{fit['low']:.2f}, {fit['high']:.2f}]"
+  assert s["table"][2]["beta 95% CI"] == "-"
