@@ -34,6 +34,17 @@ accuracy / drop. SFT: 0.637 / 0.312; this config with KL 0.01: 0.479 / 0.732.
   0.666: the same push on fewer tokens broke the counts). None is better.
 - Accuracy-only GRPO (no confidence rewards or gradient) also lowers it: 0.611 / 0.312. Every
   RL run here loses bricks accuracy (SFT 0.72, runs 0.45-0.63); bars and count hold.
+- Stopping earlier does not keep it either (this config's checkpoints at steps 10, 20, 30,
+  40: 0.626 / 0.369, 0.579 / 0.445, 0.570 / 0.488, 0.566 / 0.554): bricks falls from the
+  start (0.72, 0.66 at step 10, 0.55 at step 20) while the drop grows. Freezing the vision tower (`freeze_vision`) costs both:
+  0.551 / 0.472. What changes on bricks is the perceived count ("I count K bricks"), one off
+  in either direction, with the arithmetic after it intact; SFT samples at temperature 1
+  reach the right answer through a wrong count in under 1% of rows (4 of 505 on train problems), so the
+  accuracy reward does not credit wrong counts. And accuracy-only GRPO does raise what it
+  optimises, the accuracy of samples at temperature 1 (240 validation problems x 8: SFT
+  0.571, bricks 0.489; accuracy-only 0.588, bricks 0.552; this config 0.539, bricks 0.442),
+  while its greedy accuracy falls: RL reshapes the sampled count distribution, and on
+  borderline counts the argmax moves.
 """
 
 from __future__ import annotations
