@@ -18,7 +18,8 @@ build: 0.617 and 0.244):
   mostly broken reasoning text (phrases of the other tasks' templates), not wrong counts;
 - 16 problems x 8 samples a step, and as many perturbed copies: 256 rows (both sensitivity
   terms: 0.523, 0.481). Sampling at temperature 0.7 instead of 1 (0.469, 0.451) or KL 0.1
-  with it (0.516, 0.454) did not help.
+  with it (0.516, 0.454) did not help; those runs scored the temperature-1 policy in the
+  learner, a mismatch that rollouts now refuse (`RolloutConfig`).
 - From the current SFT checkpoint (test 0.648, 0.310; with KL 0.01: 0.523, 0.726): a format
   reward of 0.5 (0.516, 0.701) did not help; the confidence-gradient terms centred within
   each group (so text that all samples share gets no net push) kept more accuracy but lost

@@ -225,3 +225,10 @@ def test_calibration_on_the_answer_span(setup, monkeypatch):
   std = reward.std(1, ddof=1, keepdims=True)
   group = np.where(std > 0, (reward - reward.mean(1, keepdims=True)) / (std + 1e-6), 0.0)
   np.testing.assert_allclose(batch["advantages"][:n], group.reshape(-1), atol=1e-3)
+
+
+@pytest.mark.parametrize("field", [{"temperature": 0.7}, {"top_p": 0.9}])
+def test_rollouts_sample_the_policy_the_learner_scores(field):
+  with pytest.raises(ValueError, match="temperature-1 policy"):
+    RolloutConfig(**field)
+  RolloutConfig(temperature=1.0, top_p=1.0)

@@ -73,6 +73,16 @@ class RolloutConfig:
   calibration_span: str = "response"
   template: str | None = None
 
+  def __post_init__(self):
+    # The learner's log-probs and the ratio's old_logp are the temperature-1, untruncated
+    # policy's; samples drawn from a tempered or top-p policy would get a gradient that is
+    # not the sampled policy's.
+    if self.temperature != 1.0 or self.top_p != 1.0:
+      raise ValueError(
+        f"rollout temperature={self.temperature}, top_p={self.top_p}: the learner scores the "
+        "temperature-1 policy, so rollouts must sample it (temperature=1.0, top_p=1.0)"
+      )
+
 
 def answer_mask(tokenizer, tokens: Sequence[int]) -> np.ndarray:
   """[L] bool: the tokens that spell the last \\boxed{} answer of a response (all tokens
