@@ -1,13 +1,13 @@
 """The demo: the bundled tiny checkpoints' calibration and test-time scaling, on CPU in minutes.
 
     python -m infer.demo --out runs/demo [--sft checkpoints/synthetic_sft] \\
-        [--cdrl checkpoints/synthetic_cdrl] [--limit 256] [--render-readme README.md]
+        [--cdrl checkpoints/synthetic_cdrl] [--limit K] [--render-readme README.md]
 
 1. Before/after CDRL: greedy answers of the SFT and the CDRL checkpoint on the synthetic test
    split, each answer scored on its image and, teacher-forced, under VCD noise at full
    strength (the image is gone): accuracy, ECE, AUROC, confidence drop.
 2. CA-TTS and its baselines on the CDRL checkpoint (infer.catts, `--expert self`), N = 1..16,
-   on the first --limit test problems.
+   on the test split (the first --limit problems if given).
 3. The real-benchmark path: the CDRL checkpoint through Math-Vision testmini (--mv-limit 16).
 
 DIR/report.json holds the three stages and the demo's targets, each checked; DIR/report.md
@@ -35,10 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--sft", default=str(ROOT / "checkpoints" / "synthetic_sft"))
   p.add_argument("--cdrl", default=str(ROOT / "checkpoints" / "synthetic_cdrl"))
   p.add_argument("--data-dir", default=None, help="tfds cache for the synthetic dataset")
-  p.add_argument("--calibration-size", type=int, default=256, help="test problems for stage 1")
-  # The whole test split: on 128 problems one problem is 0.8 points, as large as the
-  # methods' differences.
-  p.add_argument("--limit", type=int, default=256, help="test problems for CA-TTS (stage 2)")
+  # Both stages default to the whole test split (256 problems): on 128, one problem is 0.8
+  # points, as large as the methods' differences.
+  p.add_argument("--calibration-size", type=int, default=None, help="first K test problems for stage 1")
+  p.add_argument("--limit", type=int, default=None, help="first K test problems for CA-TTS (stage 2)")
   p.add_argument("--n", default="1,2,4,8,16", help="sample counts N of stage 2")
   p.add_argument("--max-new-tokens", type=int, default=64)
   p.add_argument("--mathvision", default=str(ROOT.parent / "shared" / "data" / "math-vision-testmini"))
@@ -222,7 +222,7 @@ def run(args) -> dict:
   ds = data.load("synthetic", data_dir=args.data_dir, split="test")
 
   t = time.perf_counter()
-  examples = ds[: min(len(ds), args.calibration_size)]
+  examples = ds[: args.calibration_size]
   done = out / "calibration.json"
   cal = json.loads(done.read_text()) if done.is_file() else {}
   for name, ckpt in (("sft", args.sft), ("cdrl", args.cdrl)):
@@ -242,8 +242,9 @@ def run(args) -> dict:
   common = ["--methods", METHODS, "--expert", "self", f"--config.sampling.max_new_tokens={args.max_new_tokens}",
             f"--config.reflection.max_new_tokens={args.max_new_tokens}"]  # fmt: skip
   t = time.perf_counter()
-  syn_argv = ["--ckpt", args.cdrl, "--benchmark", "synthetic", "--split", "test", "--limit", str(args.limit),
-              "--n", args.n]  # fmt: skip
+  syn_argv = ["--ckpt", args.cdrl, "--benchmark", "synthetic", "--split", "test", "--n", args.n]
+  if args.limit:
+    syn_argv += ["--limit", str(args.limit)]
   if args.data_dir:
     syn_argv += ["--data-dir", args.data_dir]
   syn = catts_run(out / "catts_synthetic", syn_argv + common)
