@@ -192,7 +192,7 @@ class Sampler:
       "done": jnp.arange(rows) >= num_rows * n,
       "next_pos": jnp.repeat(jnp.asarray(next_pos, jnp.int32), n),
       "step": jnp.zeros((), jnp.int32),
-      "key": key,
+      "key": jnp.copy(key),  # the carry is donated; the caller's key stays usable
     }
 
   def lower_decode(self, state, carry, cfg: SamplingConfig, contrastive: bool = False):

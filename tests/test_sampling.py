@@ -115,6 +115,12 @@ def test_deterministic_for_a_key(policy, cases):
   np.testing.assert_array_equal(a.tokens, b.tokens)
   assert not np.array_equal(a.tokens, c.tokens)
   assert not np.array_equal(a.tokens[:, 0], a.tokens[:, 1])  # samples of one prompt differ
+  # The decode loop's carry is donated; the caller's key must survive it, to be used again.
+  key, batch = jax.random.key(5), policy.processor(prompts, images)
+  cfg = SamplingConfig(**kw)
+  np.testing.assert_array_equal(
+    policy.sampler(batch, cfg, key).tokens, policy.sampler(batch, cfg, key).tokens
+  )
 
 
 def test_n_samples_share_prefill(policy, cases):
