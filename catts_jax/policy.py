@@ -79,6 +79,14 @@ class Policy:
     images = data.decode_images(example)
     return self.processor.chat(content), [images[c["index"]] for c in content if c["type"] == "image"]
 
+  def solution_tokens(self, example: dict) -> list[int]:
+    """The example's reference solution (`metadata.solution`) + <|im_end|>, as a response to
+    teacher-force (so the model learns to stop); errors name the example."""
+    solution = example["metadata"].get("solution")
+    if not solution:
+      raise ValueError(f"{example['id']}: no metadata.solution to train on")
+    return self.processor.tokenize(solution) + [self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
   def score(
     self,
     prompts: Sequence[str],

@@ -46,7 +46,15 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.clip = dict(model="ViT-B-32", pretrained="openai")  # for targeted perturbations
   c.loss = dict(
-    eps_low=0.2, eps_high=0.28, dual_clip=None, kl_coef=1e-2, kl_estimator="k3", aggregation="token_mean"
+    eps_low=0.2,
+    eps_high=0.28,
+    dual_clip=None,
+    kl_coef=1e-2,
+    kl_estimator="k3",
+    aggregation="token_mean",
+    # > 0: the NLL of each trained problem's reference solution (metadata.solution) joins
+    # the loss with this weight (catts_jax/rl/grpo.py). Off here: the paper trains on rewards.
+    sft_coef=0.0,
   )
   c.optimizer = dict(
     learning_rate=1e-6,

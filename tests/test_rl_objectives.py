@@ -251,3 +251,31 @@ def test_kl_rows_leave_rows_out_of_the_kl_term():
   want, m_all = grpo.policy_loss(logp, old, adv, mask, cfg, ref_without_row_1)
   assert float(loss) == pytest.approx(float(want), rel=1e-6)
   assert float(m["kl"]) == pytest.approx(float(m_all["kl"]) * 3 / 2, rel=1e-5)
+
+
+def test_solution_rows_join_only_the_nll_term():
+  """Rows marked by sft_rows add sft_coef x their token-mean NLL and nothing else: their
+  advantage and reference are ignored, and a reference of padding (0, where k3 would
+  overflow on these rows' log-probs) leaves loss and gradient finite."""
+  rng = np.random.default_rng(2)
+  old = jnp.asarray(-rng.exponential(1.0, (4, 5)), jnp.float32)
+  logp = old + jnp.asarray(rng.normal(0, 0.3, (4, 5)), jnp.float32)
+  logp = logp.at[2:].set(-100.0 + logp[2:])  # exp(0 - logp) overflows float32
+  ref = (old + jnp.asarray(rng.normal(0, 0.3, (4, 5)), jnp.float32)).at[2:].set(0.0)
+  adv = jnp.array([1.0, -0.5, 2.0, 3.0])
+  mask = jnp.ones((4, 5)).at[3, :2].set(0.0)
+  sft_rows = jnp.array([0.0, 0.0, 1.0, 1.0])
+  cfg = grpo.LossConfig(kl_coef=0.1, sft_coef=0.5)
+
+  def loss(logp):
+    return grpo.policy_loss(logp, old, adv, mask, cfg, ref, sft_rows=sft_rows)
+
+  (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(logp)
+  samples, _ = grpo.policy_loss(logp[:2], old[:2], adv[:2], mask[:2], grpo.LossConfig(kl_coef=0.1), ref[:2])
+  nll = -float((logp[2:] * mask[2:]).sum() / mask[2:].sum())
+  assert float(metrics["sft_nll"]) == pytest.approx(nll, rel=1e-6)
+  assert float(value) == pytest.approx(float(samples) + 0.5 * nll, rel=1e-6)
+  assert np.isfinite(np.asarray(grads)).all()
+  np.testing.assert_allclose(grads[2:], -0.5 * mask[2:] / mask[2:].sum(), rtol=1e-5)
+  with pytest.raises(ValueError, match="needs sft_rows"):
+    grpo.policy_loss(logp, old, adv, mask, cfg, ref)

@@ -134,6 +134,50 @@ def test_confidence_gradient_adds_the_perturbed_rows(setup):
   assert (after_sum < before_sum).all(), (before_sum, after_sum)
 
 
+def test_reference_solutions_join_the_batch_and_train(setup):
+  """With `solutions`, each trained problem's reference solution (+ <|im_end|>) follows the
+  samples and their perturbed copies: marked by sft_rows, zero advantage, out of the KL.
+  Training on the NLL term raises their log-likelihood. A problem without one is named."""
+  policy, examples = setup
+  solved = [
+    {**ex, "metadata": {"solution": f"There are {i} shapes. The answer is \\boxed{{{i}}}."}}
+    for i, ex in enumerate(examples)
+  ]
+  cfg = RolloutConfig(
+    group_size=2,
+    max_new_tokens=6,
+    strength=1.0,
+    reward_weights={"sensitivity": 0.5},
+    confidence_gradient=True,
+    dynamic_filter=False,
+  )
+  key = jax.random.key(2)
+  batch, r, _ = rollout(
+    policy, solved, "mathvision", cfg, key, ref_state=policy.scorer.state, solutions=True, train_groups=2
+  )
+  n = 2 * 2  # the two trained groups' samples; rows [n, 2n) are their perturbed copies
+  rows = [2 * n, 2 * n + 1]
+  np.testing.assert_array_equal(np.flatnonzero(batch["sft_rows"]), rows)
+  mask = batch["response_mask"].astype(bool)
+  for row, ex in zip(rows, solved[:2]):
+    want = policy.solution_tokens(ex)
+    assert want[-1] == policy.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert mask[row].sum() == len(want)
+    np.testing.assert_array_equal(batch["input_ids"][row, -len(want) :], want)
+  assert not batch["advantages"][rows].any() and not batch["kl_rows"][rows].any()
+  assert batch["kl_rows"][:n].all() and not mask[2 * n + 2 :].any()
+
+  learner = Learner(
+    load_hf(policy.processor.path),
+    LossConfig(kl_coef=0.01, sft_coef=1.0),
+    OptimizerConfig(learning_rate=1e-3),
+  )
+  nll = [learner.step(batch, r)["sft_nll"] for _ in range(3)]
+  assert nll[2] < nll[0], nll
+  with pytest.raises(ValueError, match="p0: no metadata.solution"):
+    rollout(policy, examples, "mathvision", cfg, key, solutions=True)
+
+
 def test_without_confidence_gradient_the_batch_holds_the_originals_only(setup):
   policy, examples = setup
   cfg = RolloutConfig(group_size=2, max_new_tokens=6, strength=1.0, dynamic_filter=False)

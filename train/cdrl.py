@@ -115,6 +115,7 @@ def train(cfg, out: pathlib.Path) -> int:
       seed=t.seed + step,
       train_groups=t.prompts_per_step,
       step=step,
+      solutions=loss_cfg.sft_coef > 0,
     )
     try:
       if not all(np.isfinite(v) for v in metrics.values()):

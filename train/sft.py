@@ -94,15 +94,12 @@ def solution_batch(
 ) -> tuple[dict, int]:
   """Teacher-forcing batch of (prompt with images, reference solution + EOS). `solutions`:
   take the solutions from these examples instead (format-only warm starts)."""
-  eos = policy.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
   prompts, images, responses = [], [], []
   for ex, sol in zip(examples, solutions or examples):
-    if not sol["metadata"].get("solution"):
-      raise ValueError(f"{sol['id']}: no metadata.solution to train on")
     prompt, ims = policy.example_prompt(ex, template)
     prompts.append(prompt)
     images.append(ims)
-    responses.append(policy.processor.tokenize(sol["metadata"]["solution"]) + [eos])
+    responses.append(policy.solution_tokens(sol))
   sb = policy.processor.scoring_batch(prompts, responses, images)
   return {**sb.batch.model_inputs(), "response_mask": sb.response_mask.astype("float32")}, sb.response_len
 

@@ -9,7 +9,10 @@ The policy loss is the clipped-ratio objective over response tokens,
 `max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))` with `r = exp(logp - old_logp)`,
 optionally dual-clipped for A < 0 (at most `-A * dual_clip`), plus `kl_coef` times a KL
 estimate to a frozen reference: "k1" `logp - ref` or the low-variance "k3"
-`exp(ref - logp) - (ref - logp) - 1`. Token terms are aggregated by
+`exp(ref - logp) - (ref - logp) - 1`, plus `sft_coef` times the token-mean negative
+log-likelihood of reference-solution rows (`sft_rows`; InstructGPT's PPO-ptx anchor: RL
+on a small policy moves what it perceives, the reference solutions hold it). Token terms
+are aggregated by
 - "token_mean": mean over all response tokens of the batch (DAPO);
 - "seq_mean": mean over each sequence's tokens, then over sequences (original GRPO);
 - "seq_sum": each sequence's token sum divided by a constant (`max_tokens`; Dr. GRPO).
@@ -78,6 +81,7 @@ class LossConfig:
   kl_estimator: str = "k3"
   aggregation: str = "token_mean"
   max_tokens: int | None = None  # the constant for "seq_sum"
+  sft_coef: float = 0.0  # weight of the reference solutions' NLL (rows marked by sft_rows)
 
 
 def aggregate(values: jax.Array, mask: jax.Array, how: str, max_tokens: int | None = None) -> jax.Array:
@@ -104,13 +108,20 @@ def policy_loss(
   ref_logp: jax.Array | None = None,
   kl_rows: jax.Array | None = None,
   token_advantages: jax.Array | None = None,
+  sft_rows: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """logp, old_logp, ref_logp, mask [B, T]; advantages [B] -> (loss, metrics).
 
   kl_rows [B]: 1 where the row is a sample of the policy, the only rows on which the KL
   estimators estimate the KL; 0 leaves a row out of the KL term (default: all rows in).
   token_advantages [B, T]: added to each row's advantage token by token (a reward gradient
-  that acts on some tokens only, e.g. a final answer's)."""
+  that acts on some tokens only, e.g. a final answer's).
+  sft_rows [B]: 1 where the row is a reference solution, not a sample: it joins only the NLL
+  term (`sft_coef`), never the policy-gradient or KL terms."""
+  if cfg.sft_coef and sft_rows is None:
+    raise ValueError("sft_coef > 0 needs sft_rows (the reference-solution rows)")
+  sft_mask = jnp.zeros_like(mask) if sft_rows is None else mask * sft_rows[:, None].astype(mask.dtype)
+  mask = mask - sft_mask  # the sampled rows: policy gradient and KL
   adv = advantages[:, None].astype(logp.dtype)
   if token_advantages is not None:
     adv = adv + token_advantages.astype(logp.dtype)
@@ -131,12 +142,16 @@ def policy_loss(
       raise ValueError("kl_coef > 0 needs ref_logp")
     if cfg.kl_estimator not in KL_ESTIMATORS:
       raise ValueError(f"unknown KL estimator {cfg.kl_estimator!r}; choose from {sorted(KL_ESTIMATORS)}")
+    kl_mask = mask if kl_rows is None else mask * kl_rows[:, None].astype(mask.dtype)
+    # Outside kl_mask the reference is the policy itself (KL 0, gradient 0): ref_logp is
+    # padding there, and an estimator's exp of padding could overflow into 0 * inf.
+    ref_logp = jnp.where(kl_mask > 0, ref_logp, jax.lax.stop_gradient(logp))
     kl = KL_ESTIMATORS[cfg.kl_estimator](logp, ref_logp)
-    kl_mask = mask
-    if kl_rows is not None:
-      kl = kl * kl_rows[:, None].astype(kl.dtype)
-      kl_mask = mask * kl_rows[:, None].astype(mask.dtype)
     token_loss = token_loss + cfg.kl_coef * kl
     metrics["kl"] = aggregate(kl, kl_mask, "token_mean")
   loss = aggregate(token_loss, mask, cfg.aggregation, cfg.max_tokens)
+  if sft_rows is not None:
+    nll = aggregate(-logp, sft_mask, "token_mean")
+    loss = loss + cfg.sft_coef * nll
+    metrics["sft_nll"] = nll
   return loss, metrics

@@ -96,6 +96,7 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, los
       batch.get("ref_logp"),
       batch.get("kl_rows"),
       batch.get("token_advantages"),
+      batch.get("sft_rows"),
     )
 
   def step(params, opt_state, batch, response_len):
@@ -156,7 +157,8 @@ class Learner:
 
   `batch` for `step`: the model inputs of a scoring batch (input_ids, positions,
   attention_mask[, pixel_values, patch_pos, patch_image]) plus old_logp, ref_logp,
-  response_mask [B, R], advantages [B] and optionally kl_rows [B]; `response_len` is static.
+  response_mask [B, R], advantages [B] and optionally kl_rows, sft_rows [B] and
+  token_advantages [B, R]; `response_len` is static.
   """
 
   def __init__(

@@ -120,12 +120,14 @@ def rollout(
   seed: int = 0,
   train_groups: int | None = None,
   step: int = 0,
+  solutions: bool = False,
 ) -> tuple[dict[str, np.ndarray] | None, int, dict[str, Any]]:
   """(train batch or None if every group was filtered, its response_len, metrics).
 
   `train_groups`: how many of the sampled groups the batch holds (default: all); sample more
   problems than that for DAPO's refill of filtered groups. `step`: the train step, for
-  `confidence_gradient_from`."""
+  `confidence_gradient_from`. `solutions`: each trained problem's reference solution on its
+  original images joins the batch as a row marked by `sft_rows` (`LossConfig.sft_coef`)."""
   prompts, originals, perturbed = [], [], []
   for i, ex in enumerate(examples):
     prompt, images = policy.example_prompt(ex, cfg.template)
@@ -228,12 +230,17 @@ def rollout(
     else:  # the answer's confidence: a term on the answer's tokens (below)
       d_answer = d_calibrated
   noisy_rows = gradient and bool(cfg.reward_weights.get("sensitivity", 0.0))
-  if noisy_rows:  # rows [0, n): original images; [n, 2n): the same responses, perturbed
-    sb = policy.processor.scoring_batch(
-      row_prompts * 2, row_tokens * 2, pick(rep(originals)) + pick(rep(perturbed))
-    )
-  else:
-    sb = policy.processor.scoring_batch(row_prompts, row_tokens, pick(rep(originals)))
+  # Rows [0, n): the samples on their original images; then with noisy_rows the same
+  # responses on the perturbed images; then with `solutions` one reference solution a problem.
+  score_prompts, score_tokens, score_images = row_prompts, row_tokens, pick(rep(originals))
+  if noisy_rows:
+    score_prompts, score_tokens = score_prompts * 2, score_tokens * 2
+    score_images = score_images + pick(rep(perturbed))
+  if solutions:
+    score_prompts = score_prompts + [prompts[i] for i in groups]
+    score_tokens = score_tokens + [policy.solution_tokens(examples[i]) for i in groups]
+    score_images = score_images + [originals[i] for i in groups]
+  sb = policy.processor.scoring_batch(score_prompts, score_tokens, score_images)
   rows, r = sb.batch.input_ids.shape[0], sb.response_len
   old_logp = _right_align(token_logp[rows_of], lengths[rows_of], r)
   # The rewards' own gradient (module docstring): d R / d conf * conf on each row.
@@ -253,9 +260,16 @@ def rollout(
     metrics["noisy_rows"] = int((noisy_adv != 0).sum())
     advantages = np.concatenate([advantages, noisy_adv])
     keep = np.concatenate([keep, noisy_adv != 0])
-    old_logp = np.concatenate([old_logp, noisy_scores["token_logprobs"][rows_of, -r:]])
+    old_logp = np.concatenate([old_logp, _last_columns(noisy_scores["token_logprobs"][rows_of], r)])
     if token_adv is not None:
       token_adv = np.concatenate([token_adv, np.zeros_like(token_adv)])
+  sampled = len(keep)  # the rows sampled from the policy, in either image condition
+  if solutions:  # zero advantage: they join only the loss's NLL term
+    advantages = np.concatenate([advantages, np.zeros(len(groups))])
+    keep = np.concatenate([keep, np.ones(len(groups), bool)])
+    old_logp = np.concatenate([old_logp, np.zeros((len(groups), r))])
+    if token_adv is not None:
+      token_adv = np.concatenate([token_adv, np.zeros((len(groups), r))])
   if not keep.any():
     return None, r, metrics
 
@@ -270,17 +284,29 @@ def rollout(
   )
   if token_adv is not None:
     batch["token_advantages"] = _pad_rows(token_adv, rows) * keep[:, None]
+  if solutions:
+    batch["sft_rows"] = np.zeros(rows, np.float32)
+    batch["sft_rows"][sampled : sampled + len(groups)] = 1
   if ref_state is not None:
     # The KL is estimated on the policy's own samples only: perturbed copies are not samples
-    # of the policy in their context, so the reference pass skips them.
+    # of the policy in their context, so the reference pass skips them (and the solutions).
     ref_sb = (
-      policy.processor.scoring_batch(row_prompts, row_tokens, pick(rep(originals))) if noisy_rows else sb
+      policy.processor.scoring_batch(row_prompts, row_tokens, pick(rep(originals)))
+      if noisy_rows or solutions
+      else sb
     )
     ref_logp = policy.scorer(ref_sb, state=ref_state)["token_logprobs"][: len(rows_of)]
-    batch["ref_logp"] = _pad_rows(ref_logp, rows)
-    if noisy_rows:
+    batch["ref_logp"] = _pad_rows(_last_columns(ref_logp, r), rows)
+    if noisy_rows or solutions:
       batch["kl_rows"] = (np.arange(rows) < len(rows_of)).astype(np.float32)
   return batch, r, metrics
+
+
+def _last_columns(x: np.ndarray, width: int) -> np.ndarray:
+  """Right-aligned scores [B, R'] -> [B, width]: the last `width` columns, zeros on the left
+  when R' < width (another scoring pass's bucket, e.g. without the longer solutions)."""
+  x = x[:, -width:]
+  return np.pad(x, ((0, 0), (width - x.shape[1], 0)))
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
