@@ -88,7 +88,9 @@ def test_plan_compiles_train_and_decode_steps():
   """The real train step and decode loop of a tiny model on a 4-chip v5e (TPU compile-only
   devices when libtpu is installed): per-chip memory holds the sharded state, the FSDP
   step gathers weights, the decode loop's collectives run per token."""
-  report = aot.plan(tiny(), "v5e:2x2", {"data": 1, "fsdp": -1}, prompt_len=64, image_patches=64)
+  cfg = tiny()
+  cfg.loss.sft_coef = 1.0  # the batch then carries the solution rows' marks
+  report = aot.plan(cfg, "v5e:2x2", {"data": 1, "fsdp": -1}, prompt_len=64, image_patches=64)
   assert report["backend"].startswith("tpu" if HAS_LIBTPU else "cpu-simulated")
   assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["chips"] == 4
   assert report["shapes"]["rows"] == 4 and report["shapes"]["seq_len"] == 128  # 64 + 32 -> bucket
@@ -196,6 +198,7 @@ def test_bench_times_the_real_train_step_and_checks_flops():
 
   cfg = tiny()
   cfg.model.dtype = "float32"
+  cfg.loss.sft_coef = 1.0  # one of the two rows is a reference solution
   r = bench.run(cfg, rows=2, prompt_len=64, response_len=16, image_patches=16, steps=2, device="cpu")
   assert r["batch"]["tokens"] == 2 * 80 and r["model"]["remat"] and r["model"]["vision_params"] > 0
   assert 0 < r["step_s"] < r["compile_s"] and len(r["step_times_s"]) == 2

@@ -403,8 +403,9 @@ def trainer_shapes(
   )
 
 
-def train_batch(model_cfg, shapes: Shapes, mesh=None) -> dict:
-  """The train step's batch as ShapeDtypeStructs (sharded as the Learner shards it)."""
+def train_batch(model_cfg, shapes: Shapes, mesh=None, solution_rows: bool = False) -> dict:
+  """The train step's batch as ShapeDtypeStructs (sharded as the Learner shards it);
+  `solution_rows`: with the row marks of the reference-solution anchor (`loss.sft_coef`)."""
   import jax
   import jax.numpy as jnp
 
@@ -421,6 +422,8 @@ def train_batch(model_cfg, shapes: Shapes, mesh=None) -> dict:
     response_mask=((b, r), jnp.float32),
     advantages=((b,), jnp.float32),
   )
+  if solution_rows:
+    batch["sft_rows"] = ((b,), jnp.float32)
   if i:
     batch.update(
       pixel_values=((i, p, model_cfg.vision.patch_dim), jnp.float32),
@@ -665,7 +668,7 @@ def plan(
     from catts_jax.rl.grpo import LossConfig
     from catts_jax.rl.learner import jit_train_step, make_train_step
 
-    batch = train_batch(model_cfg, shapes, mesh)
+    batch = train_batch(model_cfg, shapes, mesh, solution_rows=cfg.loss.get("sft_coef", 0) > 0)
     step_fn = make_train_step(state.graphdef, state.rest, state.optimizer, LossConfig(**cfg.loss.to_dict()))
     jitted = jit_train_step(
       step_fn,
