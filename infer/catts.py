@@ -228,6 +228,9 @@ def summarize(rows: list[dict], ns: list[int], methods: list[str], tts: voting.T
       "planned_by_expert": float(np.mean([x["plan"]["by"] == "expert" for x in top])),
       "ran": dict(ran),
     }
+  graded = [x["correct"] for r in ok for x in r.get("samples", []) if x["source"].startswith("sample")]
+  if graded:  # what voting has to work with: how often one sample alone is right
+    summary["single_samples"] = {"samples": len(graded), "accuracy": float(np.mean(graded))}
   summary["expert_calls"] = expert_summary(ok)
   summary["table"] = table_rows(summary, ns, methods)
   return summary
@@ -272,6 +275,9 @@ def write_report(out: pathlib.Path, summary: dict[str, Any], ns: list[int], meth
     "",
     report.markdown_table(summary["table"], columns(ns)),
   ]
+  if "single_samples" in summary:
+    one = summary["single_samples"]
+    parts += ["", f"Single samples: {100 * one['accuracy']:.1f}% right ({one['samples']} samples graded)."]
   if "adaptive" in summary:
     a = summary["adaptive"]
     rows = [

@@ -175,6 +175,7 @@ def markdown(result: dict) -> str:
       "",
       report.markdown_table(syn["table"], columns(ns)),
       "",
+      *single_samples(syn),
       "catts-adaptive (stops a problem once its confidence-weighted vote margin is reached):",
       "",
       report.markdown_table(adaptive),
@@ -193,6 +194,19 @@ def markdown(result: dict) -> str:
       + ").",
     ]
   )
+
+
+def single_samples(syn: dict) -> list[str]:
+  """The line on what the sampled methods vote over, when the run graded its samples."""
+  one = syn.get("single_samples")
+  if not one:
+    return []
+  greedy = 100 * syn["accuracy"]["greedy"]["1"] if "greedy" in syn["accuracy"] else float("nan")
+  return [
+    f"A single sample is right {100 * one['accuracy']:.1f}% of the time ({one['samples']} samples, "
+    f"the pool the sampled methods vote over), the greedy answer {greedy:.1f}%.",
+    "",
+  ]
 
 
 def run(args) -> dict:
@@ -257,7 +271,18 @@ def run(args) -> dict:
   add("catts_mathvision", t)
   add("total", began)
 
-  keep = ("problems", "errors", "accuracy", "calibration", "slope", "adaptive", "table", "modules")
+  keep = (
+    "problems",
+    "errors",
+    "accuracy",
+    "calibration",
+    "slope",
+    "adaptive",
+    "table",
+    "modules",
+    "single_samples",
+    "expert_calls",
+  )
   result = {
     "calibration": cal,
     "synthetic": {k: syn[k] for k in keep if k in syn},

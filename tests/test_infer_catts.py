@@ -283,7 +283,13 @@ def test_summary_by_hand():
     }
     return {
       "id": str(i),
-      "samples": [{"answer": a, "confidence": c} for a, c in samples],
+      "samples": [
+        *(
+          {"source": f"sample {k}", "answer": a, "confidence": c, "correct": a == "b"}
+          for k, (a, c) in enumerate(samples)
+        ),
+        {"source": "greedy", "answer": "b", "confidence": 0.9, "correct": True},  # not a sample
+      ],
       "methods": {
         "catts": catts_by_n,
         "majority": {str(n): rec(ok) for n, ok in zip((1, 2, 4), majority_ok)},
@@ -322,6 +328,7 @@ def test_summary_by_hand():
   assert s["expert_calls"]["voter"] == {
     "calls": 2, "ok": 0, "failed": 2, "cached": 0, "fallback": 0, "mean_latency_s": 0.5, "errors": {"HTTP 500": 2}
   }  # fmt: skip
+  assert s["single_samples"] == {"samples": 8, "accuracy": 3 / 8}  # the "b" samples, problems 0 and 1
   assert [r["method"] for r in s["table"]] == ["catts", "majority", "greedy"]
   assert s["table"][1]["N=4"] == 100.0 and s["table"][2]["beta"] == "-"
   fit = s["slope"]["majority"]
