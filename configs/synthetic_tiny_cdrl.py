@@ -4,7 +4,9 @@
 
 The perturbation is VCD's diffusion noise at full strength (the image is gone), the one the
 demo measures the confidence drop under; the paper's reward weights (accuracy 1, sensitivity
-0.5, calibration 0.5); KL 0.1, not the paper's 0.01 (below). The first choices were made,
+0.5, calibration 0.5); KL 0.1, not the paper's 0.01; and a supervised anchor on the reference
+solutions (`loss.sft_coef` 5, not in the paper) with lr 1e-4 and 15 problems a step (the last
+bullet below says why). The first choices were made,
 before the synthetic data had a validation split, by greedy accuracy and confidence drop on
 the 256 test problems (the bundled SFT before this config's runs was an earlier, seeded
 build: 0.617 and 0.244):
@@ -27,7 +29,8 @@ build: 0.617 and 0.244):
   which fixed the colour ablation) cost more accuracy here (0.477, 0.671). None is kept.
 
 Later choices are made on the validation split (768 problems; test untouched), greedy
-accuracy / drop. SFT: 0.637 / 0.312; this config with KL 0.01: 0.479 / 0.732.
+accuracy / drop. SFT: 0.637 / 0.312. Until the anchor (the last bullet) "this config" is
+the one without it (lr 5e-5, 16 problems a step); with KL 0.01: 0.479 / 0.732.
 - KL 0.1 (kept): 0.587 / 0.727; seed 1: 0.564 / 0.604. KL 0.3: 0.582 / 0.669.
 - With KL 0.1: sensitivity weight 0.25 (0.573 / 0.615), lr 3e-5 (0.565 / 0.496), no
   calibration reward (0.543 / 0.770), 24 problems a step (0.566 / 0.743), and the push on
@@ -48,6 +51,19 @@ accuracy / drop. SFT: 0.637 / 0.312; this config with KL 0.01: 0.479 / 0.732.
   borderline counts the argmax moves.
 - A stronger warm start loses more: SFT for 800 steps instead of 600 (481 s; validation
   0.715 / 0.228, bricks 0.81) and this config from it: 0.598 / 0.576, bricks 0.55.
+- The supervised anchor (kept): each step's problems' reference solutions join the batch and
+  `sft_coef` times their NLL joins the loss (catts_jax/rl/grpo.py). 15 problems a step, not
+  16, so that 240 sampled rows and 15 solutions fill the 256-row bucket (272 rows would be
+  padded to 512, twice the step's time). With lr 5e-5: sft_coef 1: 0.609 / 0.606; 5: 0.637 /
+  0.475; 5 with sensitivity weight 1: 0.613 / 0.572. With lr 1e-4: sft_coef 5 (kept): 0.621 /
+  0.621 (bricks 0.66); 5 with sensitivity 1: 0.616 / 0.686; 15 with sensitivity 1: 0.624 /
+  0.617; 30 with sensitivity 1: 0.613 / 0.462. The kept config with seed 1: 0.612 / 0.621
+  (without the anchor, seed 1 gave 0.564 / 0.604). So the anchor moves the runs to a better
+  trade-off than any run without it, but none reaches both targets (accuracy >= 0.637 and
+  drop >= 0.624) on validation, and a stronger anchor stops helping: bricks stays at 0.64 to
+  0.71 against SFT's 0.72. These runs differ by about the split's noise (0.02 in accuracy);
+  of the two with a drop of 2x or near it and the most accuracy, the kept one changes fewer
+  of the paper's settings (its reward weights are the paper's).
 """
 
 from __future__ import annotations
@@ -70,8 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
     advantage="dr_grpo",
     confidence_gradient=True,
   )
-  c.loss.kl_coef = 0.1
-  c.optimizer.update(learning_rate=5e-5, warmup_steps=5, total_steps=1000, weight_decay=0.0)
+  c.loss.update(kl_coef=0.1, sft_coef=5.0)
+  c.optimizer.update(learning_rate=1e-4, warmup_steps=5, total_steps=1000, weight_decay=0.0)
   c.mesh = dict(data=1, fsdp=1, tensor=1)
-  c.train.update(steps=50, prompts_per_step=16, save_every=10, keep=2)
+  c.train.update(steps=50, prompts_per_step=15, save_every=10, keep=2)
   return c

@@ -37,7 +37,12 @@ def test_demo_and_ablation_configs_build():
     LossConfig(**c.loss.to_dict())
     OptimizerConfig(**c.optimizer.to_dict())
     assert rollout.perturbation == "vcd_noise" and c.train.oversample == 1.0
-  assert synthetic_tiny_cdrl.get_config().rollout.confidence_gradient
+  c = synthetic_tiny_cdrl.get_config()
+  assert c.rollout.confidence_gradient and c.loss.sft_coef > 0
+  # Samples, their perturbed copies and one reference solution a problem fill the 256-row
+  # bucket; one row more would pad the train step to 512 rows.
+  rows = c.train.prompts_per_step * (2 * c.rollout.group_size + 1)
+  assert 128 < rows <= 256
 
 
 def gradients(ckpt, inputs, remat: bool):
