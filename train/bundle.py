@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     "python -m train.cdrl --config configs/synthetic_tiny_cdrl.py",
   )
   print(
-    f"SFT {sft_summary['seconds']:.0f} s (greedy test accuracy {sft_summary['eval']['accuracy']:.3f}), "
+    f"SFT {sft_summary['seconds']:.0f} s (greedy accuracy {sft_summary['eval']['accuracy']:.3f} on the first "
+    f"{sft_summary['eval']['n']} test problems), "
     f"CDRL {cdrl_summary['seconds']:.0f} s; bundled in {dest}/"
   )
   return 0
