@@ -58,7 +58,9 @@ the one without it (lr 5e-5, 16 problems a step); with KL 0.01: 0.479 / 0.732.
   0.475; 5 with sensitivity weight 1: 0.613 / 0.572. With lr 1e-4: sft_coef 5 (kept): 0.621 /
   0.621 (bricks 0.66); 5 with sensitivity 1: 0.616 / 0.686; 15 with sensitivity 1: 0.624 /
   0.617; 30 with sensitivity 1: 0.613 / 0.462. The kept config with seed 1: 0.612 / 0.621
-  (without the anchor, seed 1 gave 0.564 / 0.604). So the anchor moves the runs to a better
+  (without the anchor, seed 1 gave 0.564 / 0.604). Step 40 of the kept run and of the two
+  with sensitivity 1 at sft_coef 5 and 15 scored lower: 0.590 / 0.579, 0.605 / 0.635 and
+  0.603 / 0.581. So the anchor moves the runs to a better
   trade-off than any run without it, but none reaches both targets (accuracy >= 0.637 and
   drop >= 0.624) on validation, and a stronger anchor stops helping: bricks stays at 0.64 to
   0.71 against SFT's 0.72. These runs differ by about the split's noise (0.02 in accuracy);
