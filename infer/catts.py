@@ -228,7 +228,7 @@ def summarize(rows: list[dict], ns: list[int], methods: list[str], tts: voting.T
       "planned_by_expert": float(np.mean([x["plan"]["by"] == "expert" for x in top])),
       "ran": dict(ran),
     }
-  graded = [x["correct"] for r in ok for x in r.get("samples", []) if x["source"].startswith("sample")]
+  graded = [x["correct"] for r in ok for x in r["samples"]]  # the drawn samples, N of the largest
   if graded:  # what voting has to work with: how often one sample alone is right
     summary["single_samples"] = {"samples": len(graded), "accuracy": float(np.mean(graded))}
   summary["expert_calls"] = expert_summary(ok)

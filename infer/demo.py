@@ -201,10 +201,9 @@ def single_samples(syn: dict) -> list[str]:
   one = syn.get("single_samples")
   if not one:
     return []
-  greedy = 100 * syn["accuracy"]["greedy"]["1"] if "greedy" in syn["accuracy"] else float("nan")
   return [
     f"A single sample is right {100 * one['accuracy']:.1f}% of the time ({one['samples']} samples, "
-    f"the pool the sampled methods vote over), the greedy answer {greedy:.1f}%.",
+    f"the pool the sampled methods vote over), the greedy answer {100 * syn['accuracy']['greedy']['1']:.1f}%.",
     "",
   ]
 

@@ -283,13 +283,7 @@ def test_summary_by_hand():
     }
     return {
       "id": str(i),
-      "samples": [
-        *(
-          {"source": f"sample {k}", "answer": a, "confidence": c, "correct": a == "b"}
-          for k, (a, c) in enumerate(samples)
-        ),
-        {"source": "greedy", "answer": "b", "confidence": 0.9, "correct": True},  # not a sample
-      ],
+      "samples": [{"answer": a, "confidence": c, "correct": a == "b"} for a, c in samples],
       "methods": {
         "catts": catts_by_n,
         "majority": {str(n): rec(ok) for n, ok in zip((1, 2, 4), majority_ok)},

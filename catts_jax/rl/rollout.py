@@ -264,29 +264,23 @@ def rollout(
     if token_adv is not None:
       token_adv = np.concatenate([token_adv, np.zeros_like(token_adv)])
   sampled = len(keep)  # the rows sampled from the policy, in either image condition
-  if solutions:  # zero advantage: they join only the loss's NLL term
-    advantages = np.concatenate([advantages, np.zeros(len(groups))])
+  if solutions:  # in the mask; their advantage and old log-probs are the padding's zeros
     keep = np.concatenate([keep, np.ones(len(groups), bool)])
-    old_logp = np.concatenate([old_logp, np.zeros((len(groups), r))])
-    if token_adv is not None:
-      token_adv = np.concatenate([token_adv, np.zeros((len(groups), r))])
   if not keep.any():
     return None, r, metrics
 
   # Rows past the real ones only pad the batch to its bucket: zero mask, zero advantage.
-  pad = rows - len(keep)
-  keep = np.concatenate([keep, np.zeros(pad, bool)])
+  keep = np.concatenate([keep, np.zeros(rows - len(keep), bool)])
   batch = dict(sb.batch.model_inputs())
   batch.update(
     old_logp=_pad_rows(old_logp, rows),
     response_mask=sb.response_mask.astype(np.float32) * keep[:, None],
-    advantages=np.concatenate([advantages, np.zeros(pad)]).astype(np.float32) * keep,
+    advantages=_pad_rows(advantages, rows) * keep,
   )
   if token_adv is not None:
     batch["token_advantages"] = _pad_rows(token_adv, rows) * keep[:, None]
   if solutions:
-    batch["sft_rows"] = np.zeros(rows, np.float32)
-    batch["sft_rows"][sampled : sampled + len(groups)] = 1
+    batch["sft_rows"] = ((np.arange(rows) >= sampled) & keep).astype(np.float32)
   if ref_state is not None:
     # The KL is estimated on the policy's own samples only: perturbed copies are not samples
     # of the policy in their context, so the reference pass skips them (and the solutions).
