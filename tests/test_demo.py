@@ -80,6 +80,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   cmd = [
     sys.executable, "-m", "infer.demo", f"--out={out}", f"--data-dir={tmp_path / 'tfds'}",
     "--calibration-size=4", "--limit=2", "--n=1,2", "--mv-limit=1", "--max-new-tokens=8",
+    "--temperature=0.9",
   ]  # fmt: skip
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
@@ -87,6 +88,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   result = json.loads((out / "report.json").read_text())
   assert result["calibration"]["sft"]["n"] == 4 and result["synthetic"]["problems"] == 2
   assert result["mathvision"]["problems"] == 1
+  assert result["synthetic"]["temperature"] == 0.9 and "samples at temperature 0.9" in done.stdout
   assert all(isinstance(t["holds"], bool) for t in result["targets"].values())
   for png in ("reliability_sft.png", "reliability_cdrl.png", "confidence_under_noise.png"):
     assert (out / png).stat().st_size > 0
