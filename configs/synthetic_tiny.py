@@ -3,6 +3,11 @@
 
 `reasoning` (default): count / bricks / bars with short reasoning; `colour`: the toy task of
 the CDRL learning check, a few steps only (format, not skill).
+
+`reasoning` runs 800 steps (481 s here), not 600 (368 s): the count task is learned late.
+On the validation split (768 problems, greedy accuracy, count in brackets) 600 steps give
+0.637 (0.17, chance is 0.20) and 800 steps 0.715 (0.34), which leaves count room for
+test-time scaling and, under CDRL, a confidence that can follow the image.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def get_config(task: str = "reasoning") -> ml_collections.ConfigDict:
   c.optimizer = dict(
     learning_rate=3e-3,
     warmup_steps=20,
-    total_steps=600 if task == "reasoning" else 30,
+    total_steps=800 if task == "reasoning" else 30,
     weight_decay=0.0,
     clip_norm=1.0,
     accumulate=1,

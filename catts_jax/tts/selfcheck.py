@@ -9,8 +9,9 @@ depends on the image loses support under noise. Gated by `voting.needs_selfcheck
 contested table). Optionally the VCD decode's answer (contrastive decoding against the same
 kind of noise) joins with `vcd_weight * N`.
 
-The rule was chosen on 512 synthetic validation problems with the bundled CDRL checkpoint
-(`infer.catts --split validation --expert self`, the rules replayed on the recorded drops).
+The rule was chosen on 512 synthetic validation problems with an earlier build of the bundled
+CDRL checkpoint (`infer.catts --split validation --expert self`, the rules replayed on the
+recorded drops).
 Accuracy % at N = 1..16 and slope: this rule 56.1, 58.2, 55.9, 60.0, 60.2 (beta 1.00); the
 whole `selfcheck_weight * N` split by the drops 56.2, 56.2, 56.1, 56.8, 57.2 (0.26); no
 self-check 56.1, 58.2, 56.8, 59.2, 59.4 (0.76); majority 56.1, 56.1, 56.2, 58.2, 58.6 (0.71).
