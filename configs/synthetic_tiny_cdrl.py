@@ -42,33 +42,35 @@ the one without it (lr 5e-5, 16 problems a step); with KL 0.01: 0.479 / 0.732.
   RL run here loses bricks accuracy (SFT 0.72, runs 0.45-0.63); bars and count hold.
 - Stopping earlier does not keep it either (this config's checkpoints at steps 10, 20, 30,
   40: 0.626 / 0.369, 0.579 / 0.445, 0.570 / 0.488, 0.566 / 0.554): bricks falls from the
-  start (0.72, 0.66 at step 10, 0.55 at step 20) while the drop grows. Freezing the vision tower (`freeze_vision`) costs both:
-  0.551 / 0.472. What changes on bricks is the perceived count ("I count K bricks"), one off
-  in either direction, with the arithmetic after it intact; SFT samples at temperature 1
-  reach the right answer through a wrong count in under 1% of rows (4 of 505 on train problems), so the
-  accuracy reward does not credit wrong counts. And accuracy-only GRPO does raise what it
-  optimises, the accuracy of samples at temperature 1 (240 validation problems x 8: SFT
-  0.571, bricks 0.489; accuracy-only 0.588, bricks 0.552; this config 0.539, bricks 0.442),
-  while its greedy accuracy falls: RL reshapes the sampled count distribution, and on
-  borderline counts the argmax moves.
-- A stronger warm start loses more: SFT for 800 steps instead of 600 (481 s; validation
-  0.715 / 0.228, bricks 0.81) and this config from it: 0.598 / 0.576, bricks 0.55.
+  start (0.72, 0.66 at step 10, 0.55 at step 20) while the drop grows. Freezing the vision
+  tower (`freeze_vision`) costs both: 0.551 / 0.472. What changes on bricks is the perceived
+  count ("I count K bricks"), one off in either direction, with the arithmetic after it
+  intact; SFT samples at temperature 1 reach the right answer through a wrong count in under
+  1% of rows (4 of 505 on train problems), so the accuracy reward does not credit wrong
+  counts. And accuracy-only GRPO does raise what it optimises, the accuracy of samples at
+  temperature 1 (240 validation problems x 8: SFT 0.571, bricks 0.489; accuracy-only 0.588,
+  bricks 0.552; this config 0.539, bricks 0.442), while its greedy accuracy falls: RL
+  reshapes the sampled count distribution, and on borderline counts the argmax moves.
+- Without the anchor, a stronger warm start loses more: SFT for 800 steps instead of 600
+  (481 s; validation 0.715 / 0.228, bricks 0.81) and this config from it: 0.598 / 0.576,
+  bricks 0.55. (With the anchor, it is kept: the last bullet.)
 - The supervised anchor (kept): each step's problems' reference solutions join the batch and
   `sft_coef` times their NLL joins the loss (catts_jax/rl/grpo.py). 15 problems a step, not
   16, so that 240 sampled rows and 15 solutions fill the 256-row bucket (272 rows would be
   padded to 512, twice the step's time). With lr 5e-5: sft_coef 1: 0.609 / 0.606; 5: 0.637 /
-  0.475; 5 with sensitivity weight 1: 0.613 / 0.572. With lr 1e-4: sft_coef 5 (kept): 0.621 /
-  0.621 (bricks 0.66); 5 with sensitivity 1: 0.616 / 0.686; 15 with sensitivity 1: 0.624 /
-  0.617; 30 with sensitivity 1: 0.613 / 0.462. The kept config with seed 1: 0.612 / 0.621
+  0.475; 5 with sensitivity weight 1: 0.613 / 0.572. With lr 1e-4: sft_coef 5 (kept):
+  0.621 / 0.621 (bricks 0.66); 5 with sensitivity 1: 0.616 / 0.686; 15 with sensitivity 1:
+  0.624 / 0.617; 30 with sensitivity 1: 0.613 / 0.462. The kept config with seed 1: 0.612 / 0.621
   (without the anchor, seed 1 gave 0.564 / 0.604). Step 40 of the kept run and of the two
   with sensitivity 1 at sft_coef 5 and 15 scored lower: 0.590 / 0.579, 0.605 / 0.635 and
   0.603 / 0.581. Running on (70 steps, 536 s; the same run to step 50): step 60 0.617 /
-  0.654, step 70 0.611 / 0.678; the drop keeps growing, accuracy does not come back. So the anchor moves the runs to a better
-  trade-off than any run without it, but none reaches both targets (accuracy >= 0.637 and
-  drop >= 0.624) on validation, and a stronger anchor stops helping: bricks stays at 0.64 to
-  0.71 against SFT's 0.72. These runs differ by about the split's noise (0.02 in accuracy);
-  of the two with a drop of 2x or near it and the most accuracy, the kept one changes fewer
-  of the paper's settings (its reward weights are the paper's).
+  0.654, step 70 0.611 / 0.678; the drop keeps growing, accuracy does not come back. So the
+  anchor moves the runs to a better trade-off than any run without it, but none reaches both
+  targets (accuracy >= 0.637 and drop >= 0.624) on validation, and a stronger anchor stops
+  helping: bricks stays at 0.64 to 0.71 against SFT's 0.72. These runs differ by about the
+  split's noise (0.02 in accuracy); of the two with a drop of 2x or near it and the most
+  accuracy, the kept one changes fewer of the paper's settings (its reward weights are the
+  paper's).
 - A 600-step warm start on fresh problems (a 19200-problem train split, each problem seen
   once, instead of ~5 passes over 4096): SFT 0.661 / 0.342 (bricks 0.87, bars 0.95, count
   0.17), and this config from it 0.667 / 0.438 (sensitivity weight 1: step 50 0.659 / 0.460,
@@ -79,9 +81,9 @@ the one without it (lr 5e-5, 16 problems a step); with KL 0.01: 0.479 / 0.732.
   N=16 on the first 256 validation problems (CA-TTS / majority at N=16). The 600-step pair's
   CDRL checkpoint: 0.7, infer.catts' default, 64.8 / 64.1; 1.0 66.0 / 63.7; 1.3 62.9 /
   62.1. The bundled (800-step) pair's: 0.7 (kept) 69.9 / 69.1 (from 61.7 at N=1 both;
-  slopes 2.07 / 2.03 points per doubling); 1.0 68.8 / 70.3. Single
-  samples lose more at higher temperature and the slopes grow with it (600-step pair,
-  CA-TTS: 1.39, 1.95, 3.16 points per doubling), so the choice is by accuracy, not slope.
+  slopes 2.07 / 2.03 points per doubling); 1.0 68.8 / 70.3. Single samples lose more at
+  higher temperature and the slopes grow with it (600-step pair, CA-TTS: 1.39, 1.95, 3.16
+  points per doubling), so the choice is by accuracy, not slope.
 - A longer warm start (kept; configs/synthetic_tiny.py): the 800-step SFT above (0.715 /
   0.228, count 0.34) with this config, anchor included: sft_coef 5 (kept) 0.673 / 0.628
   (bricks 0.70, count 0.32 with a drop of 0.32 where it had none); sft_coef 15 0.694 / 0.452.

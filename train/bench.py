@@ -125,7 +125,7 @@ def run(
   del model
   init_s = time.perf_counter() - began
   host = synthetic_batch(model_cfg, rows, prompt_len, response_len, image_patches, cfg.train.seed)
-  if cfg.loss.get("sft_coef", 0) > 0:  # the anchor's solution rows: the last ninth (1 per 8 samples)
+  if cfg.loss.sft_coef > 0:  # the anchor's solution rows: the last ninth (1 per 8 samples)
     host["sft_rows"] = (np.arange(rows) >= rows - max(1, rows // 9)).astype(np.float32)
   batch = {k: jnp.asarray(v) for k, v in host.items()}
   shapes = aot.Shapes(

@@ -668,7 +668,7 @@ def plan(
     from catts_jax.rl.grpo import LossConfig
     from catts_jax.rl.learner import jit_train_step, make_train_step
 
-    batch = train_batch(model_cfg, shapes, mesh, solution_rows=cfg.loss.get("sft_coef", 0) > 0)
+    batch = train_batch(model_cfg, shapes, mesh, solution_rows=cfg.loss.sft_coef > 0)
     step_fn = make_train_step(state.graphdef, state.rest, state.optimizer, LossConfig(**cfg.loss.to_dict()))
     jitted = jit_train_step(
       step_fn,
