@@ -179,8 +179,33 @@ def expert_summary(rows: list[dict]) -> dict[str, dict[str, Any]]:
   return out
 
 
-def summarize(rows: list[dict], ns: list[int], methods: list[str], tts: voting.TTSConfig) -> dict[str, Any]:
-  """report.json's measurements, over the problems without errors (their count is reported)."""
+def sample_pool(rows: list[dict], weight: str) -> dict[str, Any]:
+  """What voting has to work with, over the drawn samples (N of the largest): how often one
+  sample is right, how often any is (no vote picks better), and how well the vote weight ranks
+  a right sample above a wrong one of the same problem (the only ranking a vote can use)."""
+  graded = [x["correct"] for r in rows for x in r["samples"]]
+  if not graded:
+    return {}
+  groups = [([x[weight] for x in r["samples"]], [x["correct"] for x in r["samples"]]) for r in rows]
+  return {
+    "samples": len(graded),
+    "accuracy": float(np.mean(graded)),
+    "any_right": float(np.mean([any(y) for _, y in groups])),
+    "mixed_problems": sum(0 < sum(y) < len(y) for _, y in groups),
+    "weight": weight,
+    "within_problem_auroc": metrics.within_group_auroc(groups),
+  }
+
+
+def summarize(
+  rows: list[dict],
+  ns: list[int],
+  methods: list[str],
+  tts: voting.TTSConfig,
+  categories: dict[str, str] | None = None,
+) -> dict[str, Any]:
+  """report.json's measurements, over the problems without errors (their count is reported);
+  `categories` (problem id -> category) adds a breakdown at the largest N."""
   ok = [r for r in rows if "error" not in r]
   accuracy, calibration, slope = {}, {}, {}
   for m in methods:
@@ -228,9 +253,18 @@ def summarize(rows: list[dict], ns: list[int], methods: list[str], tts: voting.T
       "planned_by_expert": float(np.mean([x["plan"]["by"] == "expert" for x in top])),
       "ran": dict(ran),
     }
-  graded = [x["correct"] for r in ok for x in r["samples"]]  # the drawn samples, N of the largest
-  if graded:  # what voting has to work with: how often one sample alone is right
-    summary["single_samples"] = {"samples": len(graded), "accuracy": float(np.mean(graded))}
+  pool = sample_pool(ok, tts.sc_confidence)
+  if pool:
+    summary["single_samples"] = pool
+  if categories and any(categories.values()) and ok:
+    summary["by_category"] = {}
+    for cat in sorted({categories.get(str(r["id"]), "") for r in ok}):
+      rows_c = [r for r in ok if categories.get(str(r["id"]), "") == cat]
+      summary["by_category"][cat] = {
+        "problems": len(rows_c),
+        "accuracy": {m: float(np.mean([x["correct"] for x in _records(rows_c, m, ns[-1])])) for m in methods},
+        "single_samples": sample_pool(rows_c, tts.sc_confidence),
+      }
   summary["expert_calls"] = expert_summary(ok)
   summary["table"] = table_rows(summary, ns, methods)
   return summary
@@ -247,6 +281,33 @@ def table_rows(summary: dict[str, Any], ns: list[int], methods: list[str]) -> li
     fit = summary["slope"].get(m)
     row["beta"] = fit["beta"] if fit else "-"
     row["beta 95% CI"] = f"[{fit['low']:.2f}, {fit['high']:.2f}]" if fit else "-"
+    rows.append(row)
+  return rows
+
+
+def fraction(x: float | None) -> str:
+  """Two decimals; "n/a" for an undefined figure (NaN, or null once read back from JSON)."""
+  return "n/a" if x is None or x != x else f"{x:.2f}"
+
+
+def pool_line(pool: dict[str, Any]) -> str:
+  return (
+    f"Single samples: {100 * pool['accuracy']:.1f}% right ({pool['samples']} samples graded); "
+    f"{100 * pool['any_right']:.1f}% of problems have a right one; within a problem, `{pool['weight']}` "
+    f"ranks a right sample above a wrong one {fraction(pool['within_problem_auroc'])} of the time "
+    f"({pool['mixed_problems']} {'problem has' if pool['mixed_problems'] == 1 else 'problems have'} both)."
+  )
+
+
+def category_rows(summary: dict[str, Any], methods: list[str]) -> list[dict[str, Any]]:
+  """Accuracy (%) at the largest N per category, beside its sample pool (`sample_pool`)."""
+  rows = []
+  for cat, c in summary["by_category"].items():
+    row = {"category": cat or "-", "problems": c["problems"], **{m: 100 * c["accuracy"][m] for m in methods}}
+    if pool := c["single_samples"]:  # none when no method samples
+      row["one sample %"] = 100 * pool["accuracy"]
+      row["any right %"] = 100 * pool["any_right"]
+      row["within-problem auroc"] = pool["within_problem_auroc"]
     rows.append(row)
   return rows
 
@@ -276,8 +337,9 @@ def write_report(out: pathlib.Path, summary: dict[str, Any], ns: list[int], meth
     report.markdown_table(summary["table"], columns(ns)),
   ]
   if "single_samples" in summary:
-    one = summary["single_samples"]
-    parts += ["", f"Single samples: {100 * one['accuracy']:.1f}% right ({one['samples']} samples graded)."]
+    parts += ["", pool_line(summary["single_samples"])]
+  if "by_category" in summary:
+    parts += ["", f"## by category (N={ns[-1]})", "", report.markdown_table(category_rows(summary, methods))]
   if "adaptive" in summary:
     a = summary["adaptive"]
     rows = [
@@ -375,7 +437,8 @@ def main(argv=None) -> int:
     rows = runner.run(out, progress=bar.update)
   wanted = {str(ex["id"]) for ex in examples}
   rows = [r for r in rows if str(r["id"]) in wanted]
-  summary = {**settings, **summarize(rows, ns, methods, tts)}
+  categories = {str(ex["id"]): ex.get("category") or "" for ex in examples}
+  summary = {**settings, **summarize(rows, ns, methods, tts, categories)}
   write_report(out, summary, ns, methods)
   print(report.text_table(summary["table"], columns(ns)))
   if summary["errors"]:

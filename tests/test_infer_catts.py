@@ -306,7 +306,8 @@ def test_summary_by_hand():
     {"id": "2", "error": "2: image 0 cannot be decoded"},
   ]
   tts = TTSConfig(adaptive=True, adaptive_margin=0.6, adaptive_min_samples=2)
-  s = catts.summarize(rows, [1, 2, 4], ["catts", "majority", "greedy"], tts)
+  categories = {"0": "walls", "1": "bars", "2": "walls"}
+  s = catts.summarize(rows, [1, 2, 4], ["catts", "majority", "greedy"], tts, categories)
   assert (s["problems"], s["errors"], s["error_ids"]) == (3, 1, ["2"])
   assert s["accuracy"]["catts"] == {"1": 0.0, "2": 0.5, "4": 0.5}
   assert s["accuracy"]["majority"] == {"1": 0.0, "2": 0.5, "4": 1.0}
@@ -322,7 +323,17 @@ def test_summary_by_hand():
   assert s["expert_calls"]["voter"] == {
     "calls": 2, "ok": 0, "failed": 2, "cached": 0, "fallback": 0, "mean_latency_s": 0.5, "errors": {"HTTP 500": 2}
   }  # fmt: skip
-  assert s["single_samples"] == {"samples": 8, "accuracy": 3 / 8}  # the "b" samples, problems 0 and 1
+  # The "b" samples are right. Problem 0: b at 0.9 against a 0.9, a 0.8, c 0.9 wins 2 of 3
+  # pairs; problem 1: all at 0.5, 4 tied pairs.
+  pool = {"samples": 8, "accuracy": 3 / 8, "any_right": 1.0, "mixed_problems": 2, "weight": "confidence"}
+  assert s["single_samples"] == {**pool, "within_problem_auroc": pytest.approx((2 + 2) / (3 + 4))}
+  walls, bars = s["by_category"]["walls"], s["by_category"]["bars"]
+  assert list(s["by_category"]) == ["bars", "walls"] and walls["problems"] == 1  # the failed one left out
+  assert walls["accuracy"] == {"catts": 0.0, "majority": 1.0, "greedy": 1.0}
+  assert bars["accuracy"] == {"catts": 1.0, "majority": 1.0, "greedy": 0.0}
+  assert walls["single_samples"]["within_problem_auroc"] == pytest.approx(2 / 3)
+  assert bars["single_samples"]["within_problem_auroc"] == 0.5
+  assert "by_category" not in catts.summarize(rows, [1, 2, 4], ["majority"], tts, {"0": "", "1": ""})
   assert [r["method"] for r in s["table"]] == ["catts", "majority", "greedy"]
   assert s["table"][1]["N=4"] == 100.0 and s["table"][2]["beta"] == "-"
   fit = s["slope"]["majority"]

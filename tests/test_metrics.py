@@ -73,6 +73,27 @@ def test_auroc_with_ties():
   assert metrics.auroc(conf, correct) == pytest.approx(_pairwise_auroc(conf, correct))
 
 
+def test_within_group_auroc_ranks_only_inside_each_group():
+  # Problem A: all confident (0.9 right, 0.8 wrong); B: unsure (0.3 wrong, 0.2 right). Across
+  # problems confidence separates right from wrong half the time, inside A it always does,
+  # inside B never: pooled over the 2 within-problem pairs, 1/2.
+  groups = [([0.9, 0.8], [1, 0]), ([0.3, 0.2], [0, 1])]
+  assert metrics.within_group_auroc(groups) == 0.5
+  assert metrics.auroc([0.9, 0.8, 0.3, 0.2], [1, 0, 0, 1]) == 0.5
+  # A one-class group adds no pairs; ties count a half: 2 pairs won in the second, 1/2 in the third.
+  groups = [([0.9, 0.9, 0.9], [1, 1, 1]), ([0.9, 0.2, 0.2], [1, 0, 0]), ([0.2, 0.2], [1, 0])]
+  assert metrics.within_group_auroc(groups) == pytest.approx((2 + 0.5) / 3)
+  # No group with both classes: undefined. Scores need not be probabilities.
+  assert math.isnan(metrics.within_group_auroc([([0.3, 0.4], [1, 1]), ([12.0], [0])]))
+  rng = np.random.default_rng(1)
+  groups = [(rng.integers(0, 4, 6) / 3, rng.integers(0, 2, 6)) for _ in range(20)]
+  pooled = [_pairwise_auroc(c, y) * y.sum() * (6 - y.sum()) for c, y in groups if 0 < y.sum() < 6]
+  pairs = sum(y.sum() * (6 - y.sum()) for _, y in groups)
+  assert metrics.within_group_auroc(groups) == pytest.approx(sum(pooled) / pairs)
+  with pytest.raises(ValueError, match="finite"):
+    metrics.within_group_auroc([([0.1, float("nan")], [1, 0])])
+
+
 def test_selective_accuracy_and_aurc():
   # Most confident first: correct, wrong, correct -> risks 0, 1/2, 1/3.
   assert metrics.aurc([0.9, 0.8, 0.7], [1, 0, 1]) == pytest.approx((0 + 0.5 + 1 / 3) / 3)

@@ -123,6 +123,26 @@ def auroc(confidence, correct) -> float:
   return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def within_group_auroc(groups: Iterable[tuple[Any, Any]]) -> float:
+  """`auroc` within groups, pooled: P(a correct item outranks a wrong one of the *same* group),
+  over every such pair of every group that has both (NaN if none does).
+
+  For the samples of one problem this is the only ranking a confidence-weighted vote can use;
+  the plain `auroc` over problems also rewards knowing which problems are hard. Only ranks
+  count, so any score works (a vote weight need not be a probability)."""
+  wins = pairs = 0.0
+  for confidence, correct in groups:
+    c, y = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+    if c.shape != y.shape or c.ndim != 1 or not np.isfinite(c).all():
+      raise ValueError(f"a group's scores must be finite and match its labels: {c.shape} vs {y.shape}")
+    pos = y > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos and n_neg:
+      wins += _midranks(c)[pos].sum() - n_pos * (n_pos + 1) / 2
+      pairs += n_pos * n_neg
+  return float(wins / pairs) if pairs else float("nan")
+
+
 # ---- selective prediction ----------------------------------------------------------------------
 
 
