@@ -8,6 +8,15 @@ the CDRL learning check, a few steps only (format, not skill).
 On the validation split (768 problems, greedy accuracy, count in brackets) 600 steps give
 0.637 (0.17, chance is 0.20) and 800 steps 0.715 (0.34), which leaves count room for
 test-time scaling and, under CDRL, a confidence that can follow the image.
+
+Not kept, same 800 steps:
+- count's reference solution written row by row with a running total ("row by row: 1 so 1,
+  0 so 1, 2 so 3, 0 so 3", one row of cells per row of the vision tower's merged tokens):
+  0.655 (count 0.35, bricks 0.62). In 48 count problems x 8 samples at T 0.7 the arithmetic
+  is right in 99% of them, each row's count in 36-46%: reading a row fails, not adding.
+- a 19200-problem train split (each problem seen 1.3 times, not 6): 0.729 (count 0.31,
+  bricks 0.88). CDRL was not tried from it; from a 600-step SFT on that split, count answers
+  ignored the image (configs/synthetic_tiny_cdrl.py).
 """
 
 from __future__ import annotations

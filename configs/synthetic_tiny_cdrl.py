@@ -84,6 +84,15 @@ the one without it (lr 5e-5, 16 problems a step); with KL 0.01: 0.479 / 0.732.
   slopes 2.07 / 2.03 points per doubling); 1.0 68.8 / 70.3. Single samples lose more at
   higher temperature and the slopes grow with it (600-step pair, CA-TTS: 1.39, 1.95, 3.16
   points per doubling), so the choice is by accuracy, not slope.
+- The vote weight stays the paper's exp(-NMLP). In the bundled pair's T 0.7 run above it
+  ranks a right sample above a wrong one of the same problem 0.69 of the time (count 0.66,
+  bricks 0.73; 0.5 is chance), while 97.7% of the problems have a right sample among their
+  16. Replaying that run's votes offline with sharper weights exp(-k NMLP) up to best-of-N
+  (k -> infinity, the most any use of this weight can do), accuracy at N = 1..16 and slope:
+  majority 61.7 -> 69.1 (2.03); k = 1 (CA-TTS's own votes, without the self-check) 61.7 ->
+  69.9 (2.00); k = 64 61.7 -> 71.1 (2.39); best-of-N 61.7 -> 71.1 (2.47). At most 1.2x
+  majority's slope, under the demo's 1.5x target, so no sharpening is added: the target
+  needs a weight that tells a problem's samples apart, not a sharper use of this one.
 - A longer warm start (kept; configs/synthetic_tiny.py): the 800-step SFT above (0.715 /
   0.228, count 0.34) with this config, anchor included: sft_coef 5 (kept) 0.673 / 0.628
   (bricks 0.70, count 0.32 with a drop of 0.32 where it had none); sft_coef 15 0.694 / 0.452.

@@ -202,13 +202,24 @@ def markdown(result: dict) -> str:
 
 
 def single_samples(syn: dict) -> list[str]:
-  """The line on what the sampled methods vote over, when the run graded its samples."""
+  """What the sampled methods vote over, overall and per task, when the run graded its samples."""
+  from catts_jax.eval import report
+  from infer.catts import category_rows, fraction
+
   one = syn.get("single_samples")
   if not one:
     return []
+  n = max(int(k) for k in syn["accuracy"]["majority"])
   return [
     f"A single sample is right {100 * one['accuracy']:.1f}% of the time ({one['samples']} samples, "
-    f"the pool the sampled methods vote over), the greedy answer {100 * syn['accuracy']['greedy']['1']:.1f}%.",
+    f"the pool the sampled methods vote over), the greedy answer {100 * syn['accuracy']['greedy']['1']:.1f}%. "
+    f"{100 * one['any_right']:.1f}% of the problems have a right answer among their {n} samples; within "
+    f"a problem, the vote weight (`{one['weight']}`) ranks a right sample above a wrong one "
+    f"{fraction(one['within_problem_auroc'])} of the time ({one['mixed_problems']} problems have both; 0.5 is chance).",
+    "",
+    f"Per task at N={n} (accuracy in %; one sample, any right and within-problem AUROC as above):",
+    "",
+    report.markdown_table(category_rows(syn, METHODS.split(","))),
     "",
   ]
 
@@ -286,6 +297,7 @@ def run(args) -> dict:
     "table",
     "modules",
     "single_samples",
+    "by_category",
     "expert_calls",
   )
   result = {

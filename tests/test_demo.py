@@ -93,7 +93,11 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   for png in ("reliability_sft.png", "reliability_cdrl.png", "confidence_under_noise.png"):
     assert (out / png).stat().st_size > 0
   assert (out / "catts_synthetic" / "accuracy_vs_n.png").is_file()
-  assert "Targets" in done.stdout and "A single sample is right" in done.stdout
+  assert (
+    "Targets" in done.stdout
+    and "A single sample is right" in done.stdout
+    and "within-problem auroc" in done.stdout
+  )
 
   # A rerun reads every finished stage back: the same figures.
   again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
