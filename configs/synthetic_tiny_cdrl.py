@@ -92,7 +92,9 @@ the one without it (lr 5e-5, 16 problems a step); with KL 0.01: 0.479 / 0.732.
   majority 61.7 -> 69.1 (2.03); k = 1 (CA-TTS's own votes, without the self-check) 61.7 ->
   69.9 (2.00); k = 64 61.7 -> 71.1 (2.39); best-of-N 61.7 -> 71.1 (2.47). At most 1.2x
   majority's slope, under the demo's 1.5x target, so no sharpening is added: the target
-  needs a weight that tells a problem's samples apart, not a sharper use of this one.
+  needs a weight that tells a problem's samples apart, not a sharper use of this one. Scores
+  from the same samples' token log-probs (teacher-forced) do no better within a problem:
+  mean 0.70, sum 0.70, mean of the 3 lowest 0.70, lowest 0.65.
 - A longer warm start (kept; configs/synthetic_tiny.py): the 800-step SFT above (0.715 /
   0.228, count 0.34) with this config, anchor included: sft_coef 5 (kept) 0.673 / 0.628
   (bricks 0.70, count 0.32 with a drop of 0.32 where it had none); sft_coef 15 0.694 / 0.452.
