@@ -95,6 +95,12 @@ the one without it (lr 5e-5, 16 problems a step); with KL 0.01: 0.479 / 0.732.
   needs a weight that tells a problem's samples apart, not a sharper use of this one. Scores
   from the same samples' token log-probs (teacher-forced) do no better within a problem:
   mean 0.70, sum 0.70, mean of the 3 lowest 0.70, lowest 0.65.
+  The 800-step SFT checkpoint, same run: it ranks better within a problem (0.73; bricks 0.80
+  against 0.73 after CDRL), and CA-TTS leads majority at N = 2, 4, 8 (68.4 / 62.5, 71.1 /
+  66.4, 72.7 / 70.3) and ties at 16 (73.0), yet its slope is the smaller (2.54 against 2.89):
+  a vote that finds the answer with fewer samples starts higher and flattens its own curve.
+  This config with calibration weight 2 (not 0.5): greedy 0.674 / 0.577; within a problem
+  0.71 (bricks 0.78); CA-TTS and majority both 64.1 -> 68.4, slopes 1.09. Not kept.
 - A longer warm start (kept; configs/synthetic_tiny.py): the 800-step SFT above (0.715 /
   0.228, count 0.34) with this config, anchor included: sft_coef 5 (kept) 0.673 / 0.628
   (bricks 0.70, count 0.32 with a drop of 0.32 where it had none); sft_coef 15 0.694 / 0.452.
