@@ -23,7 +23,7 @@ import importlib.util
 import json
 import pathlib
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
@@ -183,10 +183,10 @@ def sample_pool(rows: list[dict], weight: str) -> dict[str, Any]:
   """What voting has to work with, over the drawn samples (N of the largest): how often one
   sample is right, how often any is (no vote picks better), and how well the vote weight ranks
   a right sample above a wrong one of the same problem (the only ranking a vote can use)."""
-  graded = [x["correct"] for r in rows for x in r["samples"]]
+  groups = [([x[weight] for x in r["samples"]], [x["correct"] for x in r["samples"]]) for r in rows]
+  graded = [c for _, y in groups for c in y]
   if not graded:
     return {}
-  groups = [([x[weight] for x in r["samples"]], [x["correct"] for x in r["samples"]]) for r in rows]
   return {
     "samples": len(graded),
     "accuracy": float(np.mean(graded)),
@@ -257,14 +257,17 @@ def summarize(
   if pool:
     summary["single_samples"] = pool
   if categories and any(categories.values()) and ok:
-    summary["by_category"] = {}
-    for cat in sorted({categories.get(str(r["id"]), "") for r in ok}):
-      rows_c = [r for r in ok if categories.get(str(r["id"]), "") == cat]
-      summary["by_category"][cat] = {
+    by_category = defaultdict(list)
+    for r in ok:
+      by_category[categories.get(str(r["id"]), "")].append(r)
+    summary["by_category"] = {
+      cat: {
         "problems": len(rows_c),
         "accuracy": {m: float(np.mean([x["correct"] for x in _records(rows_c, m, ns[-1])])) for m in methods},
         "single_samples": sample_pool(rows_c, tts.sc_confidence),
       }
+      for cat, rows_c in sorted(by_category.items())
+    }
   summary["expert_calls"] = expert_summary(ok)
   summary["table"] = table_rows(summary, ns, methods)
   return summary

@@ -180,7 +180,7 @@ def markdown(result: dict) -> str:
       "",
       report.markdown_table(syn["table"], columns(ns)),
       "",
-      *single_samples(syn),
+      *single_samples(syn, ns[-1]),
       "catts-adaptive (stops a problem once its confidence-weighted vote margin is reached):",
       "",
       report.markdown_table(adaptive),
@@ -201,21 +201,18 @@ def markdown(result: dict) -> str:
   )
 
 
-def single_samples(syn: dict) -> list[str]:
-  """What the sampled methods vote over, overall and per task, when the run graded its samples."""
+def single_samples(syn: dict, n: int) -> list[str]:
+  """What the sampled methods vote over (infer.catts' line), overall and per task at N = n,
+  when the run graded its samples."""
   from catts_jax.eval import report
-  from infer.catts import category_rows, fraction
+  from infer.catts import category_rows, pool_line
 
   one = syn.get("single_samples")
   if not one:
     return []
-  n = max(int(k) for k in syn["accuracy"]["majority"])
   return [
-    f"A single sample is right {100 * one['accuracy']:.1f}% of the time ({one['samples']} samples, "
-    f"the pool the sampled methods vote over), the greedy answer {100 * syn['accuracy']['greedy']['1']:.1f}%. "
-    f"{100 * one['any_right']:.1f}% of the problems have a right answer among their {n} samples; within "
-    f"a problem, the vote weight (`{one['weight']}`) ranks a right sample above a wrong one "
-    f"{fraction(one['within_problem_auroc'])} of the time ({one['mixed_problems']} problems have both; 0.5 is chance).",
+    f"{pool_line(one)} The greedy answer is right {100 * syn['accuracy']['greedy']['1']:.1f}% of the time; "
+    "0.5 is a chance ranking.",
     "",
     f"Per task at N={n} (accuracy in %; one sample, any right and within-problem AUROC as above):",
     "",

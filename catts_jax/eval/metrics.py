@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 
-def _arrays(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(confidence, correct, probabilities: bool = True) -> tuple[np.ndarray, np.ndarray]:
   c = np.asarray(confidence, dtype=np.float64).reshape(-1)
   y = np.asarray(correct, dtype=np.float64).reshape(-1)
   if c.shape != y.shape:
     raise ValueError(f"confidence and correct differ in length: {c.shape} vs {y.shape}")
-  if c.size and (not np.isfinite(c).all() or c.min() < 0 or c.max() > 1):
-    raise ValueError("confidence must be finite and in [0, 1]")
+  in_range = not probabilities or not c.size or (c.min() >= 0 and c.max() <= 1)
+  if not (np.isfinite(c).all() and in_range):
+    raise ValueError("confidence must be finite" + (" and in [0, 1]" if probabilities else ""))
   return c, y
 
 
@@ -132,9 +133,7 @@ def within_group_auroc(groups: Iterable[tuple[Any, Any]]) -> float:
   count, so any score works (a vote weight need not be a probability)."""
   wins = pairs = 0.0
   for confidence, correct in groups:
-    c, y = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
-    if c.shape != y.shape or c.ndim != 1 or not np.isfinite(c).all():
-      raise ValueError(f"a group's scores must be finite and match its labels: {c.shape} vs {y.shape}")
+    c, y = _arrays(confidence, correct, probabilities=False)
     pos = y > 0.5
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos and n_neg:
