@@ -15,8 +15,9 @@ Not kept, same 800 steps:
   0.655 (count 0.35, bricks 0.62). In 48 count problems x 8 samples at T 0.7 the arithmetic
   is right in 99% of them, each row's count in 36-46%: reading a row fails, not adding.
 - a 19200-problem train split (each problem seen 1.3 times, not 6): 0.729 (count 0.31,
-  bricks 0.88). CDRL was not tried from it; from a 600-step SFT on that split, count answers
-  ignored the image (configs/synthetic_tiny_cdrl.py).
+  bricks 0.88); a rebuild on a slower machine (757 s) gave 0.715 (count 0.27, bricks 0.88)
+  with count read without the image (drop 0.013), as from 600 steps on that split. CDRL
+  from it loses more than from the bundled SFT (configs/synthetic_tiny_cdrl.py).
 """
 
 from __future__ import annotations

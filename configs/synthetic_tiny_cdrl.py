@@ -77,6 +77,13 @@ the one without it (lr 5e-5, 16 problems a step); with KL 0.01: 0.479 / 0.732.
   step 60 0.642 / 0.472, step 70 0.650 / 0.472). Accuracy holds there, but the drop stops
   near 0.47: that SFT model reads count problems without the image (drop 0.007, before and
   after CDRL), so a third of the problems never lose confidence under noise. Not kept.
+- The same, from an 800-step warm start on the 19200-problem split (`python -m infer.demo
+  --split validation --mv-limit 0 --limit 256`): SFT 0.715 / 0.358 (count 0.27 with a drop
+  of 0.013), this config from it 0.665 / 0.518 (drop ratio 1.44; bricks 0.88 -> 0.69). On
+  the first 256 problems CA-TTS leads majority at N=16 (74.2 / 71.9, from 67.6 at N=1), but
+  the slopes are 1.37 / 1.02 (1.35x) with bootstrap intervals [0.23, 2.46] and [-0.20,
+  2.19]: 256 problems cannot tell such slopes apart. Within a problem 0.70 (bricks 0.69,
+  count 0.70). Not kept: the drop target fails (the bundled pair: 2.75x, below).
 - The demo's sampling temperature (infer.demo `--temperature`), by CA-TTS's accuracy at
   N=16 on the first 256 validation problems (CA-TTS / majority at N=16). The 600-step pair's
   CDRL checkpoint: 0.7, infer.catts' default, 64.8 / 64.1; 1.0 66.0 / 63.7; 1.3 62.9 /

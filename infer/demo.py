@@ -1,7 +1,7 @@
 """The demo: the bundled tiny checkpoints' calibration and test-time scaling, on CPU in minutes.
 
     python -m infer.demo --out runs/demo [--sft checkpoints/synthetic_sft] \\
-        [--cdrl checkpoints/synthetic_cdrl] [--limit K] [--render-readme README.md]
+        [--cdrl checkpoints/synthetic_cdrl] [--split test] [--limit K] [--render-readme README.md]
 
 1. Before/after CDRL: greedy answers of the SFT and the CDRL checkpoint on the synthetic test
    split, each answer scored on its image and, teacher-forced, under VCD noise at full
@@ -9,7 +9,11 @@
 2. CA-TTS and its baselines on the CDRL checkpoint (infer.catts, `--expert self`, samples at
    `--temperature`, 0.7), N = 1..16,
    on the test split (the first --limit problems if given).
-3. The real-benchmark path: the CDRL checkpoint through Math-Vision testmini (--mv-limit 16).
+3. The real-benchmark path: the CDRL checkpoint through Math-Vision testmini (--mv-limit 16;
+   0 skips it).
+
+`--split validation` runs stages 1 and 2 on the validation split instead: settings and
+checkpoints are chosen there, so that the test split is only reported.
 
 DIR/report.json holds the three stages and the demo's targets, each checked; DIR/report.md
 the tables; PNGs: accuracy_vs_n.png (per infer.catts run), reliability_{sft,cdrl}.png,
@@ -36,17 +40,20 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--sft", default=str(ROOT / "checkpoints" / "synthetic_sft"))
   p.add_argument("--cdrl", default=str(ROOT / "checkpoints" / "synthetic_cdrl"))
   p.add_argument("--data-dir", default=None, help="tfds cache for the synthetic dataset")
+  p.add_argument(
+    "--split", default="test", choices=("test", "validation"), help="synthetic split of stages 1, 2"
+  )
   # Both stages default to the whole test split (256 problems): on 128, one problem is 0.8
   # points, as large as the methods' differences.
-  p.add_argument("--calibration-size", type=int, default=None, help="first K test problems for stage 1")
-  p.add_argument("--limit", type=int, default=None, help="first K test problems for CA-TTS (stage 2)")
+  p.add_argument("--calibration-size", type=int, default=None, help="first K problems for stage 1")
+  p.add_argument("--limit", type=int, default=None, help="first K problems for CA-TTS (stage 2)")
   p.add_argument("--n", default="1,2,4,8,16", help="sample counts N of stage 2")
   p.add_argument("--max-new-tokens", type=int, default=64)
   # infer.catts' default; CA-TTS's accuracy on validation chose it over 1.0 and 1.3 for the
   # bundled checkpoint (configs/synthetic_tiny_cdrl.py has the runs).
   p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of stages 2 and 3")
   p.add_argument("--mathvision", default=str(ROOT.parent / "shared" / "data" / "math-vision-testmini"))
-  p.add_argument("--mv-limit", type=int, default=16)
+  p.add_argument("--mv-limit", type=int, default=16, help="0: skip stage 3")
   p.add_argument("--render-readme", default=None, help="only rewrite this README's demo block from --out")
   return p.parse_args(argv)
 
@@ -161,11 +168,11 @@ def markdown(result: dict) -> str:
     {"target": name, "measured": t["value"], "wanted": t["target"], "holds": "yes" if t["holds"] else "NO"}
     for name, t in result["targets"].items()
   ]
-  mv_ns = sorted(int(k) for k in mv["accuracy"]["majority"])
+  split = result.get("split", "test")
   task_cols = ["checkpoint", "task", "n", "accuracy", "confidence", "confidence_perturbed", "confidence_drop"]
   return "\n".join(
     [
-      f"Calibration on the synthetic test split ({cal_rows[0]['n']} problems, greedy; drop = confidence on "
+      f"Calibration on the synthetic {split} split ({cal_rows[0]['n']} problems, greedy; drop = confidence on "
       "the image minus under VCD noise at full strength, same answer):",
       "",
       report.markdown_table(cal_rows, cal_cols),
@@ -174,7 +181,7 @@ def markdown(result: dict) -> str:
       "",
       report.markdown_table(task_rows, task_cols),
       "",
-      f"CA-TTS and baselines, CDRL checkpoint, first {syn['problems']} synthetic test problems, "
+      f"CA-TTS and baselines, CDRL checkpoint, first {syn['problems']} synthetic {split} problems, "
       f"`--expert self`, samples at temperature {syn['temperature']} (accuracy in %, ECE/AUROC at the "
       "largest N, beta = points per doubling of N):",
       "",
@@ -189,16 +196,28 @@ def markdown(result: dict) -> str:
       "",
       report.markdown_table(checks),
       "",
-      f"Math-Vision testmini, first {mv['problems']} problems ({mv['errors']} errors), same checkpoint "
-      "(a model trained only on the synthetic shapes: chance-level answers expected):",
-      "",
-      report.markdown_table(mv["table"], columns(mv_ns)),
-      "",
+      *mathvision_lines(mv),
       f"Wall time {result['seconds']['total']:.0f} s, summed over the runs that wrote it ("
       + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items() if k != "total")
       + ").",
     ]
   )
+
+
+def mathvision_lines(mv: dict | None) -> list[str]:
+  from catts_jax.eval import report
+  from infer.catts import columns
+
+  if not mv:
+    return []
+  ns = sorted(int(k) for k in mv["accuracy"]["majority"])
+  return [
+    f"Math-Vision testmini, first {mv['problems']} problems ({mv['errors']} errors), same checkpoint "
+    "(a model trained only on the synthetic shapes: chance-level answers expected):",
+    "",
+    report.markdown_table(mv["table"], columns(ns)),
+    "",
+  ]
 
 
 def single_samples(syn: dict, n: int) -> list[str]:
@@ -245,15 +264,16 @@ def run(args) -> dict:
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - since
     report.write_json(spent, seconds)
 
-  ds = data.load("synthetic", data_dir=args.data_dir, split="test")
+  ds = data.load("synthetic", data_dir=args.data_dir, split=args.split)
 
   t = time.perf_counter()
   examples = ds[: args.calibration_size]
   done = out / "calibration.json"
   cal = json.loads(done.read_text()) if done.is_file() else {}
   for name, ckpt in (("sft", args.sft), ("cdrl", args.cdrl)):
-    if cal.get(name, {}).get("checkpoint") != ckpt or cal[name]["n"] != len(examples):
-      cal[name] = calibration(name, ckpt, examples, args.max_new_tokens, out)
+    old = cal.get(name, {})
+    if (old.get("checkpoint"), old.get("split", "test"), old.get("n")) != (ckpt, args.split, len(examples)):
+      cal[name] = {**calibration(name, ckpt, examples, args.max_new_tokens, out), "split": args.split}
       report.write_json(done, cal)
   strengths = [0.0, NOISE[1]]
   report.plot_perturbation(
@@ -269,7 +289,7 @@ def run(args) -> dict:
             f"--config.sampling.temperature={args.temperature}",
             f"--config.reflection.max_new_tokens={args.max_new_tokens}"]  # fmt: skip
   t = time.perf_counter()
-  syn_argv = ["--ckpt", args.cdrl, "--benchmark", "synthetic", "--split", "test", "--n", args.n]
+  syn_argv = ["--ckpt", args.cdrl, "--benchmark", "synthetic", "--split", args.split, "--n", args.n]
   if args.limit:
     syn_argv += ["--limit", str(args.limit)]
   if args.data_dir:
@@ -277,11 +297,13 @@ def run(args) -> dict:
   syn = catts_run(out / "catts_synthetic", syn_argv + common)
   add("catts_synthetic", t)
 
-  t = time.perf_counter()
-  mv_argv = ["--ckpt", args.cdrl, "--benchmark", "mathvision", "--data", args.mathvision,
-             "--limit", str(args.mv_limit), "--n", "1,2,4"]  # fmt: skip
-  mv = catts_run(out / "catts_mathvision", mv_argv + common)
-  add("catts_mathvision", t)
+  mv = None
+  if args.mv_limit:
+    t = time.perf_counter()
+    mv_argv = ["--ckpt", args.cdrl, "--benchmark", "mathvision", "--data", args.mathvision,
+               "--limit", str(args.mv_limit), "--n", "1,2,4"]  # fmt: skip
+    mv = catts_run(out / "catts_mathvision", mv_argv + common)
+    add("catts_mathvision", t)
   add("total", began)
 
   keep = (
@@ -298,12 +320,13 @@ def run(args) -> dict:
     "expert_calls",
   )
   result = {
+    "split": args.split,
     "calibration": cal,
     "synthetic": {
       **{k: syn[k] for k in keep if k in syn},
       "temperature": syn["config"]["sampling"]["temperature"],
     },
-    "mathvision": {k: mv[k] for k in keep if k in mv},
+    "mathvision": mv and {k: mv[k] for k in keep if k in mv},
     "seconds": seconds,
   }
   result["targets"] = targets(cal, syn)

@@ -113,6 +113,23 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert "Targets" in text and "STALE BLOCK" not in text and text.startswith("a\n") and text.endswith("b\n")
 
 
+def test_demo_on_validation_without_mathvision(tmp_path):
+  """`--split validation` (where settings are chosen) reads validation problems only;
+  `--mv-limit 0` leaves the Math-Vision stage out of the run and the report."""
+  out = tmp_path / "demo"
+  argv = [f"--out={out}", f"--data-dir={tmp_path / 'tfds'}", "--split=validation", "--calibration-size=2",
+          "--limit=1", "--n=1,2", "--mv-limit=0", "--max-new-tokens=4"]  # fmt: skip
+  assert demo.main(argv) == 0
+  result = json.loads((out / "report.json").read_text())
+  assert result["split"] == "validation" and result["mathvision"] is None
+  assert result["calibration"]["cdrl"]["n"] == 2 and result["synthetic"]["problems"] == 1
+  rows = [json.loads(line) for line in (out / "catts_synthetic" / "results.jsonl").read_text().splitlines()]
+  assert [r["id"] for r in rows] == ["validation-00000"]
+  assert not (out / "catts_mathvision").exists()
+  text = demo.markdown(result)
+  assert "synthetic validation split" in text and "Math-Vision" not in text
+
+
 def test_bundle_copies_the_export_with_its_record(tmp_path):
   from train import bundle
 
