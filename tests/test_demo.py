@@ -117,9 +117,13 @@ def test_demo_on_validation_without_mathvision(tmp_path):
   """`--split validation` (where settings are chosen) reads validation problems only;
   `--mv-limit 0` leaves the Math-Vision stage out of the run and the report."""
   out = tmp_path / "demo"
-  argv = [f"--out={out}", f"--data-dir={tmp_path / 'tfds'}", "--split=validation", "--calibration-size=2",
-          "--limit=1", "--n=1,2", "--mv-limit=0", "--max-new-tokens=4"]  # fmt: skip
-  assert demo.main(argv) == 0
+  # A subprocess, as a user runs it: the demo quiets the Expert's logger for its whole process.
+  cmd = [sys.executable, "-m", "infer.demo", f"--out={out}", f"--data-dir={tmp_path / 'tfds'}",
+         "--split=validation", "--calibration-size=2", "--limit=1", "--n=1,2", "--mv-limit=0",
+         "--max-new-tokens=4"]  # fmt: skip
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads((out / "report.json").read_text())
   assert result["split"] == "validation" and result["mathvision"] is None
   assert result["calibration"]["cdrl"]["n"] == 2 and result["synthetic"]["problems"] == 1
