@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import pathlib
 import sys
 import time
@@ -168,7 +169,7 @@ def markdown(result: dict) -> str:
     {"target": name, "measured": t["value"], "wanted": t["target"], "holds": "yes" if t["holds"] else "NO"}
     for name, t in result["targets"].items()
   ]
-  split = result.get("split", "test")
+  split = result["split"]
   task_cols = ["checkpoint", "task", "n", "accuracy", "confidence", "confidence_perturbed", "confidence_drop"]
   return "\n".join(
     [
@@ -241,15 +242,8 @@ def single_samples(syn: dict, n: int) -> list[str]:
 
 
 def run(args) -> dict:
-  import logging
-
   from catts_jax import data
   from catts_jax.eval import report
-
-  # The tiny policy is its own Expert: its planner/voter/critic text rarely parses, and every
-  # failed call is recorded in results.jsonl and counted in the report; no need for a warning
-  # line per call.
-  logging.getLogger("catts_jax.tts.expert").setLevel(logging.ERROR)
 
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -272,7 +266,7 @@ def run(args) -> dict:
   cal = json.loads(done.read_text()) if done.is_file() else {}
   for name, ckpt in (("sft", args.sft), ("cdrl", args.cdrl)):
     old = cal.get(name, {})
-    if (old.get("checkpoint"), old.get("split", "test"), old.get("n")) != (ckpt, args.split, len(examples)):
+    if (old.get("checkpoint"), old.get("split"), old.get("n")) != (ckpt, args.split, len(examples)):
       cal[name] = {**calibration(name, ckpt, examples, args.max_new_tokens, out), "split": args.split}
       report.write_json(done, cal)
   strengths = [0.0, NOISE[1]]
@@ -326,7 +320,7 @@ def run(args) -> dict:
       **{k: syn[k] for k in keep if k in syn},
       "temperature": syn["config"]["sampling"]["temperature"],
     },
-    "mathvision": mv and {k: mv[k] for k in keep if k in mv},
+    "mathvision": None if mv is None else {k: mv[k] for k in keep if k in mv},
     "seconds": seconds,
   }
   result["targets"] = targets(cal, syn)
@@ -343,6 +337,10 @@ def main(argv=None) -> int:
     result = json.loads((pathlib.Path(args.out) / "report.json").read_text())
     report.replace_block(args.render_readme, "demo-table", f"`{args.out}/report.json`\n\n{markdown(result)}")
     return 0
+  # The tiny policy is its own Expert: its planner/voter/critic text rarely parses, and every
+  # failed call is recorded in results.jsonl and counted in the report; no need for a warning
+  # line per call. A process-wide setting, so it belongs to the program, not to run().
+  logging.getLogger("catts_jax.tts.expert").setLevel(logging.ERROR)
   result = run(args)
   print(markdown(result))
   print(f"\nwrote {pathlib.Path(args.out) / 'report.json'}")
