@@ -33,6 +33,19 @@ def power_of_two_buckets(smallest: int, largest: int) -> tuple[int, ...]:
   return (*sizes, largest)
 
 
+def length_buckets(smallest: int, largest: int, per_octave: int = 4) -> tuple[int, ...]:
+  """Token-length buckets: each octave [n, 2n) split into `per_octave` equal steps (32, 40,
+  48, 56, 64, 80, ...), so padding wastes under 1/per_octave of a row where powers of two
+  waste up to half (a 136-token batch padded to 256 took 1.9x the SFT step of 160)."""
+  if smallest % per_octave:
+    raise ValueError(f"smallest bucket {smallest}: expected a multiple of per_octave {per_octave}")
+  sizes, octave = [], smallest
+  while octave < largest:
+    sizes += [n for n in range(octave, 2 * octave, octave // per_octave) if n < largest]
+    octave *= 2
+  return (*sizes, largest)
+
+
 def bucket(n: int, buckets: Sequence[int], what: str) -> int:
   for b in buckets:
     if n <= b:
@@ -167,13 +180,13 @@ class Processor:
     self.hf = AutoProcessor.from_pretrained(self.path, **kwargs)
     self.tokenizer = self.hf.tokenizer
     self.tokenizer.padding_side = "left"  # generation appends on the right
-    self.seq_buckets = tuple(seq_buckets or power_of_two_buckets(32, self.cfg.text.max_position_embeddings))
+    self.seq_buckets = tuple(seq_buckets or length_buckets(32, self.cfg.text.max_position_embeddings))
     # Patches per image (multiples of the 2x2 merge block): powers of two waste < 2x, and
     # starting at 64 keeps small images to one shape.
     self.patch_buckets = tuple(patch_buckets or power_of_two_buckets(64, 1 << 20))
     self.image_buckets = tuple(image_buckets or power_of_two_buckets(1, 1 << 16))
     self.batch_buckets = tuple(batch_buckets or power_of_two_buckets(1, 1 << 16))
-    self.response_buckets = tuple(response_buckets or power_of_two_buckets(16, self.seq_buckets[-1] // 2))
+    self.response_buckets = tuple(response_buckets or length_buckets(16, self.seq_buckets[-1] // 2))
     self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
   def chat_prompt(self, question: str, num_images: int = 0, system: str | None = None) -> str:

@@ -6,11 +6,19 @@ import torch
 from tiny_hf import random_image
 from transformers.vision_utils import get_vision_position_ids
 
-from catts_jax.processing import Processor, bucket, image_slots, patch_metadata, power_of_two_buckets
+from catts_jax.processing import (
+  Processor,
+  bucket,
+  image_slots,
+  length_buckets,
+  patch_metadata,
+  power_of_two_buckets,
+)
 
 
 def test_buckets_bound_shapes(tiny_ckpt):
-  """Different prompt lengths and image sizes fall into a few fixed shapes."""
+  """Different prompt lengths and image sizes fall into a few fixed shapes, padding rows by
+  under a quarter."""
   processor = Processor(tiny_ckpt)
   rng = np.random.default_rng(0)
   shapes = set()
@@ -22,9 +30,11 @@ def test_buckets_bound_shapes(tiny_ckpt):
     assert batch.pixel_values.shape[1] in processor.patch_buckets
     # Padding is on the left and padded patches belong to no image.
     assert batch.attention_mask[0, -1] == 1
+    assert batch.input_ids.shape[1] < 1.25 * batch.attention_mask.sum()
     n_real = int(batch.image_grid_thw.prod(-1).sum())
     assert (batch.patch_image[0, n_real:] == -1).all() and (batch.patch_image[0, :n_real] == 0).all()
-  assert len(shapes) <= 2, shapes
+  # Prompts of 37 to 69 tokens: the length buckets 40, 48, 56, 64 and 80; one image shape.
+  assert len(shapes) <= 5 and len({pixels for _, pixels in shapes}) == 1, shapes
 
 
 def test_bucket_helpers():
@@ -32,6 +42,16 @@ def test_bucket_helpers():
   assert bucket(33, (32, 64), "x") == 64
   with pytest.raises(ValueError, match="prompt 0 length in tokens: 65 exceeds the largest bucket 64"):
     bucket(65, (32, 64), "prompt 0 length in tokens")
+
+
+def test_length_buckets_pad_by_under_a_quarter():
+  assert length_buckets(32, 300) == (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 300)
+  buckets = length_buckets(32, 4096)
+  for n in range(1, 4097):
+    b = bucket(n, buckets, "x")
+    assert b >= n and (n <= 32 or b < 1.25 * n), (n, b)
+  with pytest.raises(ValueError, match="multiple of per_octave 4"):
+    length_buckets(30, 100)
 
 
 def test_over_long_prompt_names_it(tiny_ckpt):

@@ -25,8 +25,8 @@ status is 0 whenever a report was written, fits or not.
 
 Shapes follow the trainer: a train batch of prompts_per_step x group_size rows (rounded up to
 a power of two, as the Processor buckets them), each `--prompt_len` prompt tokens (holding one
-`--image_patches`-patch image) plus `max_new_tokens` response tokens, rounded up to a power of
-two; the decode loop over the same rows with a KV cache of prompt + max_new_tokens slots.
+`--image_patches`-patch image) plus `max_new_tokens` response tokens, rounded up to the
+Processor's length buckets (`processing.length_buckets`); the decode loop over the same rows with a KV cache of prompt + max_new_tokens slots.
 
 `--sweep` compiles a grid (models x topologies x strategies x shapes "PxGxR" = prompts x
 group x response tokens), one subprocess each, streaming rows to DIR/sweep.jsonl (a rerun
@@ -373,10 +373,10 @@ class Shapes:
 def trainer_shapes(
   model_cfg, prompts: int, group: int, max_new_tokens: int, prompt_len: int, image_patches: int
 ):
-  from catts_jax.processing import bucket, power_of_two_buckets
+  from catts_jax.processing import bucket, length_buckets, power_of_two_buckets
 
-  seq_buckets = power_of_two_buckets(32, model_cfg.text.max_position_embeddings)
-  response_buckets = power_of_two_buckets(16, seq_buckets[-1] // 2)
+  seq_buckets = length_buckets(32, model_cfg.text.max_position_embeddings)
+  response_buckets = length_buckets(16, seq_buckets[-1] // 2)
   row_buckets = power_of_two_buckets(1, 1 << 16)
   image_tokens = image_patches // model_cfg.vision.spatial_merge_size**2
   if image_tokens + 1 > prompt_len:
