@@ -4,10 +4,23 @@
 `reasoning` (default): count / bricks / bars with short reasoning; `colour`: the toy task of
 the CDRL learning check, a few steps only (format, not skill).
 
-`reasoning` runs 800 steps (481 s here), not 600 (368 s): the count task is learned late.
+`reasoning` runs 800 steps (481 s where the bundled checkpoint was built), not 600 (368 s):
+the count task is learned late.
 On the validation split (768 problems, greedy accuracy, count in brackets) 600 steps give
 0.637 (0.17, chance is 0.20) and 800 steps 0.715 (0.34), which leaves count room for
 test-time scaling and, under CDRL, a confidence that can follow the image.
+
+The bundled pair was built when token lengths were padded to powers of two: these rows of up
+to 136 tokens ran as 256. With the length buckets (`processing.length_buckets`: 160) a
+rebuild (`python -m train.bundle`) on a machine about 1.5x slower took 432 s for this SFT
+and 341 s for CDRL (`configs/synthetic_tiny_cdrl.py`). On that machine an SFT step took
+0.86-0.93 s at 256 tokens and 0.45-0.55 s at 160 (medians of 30 steps, run side by side):
+about 700 s for the 800 steps with the old padding. The rebuilt pair is not the bundled one
+(runs differ in float rounding across padding and machines, and 800 steps amplify it); on
+validation (greedy accuracy / drop) it gives SFT 0.689 / 0.190 and CDRL 0.658 / 0.698
+against the bundled 0.715 / 0.228 and 0.673 / 0.628, the same trade-off (drop ratio 3.7x,
+accuracy 0.03 lower; the bundled pair: 2.75x, 0.04 lower); CA-TTS on the first 256 problems,
+63.7 -> 67.6 against majority's 69.5 at N=16, does no better. The bundled pair is kept.
 
 Not kept, same 800 steps:
 - count's reference solution written row by row with a running total ("row by row: 1 so 1,
