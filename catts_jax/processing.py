@@ -33,10 +33,11 @@ def power_of_two_buckets(smallest: int, largest: int) -> tuple[int, ...]:
   return (*sizes, largest)
 
 
-def length_buckets(smallest: int, largest: int, per_octave: int = 4) -> tuple[int, ...]:
-  """Token-length buckets: each octave [n, 2n) split into `per_octave` equal steps (32, 40,
-  48, 56, 64, 80, ...), so padding wastes under 1/per_octave of a row where powers of two
-  waste up to half (a 136-token batch padded to 256 took 1.9x the SFT step of 160)."""
+def length_buckets(smallest: int, largest: int, per_octave: int = 1) -> tuple[int, ...]:
+  """Token-length buckets: each octave [n, 2n) split into `per_octave` equal steps (4: 32, 40,
+  48, 56, 64, 80, ...). Powers of two (1) waste up to half a row but keep the compiled
+  shapes fewest; 4 pads by under a quarter, for runs of many steps over few shapes (a
+  136-token SFT batch padded to 256 took 1.6-2x the step padded to 160)."""
   if smallest % per_octave:
     raise ValueError(f"smallest bucket {smallest}: expected a multiple of per_octave {per_octave}")
   sizes, octave = [], smallest
@@ -161,11 +162,14 @@ class Processor:
     image_buckets: Sequence[int] | None = None,
     batch_buckets: Sequence[int] | None = None,
     response_buckets: Sequence[int] | None = None,
+    buckets_per_octave: int = 1,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
   ):
     """min_pixels / max_pixels override the checkpoint's image resizing bounds (Qwen's
-    resize keeps each image's pixel count within them); give both or neither."""
+    resize keeps each image's pixel count within them); give both or neither.
+    buckets_per_octave: the default sequence and response length buckets
+    (`length_buckets`)."""
     from transformers import AutoProcessor  # heavy import, only when a processor is built
 
     self.path = pathlib.Path(path)
@@ -180,13 +184,16 @@ class Processor:
     self.hf = AutoProcessor.from_pretrained(self.path, **kwargs)
     self.tokenizer = self.hf.tokenizer
     self.tokenizer.padding_side = "left"  # generation appends on the right
-    self.seq_buckets = tuple(seq_buckets or length_buckets(32, self.cfg.text.max_position_embeddings))
+    max_len = self.cfg.text.max_position_embeddings
+    self.seq_buckets = tuple(seq_buckets or length_buckets(32, max_len, buckets_per_octave))
     # Patches per image (multiples of the 2x2 merge block): powers of two waste < 2x, and
     # starting at 64 keeps small images to one shape.
     self.patch_buckets = tuple(patch_buckets or power_of_two_buckets(64, 1 << 20))
     self.image_buckets = tuple(image_buckets or power_of_two_buckets(1, 1 << 16))
     self.batch_buckets = tuple(batch_buckets or power_of_two_buckets(1, 1 << 16))
-    self.response_buckets = tuple(response_buckets or length_buckets(16, self.seq_buckets[-1] // 2))
+    self.response_buckets = tuple(
+      response_buckets or length_buckets(16, self.seq_buckets[-1] // 2, buckets_per_octave)
+    )
     self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
   def chat_prompt(self, question: str, num_images: int = 0, system: str | None = None) -> str:

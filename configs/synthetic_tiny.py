@@ -11,9 +11,9 @@ On the validation split (768 problems, greedy accuracy, count in brackets) 600 s
 test-time scaling and, under CDRL, a confidence that can follow the image.
 
 The bundled pair was built when token lengths were padded to powers of two: these rows of up
-to 136 tokens ran as 256. With the length buckets (`processing.length_buckets`: 160) a
-rebuild (`python -m train.bundle`) on a machine about 1.5x slower took 432 s for this SFT
-and 341 s for CDRL (`configs/synthetic_tiny_cdrl.py`). On that machine an SFT step took
+to 136 tokens ran as 256. With four length buckets per doubling (`model.buckets_per_octave`:
+160) a rebuild (`python -m train.bundle`) on a machine about 1.5x slower took 432 s for this
+SFT and 341 s for CDRL (`configs/synthetic_tiny_cdrl.py`). On that machine an SFT step took
 0.86-0.93 s at 256 tokens and 0.45-0.55 s at 160 (medians of 30 steps, run side by side):
 about 700 s for the 800 steps with the old padding. The rebuilt pair is not the bundled one
 (runs differ in float rounding across padding and machines, and 800 steps amplify it); on
@@ -47,6 +47,8 @@ def get_config(task: str = "reasoning") -> ml_collections.ConfigDict:
   c.model = dict(
     ckpt="",  # empty: build from scratch with the shape below
     dtype="float32",
+    # Rows of up to 136 tokens pad to 160, not 256: 800 steps over one shape.
+    buckets_per_octave=4,
     scratch=dict(
       corpus_config=task,
       vocab_size=512 if task == "reasoning" else 320,

@@ -126,7 +126,7 @@ from configs import cdrl_tiny
 
 def get_config() -> ml_collections.ConfigDict:
   c = cdrl_tiny.base_config()
-  c.model.update(ckpt="checkpoints/synthetic_sft", dtype="float32")
+  c.model.update(ckpt="checkpoints/synthetic_sft", dtype="float32", buckets_per_octave=4)
   c.data.update(benchmark="synthetic", config="reasoning", split="train")
   c.rollout.update(
     group_size=8,

@@ -16,10 +16,11 @@ from catts_jax.processing import (
 )
 
 
-def test_buckets_bound_shapes(tiny_ckpt):
-  """Different prompt lengths and image sizes fall into a few fixed shapes, padding rows by
-  under a quarter."""
-  processor = Processor(tiny_ckpt)
+@pytest.mark.parametrize("per_octave", [1, 4])
+def test_buckets_bound_shapes(tiny_ckpt, per_octave):
+  """Different prompt lengths and image sizes fall into a few fixed shapes; four buckets per
+  octave pad rows by under a quarter."""
+  processor = Processor(tiny_ckpt, buckets_per_octave=per_octave)
   rng = np.random.default_rng(0)
   shapes = set()
   for words, (w, h) in zip(range(1, 9), [(56, 56), (90, 70), (112, 84), (60, 100)] * 2):
@@ -30,11 +31,11 @@ def test_buckets_bound_shapes(tiny_ckpt):
     assert batch.pixel_values.shape[1] in processor.patch_buckets
     # Padding is on the left and padded patches belong to no image.
     assert batch.attention_mask[0, -1] == 1
-    assert batch.input_ids.shape[1] < 1.25 * batch.attention_mask.sum()
+    assert per_octave == 1 or batch.input_ids.shape[1] < 1.25 * batch.attention_mask.sum()
     n_real = int(batch.image_grid_thw.prod(-1).sum())
     assert (batch.patch_image[0, n_real:] == -1).all() and (batch.patch_image[0, :n_real] == 0).all()
-  # Prompts of 37 to 69 tokens: the length buckets 40, 48, 56, 64 and 80; one image shape.
-  assert len(shapes) <= 5 and len({pixels for _, pixels in shapes}) == 1, shapes
+  # Prompts of 37 to 69 tokens: buckets 64 and 128, or 40, 48, 56, 64 and 80; one image shape.
+  assert len(shapes) <= {1: 2, 4: 5}[per_octave] and len({pixels for _, pixels in shapes}) == 1, shapes
 
 
 def test_bucket_helpers():
@@ -45,13 +46,14 @@ def test_bucket_helpers():
 
 
 def test_length_buckets_pad_by_under_a_quarter():
-  assert length_buckets(32, 300) == (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 300)
-  buckets = length_buckets(32, 4096)
+  assert length_buckets(32, 300) == power_of_two_buckets(32, 300) == (32, 64, 128, 256, 300)
+  assert length_buckets(32, 300, 4) == (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 300)
+  buckets = length_buckets(32, 4096, 4)
   for n in range(1, 4097):
     b = bucket(n, buckets, "x")
     assert b >= n and (n <= 32 or b < 1.25 * n), (n, b)
   with pytest.raises(ValueError, match="multiple of per_octave 4"):
-    length_buckets(30, 100)
+    length_buckets(30, 100, 4)
 
 
 def test_over_long_prompt_names_it(tiny_ckpt):

@@ -57,8 +57,9 @@ def train(cfg, out: pathlib.Path) -> int:
   # One copy of the weights: the learner owns (and updates) them, and the policy samples and
   # scores with `state=learner.params`.
   model = load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)
-  pixels = {k: cfg.model[k] for k in ("min_pixels", "max_pixels") if cfg.model.get(k)}
-  policy = Policy(model, Processor(cfg.model.ckpt, model_cfg, **pixels))
+  processor_keys = ("min_pixels", "max_pixels", "buckets_per_octave")
+  processor_kwargs = {k: cfg.model[k] for k in processor_keys if cfg.model.get(k)}
+  policy = Policy(model, Processor(cfg.model.ckpt, model_cfg, **processor_kwargs))
   learner = Learner(model, loss_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh)
   # The frozen reference for the KL term: the starting weights, loaded once more.
   ref_state = nnx.state(load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)) if loss_cfg.kl_coef else None

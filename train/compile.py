@@ -25,8 +25,8 @@ status is 0 whenever a report was written, fits or not.
 
 Shapes follow the trainer: a train batch of prompts_per_step x group_size rows (rounded up to
 a power of two, as the Processor buckets them), each `--prompt_len` prompt tokens (holding one
-`--image_patches`-patch image) plus `max_new_tokens` response tokens, rounded up to the
-Processor's length buckets (`processing.length_buckets`); the decode loop over the same rows with a KV cache of prompt + max_new_tokens slots.
+`--image_patches`-patch image) plus `max_new_tokens` response tokens, rounded up to a power of
+two (or finer, as `model.buckets_per_octave` asks); the decode loop over the same rows with a KV cache of prompt + max_new_tokens slots.
 
 `--sweep` compiles a grid (models x topologies x strategies x shapes "PxGxR" = prompts x
 group x response tokens), one subprocess each, streaming rows to DIR/sweep.jsonl (a rerun
@@ -371,12 +371,18 @@ class Shapes:
 
 
 def trainer_shapes(
-  model_cfg, prompts: int, group: int, max_new_tokens: int, prompt_len: int, image_patches: int
+  model_cfg,
+  prompts: int,
+  group: int,
+  max_new_tokens: int,
+  prompt_len: int,
+  image_patches: int,
+  buckets_per_octave: int = 1,
 ):
   from catts_jax.processing import bucket, length_buckets, power_of_two_buckets
 
-  seq_buckets = length_buckets(32, model_cfg.text.max_position_embeddings)
-  response_buckets = length_buckets(16, seq_buckets[-1] // 2)
+  seq_buckets = length_buckets(32, model_cfg.text.max_position_embeddings, buckets_per_octave)
+  response_buckets = length_buckets(16, seq_buckets[-1] // 2, buckets_per_octave)
   row_buckets = power_of_two_buckets(1, 1 << 16)
   image_tokens = image_patches // model_cfg.vision.spatial_merge_size**2
   if image_tokens + 1 > prompt_len:
@@ -617,6 +623,7 @@ def plan(
     cfg.rollout.max_new_tokens,
     prompt_len,
     image_patches,
+    cfg.model.get("buckets_per_octave", 1),
   )
   state = abstract_train_state(model_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh)
   params_chip, opt_chip = per_chip_bytes(state.params), per_chip_bytes(state.opt_state)

@@ -119,7 +119,9 @@ def train(cfg, out: pathlib.Path) -> dict:
   path = model_dir(cfg, out)
   model_cfg = ModelConfig.from_pretrained(path).replace(dtype=cfg.model.dtype)
   model = load_hf(path, model_cfg)
-  policy = Policy(model, Processor(path, model_cfg))
+  policy = Policy(
+    model, Processor(path, model_cfg, buckets_per_octave=cfg.model.get("buckets_per_octave", 1))
+  )
   opt_cfg = OptimizerConfig(**cfg.optimizer.to_dict())
   step_fn = SupervisedStep(model, make_optimizer(opt_cfg, nnx.state(model, nnx.Param)))
   ds = data.load(cfg.data.benchmark, config=cfg.data.config, split=cfg.data.split, data_dir=cfg.data.data_dir)
