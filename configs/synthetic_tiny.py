@@ -47,8 +47,8 @@ def get_config(task: str = "reasoning") -> ml_collections.ConfigDict:
   c.model = dict(
     ckpt="",  # empty: build from scratch with the shape below
     dtype="float32",
-    # Rows of up to 136 tokens pad to 160, not 256: 800 steps over one shape.
-    buckets_per_octave=4,
+    # Reasoning rows of up to 136 tokens pad to 160, not 256: 800 steps over one shape.
+    buckets_per_octave=4 if task == "reasoning" else 1,
     scratch=dict(
       corpus_config=task,
       vocab_size=512 if task == "reasoning" else 320,
