@@ -25,14 +25,6 @@ IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 MODEL_INPUT_KEYS = ("input_ids", "positions", "attention_mask", "pixel_values", "patch_pos", "patch_image")
 
 
-def power_of_two_buckets(smallest: int, largest: int) -> tuple[int, ...]:
-  sizes, n = [], smallest
-  while n < largest:
-    sizes.append(n)
-    n *= 2
-  return (*sizes, largest)
-
-
 def length_buckets(smallest: int, largest: int, per_octave: int = 1) -> tuple[int, ...]:
   """Token-length buckets: each octave [n, 2n) split into `per_octave` equal steps (4: 32, 40,
   48, 56, 64, 80, ...). Powers of two (1) waste up to half a row but keep the compiled
@@ -45,6 +37,10 @@ def length_buckets(smallest: int, largest: int, per_octave: int = 1) -> tuple[in
     sizes += [n for n in range(octave, 2 * octave, octave // per_octave) if n < largest]
     octave *= 2
   return (*sizes, largest)
+
+
+def power_of_two_buckets(smallest: int, largest: int) -> tuple[int, ...]:
+  return length_buckets(smallest, largest, per_octave=1)
 
 
 def bucket(n: int, buckets: Sequence[int], what: str) -> int:

@@ -215,3 +215,11 @@ def test_bench_gpu_without_gpu_says_so(tmp_path):
   cmd = [sys.executable, "-m", "train.bench", "--device=gpu", "--config=configs/cdrl_qwen2_5_vl.py:tiny,cpu"]
   proc = subprocess.run(cmd + [f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and "--device gpu but jax's backend is cpu" in proc.stderr
+
+
+def test_trainer_shapes_follow_the_configs_length_buckets():
+  """64 prompt + 32 response tokens: 128 with power-of-two buckets, 96 with four per octave."""
+  model_cfg = aot.model_config(tiny())
+  coarse, fine = (aot.trainer_shapes(model_cfg, 1, 4, 32, 64, 64, k) for k in (1, 4))
+  assert (coarse.seq_len, fine.seq_len) == (128, 96)
+  assert coarse.response_len == fine.response_len == 32

@@ -26,7 +26,8 @@ status is 0 whenever a report was written, fits or not.
 Shapes follow the trainer: a train batch of prompts_per_step x group_size rows (rounded up to
 a power of two, as the Processor buckets them), each `--prompt_len` prompt tokens (holding one
 `--image_patches`-patch image) plus `max_new_tokens` response tokens, rounded up to a power of
-two (or finer, as `model.buckets_per_octave` asks); the decode loop over the same rows with a KV cache of prompt + max_new_tokens slots.
+two (or finer, as `model.buckets_per_octave` asks); the decode loop over the same rows with a
+KV cache of prompt + max_new_tokens slots.
 
 `--sweep` compiles a grid (models x topologies x strategies x shapes "PxGxR" = prompts x
 group x response tokens), one subprocess each, streaming rows to DIR/sweep.jsonl (a rerun
