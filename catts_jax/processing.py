@@ -43,6 +43,12 @@ def power_of_two_buckets(smallest: int, largest: int) -> tuple[int, ...]:
   return length_buckets(smallest, largest, per_octave=1)
 
 
+def text_buckets(longest: int, per_octave: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The default (sequence, response) token-length buckets for rows of up to `longest` tokens:
+  responses take at most half a row. The Processor and train.compile's planner share them."""
+  return length_buckets(32, longest, per_octave), length_buckets(16, longest // 2, per_octave)
+
+
 def bucket(n: int, buckets: Sequence[int], what: str) -> int:
   for b in buckets:
     if n <= b:
@@ -164,8 +170,7 @@ class Processor:
   ):
     """min_pixels / max_pixels override the checkpoint's image resizing bounds (Qwen's
     resize keeps each image's pixel count within them); give both or neither.
-    buckets_per_octave: the default sequence and response length buckets
-    (`length_buckets`)."""
+    buckets_per_octave: the default sequence and response length buckets (`text_buckets`)."""
     from transformers import AutoProcessor  # heavy import, only when a processor is built
 
     self.path = pathlib.Path(path)
@@ -180,16 +185,15 @@ class Processor:
     self.hf = AutoProcessor.from_pretrained(self.path, **kwargs)
     self.tokenizer = self.hf.tokenizer
     self.tokenizer.padding_side = "left"  # generation appends on the right
-    max_len = self.cfg.text.max_position_embeddings
-    self.seq_buckets = tuple(seq_buckets or length_buckets(32, max_len, buckets_per_octave))
+    longest = seq_buckets[-1] if seq_buckets else self.cfg.text.max_position_embeddings
+    default_seq, default_response = text_buckets(longest, buckets_per_octave)
+    self.seq_buckets = tuple(seq_buckets or default_seq)
     # Patches per image (multiples of the 2x2 merge block): powers of two waste < 2x, and
     # starting at 64 keeps small images to one shape.
     self.patch_buckets = tuple(patch_buckets or power_of_two_buckets(64, 1 << 20))
     self.image_buckets = tuple(image_buckets or power_of_two_buckets(1, 1 << 16))
     self.batch_buckets = tuple(batch_buckets or power_of_two_buckets(1, 1 << 16))
-    self.response_buckets = tuple(
-      response_buckets or length_buckets(16, self.seq_buckets[-1] // 2, buckets_per_octave)
-    )
+    self.response_buckets = tuple(response_buckets or default_response)
     self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
   def chat_prompt(self, question: str, num_images: int = 0, system: str | None = None) -> str:

@@ -13,6 +13,7 @@ from catts_jax.processing import (
   length_buckets,
   patch_metadata,
   power_of_two_buckets,
+  text_buckets,
 )
 
 
@@ -21,6 +22,9 @@ def test_buckets_bound_shapes(tiny_ckpt, per_octave):
   """Different prompt lengths and image sizes fall into a few fixed shapes; four buckets per
   octave pad rows by under a quarter."""
   processor = Processor(tiny_ckpt, buckets_per_octave=per_octave)
+  # The defaults train.compile's planner also uses.
+  longest = processor.cfg.text.max_position_embeddings
+  assert (processor.seq_buckets, processor.response_buckets) == text_buckets(longest, per_octave)
   rng = np.random.default_rng(0)
   shapes = set()
   for words, (w, h) in zip(range(1, 9), [(56, 56), (90, 70), (112, 84), (60, 100)] * 2):

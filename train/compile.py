@@ -380,10 +380,9 @@ def trainer_shapes(
   image_patches: int,
   buckets_per_octave: int = 1,
 ):
-  from catts_jax.processing import bucket, length_buckets, power_of_two_buckets
+  from catts_jax.processing import bucket, power_of_two_buckets, text_buckets
 
-  seq_buckets = length_buckets(32, model_cfg.text.max_position_embeddings, buckets_per_octave)
-  response_buckets = length_buckets(16, seq_buckets[-1] // 2, buckets_per_octave)
+  seq_buckets, response_buckets = text_buckets(model_cfg.text.max_position_embeddings, buckets_per_octave)
   row_buckets = power_of_two_buckets(1, 1 << 16)
   image_tokens = image_patches // model_cfg.vision.spatial_merge_size**2
   if image_tokens + 1 > prompt_len:
