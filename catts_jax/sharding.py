@@ -7,6 +7,7 @@ parallelism, FSDP, tensor parallelism and their mixes, chosen by config.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -31,10 +32,9 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
 }
 
 
-def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh over MESH_AXES. Unspecified axes get size 1; one axis may be -1 (or, when none is,
-  `data` when it is left out) to take the devices that remain."""
-  devices = list(jax.devices() if devices is None else devices)
+def mesh_sizes(shape: Mapping[str, int] | None, n: int) -> dict[str, int]:
+  """Axis sizes over MESH_AXES for `n` devices. Unspecified axes get size 1; one axis may be -1
+  (or, when none is, `data` when it is left out) to take the devices that remain."""
   shape = dict(shape or {})
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
@@ -43,16 +43,21 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
   if len(free) > 1:
     raise ValueError(f"mesh {shape}: only one axis may be -1")
   if free:
-    rest = int(np.prod([shape.get(a, 1) for a in MESH_AXES if a != free[0]]))
-    if len(devices) % rest:
-      raise ValueError(f"mesh {shape} does not divide {len(devices)} devices")
-    shape[free[0]] = len(devices) // rest
-  sizes = [shape.get(a, 1) for a in MESH_AXES]
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(
-      f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {len(devices)}"
-    )
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+    rest = math.prod(shape.get(a, 1) for a in MESH_AXES if a != free[0])
+    if n % rest:
+      raise ValueError(f"mesh {shape} does not divide {n} devices")
+    shape[free[0]] = n // rest
+  sizes = {a: shape.get(a, 1) for a in MESH_AXES}
+  if math.prod(sizes.values()) != n:
+    raise ValueError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, have {n}")
+  return sizes
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over MESH_AXES with the sizes of `mesh_sizes` (default: all devices on `data`)."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = mesh_sizes(shape, len(devices))
+  return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), MESH_AXES)
 
 
 def logical_to_spec(

@@ -1,0 +1,68 @@
+"""Flag parsing for the entry points under train/ and infer/: one style everywhere.
+
+Every entry point defines its flags with absl (`--name value` or `--name=value`, underscores)
+and its settings with an ml_collections config file (`--config FILE[:ARG]`, overridden by
+`--config.a.b=value`). Flags live on a fresh `FlagValues` per call, not on absl's global
+one, so `main(argv)` can run twice in one process (tests) and two entry points never clash.
+
+    def define(fv):
+      config_flags.DEFINE_config_file("config", "configs/catts.py", "settings", flag_values=fv)
+      flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
+
+    def main(argv=None) -> int:
+      args = cli.parse(define, argv, __doc__)
+      ... args.config, args.out ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+
+from absl import flags
+
+
+@contextlib.contextmanager
+def _sys_argv(argv: list[str]) -> Iterator[None]:
+  # config_flags reads `--config.x=y` overrides from sys.argv when the config is parsed.
+  saved = sys.argv
+  sys.argv = argv
+  try:
+    yield
+  finally:
+    sys.argv = saved
+
+
+def parse(
+  define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None = None, doc: str | None = None
+) -> flags.FlagValues:
+  """Flags defined by `define(fv)`, parsed from `argv` (default: sys.argv[1:]); read them as
+  attributes of the result. `--help` prints `doc` and the flags and exits 0; a bad or unknown
+  flag, or a missing required one, prints one line and exits 2."""
+  argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+  fv = flags.FlagValues()
+  try:
+    with _sys_argv(argv):
+      define(fv)
+      if any(a in ("-h", "--help", "-help") for a in argv[1:]):
+        print((doc or "").strip() + "\n\nflags:\n" + fv.get_help())
+        raise SystemExit(0)
+      extra = fv(argv)
+  except KeyError as e:  # config_flags: an override of a key the config does not have
+    _usage_error(f"unknown config key {e.args[0]}")
+  except (flags.Error, AttributeError, TypeError, ValueError) as e:  # a bad flag or override value
+    _usage_error(str(e))
+  if len(extra) > 1:
+    _usage_error(f"unexpected arguments {extra[1:]} (flags look like --name=value)")
+  return fv
+
+
+def _usage_error(message: str) -> None:
+  print(f"error: {message.splitlines()[0]}", file=sys.stderr)
+  raise SystemExit(2)
+
+
+def csv(text: str) -> list[str]:
+  """'a, b,,c' -> ['a', 'b', 'c'] (a list flag's value)."""
+  return [part.strip() for part in text.split(",") if part.strip()]
