@@ -1,0 +1,122 @@
+"""The `--out DIR` contract every entry point keeps.
+
+- `report.json` (and any other summary) is written atomically: a killed run never leaves a
+  half-written file in place of an earlier good one.
+- Results stream to JSONL, one row per finished item, flushed as they come: a killed run
+  resumes from the rows already there (`read_rows`; a line cut off by the kill is dropped).
+- `run.json` holds the settings a run's rows depend on; a resume with other settings is
+  refused (`check_settings`) instead of mixing rows.
+- README tables are rendered from a committed report.json into a marked block of a Markdown
+  file (`render_block`), never typed by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pathlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _clean(value: Any) -> Any:
+  """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+  if isinstance(value, Mapping):
+    return {str(k): _clean(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [_clean(v) for v in value]
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def write_text(path: str | pathlib.Path, text: str) -> pathlib.Path:
+  """Write `text` to `path` atomically (a temporary file beside it, then a rename)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_text(text, encoding="utf-8")
+  os.replace(tmp, path)
+  return path
+
+
+def write_json(path: str | pathlib.Path, report: Mapping[str, Any]) -> pathlib.Path:
+  return write_text(path, json.dumps(_clean(report), indent=2, ensure_ascii=False) + "\n")
+
+
+def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+  """Rows of a results.jsonl (none if missing); a line cut off by a killed run is skipped."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return []
+  rows = []
+  for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue  # a line cut off by a killed run; its item is redone
+  return rows
+
+
+def trim_partial_line(path: pathlib.Path) -> None:
+  """Drops a last line cut off by a killed run, so appended rows start on a line of their own."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return
+  text = path.read_bytes()
+  if text and not text.endswith(b"\n"):
+    path.write_bytes(text[: text.rfind(b"\n") + 1])
+
+
+@contextlib.contextmanager
+def appending(path: pathlib.Path) -> Iterator[Callable[[Mapping[str, Any]], None]]:
+  """`with appending(DIR / "results.jsonl") as write: write(row)`: each row becomes one line,
+  flushed at once. A line cut off by an earlier kill is trimmed first."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  trim_partial_line(path)
+  with path.open("a", encoding="utf-8") as f:
+
+    def write(row: Mapping[str, Any]) -> None:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+      f.flush()
+
+    yield write
+
+
+def check_settings(out: pathlib.Path, settings: Mapping[str, Any], keys: Sequence[str]) -> None:
+  """The first run writes out/run.json; a resumed run must match it on `keys`, else its rows
+  would mix with rows of other settings."""
+  path = pathlib.Path(out) / "run.json"
+  if path.is_file():
+    old = json.loads(path.read_text())
+    diff = [k for k in keys if old.get(k) != settings.get(k)]
+    if diff:
+      raise ValueError(f"{out} holds a run with other {', '.join(diff)}; use another --out")
+    return
+  write_json(path, settings)
+
+
+def replace_block(path: str | pathlib.Path, name: str, text: str) -> None:
+  """Replace what lies between `<!-- {name}:start -->` and `<!-- {name}:end -->` in a
+  Markdown file."""
+  path = pathlib.Path(path)
+  start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+  content = path.read_text()
+  if start not in content or end not in content:
+    raise ValueError(f"{path}: no {start} ... {end} block to replace")
+  head, rest = content.split(start, 1)
+  _, tail = rest.split(end, 1)
+  write_text(path, f"{head}{start}\n{text}\n{end}{tail}")
+
+
+def render_block(markdown: str | pathlib.Path, name: str, source: str | pathlib.Path, text: str) -> None:
+  """Rewrite block `name` of a Markdown file (a README) with `text`, headed by the path of the
+  report.json it was rendered from."""
+  replace_block(markdown, name, f"`{source}`\n\n{text}")
