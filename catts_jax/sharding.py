@@ -1,8 +1,9 @@
 """Device mesh (data, fsdp, tensor) and logical-axis rules.
 
-Params carry logical axis names (`logical_axes` metadata, see models/qwen2_5_vl/layers.py);
-a rules table maps each name to mesh axes. One model definition thus serves data
-parallelism, FSDP, tensor parallelism and their mixes, chosen by config.
+Params carry logical axis names (`logical_axes` metadata, see models/qwen2_5_vl/layers.py),
+and so do activations at layer boundaries (`constrain`); a rules table maps each name to
+mesh axes. One model definition thus serves data parallelism, FSDP, tensor parallelism and
+their mixes, chosen by config.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axis (or tuple of axes, or None = replicated).
 # Megatron-style tensor parallelism: heads and MLP hidden on "tensor"; FSDP shards the
-# model dimension of every matrix; activations' batch goes over data x fsdp.
+# model dimension of every matrix; activations' batch goes over data x fsdp, their length
+# and model dimension stay whole (FSDP shards weights, not activations).
 DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
   "batch": ("data", "fsdp"),
+  "length": None,
+  "activation_embed": None,
   "vocab": "tensor",
   "embed": "fsdp",
   "mlp": "tensor",
@@ -71,13 +75,23 @@ def logical_to_spec(
   for name, size in zip(axes, shape):
     target = rules.get(name) if name is not None else None
     mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
-    mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1 and a not in used)
+    mesh_axes = tuple(a for a in mesh_axes if mesh.shape.get(a, 1) > 1 and a not in used)
     if not mesh_axes or size % int(np.prod([mesh.shape[a] for a in mesh_axes])):
       spec.append(None)
       continue
     used.update(mesh_axes)
     spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
   return PartitionSpec(*spec)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], rules: Mapping | None = None) -> jax.Array:
+  """Pin an activation's layout by logical axis names, e.g. `("batch", "length", "embed")`,
+  under the mesh set by `jax.set_mesh(mesh)`. Without one it is the identity, so code run on
+  one device, or by callers that set no mesh, compiles exactly as it would without it."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh, rules))
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules: Mapping | None = None) -> nnx.State:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from catts_jax.models.qwen2_5_vl.config import ModelConfig, TextConfig
+from catts_jax.sharding import constrain
 from catts_jax.models.qwen2_5_vl.layers import (
   Dense,
   GatedMLP,
@@ -17,6 +18,11 @@ from catts_jax.models.qwen2_5_vl.layers import (
   inverse_frequencies,
   param,
 )
+
+# Logical axes of the activations at layer boundaries (rules: catts_jax/sharding.py).
+HIDDEN = ("batch", "length", "activation_embed")
+Q_HEADS = ("batch", "length", "q_heads", "head_dim")
+KV_HEADS = ("batch", "length", "kv_heads", "head_dim")
 
 # A KV cache is a plain pytree, so it can be donated to jit:
 #   {"layers": [{"k": [B, K, H, S], "v": [B, K, S, H]}, ...],  (layouts: see layers.attention)
@@ -71,9 +77,9 @@ class Attention(nnx.Module):
     self.o_proj = Dense((n, h), (d,), ("q_heads", "head_dim", "embed"), use_bias=False, **kw)
 
   def __call__(self, x, cos, sin, mask, layer_cache=None, end_index=None):
-    q = apply_rope(self.q_proj(x), cos, sin)
-    k = apply_rope(self.k_proj(x), cos, sin).transpose(0, 2, 3, 1)  # [B, K, H, T]
-    v = self.v_proj(x).transpose(0, 2, 1, 3)  # [B, K, T, H]
+    q = constrain(apply_rope(self.q_proj(x), cos, sin), Q_HEADS)
+    k = constrain(apply_rope(self.k_proj(x), cos, sin), KV_HEADS).transpose(0, 2, 3, 1)  # [B, K, H, T]
+    v = constrain(self.v_proj(x), KV_HEADS).transpose(0, 2, 1, 3)  # [B, K, T, H]
     if layer_cache is not None:
       k_all = jax.lax.dynamic_update_slice(
         layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, 0, 0, end_index)
@@ -98,7 +104,7 @@ class DecoderLayer(nnx.Module):
     h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, end_index)
     x = x + h
     x = x + self.mlp(self.post_attention_layernorm(x))
-    return x, layer_cache
+    return constrain(x, HIDDEN), layer_cache
 
 
 class TextModel(nnx.Module):
@@ -124,7 +130,7 @@ class TextModel(nnx.Module):
   def __call__(self, embeds, positions, token_valid, cache: Cache | None = None):
     """embeds [B, T, D], positions [3, B, T], token_valid [B, T] -> hidden [B, T, D], cache."""
     cos, sin = mrope_cos_sin(positions, self.cfg)
-    x = embeds.astype(self.dtype)
+    x = constrain(embeds.astype(self.dtype), HIDDEN)
     if cache is None:
       mask = attention_mask(token_valid, 0, x.shape[1])
       run = lambda layer, x: layer(x, cos, sin, mask)[0]  # noqa: E731
