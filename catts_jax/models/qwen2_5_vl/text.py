@@ -7,7 +7,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from catts_jax.models.qwen2_5_vl.config import ModelConfig, TextConfig
-from catts_jax.sharding import constrain
 from catts_jax.models.qwen2_5_vl.layers import (
   Dense,
   GatedMLP,
@@ -18,6 +17,7 @@ from catts_jax.models.qwen2_5_vl.layers import (
   inverse_frequencies,
   param,
 )
+from catts_jax.sharding import constrain
 
 # Logical axes of the activations at layer boundaries (rules: catts_jax/sharding.py).
 HIDDEN = ("batch", "length", "activation_embed")
