@@ -57,7 +57,7 @@ plan: install
 
 # CDRL train-step time and MFU on this machine (tiny random-weight model)
 train-bench: install
-	$(PY) -m train.bench --config configs/cdrl_qwen2_5_vl.py:tiny,cpu --config.model.dtype=float32 --out docs/reports/train_bench_cpu
+	$(PY) -m train.bench --config configs/cdrl_qwen2_5_vl.py:small,cpu --config.model.dtype=float32 --out docs/reports/train_bench_cpu
 
 # Scoring/generation throughput against transformers on this machine (docs/reports/bench_cpu/report.json);
 # bench-readme rewrites the README's tables from the committed report.json files.

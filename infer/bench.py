@@ -32,46 +32,16 @@ import numpy as np
 
 from catts_jax import roofline
 from catts_jax.eval.report import replace_block
-from catts_jax.models.qwen2_5_vl import ModelConfig, get_rope_index, load_hf
+from catts_jax.models.qwen2_5_vl import ModelConfig, get_rope_index, load_hf, presets
 from catts_jax.processing import Batch, ScoringBatch, image_slots
 from catts_jax.sampling import Sampler, SamplingConfig
 from catts_jax.scoring import Scorer
 
-VOCAB = 8192
-IMAGE, VISION_START, VISION_END, PAD = VOCAB - 2, VOCAB - 4, VOCAB - 3, VOCAB - 5
+SHAPE = presets.hf_config("bench")
+VOCAB = SHAPE["text_config"]["vocab_size"]
+IMAGE, VISION_START, VISION_END = (SHAPE[f"{k}_token_id"] for k in ("image", "vision_start", "vision_end"))
+PAD = SHAPE["text_config"]["pad_token_id"]
 GRID = (1, 16, 16)  # a 224x224 image: 256 patches -> 64 tokens
-
-
-def hf_config():
-  from transformers import Qwen2_5_VLConfig
-
-  return Qwen2_5_VLConfig(
-    text_config=dict(
-      vocab_size=VOCAB,
-      hidden_size=512,
-      intermediate_size=1408,
-      num_hidden_layers=8,
-      num_attention_heads=8,
-      num_key_value_heads=2,
-      rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
-      max_position_embeddings=4096,
-      pad_token_id=PAD,
-      eos_token_id=VOCAB - 6,
-      bos_token_id=VOCAB - 7,
-    ),
-    vision_config=dict(
-      depth=2,
-      hidden_size=128,
-      intermediate_size=256,
-      num_heads=2,
-      out_hidden_size=512,
-      fullatt_block_indexes=[1],
-    ),
-    image_token_id=IMAGE,
-    video_token_id=VOCAB - 1,
-    vision_start_token_id=VISION_START,
-    vision_end_token_id=VISION_END,
-  )
 
 
 def make_batch(rng, cfg: ModelConfig, rows: int, length: int, image: bool) -> Batch:
@@ -131,9 +101,9 @@ def run(args) -> dict:
   rng = np.random.default_rng(0)
   workdir = pathlib.Path(tempfile.mkdtemp(prefix="catts_bench_"))
   torch.manual_seed(0)
-  from transformers import Qwen2_5_VLForConditionalGeneration
+  from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-  Qwen2_5_VLForConditionalGeneration(hf_config()).save_pretrained(workdir)
+  Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**SHAPE)).save_pretrained(workdir)
   base_cfg = ModelConfig.from_pretrained(workdir)
 
   jax_ceiling = roofline.measure_matmul_flops()

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny(prompts=1, group=4, response=32):
-  c = cdrl_qwen2_5_vl.get_config("tiny,cpu")
+  c = cdrl_qwen2_5_vl.get_config("small,cpu")
   c.train.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens = prompts, group, response
   return c
 
@@ -154,7 +154,7 @@ def test_cli_writes_report_and_prints_table(tmp_path):
     sys.executable,
     "-m",
     "train.compile",
-    "--config=configs/cdrl_qwen2_5_vl.py:tiny,cpu",
+    "--config=configs/cdrl_qwen2_5_vl.py:small,cpu",
     "--config.train.prompts_per_step=2",
     "--config.rollout.max_new_tokens=16",
     "--topology=v5e:2x2",
@@ -173,7 +173,7 @@ def test_cli_writes_report_and_prints_table(tmp_path):
 
 
 def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
-  cells = [("tiny", "v5e:2x2", "fsdp_tp", "1x2x16x0"), ("tiny", "v5e:2x2", "tp", "1x2x16x0")]
+  cells = [("small", "v5e:2x2", "fsdp_tp", "1x2x16x0"), ("small", "v5e:2x2", "tp", "1x2x16x0")]
   rows = aot.run_sweep(tmp_path, cells, ["decode"], timeout=300)
   assert rows[0]["steps"]["decode"]["verdict"] == "fits" and rows[0]["image_patches"] == 0
   # tp and fsdp_tp are the same mesh on 4 chips: compiled once.
@@ -186,7 +186,7 @@ def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
   monkeypatch.setattr(aot.subprocess, "run", no_run)
   assert aot.run_sweep(tmp_path, cells, ["decode"], timeout=300) == rows
   table = aot.sweep_markdown(rows)
-  assert table.count("| tiny | v5e:2x2 (4 chips) |") == 2 and "**fits**" in table
+  assert table.count("| small | v5e:2x2 (4 chips) |") == 2 and "**fits**" in table
   doc = tmp_path / "doc.md"
   doc.write_text("intro\n<!-- sweep-table:start -->\nold\n<!-- sweep-table:end -->\noutro\n")
   aot.render_markdown(doc, table)
@@ -212,7 +212,7 @@ def test_bench_times_the_real_train_step_and_checks_flops():
 
 
 def test_bench_gpu_without_gpu_says_so(tmp_path):
-  cmd = [sys.executable, "-m", "train.bench", "--device=gpu", "--config=configs/cdrl_qwen2_5_vl.py:tiny,cpu"]
+  cmd = [sys.executable, "-m", "train.bench", "--device=gpu", "--config=configs/cdrl_qwen2_5_vl.py:small,cpu"]
   proc = subprocess.run(cmd + [f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and "--device gpu but jax's backend is cpu" in proc.stderr
 

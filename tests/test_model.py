@@ -9,11 +9,11 @@ import torch
 import transformers
 from flax import nnx
 
-from catts_jax.models.qwen2_5_vl import ConfigError, ModelConfig, get_rope_index, init_cache, load_hf
+from catts_jax.models.qwen2_5_vl import ConfigError, ModelConfig, get_rope_index, init_cache, load_hf, presets
 from catts_jax.models.qwen2_5_vl.config import VisionConfig
 from catts_jax.processing import Processor
 from catts_jax.verify import make_cases
-from configs.qwen2_5_vl import HF_CONFIGS, get_config
+from configs.qwen2_5_vl import get_config
 
 
 def logits_of(model, batch):
@@ -160,7 +160,10 @@ def test_vision_defaults_match_transformers():
 def test_partial_hub_vision_config():
   """The hub's config.json lists only some vision fields; its hidden_size (1280) wins over the
   class default (3584), and what it leaves out comes from the defaults."""
-  d = {**HF_CONFIGS["7b"], "vision_config": {"hidden_size": 1280, "out_hidden_size": 3584, "in_chans": 3}}
+  d = {
+    **presets.hf_config("7b"),
+    "vision_config": {"hidden_size": 1280, "out_hidden_size": 3584, "in_chans": 3},
+  }
   cfg = ModelConfig.from_hf_dict(d)
   assert cfg.vision.hidden_size == 1280 and cfg.vision.head_dim == 80
   assert cfg.vision.depth == 32 and cfg.vision.window_size == 112
@@ -172,22 +175,25 @@ def test_partial_hub_vision_config():
 
 def test_config_errors():
   with pytest.raises(ConfigError, match="unsupported model_type 'qwen2_vl'"):
-    ModelConfig.from_hf_dict({**HF_CONFIGS["7b"], "model_type": "qwen2_vl"})
+    ModelConfig.from_hf_dict({**presets.hf_config("7b"), "model_type": "qwen2_vl"})
   with pytest.raises(ConfigError, match="mrope_section"):
     ModelConfig.from_hf_dict(
-      {**HF_CONFIGS["7b"], "rope_scaling": {"type": "mrope", "mrope_section": [16, 16, 16]}}
+      {**presets.hf_config("7b"), "rope_scaling": {"type": "mrope", "mrope_section": [16, 16, 16]}}
     )
 
 
-@pytest.mark.parametrize("preset", sorted(HF_CONFIGS))
+@pytest.mark.parametrize("preset", sorted(presets.RELEASED))
 def test_presets_have_transformers_param_counts(preset):
   """Each preset builds (abstractly) a model with exactly transformers' parameter count."""
   from catts_jax.models.qwen2_5_vl.params import abstract_model
 
-  cfg = ModelConfig.from_hf_dict(get_config(preset).model.hf_config.to_dict())
+  cfg = ModelConfig.from_hf_dict(presets.hf_config(preset))
+  assert presets.resolve(get_config(preset).model).text == cfg.text  # the config names that shape
   ours = sum(v.get_value().size for _, v in nnx.to_flat_state(nnx.state(abstract_model(cfg))))
   with torch.device("meta"):
-    ref = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(**HF_CONFIGS[preset]))
+    ref = transformers.Qwen2_5_VLForConditionalGeneration(
+      transformers.Qwen2_5_VLConfig(**presets.hf_config(preset))
+    )
   assert ours == sum(p.numel() for p in ref.parameters())
   assert cfg.text.head_dim == 128 and cfg.vision.head_dim == 80
   assert dataclasses.asdict(ModelConfig.from_hf_dict(cfg.to_hf_dict())) == dataclasses.asdict(cfg)

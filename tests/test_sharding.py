@@ -68,10 +68,9 @@ def test_sharded_forward_equals_single_device(ckpt, request):
 
 
 def test_shard_model_places_params():
-  from catts_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL
-  from configs.qwen2_5_vl import HF_CONFIGS
+  from catts_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL, presets
 
-  cfg = ModelConfig.from_hf_dict(HF_CONFIGS["7b"])
+  cfg = ModelConfig.from_hf_dict(presets.hf_config("7b"))
   # Shrink depth/width but keep the 7B head layout (28 q heads, 4 kv heads).
   small = cfg.replace(
     text=dataclasses.replace(

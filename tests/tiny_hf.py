@@ -33,6 +33,7 @@ import pathlib
 import numpy as np
 
 from catts_jax import scratch
+from catts_jax.models.qwen2_5_vl import presets
 from catts_jax.scratch import SPECIAL_TOKENS
 
 __all__ = [
@@ -48,53 +49,9 @@ __all__ = [
 # Presets
 # ---------------------------------------------------------------------------
 
-TINY: dict = {
-  "text": {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,  # head_dim 16 -> 8 rotary frequencies = 2 + 3 + 3
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-    "rms_norm_eps": 1e-6,
-    "max_position_embeddings": 4096,
-  },
-  "vision": {
-    "depth": 3,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_heads": 2,
-    "window_size": 56,  # 56 / 14 / 2 = 2x2 merged cells per window
-    "fullatt_block_indexes": [1],
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-  },
-}
-
-SEVEN_B_SHAPE: dict = {
-  "text": {
-    "hidden_size": 256,
-    "intermediate_size": 512,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,  # head_dim 128, like the real 7B
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-    "rms_norm_eps": 1e-6,
-    "max_position_embeddings": 4096,
-  },
-  "vision": {
-    "depth": 4,
-    "hidden_size": 160,
-    "intermediate_size": 320,
-    "num_heads": 2,  # head_dim 80, like the real 7B vision tower
-    "window_size": 112,
-    "fullatt_block_indexes": [1, 3],
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-  },
-}
+# The test shapes, from the one table of shapes (catts_jax/models/qwen2_5_vl/presets.py).
+TINY: dict = presets.scratch_shape("tiny")
+SEVEN_B_SHAPE: dict = presets.scratch_shape("seven_b_shape")
 
 # ---------------------------------------------------------------------------
 # Tokenizer

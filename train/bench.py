@@ -1,6 +1,6 @@
 """CDRL train-step time and MFU on one device, with random weights.
 
-    python -m train.bench --config configs/cdrl_qwen2_5_vl.py:tiny,cpu --config.model.dtype=float32 \
+    python -m train.bench --config configs/cdrl_qwen2_5_vl.py:small,cpu --config.model.dtype=float32 \
       --out docs/reports/train_bench_cpu
     python -m train.bench --device gpu --config configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1 --out DIR
 

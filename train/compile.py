@@ -243,26 +243,9 @@ def build_mesh(shape: Mapping[str, int], devices, tpu: bool):
 
 
 def model_config(cfg):
-  """The policy's ModelConfig from a CDRL config: a local checkpoint's config.json when
-  `model.ckpt` is one, else the architecture named by `model.preset`."""
-  from catts_jax.models.qwen2_5_vl import ModelConfig
-  from configs.cdrl_qwen2_5_vl import HF_CONFIGS
+  from catts_jax.models.qwen2_5_vl import presets
 
-  ckpt, preset = cfg.model.get("ckpt", ""), cfg.model.get("preset", None)
-  if ckpt and (pathlib.Path(ckpt) / "config.json").is_file():
-    base = ModelConfig.from_pretrained(ckpt)
-  elif preset in HF_CONFIGS:
-    base = ModelConfig.from_hf_dict(HF_CONFIGS[preset], source=f"preset {preset}")
-  else:
-    raise ValueError(
-      f"no model: config.model.ckpt {ckpt!r} is not a checkpoint directory and config.model.preset "
-      f"{preset!r} is not one of {sorted(HF_CONFIGS)}"
-    )
-  return base.replace(
-    dtype=cfg.model.get("dtype", "bfloat16"),
-    param_dtype=cfg.model.get("param_dtype", "float32"),
-    remat=bool(cfg.model.get("remat", False)),
-  )
+  return presets.resolve(cfg.model)
 
 
 @dataclasses.dataclass
