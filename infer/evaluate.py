@@ -10,26 +10,29 @@ OUT/reliability.png; prints a table.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
-from catts_jax import data
+from absl import flags
+
+from catts_jax import cli, data
 from catts_jax.eval import predictions
 
 
-def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--benchmark", required=True, choices=sorted(data.BUILDERS))
-  p.add_argument("--data", required=True, help="the benchmark's release directory (manual_dir)")
-  p.add_argument("--split", default=None, help="default: the benchmark's usual evaluation split")
-  p.add_argument(
-    "--data-dir", default=None, help="where built datasets are cached (default ~/tensorflow_datasets)"
-  )
-  p.add_argument("--predictions", required=True, help="JSONL with id, response[, confidence]")
-  p.add_argument("--out", required=True, help="output directory")
-  args = p.parse_args(argv)
+def define(fv: flags.FlagValues) -> None:
+  flags.DEFINE_enum("benchmark", None, sorted(data.BUILDERS), "benchmark name", required=True, flag_values=fv)
+  flags.DEFINE_string("data", None, "the benchmark's release directory (manual_dir)", required=True,
+                      flag_values=fv)  # fmt: skip
+  flags.DEFINE_string("split", None, "default: the benchmark's usual evaluation split", flag_values=fv)
+  flags.DEFINE_string("data_dir", None, "where built datasets are cached (default ~/tensorflow_datasets)",
+                      flag_values=fv)  # fmt: skip
+  flags.DEFINE_string("predictions", None, "JSONL with id, response[, confidence]", required=True,
+                      flag_values=fv)  # fmt: skip
+  flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
 
+
+def main(argv: list[str] | None = None) -> int:
+  args = cli.parse(define, argv, __doc__)
   if not pathlib.Path(args.predictions).is_file():
     print(f"error: predictions file {args.predictions} not found", file=sys.stderr)
     return 2

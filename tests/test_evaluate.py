@@ -34,7 +34,7 @@ def test_evaluate_writes_rows_report_and_plot(tmp_path, mathvista_release, capsy
     {"id": "5", "response": "No", "confidence": "sure"},
   ])  # fmt: skip
   out = tmp_path / "out"
-  argv = ["--benchmark", "mathvista", "--data", str(mathvista_release), "--data-dir", str(tmp_path / "tfds")]
+  argv = ["--benchmark", "mathvista", "--data", str(mathvista_release), "--data_dir", str(tmp_path / "tfds")]
   assert evaluate.main([*argv, "--predictions", str(preds), "--out", str(out)]) == 0
 
   rows = [json.loads(line) for line in (out / "graded.jsonl").read_text().splitlines()]
@@ -63,7 +63,7 @@ def test_evaluate_writes_rows_report_and_plot(tmp_path, mathvista_release, capsy
 
 
 def test_evaluate_reports_bad_arguments(tmp_path, mathvista_release, capsys):
-  base = ["--benchmark", "mathvista", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "tfds")]
+  base = ["--benchmark", "mathvista", "--out", str(tmp_path / "o"), "--data_dir", str(tmp_path / "tfds")]
   assert (
     evaluate.main([*base, "--data", str(mathvista_release), "--predictions", str(tmp_path / "none.jsonl")])
     == 2

@@ -1,20 +1,11 @@
-"""Report files: JSON, Markdown, terminal tables and PNG plots."""
+"""Report files: Markdown, terminal tables and PNG plots (report.json: test_runs.py)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 from PIL import Image
 
 from catts_jax.eval import report
-
-
-def test_json_is_strict(tmp_path):
-  path = report.write_json(
-    tmp_path / "r" / "report.json", {"ece": float("nan"), "n": np.int64(3), "v": [np.float32(0.5)]}
-  )
-  assert json.loads(path.read_text()) == {"ece": None, "n": 3, "v": [0.5]}
 
 
 def test_tables():

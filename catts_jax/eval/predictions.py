@@ -14,6 +14,7 @@ import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from catts_jax import runs
 from catts_jax.eval import answers, metrics, report
 
 GROUP_KEYS = ("subject", "level", "category", "question_type")
@@ -125,10 +126,8 @@ def evaluate_file(
   split = getattr(dataset, "split", "")
   summary = summarize(graded, benchmark, split, list(examples))
   summary["predictions"] = str(predictions)
-  report.write_json(out_dir / "report.json", summary)
-  (out_dir / "report.md").write_text(
-    report.markdown_report(summary, f"{benchmark} {split}"), encoding="utf-8"
-  )
+  runs.write_json(out_dir / "report.json", summary)
+  runs.write_text(out_dir / "report.md", report.markdown_report(summary, f"{benchmark} {split}"))
   conf = [
     (r["confidence"], r["correct"])
     for r in graded
