@@ -22,6 +22,7 @@ if n > 1:
 from catts_jax import sharding  # noqa: E402
 from catts_jax.models.qwen2_5_vl import load_hf  # noqa: E402
 from catts_jax.processing import Processor  # noqa: E402
+from catts_jax.rl.batch import TrainBatch  # noqa: E402
 from catts_jax.rl.grpo import LossConfig  # noqa: E402
 from catts_jax.rl.learner import Learner, OptimizerConfig  # noqa: E402
 
@@ -32,8 +33,8 @@ prompts = [processor.chat_prompt(f"question number {i}") for i in range(4)]
 sb = processor.scoring_batch(prompts, [rng.integers(0, 500, 5 + i).tolist() for i in range(4)])
 mask = sb.response_mask.astype(np.float32)
 old = (-rng.exponential(3.0, mask.shape)).astype(np.float32) * mask
-batch = dict(
-  sb.batch.model_inputs(),
+batch = TrainBatch(
+  **sb.batch.model_inputs(),
   old_logp=old,
   ref_logp=old,
   response_mask=mask,

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from catts_jax.checkpoint import Checkpointer  # noqa: E402
 from catts_jax.models.qwen2_5_vl import load_hf  # noqa: E402
 from catts_jax.processing import Processor  # noqa: E402
+from catts_jax.rl.batch import TrainBatch  # noqa: E402
 from catts_jax.rl.grpo import LossConfig  # noqa: E402
 from catts_jax.rl.learner import Learner, OptimizerConfig  # noqa: E402
 
@@ -29,8 +30,8 @@ def batch_for(processor, step):
   r = sb.response_len
   mask = sb.response_mask.astype(np.float32)
   old = (-rng.exponential(3.0, (4, r))).astype(np.float32) * mask
-  return dict(
-    sb.batch.model_inputs(),
+  return TrainBatch(
+    **sb.batch.model_inputs(),
     old_logp=old,
     ref_logp=old,
     response_mask=mask,

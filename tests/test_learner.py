@@ -7,6 +7,7 @@ import pytest
 from catts_jax import sharding
 from catts_jax.models.qwen2_5_vl import load_hf
 from catts_jax.processing import Processor
+from catts_jax.rl.batch import TrainBatch
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig, response_logprobs
 from catts_jax.verify import make_cases
@@ -31,8 +32,8 @@ def train_batch(ckpt, model):
   inputs = {k: jax.numpy.asarray(v) for k, v in sb.batch.model_inputs().items()}
   logp = np.asarray(response_logprobs(model, inputs, sb.response_len))
   mask = sb.response_mask.astype(np.float32)
-  batch = dict(
-    sb.batch.model_inputs(),
+  batch = TrainBatch(
+    **sb.batch.model_inputs(),
     old_logp=(logp + rng.normal(0, 0.05, logp.shape)) * mask,
     ref_logp=(logp + rng.normal(0, 0.05, logp.shape)) * mask,
     response_mask=mask,
@@ -73,7 +74,7 @@ def test_non_finite_step_stops_and_keeps_params(tiny_ckpt):
   learner = Learner(model, LOSS, OPT)
   learner.step(batch, r)
   before = [np.asarray(x).copy() for x in jax.tree.leaves(learner.params)]
-  bad = dict(batch, advantages=np.full(8, np.nan, np.float32))
+  bad = batch.replace(advantages=np.full(8, np.nan, np.float32))
   with pytest.raises(FloatingPointError, match="non-finite loss"):
     learner.step(bad, r)
   for x, y in zip(before, jax.tree.leaves(learner.params)):

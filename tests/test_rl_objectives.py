@@ -176,11 +176,11 @@ def test_loss_and_gradient_equal_numpy(cfg):
   def loss_of(lp):
     return grpo.policy_loss(
       lp,
-      jnp.asarray(old, jnp.float32),
-      jnp.asarray(adv, jnp.float32),
-      jnp.asarray(mask, jnp.float32),
       cfg,
-      jnp.asarray(ref, jnp.float32),
+      old_logp=jnp.asarray(old, jnp.float32),
+      advantages=jnp.asarray(adv, jnp.float32),
+      response_mask=jnp.asarray(mask, jnp.float32),
+      ref_logp=jnp.asarray(ref, jnp.float32),
     )[0]
 
   got = float(loss_of(jnp.asarray(logp, jnp.float32)))
@@ -215,7 +215,15 @@ def test_token_advantages_add_to_the_row_advantages():
   mask = (np.arange(t)[None] < np.array([6, 4, 2, 5])[:, None]).astype(np.float64)
   cfg = grpo.LossConfig(kl_coef=0.05, dual_clip=3.0)
   f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-  got, _ = grpo.policy_loss(f32(logp), f32(old), f32(adv), f32(mask), cfg, f32(ref), None, f32(tokens))
+  got, _ = grpo.policy_loss(
+    f32(logp),
+    cfg,
+    old_logp=f32(old),
+    advantages=f32(adv),
+    response_mask=f32(mask),
+    ref_logp=f32(ref),
+    token_advantages=f32(tokens),
+  )
   want = numpy_loss(logp, old, adv[:, None] + tokens, mask, cfg, ref)
   assert float(got) == pytest.approx(want, rel=1e-5, abs=1e-6)
   assert want != pytest.approx(numpy_loss(logp, old, adv, mask, cfg, ref), rel=1e-3)
@@ -224,16 +232,17 @@ def test_token_advantages_add_to_the_row_advantages():
 def test_clip_fraction_and_kl_metrics():
   logp = jnp.log(jnp.array([[1.5, 1.0, 0.5]]))
   old = jnp.zeros((1, 3))
-  _, m = grpo.policy_loss(logp, old, jnp.array([1.0]), jnp.ones((1, 3)), grpo.LossConfig(kl_coef=0.1), old)
+  fields = dict(old_logp=old, advantages=jnp.array([1.0]), response_mask=jnp.ones((1, 3)))
+  _, m = grpo.policy_loss(logp, grpo.LossConfig(kl_coef=0.1), ref_logp=old, **fields)
   # A > 0: ratio 1.5 is clipped at 1.28; 0.5 is not (min picks the unclipped, smaller objective).
   assert float(m["clip_fraction"]) == pytest.approx(1 / 3)
   k3 = np.exp(-np.log([1.5, 1.0, 0.5])) + np.log([1.5, 1.0, 0.5]) - 1
   assert float(m["kl"]) == pytest.approx(k3.mean(), rel=1e-5)
   with pytest.raises(ValueError, match="needs ref_logp"):
-    grpo.policy_loss(logp, old, jnp.array([1.0]), jnp.ones((1, 3)), grpo.LossConfig(kl_coef=0.1))
+    grpo.policy_loss(logp, grpo.LossConfig(kl_coef=0.1), **fields)
   cfg = dataclasses.replace(grpo.LossConfig(), aggregation="seq_sum")
   with pytest.raises(ValueError, match="max_tokens"):
-    grpo.policy_loss(logp, old, jnp.array([1.0]), jnp.ones((1, 3)), cfg)
+    grpo.policy_loss(logp, cfg, **fields)
 
 
 def test_kl_rows_leave_rows_out_of_the_kl_term():
@@ -246,9 +255,10 @@ def test_kl_rows_leave_rows_out_of_the_kl_term():
   adv, mask = jnp.array([1.0, -0.5, 0.7]), jnp.ones((3, 4))
   cfg = grpo.LossConfig(kl_coef=0.1)
   rows = jnp.array([1.0, 0.0, 1.0])
-  loss, m = grpo.policy_loss(logp, old, adv, mask, cfg, ref, rows)
+  fields = dict(old_logp=old, advantages=adv, response_mask=mask)
+  loss, m = grpo.policy_loss(logp, cfg, ref_logp=ref, kl_rows=rows, **fields)
   ref_without_row_1 = ref.at[1].set(logp[1])
-  want, m_all = grpo.policy_loss(logp, old, adv, mask, cfg, ref_without_row_1)
+  want, m_all = grpo.policy_loss(logp, cfg, ref_logp=ref_without_row_1, **fields)
   assert float(loss) == pytest.approx(float(want), rel=1e-6)
   assert float(m["kl"]) == pytest.approx(float(m_all["kl"]) * 3 / 2, rel=1e-5)
 
@@ -268,14 +278,19 @@ def test_solution_rows_join_only_the_nll_term():
   cfg = grpo.LossConfig(kl_coef=0.1, sft_coef=0.5)
 
   def loss(logp):
-    return grpo.policy_loss(logp, old, adv, mask, cfg, ref, sft_rows=sft_rows)
+    return grpo.policy_loss(
+      logp, cfg, old_logp=old, advantages=adv, response_mask=mask, ref_logp=ref, sft_rows=sft_rows
+    )
 
   (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(logp)
-  samples, _ = grpo.policy_loss(logp[:2], old[:2], adv[:2], mask[:2], grpo.LossConfig(kl_coef=0.1), ref[:2])
+  samples, _ = grpo.policy_loss(
+    logp[:2], grpo.LossConfig(kl_coef=0.1), old_logp=old[:2], advantages=adv[:2], response_mask=mask[:2],
+    ref_logp=ref[:2],
+  )  # fmt: skip
   nll = -float((logp[2:] * mask[2:]).sum() / mask[2:].sum())
   assert float(metrics["sft_nll"]) == pytest.approx(nll, rel=1e-6)
   assert float(value) == pytest.approx(float(samples) + 0.5 * nll, rel=1e-6)
   assert np.isfinite(np.asarray(grads)).all()
   np.testing.assert_allclose(grads[2:], -0.5 * mask[2:] / mask[2:].sum(), rtol=1e-5)
   with pytest.raises(ValueError, match="needs sft_rows"):
-    grpo.policy_loss(logp, old, adv, mask, cfg, ref)
+    grpo.policy_loss(logp, cfg, old_logp=old, advantages=adv, response_mask=mask, ref_logp=ref)

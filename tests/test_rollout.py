@@ -11,7 +11,6 @@ from tiny_hf import random_image
 from catts_jax.data.schema import from_record, make_example
 from catts_jax.models.qwen2_5_vl import load_hf
 from catts_jax.policy import Policy
-from catts_jax.processing import MODEL_INPUT_KEYS
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig, response_logprobs
 from catts_jax.rl.rollout import RolloutConfig, rollout
@@ -48,19 +47,19 @@ def test_rollout_batch_is_consistent_and_trains(setup):
     policy, examples, "mathvision", cfg, jax.random.key(0), ref_state=policy.scorer.state
   )
   n = 3 * 4
-  assert batch["input_ids"].shape[0] >= n and metrics["groups"] == 3
-  mask = batch["response_mask"].astype(bool)
+  assert batch.input_ids.shape[0] >= n and metrics["groups"] == 3
+  mask = batch.response_mask.astype(bool)
   assert mask[:n].sum(1).min() >= 1 and not mask[n:].any()
   # The sampler's recorded log-probs are the teacher-forced ones of the same tokens.
-  inputs = {k: jax.numpy.asarray(batch[k]) for k in MODEL_INPUT_KEYS}
+  inputs = {k: jax.numpy.asarray(v) for k, v in batch.model_inputs().items()}
   logp = np.asarray(response_logprobs(policy.model, inputs, r))
-  np.testing.assert_allclose(batch["old_logp"][mask], logp[mask], atol=1e-4)
-  np.testing.assert_allclose(batch["ref_logp"][mask], logp[mask], atol=1e-4)
+  np.testing.assert_allclose(batch.old_logp[mask], logp[mask], atol=1e-4)
+  np.testing.assert_allclose(batch.ref_logp[mask], logp[mask], atol=1e-4)
   # Rewards: the tiny random model never states an answer, so accuracy is 0 and calibration
   # the worst value (-1) for every sample; advantages are normalised per group.
   assert metrics["reward_accuracy"] == 0
   assert metrics["reward_calibration"] == -1.0
-  adv = batch["advantages"][:n].reshape(3, 4)
+  adv = batch.advantages[:n].reshape(3, 4)
   np.testing.assert_allclose(adv.mean(1), 0, atol=1e-5)
   assert metrics["confidence"] != metrics["confidence_perturbed"]
   learner = Learner(
@@ -92,23 +91,23 @@ def test_confidence_gradient_adds_the_perturbed_rows(setup):
     policy, examples, "mathvision", cfg, jax.random.key(2), ref_state=policy.scorer.state
   )
   n = 3 * 2
-  mask = batch["response_mask"].astype(bool)
+  mask = batch.response_mask.astype(bool)
   assert mask[:n].any(1).all() and not mask[2 * n :].any()
-  assert (batch["kl_rows"][:n] == 1).all() and not batch["kl_rows"][n:].any()  # samples only
-  np.testing.assert_array_equal(batch["input_ids"][:n], batch["input_ids"][n : 2 * n])  # same rows...
-  assert not np.array_equal(batch["pixel_values"][: len(batch["pixel_values"]) // 2], batch["pixel_values"][len(batch["pixel_values"]) // 2 :])  # ...other pixels  # fmt: skip
-  inputs = {k: jax.numpy.asarray(batch[k]) for k in MODEL_INPUT_KEYS}
+  assert (batch.kl_rows[:n] == 1).all() and not batch.kl_rows[n:].any()  # samples only
+  np.testing.assert_array_equal(batch.input_ids[:n], batch.input_ids[n : 2 * n])  # same rows...
+  assert not np.array_equal(batch.pixel_values[: len(batch.pixel_values) // 2], batch.pixel_values[len(batch.pixel_values) // 2 :])  # ...other pixels  # fmt: skip
+  inputs = {k: jax.numpy.asarray(v) for k, v in batch.model_inputs().items()}
   logp = np.asarray(response_logprobs(policy.model, inputs, r))
-  np.testing.assert_allclose(batch["old_logp"][mask], logp[mask], atol=1e-4)
+  np.testing.assert_allclose(batch.old_logp[mask], logp[mask], atol=1e-4)
   np.testing.assert_allclose(
-    batch["ref_logp"][:n][mask[:n]], logp[:n][mask[:n]], atol=1e-4
+    batch.ref_logp[:n][mask[:n]], logp[:n][mask[:n]], atol=1e-4
   )  # ref = policy here
   noisy = slice(n, 2 * n)
   conf_noisy = np.exp((logp[noisy] * mask[noisy]).sum(1) / np.maximum(mask[noisy].sum(1), 1))
   conf = np.exp((logp[:n] * mask[:n]).sum(1) / mask[:n].sum(1))
   active = (conf > conf_noisy) & (conf - conf_noisy < 1)
   expected = np.where(active, -w * conf_noisy, 0.0)
-  np.testing.assert_allclose(batch["advantages"][noisy], expected, atol=1e-4)
+  np.testing.assert_allclose(batch.advantages[noisy], expected, atol=1e-4)
   assert metrics["noisy_rows"] == int(active.sum()) > 0
   # The sampled rows: the group advantage of the reward w * clip(conf - conf_noisy, 0, 1)
   # (GRPO: centred, over the sample std; zero-variance groups dropped) plus the reward's own
@@ -116,14 +115,11 @@ def test_confidence_gradient_adds_the_perturbed_rows(setup):
   reward = (w * np.clip(conf - conf_noisy, 0, 1)).reshape(3, 2)
   std = reward.std(1, ddof=1, keepdims=True)
   group = np.where(std > 0, (reward - reward.mean(1, keepdims=True)) / (std + 1e-6), 0.0).reshape(-1)
-  np.testing.assert_allclose(batch["advantages"][:n], group + np.where(active, w * conf, 0.0), atol=1e-3)
+  np.testing.assert_allclose(batch.advantages[:n], group + np.where(active, w * conf, 0.0), atol=1e-3)
 
   # Only the perturbed rows' term: the originals' advantages (which move the same responses
   # on their clean images) are zeroed here.
-  only_noisy = {
-    **batch,
-    "advantages": np.concatenate([np.zeros(n), batch["advantages"][n:]]).astype(np.float32),
-  }
+  only_noisy = batch.replace(advantages=np.concatenate([np.zeros(n), batch.advantages[n:]]).astype(np.float32))
   learner = Learner(load_hf(policy.processor.path), LossConfig(), OptimizerConfig(learning_rate=1e-3))
   for _ in range(3):
     learner.step(only_noisy, r)
@@ -157,15 +153,15 @@ def test_reference_solutions_join_the_batch_and_train(setup):
   )
   n = 2 * 2  # the two trained groups' samples; rows [n, 2n) are their perturbed copies
   rows = [2 * n, 2 * n + 1]
-  np.testing.assert_array_equal(np.flatnonzero(batch["sft_rows"]), rows)
-  mask = batch["response_mask"].astype(bool)
+  np.testing.assert_array_equal(np.flatnonzero(batch.sft_rows), rows)
+  mask = batch.response_mask.astype(bool)
   for row, ex in zip(rows, solved[:2]):
     want = policy.solution_tokens(ex)
     assert want[-1] == policy.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert mask[row].sum() == len(want)
-    np.testing.assert_array_equal(batch["input_ids"][row, -len(want) :], want)
-  assert not batch["advantages"][rows].any() and not batch["kl_rows"][rows].any()
-  assert batch["kl_rows"][:n].all() and not mask[2 * n + 2 :].any()
+    np.testing.assert_array_equal(batch.input_ids[row, -len(want) :], want)
+  assert not batch.advantages[rows].any() and not batch.kl_rows[rows].any()
+  assert batch.kl_rows[:n].all() and not mask[2 * n + 2 :].any()
 
   learner = Learner(
     load_hf(policy.processor.path),
@@ -182,7 +178,7 @@ def test_without_confidence_gradient_the_batch_holds_the_originals_only(setup):
   policy, examples = setup
   cfg = RolloutConfig(group_size=2, max_new_tokens=6, strength=1.0, dynamic_filter=False)
   batch, _, metrics = rollout(policy, examples, "mathvision", cfg, jax.random.key(2))
-  assert "noisy_rows" not in metrics and batch["response_mask"][6:].sum() == 0
+  assert "noisy_rows" not in metrics and batch.response_mask[6:].sum() == 0
 
 
 def test_refill_trains_on_informative_groups_first(setup, monkeypatch):
@@ -198,13 +194,13 @@ def test_refill_trains_on_informative_groups_first(setup, monkeypatch):
   cfg = RolloutConfig(group_size=2, max_new_tokens=4, advantage="dr_grpo", dynamic_filter=True)
   batch, _, metrics = rollout(policy, examples, "mathvision", cfg, jax.random.key(3), train_groups=2)
   assert metrics["groups"] == 3 and metrics["informative_groups"] == 2 and metrics["kept_groups"] == 2
-  np.testing.assert_allclose(batch["advantages"][:4], [-0.5, 0.5, 0.5, -0.5])
-  assert batch["response_mask"][:4].any(1).all() and not batch["response_mask"][4:].any()
+  np.testing.assert_allclose(batch.advantages[:4], [-0.5, 0.5, 0.5, -0.5])
+  assert batch.response_mask[:4].any(1).all() and not batch.response_mask[4:].any()
 
   batch, _, metrics = rollout(policy, examples, "mathvision", cfg, jax.random.key(3), train_groups=3)
   assert metrics["kept_groups"] == 2  # too few informative groups: the rest are masked
-  np.testing.assert_allclose(batch["advantages"][:6], [-0.5, 0.5, 0.5, -0.5, 0, 0])
-  assert batch["response_mask"][:4].any(1).all() and not batch["response_mask"][4:].any()
+  np.testing.assert_allclose(batch.advantages[:6], [-0.5, 0.5, 0.5, -0.5, 0, 0])
+  assert batch.response_mask[:4].any(1).all() and not batch.response_mask[4:].any()
 
 
 def test_answer_mask_marks_the_last_boxed_answer(tiny_ckpt):
@@ -253,8 +249,8 @@ def test_calibration_on_the_answer_span(setup, monkeypatch):
   )
   batch, r, metrics = rollout(policy, examples, "mathvision", cfg, jax.random.key(3))
   n = 3 * 2
-  mask = batch["response_mask"][:n].astype(bool)
-  old = batch["old_logp"][:n]
+  mask = batch.response_mask[:n].astype(bool)
+  old = batch.old_logp[:n]
   length = mask.sum(1)
   assert (length >= 2).all()
   span = np.zeros_like(mask)
@@ -263,12 +259,12 @@ def test_calibration_on_the_answer_span(setup, monkeypatch):
   sign = np.where(np.repeat([1.0, 1.0, -1.0], 2) > 0, 1.0, -1.0)
   assert metrics["reward_calibration"] == pytest.approx(float((sign * conf_answer).mean()), rel=1e-4)
   want = np.where(span, (w * sign * conf_answer * length / 2)[:, None], 0.0)
-  np.testing.assert_allclose(batch["token_advantages"][:n], want, rtol=1e-4, atol=1e-6)
-  assert not batch["token_advantages"][n:].any()
+  np.testing.assert_allclose(batch.token_advantages[:n], want, rtol=1e-4, atol=1e-6)
+  assert not batch.token_advantages[n:].any()
   reward = (w * sign * conf_answer).reshape(3, 2)
   std = reward.std(1, ddof=1, keepdims=True)
   group = np.where(std > 0, (reward - reward.mean(1, keepdims=True)) / (std + 1e-6), 0.0)
-  np.testing.assert_allclose(batch["advantages"][:n], group.reshape(-1), atol=1e-3)
+  np.testing.assert_allclose(batch.advantages[:n], group.reshape(-1), atol=1e-3)
 
 
 @pytest.mark.parametrize("field", [{"temperature": 0.7}, {"top_p": 0.9}])

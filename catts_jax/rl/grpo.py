@@ -101,16 +101,18 @@ def aggregate(values: jax.Array, mask: jax.Array, how: str, max_tokens: int | No
 
 def policy_loss(
   logp: jax.Array,
+  cfg: LossConfig,
+  *,
   old_logp: jax.Array,
   advantages: jax.Array,
-  mask: jax.Array,
-  cfg: LossConfig,
+  response_mask: jax.Array,
   ref_logp: jax.Array | None = None,
   kl_rows: jax.Array | None = None,
   token_advantages: jax.Array | None = None,
   sft_rows: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """logp, old_logp, ref_logp, mask [B, T]; advantages [B] -> (loss, metrics).
+  """logp, old_logp, ref_logp, response_mask [B, T]; advantages [B] -> (loss, metrics). The
+  keyword arguments are `rl.batch.TrainBatch`'s fields of the same names.
 
   kl_rows [B]: 1 where the row is a sample of the policy, the only rows on which the KL
   estimators estimate the KL; 0 leaves a row out of the KL term (default: all rows in).
@@ -118,6 +120,7 @@ def policy_loss(
   that acts on some tokens only, e.g. a final answer's).
   sft_rows [B]: 1 where the row is a reference solution, not a sample: it joins only the NLL
   term (`sft_coef`), never the policy-gradient or KL terms."""
+  mask = response_mask
   if cfg.sft_coef and sft_rows is None:
     raise ValueError("sft_coef > 0 needs sft_rows (the reference-solution rows)")
   sft_mask = jnp.zeros_like(mask) if sft_rows is None else mask * sft_rows[:, None].astype(mask.dtype)

@@ -1,15 +1,18 @@
 """The CDRL policy update: optimizer, loss over the model, and a sharded jitted train step.
 
 Params and optimizer state live on a (data, fsdp, tensor) mesh, sharded by the params'
-logical axes; the batch is sharded over data x fsdp. The step is `jax.jit` with explicit
-in/out shardings and the train state donated, so updates happen in place.
+logical axes; the batch (`rl.batch.TrainBatch`) is sharded over data x fsdp. The step is
+`jax.jit` with explicit in/out shardings and the train state donated, so updates happen in
+place. The objective is the clipped policy loss (a `LossConfig`) or any function of the
+response log-probs and the batch: supervised fine-tuning is the NLL (`rl.sft.nll`) on the
+same Learner, with the same sharding and non-finite guard.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from catts_jax import sharding
-from catts_jax.processing import MODEL_INPUT_KEYS
+from catts_jax.rl.batch import TrainBatch, batch_shardings
 from catts_jax.rl.grpo import LossConfig, policy_loss
 from catts_jax.scoring import response_logits
 
@@ -64,43 +67,41 @@ def response_logprobs(model, inputs: dict, response_len: int) -> jax.Array:
   return jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
 
 
-def batch_shardings(batch: Mapping[str, jax.Array], mesh: Mesh) -> dict[str, NamedSharding]:
-  """Rows over data x fsdp; positions' batch is dim 1; image patches are not per row, so
-  they are replicated."""
-
-  def one(name, x):
-    if name in ("pixel_values", "patch_pos", "patch_image") or x.ndim == 0:
-      return NamedSharding(mesh, PartitionSpec())
-    return sharding.batch_sharding(mesh, x.ndim, batch_axis=1 if name == "positions" else 0)
-
-  return {name: one(name, x) for name, x in batch.items()}
+Objective = Callable[[jax.Array, TrainBatch], tuple[jax.Array, Mapping[str, jax.Array]]]
 
 
-def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, loss_cfg: LossConfig):
-  """The pure CDRL train step `(params, opt_state, batch, response_len) -> (params, opt_state,
-  metrics)` for the model `nnx.merge(graphdef, params, rest)`.
+def objective(loss: LossConfig | Objective) -> Objective:
+  """`loss` as a function `(logp [B, R], batch) -> (scalar, metrics)`: a LossConfig is the
+  clipped policy objective (`grpo.policy_loss`) on the batch's RL fields; any other callable
+  (e.g. `rl.sft.nll`) is used as it is."""
+  if not isinstance(loss, LossConfig):
+    return loss
+
+  def clipped(logp: jax.Array, batch: TrainBatch):
+    if batch.old_logp is None or batch.advantages is None:
+      raise ValueError("the policy loss needs the batch's old_logp and advantages")
+    fields = batch.fields()
+    names = ("old_logp", "advantages", "response_mask", "ref_logp", "kl_rows", "token_advantages", "sft_rows")
+    return policy_loss(logp, loss, **{k: fields[k] for k in names if k in fields})
+
+  return clipped
+
+
+def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, loss: LossConfig | Objective):
+  """The pure train step `(params, opt_state, batch: TrainBatch, response_len) -> (params,
+  opt_state, metrics)` for the model `nnx.merge(graphdef, params, rest)` and the objective
+  `loss` (see `objective`).
 
   Pure in its arguments, so it can be jitted and lowered from abstract (`jax.ShapeDtypeStruct`)
-  params and optimizer state without materialising any weight (`train.compile`)."""
+  params, optimizer state and batch without materialising any weight (`train.compile`)."""
+  fn = objective(loss)
 
-  def loss(params, batch, response_len):
+  def loss_of(params, batch: TrainBatch, response_len):
     model = nnx.merge(graphdef, params, rest)
-    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
-    logp = response_logprobs(model, inputs, response_len)
-    return policy_loss(
-      logp,
-      batch["old_logp"],
-      batch["advantages"],
-      batch["response_mask"],
-      loss_cfg,
-      batch.get("ref_logp"),
-      batch.get("kl_rows"),
-      batch.get("token_advantages"),
-      batch.get("sft_rows"),
-    )
+    return fn(response_logprobs(model, batch.model_inputs(), response_len), batch)
 
-  def step(params, opt_state, batch, response_len):
-    (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params, batch, response_len)
+  def step(params, opt_state, batch: TrainBatch, response_len):
+    (value, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(params, batch, response_len)
     grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -111,7 +112,7 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, los
     params, opt_state = jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state)
     return params, opt_state, {**metrics, "loss": value, "grad_norm": grad_norm}
 
-  step.loss = loss
+  step.loss = loss_of
   return step
 
 
@@ -155,22 +156,21 @@ class Learner:
   The learner takes over the model's param arrays (each step donates them); sample and score
   with the current params by passing `state=learner.params` to the sampler and scorer.
 
-  `batch` for `step`: the model inputs of a scoring batch (input_ids, positions,
-  attention_mask[, pixel_values, patch_pos, patch_image]) plus old_logp, ref_logp,
-  response_mask [B, R], advantages [B] and optionally kl_rows, sft_rows [B] and
-  token_advantages [B, R]; `response_len` is static.
+  `loss`: a LossConfig (the CDRL policy loss) or an objective `(logp, batch) -> (loss,
+  metrics)` (`objective`). `step` takes a `TrainBatch` of host (numpy) arrays;
+  `response_len` is static.
   """
 
   def __init__(
     self,
     model: nnx.Module,
-    loss_cfg: LossConfig,
+    loss: LossConfig | Objective,
     opt_cfg: OptimizerConfig,
     mesh: Mesh | None = None,
     rules: Mapping | None = None,
   ):
     self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
-    self.loss_cfg, self.mesh = loss_cfg, mesh
+    self.mesh = mesh
     self.optimizer = make_optimizer(opt_cfg, params)
     if mesh is not None:
       params = jax.device_put(params, sharding.state_shardings(params, mesh, rules))
@@ -181,22 +181,15 @@ class Learner:
         self.optimizer, params, jax.tree.map(lambda x: x.sharding, params), mesh
       )
       init = jax.jit(self.optimizer.init, out_shardings=opt_shardings)
-    opt_state = init(params)
-    self.opt_state = opt_state
-    self._train_step = make_train_step(self.graphdef, self.rest, self.optimizer, loss_cfg)
+    self.opt_state = init(params)
+    self._train_step = make_train_step(self.graphdef, self.rest, self.optimizer, loss)
     self._steps: dict = {}
 
   def model(self) -> nnx.Module:
     return nnx.merge(self.graphdef, self.params, self.rest)
 
-  def _loss(self, params, batch, response_len):
-    return self._train_step.loss(params, batch, response_len)
-
-  def _step_impl(self, params, opt_state, batch, response_len):
-    return self._train_step(params, opt_state, batch, response_len)
-
-  def _compiled(self, batch, response_len):
-    key = (response_len, tuple(sorted((k, v.shape) for k, v in batch.items())))
+  def _compiled(self, batch: TrainBatch, response_len: int):
+    key = (response_len, jax.tree.structure(batch), tuple(x.shape for x in jax.tree.leaves(batch)))
     if key not in self._steps:
       shardings = {}
       if self.mesh is not None:
@@ -208,7 +201,7 @@ class Learner:
       self._steps[key] = jit_train_step(self._train_step, response_len, self.mesh, **shardings)
     return self._steps[key]
 
-  def step(self, batch: Mapping, response_len: int) -> dict[str, float]:
+  def step(self, batch: TrainBatch, response_len: int) -> dict[str, float]:
     """One optimisation step. A non-finite loss or gradient raises FloatingPointError and
     leaves params and optimizer state as they were.
 
@@ -216,13 +209,13 @@ class Learner:
     each device takes its shard of the rows: the image slots are not per row (a row's image
     tokens index into all of them), so no process could build its rows' slots alone."""
     if self.mesh is None:
-      batch = {k: jnp.asarray(v) for k, v in batch.items()}
+      batch = jax.tree.map(jnp.asarray, batch)
     else:
-      shardings = batch_shardings(batch, self.mesh)
-      batch = {
-        k: jax.make_array_from_callback(np.shape(v), shardings[k], lambda index, v=v: np.asarray(v)[index])
-        for k, v in batch.items()
-      }
+      batch = jax.tree.map(
+        lambda v, s: jax.make_array_from_callback(np.shape(v), s, lambda index: np.asarray(v)[index]),
+        batch,
+        batch_shardings(batch, self.mesh),
+      )
     step = self._compiled(batch, response_len)
     self.params, self.opt_state, metrics = step(self.params, self.opt_state, batch)
     metrics = {k: float(v) for k, v in metrics.items()}

@@ -43,10 +43,12 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from PIL import Image
 
 from catts_jax import perturb
 from catts_jax.policy import Policy
 from catts_jax.rl import grpo, rewards
+from catts_jax.rl.batch import TrainBatch
 from catts_jax.sampling import SamplingConfig
 
 
@@ -107,27 +109,59 @@ def _right_align(values: np.ndarray, lengths: np.ndarray, width: int) -> np.ndar
   return out
 
 
-def rollout(
-  policy: Policy,
-  examples: Sequence[dict],
-  benchmark: str | None,
-  cfg: RolloutConfig,
-  key: jax.Array,
-  *,
-  state: nnx.State | None = None,
-  ref_state: nnx.State | None = None,
-  saliency=None,
-  seed: int = 0,
-  train_groups: int | None = None,
-  step: int = 0,
-  solutions: bool = False,
-) -> tuple[dict[str, np.ndarray] | None, int, dict[str, Any]]:
-  """(train batch or None if every group was filtered, its response_len, metrics).
+@dataclasses.dataclass
+class Prompts:
+  """Stage 1 (`perturb_images`): P problems' prompts, their images and perturbed copies."""
 
-  `train_groups`: how many of the sampled groups the batch holds (default: all); sample more
-  problems than that for DAPO's refill of filtered groups. `step`: the train step, for
-  `confidence_gradient_from`. `solutions`: each trained problem's reference solution on its
-  original images joins the batch as a row marked by `sft_rows` (`LossConfig.sft_coef`)."""
+  prompts: list[str]  # [P] chat prompts
+  originals: list[list[Image.Image]]  # [P][images]
+  perturbed: list[list[Image.Image]]  # [P][images], the same images perturbed
+
+
+@dataclasses.dataclass
+class Samples:
+  """Stage 2 (`sample`): G samples per problem, N = P * G rows in problem-major order."""
+
+  tokens: list[np.ndarray]  # [N][L_i] the response tokens, stop token included
+  lengths: np.ndarray  # [N] L_i
+  texts: list[str]  # [N] decoded responses
+  token_logp: np.ndarray  # [N, L] the sampler's log-probs, response at the start of the row
+  confidence: np.ndarray  # [N] conf(y|x) = exp(-NMLP)
+
+
+@dataclasses.dataclass
+class Rewards:
+  """Stage 4 (`compute_rewards`): each sample's rewards and group advantage."""
+
+  total: np.ndarray  # [N] weighted reward
+  parts: dict[str, np.ndarray]  # name -> [N] each reward before weighting
+  correct: np.ndarray  # [N] float32 1/0
+  answered: np.ndarray  # [N] bool: the response states a final answer
+  calibrated: np.ndarray  # [N] the confidence calibration judges (response's or answer's)
+  spans: list[np.ndarray] | None  # [N][L_i] bool answer-token masks ("answer" span), else None
+  advantages: np.ndarray  # [N] float32 group advantages
+  informative: np.ndarray  # [P] bool: the group carries a signal (or filtering is off)
+
+
+@dataclasses.dataclass
+class Selection:
+  """Stage 5 (`select_groups`): the K trained groups and their K * G sample rows."""
+
+  groups: np.ndarray  # [K] problem indices, informative first in draw order
+  rows: np.ndarray  # [K * G] sample indices into the N rows
+  keep: np.ndarray  # [K * G] bool: the row's group carries a signal
+
+
+def _repeat(xs: Sequence, g: int) -> list:
+  """[P] -> [P * G]: each item G times (the samples' order)."""
+  return [x for x in xs for _ in range(g)]
+
+
+def perturb_images(
+  policy: Policy, examples: Sequence[dict], cfg: RolloutConfig, saliency=None, seed: int = 0
+) -> Prompts:
+  """Stage 1: each problem's prompt, images and perturbed images (CLIP-targeted regions with
+  `cfg.targeted`); image j of problem i is perturbed with seed `seed + 1009 i + j`."""
   prompts, originals, perturbed = [], [], []
   for i, ex in enumerate(examples):
     prompt, images = policy.example_prompt(ex, cfg.template)
@@ -143,7 +177,14 @@ def rollout(
     prompts.append(prompt)
     originals.append(images)
     perturbed.append(noisy)
+  return Prompts(prompts, originals, perturbed)
 
+
+def sample(
+  policy: Policy, prompts: Prompts, cfg: RolloutConfig, key: jax.Array, state: nnx.State | None = None
+) -> Samples:
+  """Stage 2: G = `cfg.group_size` samples of each prompt on its original images, with their
+  token log-probs and conf(y|x), under `state` (default: the policy's own params)."""
   g = cfg.group_size
   sampling = SamplingConfig(
     max_new_tokens=cfg.max_new_tokens,
@@ -153,22 +194,52 @@ def rollout(
     stop_ids=policy.stop_ids(),
     confidence=policy.confidence,
   )
-  out = policy.sampler(policy.processor(prompts, originals), sampling, key, state=state)
+  out = policy.sampler(policy.processor(prompts.prompts, prompts.originals), sampling, key, state=state)
   lengths = out.lengths.reshape(-1)
-  tokens = [t[:n] for t, n in zip(out.tokens.reshape(len(prompts) * g, -1), lengths)]
+  tokens = [t[:n] for t, n in zip(out.tokens.reshape(len(prompts.prompts) * g, -1), lengths)]
   texts = [policy.processor.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
-  rep = lambda xs: [x for x in xs for _ in range(g)]  # noqa: E731
-
-  noisy_scores = policy.scorer(
-    policy.processor.scoring_batch(rep(prompts), tokens, rep(perturbed)), state=state
+  return Samples(
+    tokens=tokens,
+    lengths=lengths,
+    texts=texts,
+    token_logp=out.logprobs.reshape(len(tokens), -1),
+    confidence=out.scores["confidence"].reshape(-1),
   )
-  confidence = out.scores["confidence"].reshape(-1)
-  correct, answered = rewards.grade(texts, rep(list(examples)), benchmark)
-  token_logp = out.logprobs.reshape(len(tokens), -1)
+
+
+def score_perturbed(
+  policy: Policy, prompts: Prompts, samples: Samples, g: int, state: nnx.State | None = None
+) -> dict[str, np.ndarray]:
+  """Stage 3: one scoring pass of every sample under its problem's perturbed images: the
+  scorer's dict, "confidence" [N] (conf(y|x_noisy)) and "token_logprobs" [N, R'] among it."""
+  sb = policy.processor.scoring_batch(
+    _repeat(prompts.prompts, g), samples.tokens, _repeat(prompts.perturbed, g)
+  )
+  return policy.scorer(sb, state=state)
+
+
+def compute_rewards(
+  policy: Policy,
+  examples: Sequence[dict],
+  benchmark: str | None,
+  cfg: RolloutConfig,
+  prompts: Prompts,
+  samples: Samples,
+  noisy: dict[str, np.ndarray],
+) -> Rewards:
+  """Stage 4: grade the N samples, weigh the rewards and take each group's advantages over
+  its G samples (`cfg.advantage`); with `cfg.dynamic_filter`, groups whose rewards are all
+  equal are marked uninformative."""
+  g = cfg.group_size
+  correct, answered = rewards.grade(samples.texts, _repeat(list(examples), g), benchmark)
+  confidence = samples.confidence
   if cfg.calibration_span == "answer":
-    spans = [answer_mask(policy.processor.tokenizer, t) for t in tokens]
+    spans = [answer_mask(policy.processor.tokenizer, t) for t in samples.tokens]
     calibrated = np.array(
-      [np.exp(token_logp[i, : len(m)][m].mean()) if len(m) else confidence[i] for i, m in enumerate(spans)]
+      [
+        np.exp(samples.token_logp[i, : len(m)][m].mean()) if len(m) else confidence[i]
+        for i, m in enumerate(spans)
+      ]
     )
   elif cfg.calibration_span == "response":
     spans, calibrated = None, confidence
@@ -176,123 +247,200 @@ def rollout(
     raise ValueError(f"calibration_span {cfg.calibration_span!r}: expected 'response' or 'answer'")
   total, parts = rewards.compute(
     cfg.reward_weights,
-    rep(prompts),
-    texts,
-    examples=rep(list(examples)),
+    _repeat(prompts.prompts, g),
+    samples.texts,
+    examples=_repeat(list(examples), g),
     benchmark=benchmark,
     correct=correct,
     answered=answered,
     confidence=confidence,
-    confidence_perturbed=noisy_scores["confidence"],
+    confidence_perturbed=noisy["confidence"],
     calibration_confidence=calibrated,
     form=cfg.calibration_form,
   )
-  grouped = total.reshape(len(prompts), g).astype(np.float64)
+  grouped = total.reshape(len(prompts.prompts), g).astype(np.float64)
   # Every estimator is shift-invariant: centring in float64 first keeps float32 from
   # subtracting nearly equal rewards (GRPO's division by a tiny std amplifies that error).
   centred = grouped - grouped.mean(-1, keepdims=True)
   advantages = np.asarray(grpo.advantages(cfg.advantage, centred)).reshape(-1)
-  informative = grouped.std(-1) > 0 if cfg.dynamic_filter else np.ones(len(prompts), bool)
-  # The train batch: `train_groups` groups, informative ones first in draw order (DAPO's
-  # refill when more problems were sampled than are trained on), then masked ones so the
-  # batch shape does not depend on how many carried a signal.
-  groups = np.argsort(~informative, kind="stable")[: train_groups or len(prompts)]
-  rows_of = (groups[:, None] * g + np.arange(g)).reshape(-1)
-  keep = np.repeat(informative[groups], g)
+  informative = grouped.std(-1) > 0 if cfg.dynamic_filter else np.ones(len(prompts.prompts), bool)
+  return Rewards(total, parts, correct, answered, calibrated, spans, advantages, informative)
 
-  metrics = {
-    "reward": float(total.mean()),
-    **{f"reward_{k}": float(v.mean()) for k, v in parts.items()},
-    "confidence": float(confidence.mean()),
-    "confidence_perturbed": float(noisy_scores["confidence"].mean()),
-    "response_tokens": float(lengths.mean()),
-    "informative_groups": int(informative.sum()),
-    "kept_groups": int(informative[groups].sum()),
-    "groups": len(prompts),
-  }
+
+def select_groups(informative: np.ndarray, g: int, train_groups: int | None = None) -> Selection:
+  """Stage 5: informative [P] -> the `train_groups` groups (default: all) the batch holds,
+  informative ones first in draw order (DAPO's refill when more problems were sampled than
+  are trained on), then masked ones so the batch shape does not depend on how many carried a
+  signal."""
+  groups = np.argsort(~informative, kind="stable")[: train_groups or len(informative)]
+  rows = (groups[:, None] * g + np.arange(g)).reshape(-1)
+  return Selection(groups, rows, np.repeat(informative[groups], g))
+
+
+def confidence_terms(
+  cfg: RolloutConfig, samples: Samples, noisy: dict[str, np.ndarray], scored: Rewards, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Stage 4b, with `confidence_gradient`: the rewards' own gradient on the selected rows
+  [K * G] (module docstring): (d R / d conf, d R / d conf_noisy, d R / d conf_answer)."""
+  d_clean, d_noisy, d_calibrated = rewards.confidence_gradients(
+    cfg.reward_weights,
+    confidence=samples.confidence[rows],
+    confidence_perturbed=noisy["confidence"][rows],
+    correct=scored.correct[rows],
+    answered=scored.answered[rows],
+    form=cfg.calibration_form,
+    calibration_confidence=scored.calibrated[rows],
+  )
+  if scored.spans is None:  # calibration judged conf(y|x): its term joins the row's
+    return d_clean + d_calibrated, d_noisy, np.zeros(len(rows))
+  return d_clean, d_noisy, d_calibrated  # the answer's confidence: a term on its tokens
+
+
+def assemble(
+  policy: Policy,
+  examples: Sequence[dict],
+  cfg: RolloutConfig,
+  prompts: Prompts,
+  samples: Samples,
+  noisy: dict[str, np.ndarray],
+  scored: Rewards,
+  sel: Selection,
+  terms: tuple[np.ndarray, np.ndarray, np.ndarray],
+  *,
+  noisy_rows: bool,
+  solutions: bool,
+  ref_state: nnx.State | None,
+  metrics: dict[str, Any],
+) -> tuple[TrainBatch | None, int]:
+  """Stage 6: the train batch [B rows, R response tokens] of the selected samples (None when
+  no row carries a signal) and R. Rows [0, n): the samples on their original images; then,
+  with the confidence gradient and a sensitivity reward, the same responses on the perturbed
+  images; then with `solutions` one reference solution a problem; then padding to the row
+  bucket (zero mask, zero advantage). `terms`: `confidence_terms` [K * G] each (zeros
+  without the gradient); `noisy_rows`: the perturbed copies join. Adds "noisy_rows" to
+  `metrics`."""
+  g, rows_of = cfg.group_size, sel.rows
   pick = lambda xs: [xs[i] for i in rows_of]  # noqa: E731
-  row_prompts, row_tokens = pick(rep(prompts)), pick(tokens)
-  advantages, confidence = advantages[rows_of], confidence[rows_of]
-  gradient = cfg.confidence_gradient and step >= cfg.confidence_gradient_from
-  d_clean, d_noisy, d_answer = (np.zeros(len(rows_of)) for _ in range(3))
-  if gradient:
-    d_clean, d_noisy, d_calibrated = rewards.confidence_gradients(
-      cfg.reward_weights,
-      confidence=confidence,
-      confidence_perturbed=noisy_scores["confidence"][rows_of],
-      correct=correct[rows_of],
-      answered=answered[rows_of],
-      form=cfg.calibration_form,
-      calibration_confidence=calibrated[rows_of],
-    )
-    if spans is None:  # calibration judged conf(y|x): its term joins the row's
-      d_clean = d_clean + d_calibrated
-    else:  # the answer's confidence: a term on the answer's tokens (below)
-      d_answer = d_calibrated
-  noisy_rows = gradient and bool(cfg.reward_weights.get("sensitivity", 0.0))
-  # Rows [0, n): the samples on their original images; then with noisy_rows the same
-  # responses on the perturbed images; then with `solutions` one reference solution a problem.
-  score_prompts, score_tokens, score_images = row_prompts, row_tokens, pick(rep(originals))
+  row_prompts, row_tokens = pick(_repeat(prompts.prompts, g)), pick(samples.tokens)
+  confidence, lengths = samples.confidence[rows_of], samples.lengths[rows_of]
+  d_clean, d_noisy, d_answer = terms
+  score_prompts, score_tokens, score_images = row_prompts, row_tokens, pick(_repeat(prompts.originals, g))
   if noisy_rows:
     score_prompts, score_tokens = score_prompts * 2, score_tokens * 2
-    score_images = score_images + pick(rep(perturbed))
+    score_images = score_images + pick(_repeat(prompts.perturbed, g))
   if solutions:
-    score_prompts = score_prompts + [prompts[i] for i in groups]
-    score_tokens = score_tokens + [policy.solution_tokens(examples[i]) for i in groups]
-    score_images = score_images + [originals[i] for i in groups]
+    score_prompts = score_prompts + [prompts.prompts[i] for i in sel.groups]
+    score_tokens = score_tokens + [policy.solution_tokens(examples[i]) for i in sel.groups]
+    score_images = score_images + [prompts.originals[i] for i in sel.groups]
   sb = policy.processor.scoring_batch(score_prompts, score_tokens, score_images)
   rows, r = sb.batch.input_ids.shape[0], sb.response_len
-  old_logp = _right_align(token_logp[rows_of], lengths[rows_of], r)
+  old_logp = _right_align(samples.token_logp[rows_of], lengths, r)
   # The rewards' own gradient (module docstring): d R / d conf * conf on each row.
-  advantages = advantages * keep + d_clean * confidence
-  keep = keep | (d_clean != 0) | (d_answer != 0)
+  advantages = scored.advantages[rows_of] * sel.keep + d_clean * confidence
+  keep = sel.keep | (d_clean != 0) | (d_answer != 0)
   token_adv = None
   if d_answer.any():
     # On the answer's tokens only, scaled by length / answer tokens so that, like the row
     # terms, a row's push is its token count times the gradient of its confidence.
-    token_adv = np.zeros((len(rows_of), max(lengths[rows_of].max(), 1)))
+    token_adv = np.zeros((len(rows_of), max(lengths.max(), 1)))
     for j, i in enumerate(rows_of):
-      m = spans[i]
-      token_adv[j, : len(m)][m] = d_answer[j] * calibrated[i] * len(m) / m.sum()
-    token_adv = _right_align(token_adv, lengths[rows_of], r)
+      m = scored.spans[i]
+      token_adv[j, : len(m)][m] = d_answer[j] * scored.calibrated[i] * len(m) / m.sum()
+    token_adv = _right_align(token_adv, lengths, r)
   if noisy_rows:
-    noisy_adv = d_noisy * noisy_scores["confidence"][rows_of]
+    noisy_adv = d_noisy * noisy["confidence"][rows_of]
     metrics["noisy_rows"] = int((noisy_adv != 0).sum())
     advantages = np.concatenate([advantages, noisy_adv])
     keep = np.concatenate([keep, noisy_adv != 0])
-    old_logp = np.concatenate([old_logp, _last_columns(noisy_scores["token_logprobs"][rows_of], r)])
+    old_logp = np.concatenate([old_logp, _last_columns(noisy["token_logprobs"][rows_of], r)])
     if token_adv is not None:
       token_adv = np.concatenate([token_adv, np.zeros_like(token_adv)])
   sampled = len(keep)  # the rows sampled from the policy, in either image condition
   if solutions:  # in the mask; their advantage and old log-probs are the padding's zeros
-    keep = np.concatenate([keep, np.ones(len(groups), bool)])
+    keep = np.concatenate([keep, np.ones(len(sel.groups), bool)])
   if not keep.any():
-    return None, r, metrics
+    return None, r
 
-  # Rows past the real ones only pad the batch to its bucket: zero mask, zero advantage.
   keep = np.concatenate([keep, np.zeros(rows - len(keep), bool)])
-  batch = dict(sb.batch.model_inputs())
-  batch.update(
+  fields = dict(
     old_logp=_pad_rows(old_logp, rows),
     response_mask=sb.response_mask.astype(np.float32) * keep[:, None],
     advantages=_pad_rows(advantages, rows) * keep,
   )
   if token_adv is not None:
-    batch["token_advantages"] = _pad_rows(token_adv, rows) * keep[:, None]
+    fields["token_advantages"] = _pad_rows(token_adv, rows) * keep[:, None]
   if solutions:
-    batch["sft_rows"] = ((np.arange(rows) >= sampled) & keep).astype(np.float32)
+    fields["sft_rows"] = ((np.arange(rows) >= sampled) & keep).astype(np.float32)
   if ref_state is not None:
     # The KL is estimated on the policy's own samples only: perturbed copies are not samples
     # of the policy in their context, so the reference pass skips them (and the solutions).
     ref_sb = (
-      policy.processor.scoring_batch(row_prompts, row_tokens, pick(rep(originals)))
+      policy.processor.scoring_batch(row_prompts, row_tokens, pick(_repeat(prompts.originals, g)))
       if noisy_rows or solutions
       else sb
     )
     ref_logp = policy.scorer(ref_sb, state=ref_state)["token_logprobs"][: len(rows_of)]
-    batch["ref_logp"] = _pad_rows(_last_columns(ref_logp, r), rows)
+    fields["ref_logp"] = _pad_rows(_last_columns(ref_logp, r), rows)
     if noisy_rows or solutions:
-      batch["kl_rows"] = (np.arange(rows) < len(rows_of)).astype(np.float32)
+      fields["kl_rows"] = (np.arange(rows) < len(rows_of)).astype(np.float32)
+  return TrainBatch(**sb.batch.model_inputs(), **fields), r
+
+
+def rollout(
+  policy: Policy,
+  examples: Sequence[dict],
+  benchmark: str | None,
+  cfg: RolloutConfig,
+  key: jax.Array,
+  *,
+  state: nnx.State | None = None,
+  ref_state: nnx.State | None = None,
+  saliency=None,
+  seed: int = 0,
+  train_groups: int | None = None,
+  step: int = 0,
+  solutions: bool = False,
+) -> tuple[TrainBatch | None, int, dict[str, Any]]:
+  """(train batch or None if every group was filtered, its response_len, metrics): the stages
+  perturb -> sample -> score -> rewards/advantages -> select -> assemble.
+
+  `train_groups`: how many of the sampled groups the batch holds (default: all); sample more
+  problems than that for DAPO's refill of filtered groups. `step`: the train step, for
+  `confidence_gradient_from`. `solutions`: each trained problem's reference solution on its
+  original images joins the batch as a row marked by `sft_rows` (`LossConfig.sft_coef`)."""
+  prompts = perturb_images(policy, examples, cfg, saliency, seed)
+  samples = sample(policy, prompts, cfg, key, state)
+  noisy = score_perturbed(policy, prompts, samples, cfg.group_size, state)
+  scored = compute_rewards(policy, examples, benchmark, cfg, prompts, samples, noisy)
+  sel = select_groups(scored.informative, cfg.group_size, train_groups)
+  metrics = {
+    "reward": float(scored.total.mean()),
+    **{f"reward_{k}": float(v.mean()) for k, v in scored.parts.items()},
+    "confidence": float(samples.confidence.mean()),
+    "confidence_perturbed": float(noisy["confidence"].mean()),
+    "response_tokens": float(samples.lengths.mean()),
+    "informative_groups": int(scored.informative.sum()),
+    "kept_groups": int(scored.informative[sel.groups].sum()),
+    "groups": len(prompts.prompts),
+  }
+  gradient = cfg.confidence_gradient and step >= cfg.confidence_gradient_from
+  zeros = tuple(np.zeros(len(sel.rows)) for _ in range(3))
+  terms = confidence_terms(cfg, samples, noisy, scored, sel.rows) if gradient else zeros
+  batch, r = assemble(
+    policy,
+    examples,
+    cfg,
+    prompts,
+    samples,
+    noisy,
+    scored,
+    sel,
+    terms,
+    noisy_rows=gradient and bool(cfg.reward_weights.get("sensitivity", 0.0)),
+    solutions=solutions,
+    ref_state=ref_state,
+    metrics=metrics,
+  )
   return batch, r, metrics
 
 
