@@ -2,7 +2,7 @@
 
     python -m infer.probe --ckpt CKPT --benchmark mathvision --data DIR \\
         --perturb noise,occlusion,mosaic,viewpoint,blur --levels 0,0.25,0.5,0.75,1 \\
-        [--targeted --clip-model ViT-B-32 --clip-pretrained openai] [--limit K] --out DIR
+        [--targeted --clip_model ViT-B-32 --clip_pretrained openai] [--limit K] --out DIR
 
 Writes DIR/results.jsonl (one row per problem, perturbation and level; a rerun resumes),
 DIR/report.json, DIR/probe_<kind>.png, and prints a table.
@@ -10,43 +10,43 @@ DIR/report.json, DIR/probe_<kind>.png, and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
-from catts_jax import data
+from absl import flags
+
+from catts_jax import cli, data, runs
 from catts_jax.eval import report
 from catts_jax.eval.probe import Probe, ProbeConfig, conditions
 from catts_jax.perturb import KINDS
 from catts_jax.policy import Policy
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description="accuracy and confidence under image perturbations")
-  p.add_argument("--ckpt", required=True, help="HF checkpoint directory")
-  p.add_argument("--benchmark", required=True, choices=sorted(data.BUILDERS))
-  p.add_argument("--data", required=True, help="the benchmark's release directory")
-  p.add_argument("--split", default=None)
-  p.add_argument("--data-dir", default=None, help="where tfds keeps built datasets")
-  p.add_argument("--perturb", default="noise,occlusion,mosaic,viewpoint,blur")
-  p.add_argument("--levels", default="0,0.25,0.5,0.75,1")
-  p.add_argument("--targeted", action="store_true", help="perturb only CLIP key regions")
-  p.add_argument("--regions", type=int, default=4, help="key regions per image when targeted")
-  p.add_argument("--clip-model", default="ViT-B-32")
-  p.add_argument(
-    "--clip-pretrained", default=None, help="open_clip tag or weights file; 'none' = random weights (testing)"
+def define(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("ckpt", None, "HF checkpoint directory", required=True, flag_values=fv)
+  flags.DEFINE_enum("benchmark", None, sorted(data.BUILDERS), "benchmark name", required=True, flag_values=fv)
+  flags.DEFINE_string("data", None, "the benchmark's release directory", required=True, flag_values=fv)
+  flags.DEFINE_string("split", None, "default: the benchmark's evaluation split", flag_values=fv)
+  flags.DEFINE_string("data_dir", None, "where tfds keeps built datasets", flag_values=fv)
+  flags.DEFINE_string(
+    "perturb", "noise,occlusion,mosaic,viewpoint,blur", "perturbation kinds", flag_values=fv
   )
-  p.add_argument("--limit", type=int, default=None)
-  p.add_argument("--max-new-tokens", type=int, default=512)
-  p.add_argument("--batch-size", type=int, default=8)
-  p.add_argument("--dtype", default="float32")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", required=True)
-  return p.parse_args(argv)
+  flags.DEFINE_string("levels", "0,0.25,0.5,0.75,1", "perturbation strengths", flag_values=fv)
+  flags.DEFINE_bool("targeted", False, "perturb only CLIP key regions", flag_values=fv)
+  flags.DEFINE_integer("regions", 4, "key regions per image when targeted", flag_values=fv)
+  flags.DEFINE_string("clip_model", "ViT-B-32", "open_clip model name", flag_values=fv)
+  flags.DEFINE_string("clip_pretrained", None, "open_clip tag or weights file; 'none' = random weights (testing)",
+                      flag_values=fv)  # fmt: skip
+  flags.DEFINE_integer("limit", None, "the first K problems", flag_values=fv)
+  flags.DEFINE_integer("max_new_tokens", 512, "greedy decode length", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 8, "answers per sampler call", flag_values=fv)
+  flags.DEFINE_string("dtype", "float32", "compute dtype of the policy", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "seed of the perturbations", flag_values=fv)
+  flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
+  args = cli.parse(define, argv, __doc__)
   kinds = tuple(k for k in args.perturb.split(",") if k)
   unknown = [k for k in kinds if k not in KINDS]
   if unknown:
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
   if args.targeted:
     if args.clip_pretrained is None:
       print(
-        "--targeted needs --clip-pretrained (an open_clip tag, a weights file, or 'none')", file=sys.stderr
+        "--targeted needs --clip_pretrained (an open_clip tag, a weights file, or 'none')", file=sys.stderr
       )
       return 2
     from catts_jax.saliency import ClipSaliency
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
   summary.update(
     checkpoint=str(args.ckpt), benchmark=args.benchmark, split=dataset.split, problems=len(examples)
   )
-  report.write_json(out / "report.json", summary)
+  runs.write_json(out / "report.json", summary)
   columns = [
     "kind",
     "level",

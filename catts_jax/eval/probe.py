@@ -11,14 +11,13 @@ and the run goes on.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from catts_jax import perturb
+from catts_jax import perturb, runs
 from catts_jax.eval import answers, metrics, report
 from catts_jax.policy import Policy
 from catts_jax.sampling import SamplingConfig
@@ -115,8 +114,8 @@ class Probe:
   def run(self, out_dir: pathlib.Path, progress=None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / "results.jsonl"
-    done = {(r["id"], r["kind"], r["level"]) for r in report.read_rows(results)}
-    with results.open("a", encoding="utf-8") as f:
+    done = {(r["id"], r["kind"], r["level"]) for r in runs.read_rows(results)}
+    with runs.appending(results) as write:
       for kind, level in conditions(self.cfg):
         pending = [i for i, ex in enumerate(self.examples) if (ex["id"], kind, level) not in done]
         for start in range(0, len(pending), self.cfg.batch_size):
@@ -129,12 +128,10 @@ class Probe:
           if items:
             rows.update(zip([i for i, _, _ in items], self.answer(items)))
           for i in chunk:
-            row = {"id": self.examples[i]["id"], "kind": kind, "level": level, **rows[i]}
-            f.write(json.dumps(row) + "\n")
-          f.flush()
+            write({"id": self.examples[i]["id"], "kind": kind, "level": level, **rows[i]})
           if progress:
             progress(len(chunk))
-    return summarize(report.read_rows(results), self.cfg, out_dir)
+    return summarize(runs.read_rows(results), self.cfg, out_dir)
 
 
 def summarize(rows: list[dict[str, Any]], cfg: ProbeConfig, out_dir: pathlib.Path) -> dict[str, Any]:
