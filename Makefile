@@ -53,7 +53,7 @@ ablation: install
 # AOT sharding plans for TPU topologies (libtpu, no TPU): resumable sweep, rewrites docs/sharding.md's table
 plan: install
 	$(PY) -m pip install --quiet -e ".[tpu]"
-	$(PY) -m train.compile --sweep --out docs/reports/compile_sweep --markdown docs/sharding.md
+	$(PY) -m train.sweep --out docs/reports/compile_sweep --render_readme docs/sharding.md
 
 # CDRL train-step time and MFU on this machine (tiny random-weight model)
 train-bench: install

@@ -1,5 +1,6 @@
-"""train.compile: AOT plans from abstract state for TPU topologies (libtpu compile-only devices
-when installed, simulated CPU devices otherwise), clear OOM reports, HLO collectives, the sweep."""
+"""catts_jax.aot and train.compile / train.sweep: AOT plans from abstract state for TPU topologies
+(libtpu compile-only devices when installed, simulated CPU devices otherwise), clear OOM reports,
+HLO collectives, the sweep."""
 
 import importlib.util
 import json
@@ -9,8 +10,11 @@ import sys
 
 import pytest
 
+from catts_jax import runs, sharding
+from catts_jax.aot import devices, hardware, hlo, plan, shapes, sweep
+from catts_jax.aot.hardware import GiB
+from catts_jax.models.qwen2_5_vl import presets
 from configs import cdrl_qwen2_5_vl
-from train import compile as aot
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +59,7 @@ ENTRY %main (x: f32[64,32]) -> f32[16,32] {
 
 
 def test_hlo_collectives_counts_bytes_and_loop_bodies():
-  got = aot.hlo_collectives(HLO)
+  got = hlo.hlo_collectives(HLO)
   assert got == {
     "all-reduce": dict(count=1, bytes=8 * 128 * 4, loop_count=1, loop_bytes=8 * 128 * 4),
     "all-gather": dict(count=1, bytes=16 * 128 * 2, loop_count=1, loop_bytes=16 * 128 * 2),
@@ -69,19 +73,19 @@ def test_compile_oom_message_is_parsed():
     "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total memory "
     "required for HLO temporaries (525.39G) exceeds available HBM (15.75G). HLO module: jit__lambda."
   )
-  oom = aot.compile_oom(error)
+  oom = hlo.compile_oom(error)
   assert oom["temp_gib"] == pytest.approx(525.39) and oom["available_gib"] == pytest.approx(15.75)
-  assert aot.compile_oom(ValueError("incompatible shapes")) is None
+  assert hlo.compile_oom(ValueError("incompatible shapes")) is None
 
 
 def test_mesh_and_topology_parsing():
-  assert aot.parse_mesh("data=1,fsdp=16,tensor=1") == {"data": 1, "fsdp": 16, "tensor": 1}
-  assert aot.mesh_sizes({"data": 1, "fsdp": -1, "tensor": 4}, 16) == {"data": 1, "fsdp": 4, "tensor": 4}
-  assert aot.chip_for("v5p:2x2x2")[1] == 8 and aot.chip_for("v5e:4x4")[0].hbm_gib == 15.75
-  with pytest.raises(ValueError, match="does not fit 16 chips"):
-    aot.mesh_sizes({"fsdp": 3, "tensor": 1, "data": 1}, 16)
+  assert devices.parse_mesh("data=1,fsdp=16,tensor=1") == {"data": 1, "fsdp": 16, "tensor": 1}
+  assert sharding.mesh_sizes({"data": 1, "fsdp": -1, "tensor": 4}, 16) == {"data": 1, "fsdp": 4, "tensor": 4}
+  assert hardware.chip_for("v5p:2x2x2")[1] == 8 and hardware.chip_for("v5e:4x4")[0].hbm_gib == 15.75
+  with pytest.raises(ValueError, match="needs 3 devices, have 16"):
+    sharding.mesh_sizes({"fsdp": 3, "tensor": 1, "data": 1}, 16)
   with pytest.raises(ValueError, match="expected"):
-    aot.chip_for("v9x:4x4")
+    hardware.chip_for("v9x:4x4")
 
 
 def test_plan_compiles_train_and_decode_steps():
@@ -90,7 +94,7 @@ def test_plan_compiles_train_and_decode_steps():
   step gathers weights, the decode loop's collectives run per token."""
   cfg = tiny()
   cfg.loss.sft_coef = 1.0  # the batch then carries the solution rows' marks
-  report = aot.plan(cfg, "v5e:2x2", {"data": 1, "fsdp": -1}, prompt_len=64, image_patches=64)
+  report = plan.plan(cfg, "v5e:2x2", {"data": 1, "fsdp": -1}, prompt_len=64, image_patches=64)
   assert report["backend"].startswith("tpu" if HAS_LIBTPU else "cpu-simulated")
   assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["chips"] == 4
   assert report["shapes"]["rows"] == 4 and report["shapes"]["seq_len"] == 128  # 64 + 32 -> bucket
@@ -98,12 +102,12 @@ def test_plan_compiles_train_and_decode_steps():
   train, decode = report["steps"]["train"], report["steps"]["decode"]
   assert train["compiled"] and decode["compiled"] and report["fits"]
   # Params and Adam moments are arguments of the step: at least their per-chip bytes.
-  assert train["memory_bytes"]["argument"] >= (state["params"] + state["optimizer"]) * aot.GiB
+  assert train["memory_bytes"]["argument"] >= (state["params"] + state["optimizer"]) * GiB
   assert train["memory_bytes"]["alias"] > 0  # donated params and optimizer state
   # The decode loop takes the text model's params (jit drops the unused vision tower's); the
   # optimizer state, reference weights and vision tower stay resident beside it.
-  assert decode["memory_bytes"]["argument"] >= 0.5 * state["params"] * aot.GiB
-  resident = decode["resident_outside_bytes"] / aot.GiB
+  assert decode["memory_bytes"]["argument"] >= 0.5 * state["params"] * GiB
+  resident = decode["resident_outside_bytes"] / GiB
   assert state["optimizer"] + state["reference"] < resident < state["optimizer"] + 2 * state["params"]
   assert train["flops"] > 0 and 0.5 < train["flops"] / train["analytic_flops_per_chip"] < 4
   assert train["collectives"]["all-gather"]["count"] > 0
@@ -114,7 +118,7 @@ def test_plan_compiles_train_and_decode_steps():
 
 
 def test_cpu_fallback_says_so():
-  report = aot.plan(tiny(), "v4:2x2x1", {"fsdp": 2, "tensor": 2, "data": 1}, ("decode",), 64, 0, cpu=True)
+  report = plan.plan(tiny(), "v4:2x2x1", {"fsdp": 2, "tensor": 2, "data": 1}, ("decode",), 64, 0, cpu=True)
   assert report["backend"].startswith("cpu-simulated (--cpu given")
   assert report["steps"]["decode"]["compiled"] and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
 
@@ -122,7 +126,7 @@ def test_cpu_fallback_says_so():
 def test_state_larger_than_hbm_is_reported_without_compiling():
   """7B with plain data parallelism: every chip holds all params, moments and the reference."""
   cfg = cdrl_qwen2_5_vl.get_config("7b,v5e-16")
-  report = aot.plan(cfg, "v5e:2x2", cdrl_qwen2_5_vl.STRATEGIES["dp"])
+  report = plan.plan(cfg, "v5e:2x2", cdrl_qwen2_5_vl.STRATEGIES["dp"])
   assert not report["fits"]
   train = report["steps"]["train"]
   assert (
@@ -131,19 +135,19 @@ def test_state_larger_than_hbm_is_reported_without_compiling():
     and "GiB per chip > 15.75 GiB" in train["reason"]
   )
   assert report["per_chip_state_gib"]["total"] > 100  # 8.3B params x (4 + 8 + 4) bytes
-  assert aot.verdict(train) == "OOM (state)"
+  assert plan.verdict(train) == "OOM (state)"
 
 
 def test_over_large_batch_reports_oom_instead_of_crashing():
   """A batch whose activations exceed HBM: the TPU compiler's out-of-memory error becomes a
   'does not fit' with its numbers (on the CPU fallback: the measured peak above HBM)."""
   cfg = tiny(prompts=16, group=8, response=2048)
-  report = aot.plan(cfg, "v5e:2x2", cdrl_qwen2_5_vl.STRATEGIES["fsdp"], ("train",), 64, 0)
+  report = plan.plan(cfg, "v5e:2x2", cdrl_qwen2_5_vl.STRATEGIES["fsdp"], ("train",), 64, 0)
   train = report["steps"]["train"]
   assert not report["fits"] and not train["fits"]
   if "oom" in train:
     assert train["oom"]["temp_gib"] > train["oom"]["available_gib"] == pytest.approx(15.75)
-    assert aot.verdict(train) == "OOM (compile)"
+    assert plan.verdict(train) == "OOM (compile)"
   else:
     assert train["total_gib"] > train["hbm_gib"]
 
@@ -174,7 +178,12 @@ def test_cli_writes_report_and_prints_table(tmp_path):
 
 def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
   cells = [("small", "v5e:2x2", "fsdp_tp", "1x2x16x0"), ("small", "v5e:2x2", "tp", "1x2x16x0")]
-  rows = aot.run_sweep(tmp_path, cells, ["decode"], timeout=300)
+  how = dict(
+    program=(sys.executable, "-m", "train.compile"),
+    config_file="configs/cdrl_qwen2_5_vl.py",
+    strategies=cdrl_qwen2_5_vl.STRATEGIES,
+  )
+  rows = sweep.run_sweep(tmp_path, cells, ["decode"], timeout=300, **how)
   assert rows[0]["steps"]["decode"]["verdict"] == "fits" and rows[0]["image_patches"] == 0
   # tp and fsdp_tp are the same mesh on 4 chips: compiled once.
   assert rows[1]["same_as"] == rows[0]["name"] and rows[1]["strategy"] == "tp"
@@ -183,13 +192,13 @@ def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
   def no_run(*args, **kwargs):
     raise AssertionError("a finished cell was compiled again")
 
-  monkeypatch.setattr(aot.subprocess, "run", no_run)
-  assert aot.run_sweep(tmp_path, cells, ["decode"], timeout=300) == rows
-  table = aot.sweep_markdown(rows)
+  monkeypatch.setattr(sweep.subprocess, "run", no_run)
+  assert sweep.run_sweep(tmp_path, cells, ["decode"], timeout=300, **how) == rows
+  table = sweep.sweep_markdown(rows)
   assert table.count("| small | v5e:2x2 (4 chips) |") == 2 and "**fits**" in table
   doc = tmp_path / "doc.md"
   doc.write_text("intro\n<!-- sweep-table:start -->\nold\n<!-- sweep-table:end -->\noutro\n")
-  aot.render_markdown(doc, table)
+  runs.replace_block(doc, "sweep-table", table)
   assert doc.read_text() == f"intro\n<!-- sweep-table:start -->\n{table}\n<!-- sweep-table:end -->\noutro\n"
 
 
@@ -202,8 +211,10 @@ def test_bench_times_the_real_train_step_and_checks_flops():
   r = bench.run(cfg, rows=2, prompt_len=64, response_len=16, image_patches=16, steps=2, device="cpu")
   assert r["batch"]["tokens"] == 2 * 80 and r["model"]["remat"] and r["model"]["vision_params"] > 0
   assert 0 < r["step_s"] < r["compile_s"] and len(r["step_times_s"]) == 2
-  shapes = aot.Shapes(2, 1, 2, 16, 80, 2, 32, 2, 64, 16, 16)
-  assert r["model_flops"] == pytest.approx(aot.analytic_train_flops(aot.model_config(cfg), shapes))
+  batch_shapes = shapes.Shapes(2, 1, 2, 16, 80, 2, 32, 2, 64, 16, 16)
+  assert r["model_flops"] == pytest.approx(
+    shapes.analytic_train_flops(presets.resolve(cfg.model), batch_shapes)
+  )
   # XLA also counts the text model's remat recompute, the masked half of causal attention and
   # the optimizer: more than the model's work, but not wildly so.
   assert 1.0 < r["xla_over_model_flops"] < 2.0
@@ -219,7 +230,7 @@ def test_bench_gpu_without_gpu_says_so(tmp_path):
 
 def test_trainer_shapes_follow_the_configs_length_buckets():
   """64 prompt + 32 response tokens: 128 with power-of-two buckets, 96 with four per octave."""
-  model_cfg = aot.model_config(tiny())
-  coarse, fine = (aot.trainer_shapes(model_cfg, 1, 4, 32, 64, 64, k) for k in (1, 4))
+  model_cfg = presets.resolve(tiny().model)
+  coarse, fine = (shapes.trainer_shapes(model_cfg, 1, 4, 32, 64, 64, k) for k in (1, 4))
   assert (coarse.seq_len, fine.seq_len) == (128, 96)
   assert coarse.response_len == fine.response_len == 32

@@ -15,37 +15,39 @@ import pytest
 from flax import nnx
 
 from catts_jax import sharding
-from catts_jax.models.qwen2_5_vl import Qwen2_5_VL
+from catts_jax.aot import hardware, state
+from catts_jax.models.qwen2_5_vl import Qwen2_5_VL, presets
 from catts_jax.rl.learner import OptimizerConfig
-from configs import cdrl_qwen2_5_vl as presets
-from train import compile as aot
+from configs import cdrl_qwen2_5_vl
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 CHIPS = {"gpu-8": 8, "gpu-1": 1, "cpu": 1}
 # Every hardware preset of configs/cdrl_qwen2_5_vl.py, and the named strategies on 16 chips.
 CASES = {
-  name: (mesh, CHIPS.get(name) or aot.chip_for(presets.TOPOLOGIES[name])[1])
-  for name, mesh in presets.MESHES.items()
+  name: (mesh, CHIPS.get(name) or hardware.chip_for(cdrl_qwen2_5_vl.TOPOLOGIES[name])[1])
+  for name, mesh in cdrl_qwen2_5_vl.MESHES.items()
 }
-CASES |= {f"{name}-16": (mesh, 16) for name, mesh in presets.STRATEGIES.items()}
+CASES |= {f"{name}-16": (mesh, 16) for name, mesh in cdrl_qwen2_5_vl.STRATEGIES.items()}
 
 
 @pytest.fixture(scope="module")
 def seven_b():
-  cfg = presets.get_config("7b,v5e-16")
-  model_cfg = aot.model_config(cfg)
+  cfg = cdrl_qwen2_5_vl.get_config("7b,v5e-16")
+  model_cfg = presets.resolve(cfg.model)
   model = nnx.eval_shape(lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0)))
   return model_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), model
 
 
 def abstract_mesh(shape, chips):
-  sizes = aot.mesh_sizes(shape, chips)
+  sizes = sharding.mesh_sizes(shape, chips)
   return jax.sharding.AbstractMesh(tuple(sizes.values()), tuple(sizes))
 
 
 def table(seven_b, mesh, rules=None, model=None):
   model_cfg, opt_cfg, abstract = seven_b
-  return aot.spec_table(aot.abstract_train_state(model_cfg, opt_cfg, mesh, rules, model=model or abstract))
+  return state.spec_table(
+    state.abstract_train_state(model_cfg, opt_cfg, mesh, rules, model=model or abstract)
+  )
 
 
 def read(path: pathlib.Path) -> dict[str, str]:

@@ -10,7 +10,7 @@ synthetic rollout batch: `--rows` rows of `--prompt_len` prompt tokens holding o
 `--image_patches`-patch image, then `--response_len` response tokens. The first step
 (compilation) is timed apart; then `--steps` steps, median.
 
-Model FLOPs per step are analytic (`train.compile.analytic_train_flops`: 3 forward passes;
+Model FLOPs per step are analytic (`catts_jax.aot.shapes.analytic_train_flops`: 3 forward passes;
 remat's recompute is not model work) and checked against XLA's cost analysis of the step's
 program, which also counts the recompute, the masked half of causal attention, the vision
 tower's masked (cross-window) attention and the optimizer: the ratio is reported.
@@ -26,30 +26,27 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-
-def define_flags() -> None:
-  """Define the command-line flags: only when run as a program, so that other entry points
-  can import this module's helpers."""
-  global _CONFIG, _OUT, _DEVICE, _ROWS, _PROMPT_LEN, _RESPONSE_LEN, _IMAGE_PATCHES, _STEPS
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
-  _OUT = flags.DEFINE_string("out", None, "output directory (report.json)")
-  _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "where to run")
-  _ROWS = flags.DEFINE_integer("rows", 8, "rows per train step (prompts x group)")
-  _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "prompt tokens per row (image tokens included)")
-  _RESPONSE_LEN = flags.DEFINE_integer("response_len", 512, "response tokens per row")
-  _IMAGE_PATCHES = flags.DEFINE_integer("image_patches", 256, "patches of one square image per row (0: text)")
-  _STEPS = flags.DEFINE_integer("steps", 5, "timed steps after the first")
+from catts_jax import cli, runs
 
 
-# Nominal dense peak FLOP/s by compute dtype, for device kinds that contain the key.
-PEAK_FLOPS = {
-  "H100": {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 494.7e12},  # SXM; fp32 as TF32
-  "H200": {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 494.7e12},
-  "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12},
-}
+def define(fv: flags.FlagValues) -> None:
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "a CDRL config, e.g. configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1",
+    lock_config=True,
+    flag_values=fv,
+  )
+  flags.DEFINE_string("out", None, "output directory (report.json)", required=True, flag_values=fv)
+  flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "where to run", flag_values=fv)
+  flags.DEFINE_integer("rows", 8, "rows per train step (prompts x group)", flag_values=fv)
+  flags.DEFINE_integer("prompt_len", 512, "prompt tokens per row (image tokens included)", flag_values=fv)
+  flags.DEFINE_integer("response_len", 512, "response tokens per row", flag_values=fv)
+  flags.DEFINE_integer("image_patches", 256, "patches of one square image per row (0: text)", flag_values=fv)
+  flags.DEFINE_integer("steps", 5, "timed steps after the first", flag_values=fv)
 
 
 def synthetic_batch(
@@ -113,12 +110,13 @@ def run(
   from flax import nnx
 
   from catts_jax import roofline
-  from catts_jax.models.qwen2_5_vl import Qwen2_5_VL
+  from catts_jax.aot import hardware, shapes
+  from catts_jax.models.qwen2_5_vl import Qwen2_5_VL, presets
+  from catts_jax.rl.batch import TrainBatch
   from catts_jax.rl.grpo import LossConfig
   from catts_jax.rl.learner import Learner, OptimizerConfig
-  from train import compile as aot
 
-  model_cfg = aot.model_config(cfg)
+  model_cfg = presets.resolve(cfg.model)
   began = time.perf_counter()
   model = Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
   learner = Learner(model, LossConfig(**cfg.loss.to_dict()), OptimizerConfig(**cfg.optimizer.to_dict()))
@@ -127,8 +125,8 @@ def run(
   host = synthetic_batch(model_cfg, rows, prompt_len, response_len, image_patches, cfg.train.seed)
   if cfg.loss.sft_coef > 0:  # the anchor's solution rows: the last ninth (1 per 8 samples)
     host["sft_rows"] = (np.arange(rows) >= rows - max(1, rows // 9)).astype(np.float32)
-  batch = {k: jnp.asarray(v) for k, v in host.items()}
-  shapes = aot.Shapes(
+  batch = TrainBatch(**{k: jnp.asarray(v) for k, v in host.items()})
+  batch_shapes = shapes.Shapes(
     prompts=rows,
     group=1,
     rows=rows,
@@ -141,7 +139,7 @@ def run(
     max_new_tokens=response_len,
     image_patches=image_patches,
   )
-  model_flops = aot.analytic_train_flops(model_cfg, shapes)
+  model_flops = shapes.analytic_train_flops(model_cfg, batch_shapes)
   # XLA's count for the same program (lowered, not compiled again).
   lowered = learner._compiled(batch, response_len).lower(learner.params, learner.opt_state, batch)
   cost = lowered.cost_analysis()
@@ -161,7 +159,7 @@ def run(
 
   dev = jax.devices()[0]
   dtype = model_cfg.dtype
-  peak = next((p.get(dtype) for k, p in PEAK_FLOPS.items() if k in dev.device_kind), None)
+  peak = hardware.peak_flops(dev.device_kind, dtype)
   ceiling = roofline.measure_matmul_flops(
     n=8192 if device == "gpu" else 1024, dtype=jnp.dtype(dtype), repeats=5
   )
@@ -227,36 +225,27 @@ def print_report(r: dict) -> None:
   )
 
 
-def main(argv) -> None:
-  del argv
+def main(argv=None) -> int:
+  args = cli.parse(define, argv, __doc__)
   logging.set_verbosity(logging.WARNING)  # jax logs its failed TPU backend probe at INFO
-  if not _OUT.value:
-    raise app.UsageError("--out is required")
-  if _CONFIG.value is None:
-    raise app.UsageError("--config is required, e.g. configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1")
+  if args.config is None:
+    print("error: --config is required, e.g. configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1", file=sys.stderr)
+    return 2
   import jax
 
-  if _DEVICE.value == "gpu" and jax.default_backend() != "gpu":
+  if args.device == "gpu" and jax.default_backend() != "gpu":
     print(f"--device gpu but jax's backend is {jax.default_backend()}", file=sys.stderr)
-    sys.exit(2)
-  if _DEVICE.value == "cpu":
+    return 2
+  if args.device == "cpu":
     jax.config.update("jax_platforms", "cpu")
   report = run(
-    _CONFIG.value,
-    _ROWS.value,
-    _PROMPT_LEN.value,
-    _RESPONSE_LEN.value,
-    _IMAGE_PATCHES.value,
-    _STEPS.value,
-    _DEVICE.value,
+    args.config, args.rows, args.prompt_len, args.response_len, args.image_patches, args.steps, args.device
   )
-  report["config"] = _CONFIG.value.to_dict()
-  out = pathlib.Path(_OUT.value)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+  report["config"] = args.config.to_dict()
+  runs.write_text(pathlib.Path(args.out) / "report.json", json.dumps(report, indent=2, default=str))
   print_report(report)
+  return 0
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  sys.exit(main())

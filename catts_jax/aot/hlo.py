@@ -1,0 +1,105 @@
+"""Reading compiled HLO and compiler errors: the collectives a step runs (and which of them
+run once per loop iteration) and the numbers of an out-of-memory error."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from catts_jax.aot.hardware import GiB
+
+COLLECTIVES = (
+  "all-gather",
+  "all-reduce",
+  "reduce-scatter",
+  "all-to-all",
+  "ragged-all-to-all",
+  "collective-permute",
+  "collective-broadcast",
+)
+
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s([a-z][\w\-]*)\(")
+_CALLEE = re.compile(r"\b(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_WHILE = re.compile(r"\bwhile\(.*?\bbody=%?([\w.\-]+)")
+_ARRAY = re.compile(r"\b(pred|[su]\d+|bf16|f\d+\w*|c64|c128)\[([\d,]*)\]")
+_BITS = {"pred": 8, "bf16": 16, "c64": 64, "c128": 128}
+
+
+def _array_bytes(dtype: str, dims: str) -> float:
+  bits = _BITS.get(dtype) or int(re.match(r"[a-z]+(\d+)", dtype).group(1))
+  return math.prod(int(d) for d in dims.split(",") if d) * bits / 8
+
+
+def hlo_collectives(hlo: str) -> dict[str, dict]:
+  """Collectives in compiled HLO text: {op: {count, bytes, loop_count, loop_bytes}}. `bytes`
+  is the size of each op's result (async `-start` ops: their largest buffer); `loop_*` are
+  the ones inside a while loop's body (run once per iteration, e.g. per decoded token)."""
+  calls: dict[str, set[str]] = {}
+  found: dict[str, list[tuple[str, float]]] = {}
+  loop_roots: set[str] = set()
+  current = None
+  for line in hlo.splitlines():
+    if line and not line[0].isspace() and line.rstrip().endswith("{"):
+      current = line.split()[1] if line.startswith("ENTRY") else line.split()[0]
+      current = current.lstrip("%")
+      calls.setdefault(current, set())
+      continue
+    if current is None:
+      continue
+    callees = set(_CALLEE.findall(line))
+    for group in _BRANCHES.findall(line):
+      callees.update(c.strip().lstrip("%") for c in group.split(","))
+    calls[current].update(callees)
+    loop_roots.update(_WHILE.findall(line))
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    shape, opcode = m.groups()
+    if opcode.endswith("-done"):
+      continue
+    base = opcode.removesuffix("-start")
+    if base not in COLLECTIVES:
+      continue
+    sizes = [_array_bytes(*a) for a in _ARRAY.findall(shape)]
+    nbytes = max(sizes, default=0) if opcode.endswith("-start") else sum(sizes)
+    found.setdefault(current, []).append((base, nbytes))
+  in_loop, todo = set(), list(loop_roots)
+  while todo:
+    name = todo.pop()
+    if name not in in_loop:
+      in_loop.add(name)
+      todo.extend(calls.get(name, ()))
+  out: dict[str, dict] = {}
+  for comp, ops in found.items():
+    for op, nbytes in ops:
+      row = out.setdefault(op, dict(count=0, bytes=0, loop_count=0, loop_bytes=0))
+      row["count"] += 1
+      row["bytes"] += int(nbytes)
+      if comp in in_loop:
+        row["loop_count"] += 1
+        row["loop_bytes"] += int(nbytes)
+  return out
+
+
+_OOM_TEMPS = re.compile(
+  r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"
+)
+_OOM_USED = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
+
+
+def _gib(value: str, unit: str) -> float:
+  return float(value) * 1024.0 ** ("KMGT".index(unit) + 1 if unit else 0) / GiB
+
+
+def compile_oom(error: Exception) -> dict | None:
+  """The compiler's out-of-memory numbers, or None when the error is something else."""
+  text = str(error)
+  if "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
+    return None
+  out = {"message": text.strip().splitlines()[0][:500]}
+  if m := _OOM_TEMPS.search(text):
+    out.update(temp_gib=_gib(*m.groups()[:2]), available_gib=_gib(*m.groups()[2:]))
+  elif m := _OOM_USED.search(text):
+    out.update(used_gib=_gib(*m.groups()[:2]), available_gib=_gib(*m.groups()[2:]))
+  return out

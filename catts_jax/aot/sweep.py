@@ -1,0 +1,219 @@
+"""A grid of AOT plans (models x topologies x strategies x shapes "PxGxR[xI]" = prompts x group
+x response tokens [x image patches]), one subprocess per cell, streamed to DIR/sweep.jsonl (a
+rerun resumes; cells whose meshes resolve alike are compiled once), and its Markdown table."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pathlib
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from catts_jax.aot.hardware import GiB, chip_for
+from catts_jax.aot.plan import verdict
+from catts_jax.sharding import mesh_sizes
+
+
+def sweep_cells(models, topologies, strategies, shapes, extra=()) -> list[tuple[str, str, str, str]]:
+  cells = list(itertools.product(models, topologies, strategies, shapes))
+  cells += [tuple(e.split("/")) for e in extra]
+  for cell in cells:
+    if len(cell) != 4:
+      raise ValueError(f"sweep cell {cell}: expected model/topology/strategy/PxGxR")
+  return cells
+
+
+def cell_name(model, topology, strategy, shape) -> str:
+  return f"{model}_{topology.replace(':', '-')}_{strategy}_{shape}"
+
+
+def cell_command(
+  program: Sequence[str],
+  config_file: str,
+  model,
+  topology,
+  strategy,
+  shape,
+  out: pathlib.Path,
+  steps,
+  image_patches: int,
+) -> list[str]:
+  """The plan of one cell: `program` (the plan entry point's argv, e.g. python -m train.compile)
+  with `config_file`'s `<model>,cpu` config, the cell's batch, topology and strategy."""
+  p, g, r, *i = shape.split("x")
+  return [
+    *program,
+    f"--config={config_file}:{model},cpu",
+    f"--config.train.prompts_per_step={p}",
+    f"--config.rollout.group_size={g}",
+    f"--config.rollout.max_new_tokens={r}",
+    f"--topology={topology}",
+    f"--strategy={strategy}",
+    f"--steps={','.join(steps)}",
+    f"--image_patches={i[0] if i else image_patches}",
+    f"--out={out}",
+  ]
+
+
+def summary_row(name: str, cell, report: dict | None, error: str | None = None) -> dict:
+  model, topology, strategy, shape = cell
+  row = dict(name=name, model=model, topology=topology, strategy=strategy, shape=shape)
+  if report is None:
+    return row | {"error": error, "fits": False}
+  row.update(
+    chips=report["chips"],
+    hbm_gib=report["chip"]["hbm_gib"],
+    mesh=report["mesh"],
+    backend=report["backend"],
+    rows=report["shapes"]["rows"],
+    seq_len=report["shapes"]["seq_len"],
+    image_patches=report["shapes"]["image_patches"],
+    state_gib=report["per_chip_state_gib"]["total"],
+    fits=report["fits"],
+    seconds=report["seconds"],
+    steps={},
+  )
+  for step, r in report["steps"].items():
+    row["steps"][step] = dict(
+      verdict=verdict(r),
+      peak_gib=r.get("peak_gib"),
+      total_gib=r.get("total_gib"),
+      compile_s=r.get("compile_s"),
+      tflops=r.get("flops", 0) / 1e12 if r.get("compiled") else None,
+      compute_floor_s=r.get("compute_floor_s"),
+      collective_gib=sum(c["bytes"] for c in r["collectives"].values()) / GiB
+      if r.get("collectives")
+      else None,
+      oom=r.get("oom"),
+      reason=r.get("reason"),
+    )
+  return row
+
+
+def run_sweep(
+  out: pathlib.Path,
+  cells,
+  steps,
+  timeout: int,
+  image_patches: int = 256,
+  *,
+  program: Sequence[str],
+  config_file: str,
+  strategies: Mapping[str, Mapping[str, int]],
+) -> list[dict]:
+  """Plan every cell (see `cell_command`) unless DIR/sweep.jsonl has it; `strategies` names the
+  meshes of the cells' strategy column. Returns one summary row per cell."""
+  out.mkdir(parents=True, exist_ok=True)
+  log = out / "sweep.jsonl"
+  done = {}
+  if log.exists():
+    for line in log.read_text().splitlines():
+      if line.strip():
+        row = json.loads(line)
+        report_file = out / "runs" / row["name"] / "report.json"
+        if "error" not in row and "same_as" not in row and report_file.exists():  # as this code summarises
+          cell = (row["model"], row["topology"], row["strategy"], row["shape"])
+          row = summary_row(row["name"], cell, json.loads(report_file.read_text()))
+        if row.get("same_as") in done:
+          row = dict(done[row["same_as"]], name=row["name"], strategy=row["strategy"], same_as=row["same_as"])
+        done[row["name"]] = row
+
+  def resolved(cell):
+    model, topology, strategy, shape = cell
+    return (model, topology, tuple(mesh_sizes(strategies[strategy], chip_for(topology)[1]).items()), shape)
+
+  same_as = {}
+  for i, cell in enumerate(cells):
+    name = cell_name(*cell)
+    if name in done:
+      same_as.setdefault(resolved(cell), name)
+      continue
+    twin = same_as.setdefault(resolved(cell), name)
+    if twin != name:  # e.g. fsdp_tp and tp on 4 chips: the same mesh, compiled once
+      row = dict(done[twin], name=name, strategy=cell[2], same_as=twin)
+      done[name] = row
+      with log.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+      continue
+    cell_out = out / "runs" / name
+    cell_out.mkdir(parents=True, exist_ok=True)
+    print(f"[{i + 1}/{len(cells)}] {name}", flush=True)
+    env = dict(os.environ)
+    with (cell_out / "log.txt").open("w") as f:
+      try:
+        proc = subprocess.run(
+          cell_command(program, config_file, *cell, cell_out, steps, image_patches),
+          stdout=f,
+          stderr=subprocess.STDOUT,
+          timeout=timeout,
+          env=env,
+        )
+        error = None if proc.returncode == 0 else f"exit status {proc.returncode} (see runs/{name}/log.txt)"
+      except subprocess.TimeoutExpired:
+        error = f"compile timed out after {timeout} s"
+    report_file = cell_out / "report.json"
+    report = json.loads(report_file.read_text()) if error is None and report_file.exists() else None
+    row = summary_row(name, cell, report, error)
+    done[name] = row
+    with log.open("a") as f:
+      f.write(json.dumps(row) + "\n")
+  return [done[cell_name(*c)] for c in cells]
+
+
+def _fmt(x, spec=".1f", missing="-") -> str:
+  return missing if x is None else format(x, spec)
+
+
+def _memory_cell(step: dict | None, state_gib: float) -> str:
+  """'peak / total' GiB per chip; for a compile-time OOM the compiler's temporaries and a
+  lower bound of the total (temporaries + state); for a state OOM the state."""
+  if step is None:
+    return ""
+  if step.get("peak_gib") is not None:
+    return f"{step['peak_gib']:.1f} / {step['total_gib']:.1f}"
+  temp = (step.get("oom") or {}).get("temp_gib")
+  if temp is not None:
+    return f"temps {temp:,.1f} / &ge; {temp + state_gib:,.1f}"
+  if step["verdict"] == "OOM (state)":
+    return f"state {state_gib:.1f}"
+  return ""
+
+
+def sweep_markdown(rows: list[dict]) -> str:
+  """One row per cell: train and decode memory per chip, verdicts, cost and compile time."""
+  lines = [
+    "| model | topology | strategy (data/fsdp/tensor) | P x G x R, image patches | train batch | state GiB/chip "
+    "| train peak / total GiB/chip | train | decode peak / total GiB/chip | decode | HBM GiB | train TFLOP/chip "
+    "| train collectives GiB/chip | compile s |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    if "error" in r:
+      lines.append(
+        f"| {r['model']} | {r['topology']} | {r['strategy']} | {r['shape']} | | | | error: {r['error']} | | | | | | |"
+      )
+      continue
+    mesh = "/".join(str(r["mesh"][a]) for a in ("data", "fsdp", "tensor"))
+    train, decode = r["steps"].get("train"), r["steps"].get("decode")
+    shape = "x".join(r["shape"].split("x")[:3])
+    compile_s = (
+      " + ".join(f"{s['compile_s']:.0f}" for s in (train, decode) if s and s.get("compile_s")) or "-"
+    )
+    if train and train.get("verdict") == "batch does not divide":
+      train_cell = ""
+    else:
+      train_cell = _memory_cell(train, r["state_gib"])
+    collectives = "-"
+    if train and train.get("collective_gib") is not None:
+      collectives = f"{train['collective_gib']:.0f}"
+    elif train and train.get("peak_gib") is not None:
+      collectives = "n/a"
+    lines.append(
+      f"| {r['model']} | {r['topology']} ({r['chips']} chips) | {r['strategy']} ({mesh}) | {shape}, {r['image_patches']} "
+      f"| {r['rows']} x {r['seq_len']} | {r['state_gib']:.1f} | {train_cell} | **{train['verdict'] if train else '-'}** "
+      f"| {_memory_cell(decode, r['state_gib'])} | **{decode['verdict'] if decode else '-'}** | {r['hbm_gib']:.2f} "
+      f"| {_fmt(train.get('tflops') if train else None, '.0f')} | {collectives} | {compile_s} |"
+    )
+  return "\n".join(lines)
