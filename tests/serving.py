@@ -1,4 +1,5 @@
-"""`transformers serve` on 127.0.0.1 as a real OpenAI-compatible expert server for tests."""
+"""Experts for tests: `transformers serve` on 127.0.0.1 as a real OpenAI-compatible server, and
+`Replies`, an in-process expert that answers from a script."""
 
 import contextlib
 import os
@@ -9,6 +10,8 @@ import time
 import urllib.request
 
 import pytest
+
+from catts_jax.tts.expert import Expert, RetryPolicy
 
 
 def free_port() -> int:
@@ -49,3 +52,22 @@ def transformers_serve(ckpt, log_path, timeout: float = 90):
     except subprocess.TimeoutExpired:
       proc.kill()
       proc.wait()
+
+
+class Replies(Expert):
+  """Replies from a script, in turn, and keeps the messages (`sent`) and (max_tokens,
+  temperature) (`options`) of each call; an Exception reply is raised. No retries."""
+
+  name = "fake"
+
+  def __init__(self, *replies, secrets=()):
+    super().__init__(RetryPolicy(max_retries=0), secrets)
+    self.replies, self.sent, self.options = list(replies), [], []
+
+  def _send(self, messages, max_tokens, temperature):
+    self.sent.append(messages)
+    self.options.append((max_tokens, temperature))
+    reply = self.replies.pop(0)
+    if isinstance(reply, Exception):
+      raise reply
+    return reply

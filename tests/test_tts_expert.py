@@ -1,5 +1,5 @@
-"""The CA-TTS Expert: specs, retries against a real local HTTP server, secrets, the Voter and
-Critic parsers, the policy as its own expert, and one run against `transformers serve`."""
+"""The CA-TTS Expert's client: specs, retries against a real local HTTP server, secrets, the
+policy as its own expert, and the roles run against `transformers serve`."""
 
 import json
 import logging
@@ -16,6 +16,8 @@ from tiny_hf import random_image
 
 from catts_jax.tts import expert as ex
 from catts_jax.tts import planner
+from catts_jax.tts.critic import critique
+from catts_jax.tts.voter import vote
 
 FAKE_TOKEN = "hf_FAKEsecret0123456789abcdef"
 IMAGE = Image.new("RGB", (40, 30), (200, 30, 30))
@@ -323,117 +325,6 @@ def test_image_data_urls_round_trip_and_shrink():
     ex.decode_image_url("https://example.com/a.png")
 
 
-# --- Voter and Critic parsing -----------------------------------------------------------------
-
-CANDIDATES = ["12", "15", "3/4"]
-VOTES = [
-  ('{"A1": 0.7, "A2": 0.2, "A3": 0.1}', [0.7, 0.2, 0.1]),
-  ('```json\n{"A1": 0.5, "A2": 0.5}\n```', [0.5, 0.5, 0]),
-  ("Reasoning first... so {'A1': 0.6, 'A3': 0.4,} done.", [0.6, 0, 0.4]),
-  ('{"A1": "70%", "A2": "30%"}', [0.7, 0.3, 0]),
-  ('{"A1": 7, "A2": 3}', [0.7, 0.3, 0]),  # renormalised
-  ('{"12": 0.25, "3/4": 0.75}', [0.25, 0, 0.75]),  # by candidate text
-  ('{"A1": 0.5, "A9": 0.3, "banana": 0.2, "A2": 0.5}', [0.5, 0.5, 0]),  # unknown keys dropped
-  ('{"A1": -1, "A2": 1, "A3": "n/a"}', [0, 1, 0]),  # negatives and non-numbers dropped
-  ("[0.1, 0.3, 0.6]", [0.1, 0.3, 0.6]),  # a list in label order
-  ('[{"answer": "A2", "probability": 0.9}, {"label": "12", "p": "10%"}]', [0.1, 0.9, 0]),
-  ('[["A1", 0.2], ["A3", 0.8]]', [0.2, 0, 0.8]),
-  ('{"probabilities": {"A1": 0.4, "A2": 0.6}, "reasoning": "A2 fits"}', [0.4, 0.6, 0]),
-  ("A1: 0.8\nA2: 0.15\nA3: 0.05", [0.8, 0.15, 0.05]),
-  ("- **A1**: 60%\n- **A2**: 40%", [0.6, 0.4, 0]),
-  ("A1 (12) - 0.9\nA2 (15) - 0.1", [0.9, 0.1, 0]),
-  ("Probabilities: A1 = 0.3, A2 = 0.7", [0.3, 0.7, 0]),
-  ("The probability that A3 is correct: 1.0", [0, 0, 1]),
-  ('Example {"A1": 0.5}. Final: {"A2": 1}', [0, 1, 0]),  # the last JSON wins
-  ('{"A1": 0.9, "A2": 0.1', [0.9, 0.1, 0]),  # truncated JSON, read as lines
-  ('{"A1": {"probability": 0.2}, "A2": {"p": 0.8}}', [0.2, 0.8, 0]),
-  ("A1: 12 is what the model says, wrongly\nA2: 0.9 (likely)\nA3: 0.1", [0, 0.9, 0.1]),
-]
-BAD_VOTES = ['{"A1": 0, "A2": 0}', "no idea", '{"A9": 1}', "", "[0.5, 0.5]", '{"A1": NaN}', "A1: 0%"]
-
-
-@pytest.mark.parametrize("text,expected", VOTES)
-def test_parse_votes(text, expected):
-  probs = ex.parse_votes(text, CANDIDATES)
-  assert list(probs) == CANDIDATES
-  assert np.allclose(list(probs.values()), expected) and abs(sum(probs.values()) - 1) < 1e-9
-
-
-@pytest.mark.parametrize("text", BAD_VOTES)
-def test_parse_votes_failures(text):
-  assert ex.parse_votes(text, CANDIDATES) is None
-
-
-def test_parse_votes_letter_candidates():
-  assert ex.parse_votes('{"B": 0.8, "A": 0.2}', ["A", "B"]) == {"A": 0.2, "B": 0.8}
-  assert ex.parse_votes('{"A2": 1}', ["A", "B"]) == {"A": 0.0, "B": 1.0}
-
-
-class FakeExpert(ex.Expert):
-  """Replies from a script and keeps the messages it was sent."""
-
-  name = "fake"
-
-  def __init__(self, *replies, secrets=()):
-    super().__init__(ex.RetryPolicy(max_retries=0), secrets)
-    self.replies, self.sent = list(replies), []
-
-  def _send(self, messages, max_tokens, temperature):
-    self.sent.append(messages)
-    reply = self.replies.pop(0)
-    if isinstance(reply, Exception):
-      raise reply
-    return reply
-
-
-def test_vote_role():
-  expert = FakeExpert('{"A2": 0.75, "A1": 0.25}')
-  probs, call = ex.vote(expert, "How many?", [IMAGE], ["12", "15", "12"])
-  assert probs == {"12": 0.25, "15": 0.75} and call.ok and call.role == "voter"
-  prompt = expert.sent[0][1]["content"][-1]["text"]
-  assert "A1: 12\nA2: 15" in prompt and "How many?" in prompt
-  assert expert.sent[0][1]["content"][0]["type"] == "image_url"
-  with pytest.raises(ValueError):
-    ex.vote(expert, "q", [], [])
-
-
-def test_vote_role_unparseable_is_an_expert_error():
-  # The secret straddles the excerpt's end: redacted before the cut, no part of it remains.
-  expert = FakeExpert("x" * 295 + "secret-ish text", secrets=["secret-ish"])
-  with pytest.raises(ex.ExpertError) as info:
-    ex.vote(expert, "q", [IMAGE], CANDIDATES)
-  record = info.value.record
-  assert (record.ok, record.attempts, record.role) == (False, 1, "voter")
-  assert "unparseable" in record.error and len(record.output) == ex.OUTPUT_MAX_CHARS
-  assert "secr" not in record.output and expert.last_call is record
-
-
-def test_transport_failure_is_one_expert_error():
-  expert = FakeExpert(RuntimeError("model exploded"))
-  with pytest.raises(ex.ExpertError, match="RuntimeError: model exploded") as info:
-    ex.critique(expert, "q", [], "resp")
-  assert info.value.record.role == "critic" and info.value.record.attempts == 1
-
-
-def test_critique_role():
-  expert = FakeExpert("```\n**Critique:** The bar for May is misread: it is 40, not 30.\n```")
-  text, call = ex.critique(expert, "q", [IMAGE], "reasoning ... The answer is 30.")
-  assert text == "The bar for May is misread: it is 40, not 30." and call.ok
-  long = FakeExpert("word " * 1000)
-  text, _ = ex.critique(long, "q", [], "r" * 10000, max_chars=100)
-  assert len(text) <= 100 and text.startswith("word")
-  sent = long.sent[0][1]["content"][-1]["text"]
-  assert "r" * ex.RESPONSE_MAX_CHARS in sent and "r" * (ex.RESPONSE_MAX_CHARS + 1) not in sent
-  for empty in ["", "   ", "```\n```", "Critique:"]:
-    with pytest.raises(ex.ExpertError, match="empty critique"):
-      ex.critique(FakeExpert(empty), "q", [], "r")
-
-
-def test_extract_json_ignores_braces_in_prose_and_strings():
-  text = 'Use {curly} words; then {"a": "x}y", \'b\': [1, 2]} and [SC, SR]'
-  assert ex.extract_json(text) == [["SC", "SR"], {"a": "x}y", "b": [1, 2]}]
-
-
 # --- the policy as its own expert -------------------------------------------------------------
 
 
@@ -494,12 +385,12 @@ def test_roles_through_transformers_serve(transformers_server, tiny_ckpt, monkey
   assert expert.model == str(tiny_ckpt)  # the pinned model's name, from GET /v1/models
   # Voter: no probabilities in random text -> one ExpertError, no retry (HTTP was fine).
   with pytest.raises(ex.ExpertError, match="unparseable voter output") as info:
-    ex.vote(expert, "How many bricks?", [image], ["3", "4"], max_tokens=12)
+    vote(expert, "How many bricks?", [image], ["3", "4"], max_tokens=12)
   assert info.value.record.attempts == 1 and info.value.record.role == "voter"
   # Critic: whatever the model writes, cut to max_chars (or an empty-critique error).
   try:
-    text, call = ex.critique(expert, "How many bricks?", [image], "I count 3. The answer is 3.", max_chars=20,
-                             max_tokens=12)  # fmt: skip
+    text, call = critique(expert, "How many bricks?", [image], "I count 3. The answer is 3.", max_chars=20,
+                          max_tokens=12)  # fmt: skip
     assert 0 < len(text) <= 20 and call.ok and call.attempts == 1
   except ex.ExpertError as e:
     assert e.record.error == "empty critique" and e.record.attempts == 1

@@ -2,6 +2,7 @@
 
 import pytest
 from PIL import Image
+from serving import Replies
 
 from catts_jax.tts import expert as ex
 from catts_jax.tts.planner import DEFAULT_ORDER, candidate_summary, module_name, parse_order, plan
@@ -68,21 +69,6 @@ def test_module_names():
   assert module_name("s c k") == SCK and module_name(3) is None and module_name("planner") is None
 
 
-class Replies(ex.Expert):
-  name = "fake"
-
-  def __init__(self, *replies):
-    super().__init__(ex.RetryPolicy(max_retries=0))
-    self.replies, self.sent = list(replies), []
-
-  def _send(self, messages, max_tokens, temperature):
-    self.sent.append((messages, max_tokens, temperature))
-    reply = self.replies.pop(0)
-    if isinstance(reply, Exception):
-      raise reply
-    return reply
-
-
 def test_plan_uses_the_experts_order():
   expert = Replies('{"order": ["SCk", "SR"]}')
   image = Image.new("RGB", (8, 8))
@@ -90,7 +76,7 @@ def test_plan_uses_the_experts_order():
   order, call = plan(expert, "How many bricks?", [image], summary)
   assert order == [SCK, SR]
   assert (call.ok, call.fallback, call.role, call.attempts, call.reason) == (True, False, "planner", 1, None)
-  messages, max_tokens, temperature = expert.sent[0]
+  messages, (max_tokens, temperature) = expert.sent[0], expert.options[0]
   assert messages[0]["role"] == "system" and temperature == 0.0 and max_tokens == 256
   content = messages[1]["content"]
   assert content[0]["type"] == "image_url" and content[-1]["type"] == "text"

@@ -1,10 +1,10 @@
-"""The CA-TTS Expert: one chat model that plays Planner (planner.py), Voter and Critic.
+"""The CA-TTS Expert's client: one chat model behind a name, with retries and call records.
+The roles it plays are planner.py, voter.py and critic.py.
 
   expert = make_expert("hf:Qwen/Qwen2.5-VL-72B-Instruct")  # HF Inference Providers, HF_TOKEN
   expert = make_expert("http://127.0.0.1:8000/v1")          # vLLM, TGI, `transformers serve`
   expert = make_expert("self", policy)                       # the policy itself, greedy
-  probs, call = vote(expert, question, images, ["12", "15"])  # {"12": 0.8, "15": 0.2}
-  text, call = critique(expert, question, images, response)
+  text, call = expert.complete([system_message(...), user_message(text, images)], role="voter")
 
 Messages are OpenAI chat messages, images as PNG data URLs (`user_message`). Remote calls
 time out, retry 429 / 5xx / connection errors / timeouts / garbled bodies with exponential
@@ -15,16 +15,13 @@ records, messages or logs: error texts are redacted and exceptions are not chain
 
 from __future__ import annotations
 
-import ast
 import base64
 import dataclasses
 import io
 import json
 import logging
-import math
 import os
 import random
-import re
 import time
 import urllib.parse
 import urllib.request
@@ -210,6 +207,14 @@ class Expert:
   def chat(self, messages: Sequence[Mapping], max_tokens: int = 512, temperature: float = 0.0) -> str:
     """The reply text; the record is in `last_call` (also on ExpertError)."""
     return self.complete(messages, max_tokens, temperature)[0]
+
+  def unusable(self, call: ExpertCall, error: str, text: str) -> ExpertError:
+    """The error for a call that worked but whose reply a role cannot use: the record marked
+    failed, with `error` and the reply's start (also in `last_call`)."""
+    record = dataclasses.replace(call, ok=False, error=error, output=self.excerpt(text))
+    self.last_call = record
+    logger.warning("expert %s: %s: %s", self.name, call.role, error)
+    return ExpertError(record)
 
 
 def _status_error(e: Exception) -> Exception:
@@ -398,266 +403,3 @@ def make_expert(
       name, client, model=model, models_url=models_url, api_key=api_key, timeout_s=timeout_s, retry=retry
     )
   raise ValueError(f"unknown expert spec {spec!r}: use hf:<model-id>, http(s)://host[:port]/v1, self or none")
-
-
-# ---------------------------------------------------------------------------
-# Lenient JSON, shared by the roles' parsers
-# ---------------------------------------------------------------------------
-
-_FENCE = re.compile(r"```[a-zA-Z]*")
-_BARE_WORD = re.compile(r"(?<=[\[{,:])\s*([A-Za-z_][\w\- .]*?)\s*(?=[,\]}:])")
-
-
-def _segments(text: str) -> list[str]:
-  """Balanced {...} / [...] spans in `text`, outermost first, in order of appearance."""
-  out, i = [], 0
-  while i < len(text):
-    if text[i] not in "{[":
-      i += 1
-      continue
-    stack, quote, j = [], None, i
-    while j < len(text):
-      c = text[j]
-      if quote:
-        if c == "\\":
-          j += 1
-        elif c == quote:
-          quote = None
-      elif c in "\"'" and (c == '"' or not text[j - 1].isalnum()):  # not an apostrophe
-        quote = c
-      elif c in "{[":
-        stack.append("}" if c == "{" else "]")
-      elif c in "}]":
-        if not stack or stack.pop() != c:
-          break
-        if not stack:
-          break
-      j += 1
-    if j < len(text) and not stack and text[j] in "}]":
-      out.append(text[i : j + 1])
-      i = j + 1
-    else:
-      i += 1  # unbalanced (e.g. truncated output): look for spans inside it
-  return out
-
-
-def _loads(segment: str) -> Any:
-  """JSON, else a Python literal (single quotes, trailing commas), else with bare words quoted."""
-  try:
-    return json.loads(segment)
-  except ValueError:
-    pass
-  for candidate in (segment, _BARE_WORD.sub(lambda m: json.dumps(m.group(1)), segment)):
-    try:
-      return ast.literal_eval(candidate)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-      continue
-  return None
-
-
-def extract_json(text: str) -> list[Any]:
-  """The JSON-like values found in a model's reply, last first (a final answer usually
-  follows any examples or reasoning). Code fences and prose around them are ignored."""
-  values = [_loads(s) for s in _segments(_FENCE.sub("\n", text))]
-  return [v for v in reversed(values) if isinstance(v, dict | list)]
-
-
-# ---------------------------------------------------------------------------
-# Voter
-# ---------------------------------------------------------------------------
-
-VOTER_SYSTEM = "You are a careful expert who checks answers to questions about images."
-VOTER_PROMPT = """Question:
-{question}
-
-Candidate answers:
-{candidates}
-
-Solve the question yourself using the image(s), then give the probability that each candidate is the correct answer. The probabilities sum to 1.
-Reply with JSON only, mapping each label to its probability, e.g. {example}"""
-CANDIDATE_MAX_CHARS = 200
-_PROB_KEYS = ("probabilities", "probability", "probs", "scores", "votes", "distribution", "answers")
-_NAME_KEYS = ("label", "candidate", "answer", "id", "option", "choice", "name")
-_VALUE_KEYS = ("probability", "prob", "p", "score", "confidence", "weight", "value")
-_LABEL = re.compile(r"(?:answer|candidate|option)?\s*#?\s*a(\d+)", re.IGNORECASE)
-_LABEL_INSIDE = re.compile(r"\bA(\d+)\b")
-# "key: 0.7" / "key = 70%" / "key - 0.7", the number ending its clause ("A1: 12 is wrong" is no vote).
-_PAIR = re.compile(
-  r"(?P<key>[^\n,;:=]+?)\s*(?::|=|->|\s[-\u2013\u2014]\s)\s*(?P<value>\d+(?:\.\d+)?(?:[eE]-?\d+)?)\s*(?P<pct>%)?"
-  r"(?=[ \t]*(?:$|[,;(]))",
-  re.MULTILINE,
-)
-
-
-def labels(n: int) -> list[str]:
-  return [f"A{i + 1}" for i in range(n)]
-
-
-def _prob(value: Any) -> float | None:
-  """A non-negative finite number from 0.7, "0.7", "70%"; None otherwise."""
-  if isinstance(value, bool):
-    return None
-  scale = 1.0
-  if isinstance(value, str):
-    value = value.strip()
-    if value.endswith("%"):
-      value, scale = value[:-1], 0.01
-  try:
-    p = float(value) * scale
-  except (TypeError, ValueError):
-    return None
-  return p if math.isfinite(p) and p >= 0 else None
-
-
-def _norm(text: str) -> str:
-  return " ".join(str(text).split()).casefold()
-
-
-def _match(key: Any, candidates: Sequence[str]) -> int | None:
-  """The candidate a key names: its label (A2), its exact text, or one label inside it."""
-  key = str(key).strip().strip("\"'`*_()[]<>. ").strip()
-  m = _LABEL.fullmatch(key)
-  if m and 1 <= int(m.group(1)) <= len(candidates):
-    return int(m.group(1)) - 1
-  texts = [_norm(c) for c in candidates]
-  if _norm(key) in texts:
-    return texts.index(_norm(key))
-  inside = {int(x) for x in _LABEL_INSIDE.findall(key)}
-  if len(inside) == 1 and 1 <= (i := inside.pop()) <= len(candidates):
-    return i - 1
-  return None
-
-
-def _pairs(obj: Any, n: int) -> list[tuple[Any, Any]]:
-  """(key, value) pairs from a parsed reply: a dict, a list of numbers in label order, a
-  list of {label, probability} dicts or of [label, probability] pairs."""
-  if isinstance(obj, dict):
-    for k, v in obj.items():
-      if str(k).lower() in _PROB_KEYS and isinstance(v, dict | list):
-        return _pairs(v, n)
-    return list(obj.items())
-  if not isinstance(obj, list):
-    return []
-  if len(obj) == n and all(_prob(v) is not None for v in obj):
-    return list(zip(labels(n), obj))
-  out = []
-  for item in obj:
-    if isinstance(item, dict):
-      lower = {str(k).lower(): v for k, v in item.items()}
-      name = next((lower[k] for k in _NAME_KEYS if k in lower), None)
-      value = next((lower[k] for k in _VALUE_KEYS if k in lower), None)
-      if name is not None and value is not None:
-        out.append((name, value))
-      elif len(item) == 1:
-        out.extend(item.items())
-    elif isinstance(item, list | tuple) and len(item) == 2:
-      out.append(tuple(item))
-  return out
-
-
-def _distribution(pairs: Sequence[tuple[Any, Any]], candidates: Sequence[str]) -> list[float] | None:
-  weights, found = [0.0] * len(candidates), False
-  for key, value in pairs:
-    if isinstance(value, dict):  # {"A1": {"probability": 0.7}}
-      value = next((v for k, v in value.items() if str(k).lower() in _VALUE_KEYS), None)
-    i, p = _match(key, candidates), _prob(value)
-    if i is not None and p is not None:
-      weights[i], found = p, True
-  total = sum(weights)
-  if not found or not total > 0 or not math.isfinite(total):
-    return None
-  return [w / total for w in weights]
-
-
-def parse_votes(text: str, candidates: Sequence[str]) -> dict[str, float] | None:
-  """The expert's probability per candidate (all candidates, renormalised; unknown keys
-  dropped, unmentioned candidates 0), or None when nothing usable is found."""
-  for value in extract_json(text):
-    probs = _distribution(_pairs(value, len(candidates)), candidates)
-    if probs is not None:
-      return dict(zip(candidates, probs))
-  pairs = [(m["key"], m["value"] + (m["pct"] or "")) for m in _PAIR.finditer(_FENCE.sub("\n", text))]
-  probs = _distribution(pairs, candidates)
-  return None if probs is None else dict(zip(candidates, probs))
-
-
-def _unusable(expert: Expert, call: ExpertCall, error: str, text: str) -> ExpertError:
-  record = dataclasses.replace(call, ok=False, error=error, output=expert.excerpt(text))
-  expert.last_call = record
-  logger.warning("expert %s: %s: %s", expert.name, call.role, error)
-  return ExpertError(record)
-
-
-def vote(
-  expert: Expert,
-  question: str,
-  images: Sequence[Image.Image],
-  candidates: Sequence[str],
-  *,
-  max_tokens: int = 512,
-  temperature: float = 0.0,
-) -> tuple[dict[str, float], ExpertCall]:
-  """The expert's probability that each unique candidate answer is right (sums to 1).
-  ExpertError when the call fails or the reply holds no usable probabilities."""
-  candidates = list(dict.fromkeys(str(c) for c in candidates))
-  if not candidates:
-    raise ValueError("vote needs at least one candidate answer")
-  listed = "\n".join(
-    f"{label}: {shorten(c, CANDIDATE_MAX_CHARS)}" for label, c in zip(labels(len(candidates)), candidates)
-  )
-  example = json.dumps({label: round(1 / len(candidates), 2) for label in labels(min(len(candidates), 3))})
-  prompt = VOTER_PROMPT.format(question=question, candidates=listed, example=example)
-  messages = [system_message(VOTER_SYSTEM), user_message(prompt, images)]
-  text, call = expert.complete(messages, max_tokens, temperature, role="voter")
-  probs = parse_votes(text, candidates)
-  if probs is None:
-    raise _unusable(
-      expert, call, "unparseable voter output (no positive probability for any candidate)", text
-    )
-  return probs, call
-
-
-# ---------------------------------------------------------------------------
-# Critic
-# ---------------------------------------------------------------------------
-
-CRITIC_SYSTEM = "You are a careful expert who reviews answers to questions about images."
-CRITIC_PROMPT = """Question:
-{question}
-
-A model's response:
-{response}
-
-Check the response step by step against the image(s). Point out what it misreads in the image and where its reasoning goes wrong, and say how to fix it; if it is right, say so. Be concise and write only the critique."""
-RESPONSE_MAX_CHARS = 6000  # the tail of a longer response is kept: the answer is at its end
-CRITIQUE_MAX_CHARS = 2000
-_CRITIQUE_LABEL = re.compile(r"^\s*(?:\*\*)?critique(?:\*\*)?\s*:\s*(?:\*\*)?", re.IGNORECASE)
-
-
-def clean_critique(text: str, max_chars: int = CRITIQUE_MAX_CHARS) -> str:
-  """The critique without code fences or a leading "Critique:" label, cut to max_chars."""
-  text = _CRITIQUE_LABEL.sub("", _FENCE.sub("", text).strip()).strip()
-  return text if len(text) <= max_chars else text[:max_chars].rstrip()
-
-
-def critique(
-  expert: Expert,
-  question: str,
-  images: Sequence[Image.Image],
-  response: str,
-  *,
-  max_chars: int = CRITIQUE_MAX_CHARS,
-  max_tokens: int = 1024,
-  temperature: float = 0.0,
-) -> tuple[str, ExpertCall]:
-  """The expert's critique of one response (reasoning + answer), at most max_chars long.
-  ExpertError when the call fails or the critique is empty."""
-  if len(response) > RESPONSE_MAX_CHARS:
-    response = "..." + response[-RESPONSE_MAX_CHARS:]
-  prompt = CRITIC_PROMPT.format(question=question, response=response)
-  messages = [system_message(CRITIC_SYSTEM), user_message(prompt, images)]
-  text, call = expert.complete(messages, max_tokens, temperature, role="critic")
-  cleaned = clean_critique(text, max_chars)
-  if not cleaned:
-    raise _unusable(expert, call, "empty critique", text)
-  return cleaned, call

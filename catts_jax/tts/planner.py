@@ -18,14 +18,8 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from catts_jax.tts.expert import (
-  Expert,
-  ExpertCall,
-  extract_json,
-  shorten,
-  system_message,
-  user_message,
-)
+from catts_jax.tts.expert import Expert, ExpertCall, shorten, system_message, user_message
+from catts_jax.tts.replies import extract_json
 
 SELF_CONSISTENCY = "self_consistency"
 SELF_REFLECTION = "self_reflection"

@@ -11,15 +11,14 @@ critique; the policy decodes with `reflection.temperature` (0 = greedy).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from catts_jax import data
 from catts_jax.tts import voting
-from catts_jax.tts.expert import ExpertError, critique
+from catts_jax.tts.context import Context
+from catts_jax.tts.critic import critique
+from catts_jax.tts.expert import ExpertError
 from catts_jax.tts.planner import SELF_REFLECTION
-
-if TYPE_CHECKING:
-  from catts_jax.tts.pipeline import Context
 
 REANSWER_PROMPT = """An expert reviewed your answer:
 

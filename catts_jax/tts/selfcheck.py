@@ -27,11 +27,11 @@ from PIL import Image
 
 from catts_jax import perturb
 from catts_jax.tts import voting
+from catts_jax.tts.context import Context
 from catts_jax.tts.planner import VISUAL_SELF_CHECK
 
 if TYPE_CHECKING:
   from catts_jax.policy import Policy
-  from catts_jax.tts.pipeline import Context
 
 
 def perturbed_images(

@@ -1,6 +1,6 @@
-"""CA-TTS per problem and the resumable run, on a scripted policy and a scripted Expert: module
-order, boosts by hand totals, gates, expert failures, the memo across N, baselines on nested
-prefixes, per-item errors and resume."""
+"""CA-TTS and its baselines on one problem (methods.solve), on a scripted policy and a scripted
+Expert: module order, boosts by hand totals, gates, expert failures, the memo across N,
+baselines on nested prefixes. test_tts_runner.py reuses the scripted policy and Expert."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from catts_jax.tts import expert as ex
-from catts_jax.tts import pipeline
-from catts_jax.tts.pipeline import Drawn, Problem, Response
+from catts_jax.tts import methods as tts_methods
+from catts_jax.tts.context import SCORE_KEYS, Drawn, Problem, Response
+from catts_jax.tts.critic import CRITIC_SYSTEM
 from catts_jax.tts.planner import PLANNER_SYSTEM, SELF_CONSISTENCY, SELF_REFLECTION, VISUAL_SELF_CHECK
+from catts_jax.tts.voter import VOTER_SYSTEM
 from configs import catts as catts_config
 
 SC, SR, SCK = SELF_CONSISTENCY, SELF_REFLECTION, VISUAL_SELF_CHECK
@@ -20,7 +22,7 @@ SC, SR, SCK = SELF_CONSISTENCY, SELF_REFLECTION, VISUAL_SELF_CHECK
 
 def response(source, answer, confidence, index=0, gold="4"):
   tokens = [index, *map(ord, answer)]
-  scores = {k: confidence for k in pipeline.SCORE_KEYS}
+  scores = {k: confidence for k in SCORE_KEYS}
   return Response(source, f"so the answer is {answer}", tokens, answer, answer == gold, confidence, scores)
 
 
@@ -85,7 +87,7 @@ class RoleExpert(ex.Expert):
 
   def _send(self, messages, max_tokens, temperature):
     system = messages[0]["content"]
-    role = {PLANNER_SYSTEM: "planner", ex.VOTER_SYSTEM: "voter", ex.CRITIC_SYSTEM: "critic"}[system]
+    role = {PLANNER_SYSTEM: "planner", VOTER_SYSTEM: "voter", CRITIC_SYSTEM: "critic"}[system]
     self.sent.append((role, messages[1]["content"][-1]["text"]))
     queue = self.replies[role]
     reply = queue.pop(0) if len(queue) > 1 else queue[0]
@@ -104,12 +106,12 @@ SAMPLES = [("3", 0.9), ("4", 0.8), ("3", 0.2), ("5", 0.6)]
 SELFCHECK = {"3": (0.9, 0.85), "4": (0.8, 0.2), "5": (0.6, 0.7)}  # drops 0.05, 0.6, 0
 
 
-def solve(ops, expert, cfg, ns=(4,), methods=pipeline.METHODS, example=None):
+def solve(ops, expert, cfg, ns=(4,), methods=tts_methods.METHODS, example=None):
   example = example or {"id": "p1", "answer": "4"}
   problem = ops.prepare(0, example)
   drawn = ops.draw([problem], max(ns), 0)[0]
   greedy, vcd = ops.decode([problem])[0], ops.decode([problem], vcd=True)[0]
-  return pipeline.solve(problem, drawn, greedy, vcd, ns=ns, methods=methods, expert=expert, ops=ops, cfg=cfg)
+  return tts_methods.solve(problem, drawn, greedy, vcd, ns=ns, methods=methods, expert=expert, ops=ops, cfg=cfg)
 
 
 def test_default_order_without_expert_by_hand_totals():
@@ -243,8 +245,8 @@ def test_baselines_on_nested_prefixes():
   row = solve(ops, None, config(deepconf_keep=0.5, deepconf_confidence="conf_tail"), ns=(1, 2, 5),
               example={"id": "p1", "answer": "b"})  # fmt: skip
   m = row["methods"]
-  assert set(m) == set(pipeline.METHODS)
-  for method in pipeline.SAMPLED:  # N=1: the first sample's answer, whatever the method
+  assert set(m) == set(tts_methods.METHODS)
+  for method in tts_methods.SAMPLED:  # N=1: the first sample's answer, whatever the method
     assert m[method]["1"]["answer"] == "a" and not m[method]["1"]["correct"]
   assert m["majority"]["5"]["answer"] == "a" and m["majority"]["5"]["confidence"] == pytest.approx(0.6)
   assert m["best-of-n"]["5"] == {"answer": "b", "correct": True, "confidence": 0.9}
@@ -255,86 +257,3 @@ def test_baselines_on_nested_prefixes():
   assert m["greedy"] == {"answer": "a", "correct": False, "confidence": 0.5}
   assert [s["source"] for s in row["samples"]] == [f"sample {j}" for j in range(5)]
   assert row["samples"][1]["conf_tail"] == 0.9 and row["gold"] == "b"
-
-
-def test_stable_seed():
-  assert pipeline.stable_seed(0, "draw", ["1", "2"]) == pipeline.stable_seed(0, "draw", ["1", "2"])
-  assert pipeline.stable_seed(0, "draw", ["1", "2"]) != pipeline.stable_seed(0, "draw", ["2", "1"])
-  assert 0 <= pipeline.stable_seed("x") < 2**31
-
-
-# --- the run ----------------------------------------------------------------------------------
-
-
-def strip(rows):
-  """Rows without what varies from run to run (timings)."""
-  out = []
-  for r in rows:
-    r = {k: v for k, v in r.items() if k != "timing"}
-    if "expert_calls" in r:
-      r["expert_calls"] = [{k: v for k, v in c.items() if k != "latency_s"} for c in r["expert_calls"]]
-    out.append(r)
-  return out
-
-
-EXAMPLES = [{"id": str(i), "answer": "4"} for i in range(7)]
-ALL_SAMPLES = {str(i): [("4", 0.5), (str(i), 0.6), ("4", 0.4), ("7", 0.9)] for i in range(7)}
-
-
-def runner(ops, examples=EXAMPLES, expert=None, **cfg_kwargs):
-  cfg = config()
-  cfg.batch_size = 3
-  cfg.update(cfg_kwargs)
-  return pipeline.Runner(ops, examples, ns=(1, 2, 4), methods=pipeline.METHODS, expert=expert, cfg=cfg)
-
-
-def test_run_records_bad_items_and_goes_on(tmp_path):
-  examples = [*EXAMPLES[:2], {"id": "bad", "answer": "4", "bad": True}, *EXAMPLES[2:5]]
-  ops = FakeOps(ALL_SAMPLES, fail_draw={"3"})
-  rows = runner(ops, examples).run(tmp_path)
-  assert [r["id"] for r in rows] == ["0", "1", "bad", "2", "3", "4"]
-  errors = {r["id"]: r["error"] for r in rows if "error" in r}
-  assert errors == {
-    "bad": "bad: image 0 cannot be decoded",
-    "3": "3: prompt length in tokens 9999 exceeds the largest bucket",
-  }
-  # The chunk ["2", "3", "4"] failed to draw together, then item by item.
-  assert [ids for ids, _, _ in ops.draws] == [["0", "1"], ["2", "3", "4"], ["2"], ["3"], ["4"]]
-  assert all(n == 4 for _, n, _ in ops.draws)
-  assert set(rows[3]["methods"]["catts"]) == {"1", "2", "4"}
-
-
-def test_unexpected_exception_fails_only_its_problem(tmp_path):
-  ops = FakeOps(ALL_SAMPLES, fail_selfcheck=True)
-  rows = runner(ops, EXAMPLES[:2]).run(tmp_path)
-  assert [r["error"] for r in rows] == [
-    "0: RuntimeError: scorer out of memory",
-    "1: RuntimeError: scorer out of memory",
-  ]
-
-
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
-  expert = lambda: RoleExpert(planner=['{"order": ["SC", "SCk"]}'], voter=['{"A1": 0.5, "A2": 0.5}'])
-  full_ops = FakeOps(ALL_SAMPLES)
-  full = runner(full_ops, expert=expert()).run(tmp_path / "full")
-  assert len(full) == 7 and not [r for r in full if "error" in r]
-
-  # Killed after 4 rows, in the middle of writing the 5th.
-  lines = (tmp_path / "full" / "results.jsonl").read_text().splitlines(keepends=True)
-  (tmp_path / "resumed").mkdir()
-  (tmp_path / "resumed" / "results.jsonl").write_text("".join(lines[:4]) + lines[4][:40])
-  ops = FakeOps(ALL_SAMPLES)
-  resumed = runner(ops, expert=expert()).run(tmp_path / "resumed")
-  assert strip(resumed) == strip(full)
-  # Only the unfinished chunk ["3", "4", "5"] and the last one were drawn, with the same seeds.
-  assert ops.draws == full_ops.draws[1:]
-  # Nothing is left to do: a third run draws nothing.
-  again = FakeOps(ALL_SAMPLES)
-  assert len(runner(again, expert=expert()).run(tmp_path / "resumed")) == 7 and again.draws == []
-
-
-def test_runner_rejects_bad_settings():
-  with pytest.raises(ValueError, match="unknown method"):
-    pipeline.Runner(FakeOps({}), [], ns=(1,), methods=["beam"], expert=None, cfg=config())
-  with pytest.raises(ValueError, match="positive"):
-    pipeline.Runner(FakeOps({}), [], ns=(0, 2), methods=["majority"], expert=None, cfg=config())

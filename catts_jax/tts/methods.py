@@ -1,0 +1,201 @@
+"""CA-TTS and its baselines on one problem: every method at every N, judged on the same samples.
+
+  row = solve(problem, drawn, greedy, vcd, ns=(1, 2, 4), methods=METHODS, expert=expert, ops=ops, cfg=cfg)
+
+N < max uses the first N of the drawn samples, so methods and N compare on the same samples.
+At each N:
+- CA-TTS (`run_catts`): the Expert as Planner picks the module order (no expert, a failed call
+  or an unparseable plan: SC -> SR -> SCk); the modules write into one VoteTable:
+  Self-Consistency (confidence-weighted votes, then the Expert as Voter adds tau * N),
+  Self-Reflection (reflection.py) and Visual Self-Check (selfcheck.py). A plan that skips SC
+  and leaves the table without an answer gets the SC votes after all (recorded).
+- Baselines (`baseline`): majority vote, DeepConf offline and online (replayed, deepconf.py),
+  best-of-N by confidence. Greedy and VCD decoding are one decode each, independent of N.
+An expert failure costs that module its vote, never the problem (context.py memoises the
+expert's answers across N).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from catts_jax.tts import deepconf, voting
+from catts_jax.tts.context import Context, Drawn, Memo, Ops, Problem, Response
+from catts_jax.tts.expert import Expert, ExpertError
+from catts_jax.tts.planner import (
+  DEFAULT_ORDER,
+  SELF_CONSISTENCY,
+  SELF_REFLECTION,
+  VISUAL_SELF_CHECK,
+  candidate_summary,
+  plan,
+)
+from catts_jax.tts.reflection import self_reflection
+from catts_jax.tts.selfcheck import visual_self_check
+from catts_jax.tts.voter import vote
+
+METHODS = ("catts", "majority", "deepconf", "deepconf-online", "best-of-n", "greedy", "vcd")
+SAMPLED = ("catts", "majority", "deepconf", "deepconf-online", "best-of-n")  # use the N samples
+
+
+def self_consistency(ctx: Context, table: voting.VoteTable) -> dict[str, Any]:
+  """Confidence-weighted votes of the N samples, then the Expert as Voter over the table's
+  candidates (tau * N, split by its probabilities)."""
+  voting.confidence_weighted(ctx.answers(), ctx.confidences(), table)
+  record: dict[str, Any] = {"module": SELF_CONSISTENCY, "ran": True, "votes": ctx.n}
+  candidates = list(table.weights())
+  if ctx.expert is None:
+    record["voter"] = {"ran": False, "reason": "no expert"}
+    return record
+  if not candidates:
+    record["voter"] = {"ran": False, "reason": "no candidate answers"}
+    return record
+  e = ctx.cfg.expert
+  try:
+    probs = ctx.ask(
+      ("voter", tuple(candidates)),
+      lambda: vote(
+        ctx.expert, ctx.problem.question, ctx.problem.images, candidates,
+        max_tokens=e.voter_max_tokens, temperature=e.temperature,
+      ),
+    )  # fmt: skip
+  except ExpertError as err:
+    record["voter"] = {"ran": False, "reason": f"voter failed: {err.record.error}"}
+    return record
+  added = voting.voter_boost(table, probs, ctx.n, ctx.tts.tau)
+  record["voter"] = {"ran": True, "probs": probs, "added": added}
+  return record
+
+
+MODULES = {
+  SELF_CONSISTENCY: self_consistency,
+  SELF_REFLECTION: self_reflection,
+  VISUAL_SELF_CHECK: visual_self_check,
+}
+
+
+def plan_order(ctx: Context) -> tuple[list[str], dict[str, Any]]:
+  """The module order and how it was chosen ("expert" or "default", with the reason)."""
+  if ctx.expert is None:
+    return list(DEFAULT_ORDER), {"by": "default", "reason": "no expert"}
+  summary = candidate_summary(ctx.answers(), ctx.confidences())
+  e = ctx.cfg.expert
+  try:
+    order = ctx.ask(
+      ("planner", summary),
+      lambda: plan(
+        ctx.expert, ctx.problem.question, ctx.problem.images, summary,
+        max_tokens=e.planner_max_tokens, temperature=e.temperature,
+      ),
+    )  # fmt: skip
+  except ExpertError as err:
+    return list(DEFAULT_ORDER), {"by": "default", "reason": f"planner failed: {err.record.error}"}
+  last = ctx.calls[-1]
+  if last.get("fallback"):
+    return list(order), {"by": "default", "reason": last.get("reason")}
+  return list(order), {"by": "expert"}
+
+
+def run_catts(ctx: Context) -> dict[str, Any]:
+  """CA-TTS on one problem at one N: its answer, correctness, confidence (the winner's share
+  of the final vote), the plan, each module's record and the final table."""
+  order, how = plan_order(ctx)
+  table = voting.VoteTable()
+  modules = [MODULES[m](ctx, table) for m in order]
+  if table.winner() is None and SELF_CONSISTENCY not in order:
+    record = self_consistency(ctx, table)
+    modules.append({**record, "reason": "the plan left no answer"})
+  winner = table.winner()
+  return {
+    "answer": winner or "",
+    "correct": ctx.correct(winner),
+    "confidence": table.posterior().get(winner, 0.0) if winner else 0.0,
+    "order": order,
+    "plan": how,
+    "modules": modules,
+    "table": table.to_json(),
+  }
+
+
+def _decision(table: voting.VoteTable, ctx: Context) -> dict[str, Any]:
+  winner = table.winner()
+  share = table.posterior().get(winner, 0.0) if winner else 0.0
+  return {"answer": winner or "", "correct": ctx.correct(winner), "confidence": share}
+
+
+def baseline(method: str, ctx: Context) -> dict[str, Any]:
+  """A sampled baseline at N; confidence = the winner's vote share (best-of-N: the chosen
+  sample's confidence)."""
+  tts, n, answers = ctx.tts, ctx.n, ctx.answers()
+  if method == "majority":
+    return _decision(voting.majority(answers), ctx)
+  if method == "deepconf":
+    conf = ctx.drawn.score(tts.deepconf_confidence, n)
+    return _decision(deepconf.deepconf_vote(answers, conf, tts.deepconf_keep), ctx)
+  if method == "deepconf-online":
+    r = deepconf.simulate_online(
+      ctx.drawn.token_conf[:n], ctx.drawn.lengths[:n], answers,
+      warmup=tts.deepconf_warmup, keep_fraction=tts.deepconf_keep, window=tts.deepconf_window,
+    )  # fmt: skip
+    return {
+      **_decision(r.table, ctx),
+      "threshold": r.threshold,
+      "kept": int(r.kept.sum()),
+      "tokens": int(r.tokens.sum()),
+      "token_savings": r.token_savings,
+    }
+  if method == "best-of-n":
+    answered = [s for s in ctx.drawn.samples[:n] if voting.answered(s.answer)]
+    if not answered:
+      return {"answer": "", "correct": False, "confidence": 0.0}
+    best = max(answered, key=lambda s: s.confidence)
+    return {"answer": best.answer, "correct": ctx.correct(best.answer), "confidence": best.confidence}
+  raise ValueError(f"unknown sampled method {method!r}; known: {SAMPLED}")
+
+
+def _single(response: Response) -> dict[str, Any]:
+  return {"answer": response.answer, "correct": response.correct, "confidence": response.confidence}
+
+
+def solve(
+  problem: Problem,
+  drawn: Drawn | None,
+  greedy: Response | None,
+  vcd: Response | None,
+  *,
+  ns: Sequence[int],
+  methods: Sequence[str],
+  expert: Expert | None,
+  ops: Ops,
+  cfg,
+) -> dict[str, Any]:
+  """The results.jsonl row of one problem: its samples, every method at every N, and every
+  expert call."""
+  start = time.monotonic()
+  tts = voting.TTSConfig(**cfg.tts)
+  memo, calls = Memo(), []
+  for r in [*(drawn.samples if drawn else []), greedy, vcd]:
+    if r is not None:
+      memo.judge(r)
+  out: dict[str, Any] = {m: {} for m in methods if m in SAMPLED}
+  for n in ns if drawn is not None else ():
+    for method in out:
+      ctx = Context(problem, drawn, n, expert, ops, cfg, tts, memo, calls, vcd)
+      out[method][str(n)] = run_catts(ctx) if method == "catts" else baseline(method, ctx)
+  if "greedy" in methods:
+    out["greedy"] = _single(greedy)
+  if "vcd" in methods:
+    out["vcd"] = _single(vcd)
+  return {
+    "id": problem.id,
+    "index": problem.index,
+    "gold": problem.example.get("answer"),
+    "samples": [s.to_json() for s in drawn.samples] if drawn else [],
+    "greedy": greedy.to_json() if greedy else None,
+    "vcd": vcd.to_json() if vcd else None,
+    "methods": out,
+    "expert_calls": calls,
+    "timing": {"solve_s": time.monotonic() - start},
+  }
