@@ -60,12 +60,12 @@ train-bench: install
 	$(PY) -m train.bench --config configs/cdrl_qwen2_5_vl.py:small,cpu --config.model.dtype=float32 --out docs/reports/train_bench_cpu
 
 # Scoring/generation throughput against transformers on this machine (docs/reports/bench_cpu/report.json);
-# bench-readme rewrites the README's tables from the committed report.json files.
+# bench-readme rewrites docs/results.md's tables from the committed report.json files.
 bench: install
 	$(PY) -m infer.bench --out docs/reports/bench_cpu
 
 bench-readme: install
-	$(PY) -m infer.bench --render-readme README.md docs/reports/bench_cpu/report.json docs/reports/bench_gpu_h100/report.json
+	$(PY) -m infer.bench --render_readme docs/results.md --reports docs/reports/bench_cpu/report.json,docs/reports/bench_gpu_h100/report.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,10 +2,12 @@
 
     python -m infer.bench --out runs/bench            # CPU, float32
     python -m infer.bench --out runs/bench_gpu --device gpu   # one GPU, float32 and bfloat16
+    python -m infer.bench --render_readme docs/results.md --reports runs/bench/report.json,...
 
-One fixed Qwen2.5-VL-shaped model with random weights (text: hidden 512, 8 layers, 8 heads,
-2 KV heads, MLP 1408, vocab 8192, mrope [8, 12, 12]; a 2-block vision tower; the report records the parameter count)
-so figures stay comparable over time. Both sides get the same weights and inputs, run in
+One fixed Qwen2.5-VL-shaped model with random weights, preset "bench" of
+catts_jax/models/qwen2_5_vl/presets.py (text: hidden 512, 8 layers, 8 heads, 2 KV heads, MLP
+1408, vocab 8192, mrope [8, 12, 12]; a 2-block vision tower; the report records the parameter
+count), so figures stay comparable over time. Both sides get the same weights and inputs, run in
 this one process, alternating; the first call of each shape (compilation, warm-up) is
 excluded and reported separately; times are medians over repeats.
 
@@ -20,18 +22,18 @@ excluded and reported separately; times are medians over repeats.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 import tempfile
 import time
+import types
 
 import jax
 import numpy as np
+from absl import flags
 
-from catts_jax import roofline
-from catts_jax.eval.report import replace_block
+from catts_jax import cli, roofline, runs
 from catts_jax.models.qwen2_5_vl import ModelConfig, get_rope_index, load_hf, presets
 from catts_jax.processing import Batch, ScoringBatch, image_slots
 from catts_jax.sampling import Sampler, SamplingConfig
@@ -279,43 +281,56 @@ def markdown(report: dict) -> str:
 
 
 def render_readme(readme: pathlib.Path, reports: list[pathlib.Path]) -> None:
-  """Replace the block between the bench-table markers in the README with tables made from
-  the given report.json files."""
+  """Replace the block between the bench-table markers in a Markdown file with tables made
+  from the given report.json files."""
   tables = "\n\n".join(f"`{p}`\n\n" + markdown(json.loads(p.read_text())) for p in reports)
-  replace_block(readme, "bench-table", tables)
+  runs.replace_block(readme, "bench-table", tables)
+
+
+def define(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("out", None, "directory for report.json", flag_values=fv)
+  flags.DEFINE_string(
+    "render_readme",
+    None,
+    "a Markdown file whose bench-table block is rewritten from --reports; runs nothing",
+    flag_values=fv,
+  )
+  flags.DEFINE_list("reports", [], "report.json files for --render_readme", flag_values=fv)
+  flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "where to run", flag_values=fv)
+  flags.DEFINE_integer("repeats", 5, "timed rounds per case (median)", flag_values=fv)
+  flags.DEFINE_integer("score_batch", 8, "scoring: rows", flag_values=fv)
+  flags.DEFINE_integer("score_len", 256, "scoring: tokens per row", flag_values=fv)
+  flags.DEFINE_list("gen_batches", ["1", "8", "32"], "generation: batch sizes", flag_values=fv)
+  flags.DEFINE_integer("prompt_len", 32, "generation: prompt tokens", flag_values=fv)
+  flags.DEFINE_integer("new_tokens", 64, "generation: new tokens", flag_values=fv)
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description="catts_jax vs transformers: scoring and generation throughput")
-  parser.add_argument("--out", help="directory for report.json")
-  parser.add_argument(
-    "--render-readme",
-    nargs="+",
-    metavar=("README", "REPORT"),
-    help="rewrite README's bench table from report.json files, run nothing",
-  )
-  parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--score-batch", type=int, default=8)
-  parser.add_argument("--score-len", type=int, default=256)
-  parser.add_argument("--gen-batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
-  parser.add_argument("--prompt-len", type=int, default=32)
-  parser.add_argument("--new-tokens", type=int, default=64)
-  args = parser.parse_args(argv)
+  args = cli.parse(define, argv, __doc__)
   if args.render_readme:
-    readme, *reports = map(pathlib.Path, args.render_readme)
-    render_readme(readme, reports)
+    if not args.reports:
+      print("error: --render_readme needs --reports a/report.json,b/report.json", file=sys.stderr)
+      return 2
+    render_readme(pathlib.Path(args.render_readme), [pathlib.Path(r) for r in args.reports])
     return 0
   if not args.out:
-    parser.error("--out is required")
+    print("error: --out is required", file=sys.stderr)
+    return 2
   if args.device == "gpu" and jax.default_backend() != "gpu":
     print(f"--device gpu but jax's backend is {jax.default_backend()}", file=sys.stderr)
     return 2
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  report = run(args)
-  report["args"] = {k: v for k, v in vars(args).items() if k != "out"}
-  (out / "report.json").write_text(json.dumps(report, indent=2))
+  settings = dict(
+    device=args.device,
+    repeats=args.repeats,
+    score_batch=args.score_batch,
+    score_len=args.score_len,
+    gen_batches=[int(b) for b in args.gen_batches],
+    prompt_len=args.prompt_len,
+    new_tokens=args.new_tokens,
+  )
+  report = run(types.SimpleNamespace(**settings))
+  report["args"] = settings
+  runs.write_text(pathlib.Path(args.out) / "report.json", json.dumps(report, indent=2))
   print_table(report)
   return 0
 
