@@ -16,7 +16,8 @@ import pytest
 from serving import transformers_serve
 
 from catts_jax.policy import Policy
-from catts_jax.tts.pipeline import METHODS
+from catts_jax.tts import summary
+from catts_jax.tts.methods import METHODS
 from infer import catts
 
 SHARED = Path(__file__).parents[2] / "shared/data/math-vision-testmini"
@@ -72,7 +73,7 @@ def online(monkeypatch):
 def args_for(ckpt, out, tfds, *extra, limit=4, ns="2,4"):
   return [
     "--ckpt", str(ckpt), "--benchmark", "mathvision", "--data", str(SHARED), "--split", "testmini",
-    "--data-dir", str(tfds), "--limit", str(limit), "--n", ns, "--out", str(out), *SMALL, *extra,
+    "--data_dir", str(tfds), "--limit", str(limit), "--n", ns, "--out", str(out), *SMALL, *extra,
   ]  # fmt: skip
 
 
@@ -257,8 +258,26 @@ def test_transformers_serve_as_the_expert(
   ],
 )
 def test_bad_input_is_a_clear_error(extra, message, tiny_ckpt, tfds_dir, tmp_path, capsys):
-  assert catts.main([*args_for(tiny_ckpt, tmp_path / "out", tfds_dir), *extra]) == 2
-  assert message in capsys.readouterr().err
+  assert exit_code([*args_for(tiny_ckpt, tmp_path / "out", tfds_dir), *extra]) == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1  # one line
+
+
+def exit_code(argv):
+  """main's return value, or the status of the SystemExit that flag parsing raises (a bad
+  flag or config override)."""
+  try:
+    return catts.main(argv)
+  except SystemExit as e:
+    return e.code
+
+
+def test_help_lists_the_flags(capsys):
+  assert exit_code(["--help"]) == 0
+  text = capsys.readouterr().out
+  for flag in ("--config", "--ckpt", "--benchmark", "--data", "--split", "--data_dir", "--limit", "--n",
+               "--methods", "--expert", "--out"):  # fmt: skip
+    assert f"{flag}:" in text, flag
 
 
 def test_missing_data_and_checkpoint(tiny_ckpt, tmp_path, capsys):
@@ -307,7 +326,7 @@ def test_summary_by_hand():
   ]
   tts = TTSConfig(adaptive=True, adaptive_margin=0.6, adaptive_min_samples=2)
   categories = {"0": "walls", "1": "bars", "2": "walls"}
-  s = catts.summarize(rows, [1, 2, 4], ["catts", "majority", "greedy"], tts, categories)
+  s = summary.summarize(rows, [1, 2, 4], ["catts", "majority", "greedy"], tts, categories)
   assert (s["problems"], s["errors"], s["error_ids"]) == (3, 1, ["2"])
   assert s["accuracy"]["catts"] == {"1": 0.0, "2": 0.5, "4": 0.5}
   assert s["accuracy"]["majority"] == {"1": 0.0, "2": 0.5, "4": 1.0}
@@ -333,7 +352,7 @@ def test_summary_by_hand():
   assert bars["accuracy"] == {"catts": 1.0, "majority": 1.0, "greedy": 0.0}
   assert walls["single_samples"]["within_problem_auroc"] == pytest.approx(2 / 3)
   assert bars["single_samples"]["within_problem_auroc"] == 0.5
-  assert "by_category" not in catts.summarize(rows, [1, 2, 4], ["majority"], tts, {"0": "", "1": ""})
+  assert "by_category" not in summary.summarize(rows, [1, 2, 4], ["majority"], tts, {"0": "", "1": ""})
   assert [r["method"] for r in s["table"]] == ["catts", "majority", "greedy"]
   assert s["table"][1]["N=4"] == 100.0 and s["table"][2]["beta"] == "-"
   fit = s["slope"]["majority"]

@@ -1,0 +1,150 @@
+"""CA-TTS and its baselines on a benchmark into an output directory (what `infer.catts` and
+`infer.demo` run).
+
+    job = prepare(cfg, ckpt=..., benchmark="mathvision", data=DIR, out=OUT, ns="1,2,4", expert="self")
+    summary = job.run(progress=bar.update)
+
+`prepare` checks everything a user gives (config, checkpoint, N, methods, expert spec, data)
+before any model is loaded, and raises ValueError (FileNotFoundError for missing data) naming
+the bad input; it also records the run's settings in OUT/run.json, refusing an OUT that holds a
+run with other settings. `Job.run` streams one row per problem to OUT/results.jsonl (a rerun
+skips finished problems) and writes the report (`summary.write_report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+from catts_jax import data, runs
+from catts_jax.policy import Policy
+from catts_jax.scoring import ConfidenceConfig
+from catts_jax.tts import summary as summaries
+from catts_jax.tts import voting
+from catts_jax.tts.expert import Expert, RemoteExpert, make_expert
+from catts_jax.tts.methods import METHODS
+from catts_jax.tts.policy_ops import PolicyOps
+from catts_jax.tts.runner import Runner
+
+# What a resumed run must share with the rows already written (--limit may grow).
+SETTINGS = ("checkpoint", "benchmark", "split", "ns", "methods", "expert", "config")
+
+
+def resolve_ckpt(path: str | pathlib.Path) -> pathlib.Path:
+  """An HF checkpoint directory, or a train/ output directory's final/ export."""
+  ckpt = pathlib.Path(path).expanduser()
+  if (ckpt / "config.json").is_file():
+    return ckpt
+  if (ckpt / "final" / "config.json").is_file():  # a train/ output directory
+    return ckpt / "final"
+  raise ValueError(
+    f"--ckpt {ckpt}: no config.json; pass an HF checkpoint directory (train/ runs export theirs to DIR/final)"
+  )
+
+
+def parse_ns(text: str) -> list[int]:
+  """'4,1,2' -> [1, 2, 4]."""
+  try:
+    ns = sorted({int(x) for x in text.split(",") if x.strip()})
+  except ValueError:
+    raise ValueError(f"--n {text!r}: expected comma-separated positive integers") from None
+  if not ns or ns[0] < 1:
+    raise ValueError(f"--n {text!r}: expected comma-separated positive integers")
+  return ns
+
+
+def parse_methods(text: str) -> list[str]:
+  """'catts, majority' -> ['catts', 'majority'] (each once, in the given order)."""
+  methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown or not methods:
+    raise ValueError(f"--methods: unknown {unknown}; choose from {','.join(METHODS)}")
+  return methods
+
+
+def expert_options(cfg) -> dict[str, Any]:
+  """make_expert's keyword arguments from the config's `expert` block."""
+  e = cfg.expert
+  return dict(
+    timeout_s=e.timeout_s, max_retries=e.max_retries, backoff_s=e.backoff_s, max_backoff_s=e.max_backoff_s,
+    model=e.model, provider=e.provider, api_key_env=e.api_key_env, seed=cfg.seed,
+  )  # fmt: skip
+
+
+@dataclasses.dataclass
+class Job:
+  """A checked run: its examples, settings (as in run.json) and output directory."""
+
+  cfg: Any  # the ml_collections config (configs/catts.py)
+  tts: voting.TTSConfig
+  ckpt: pathlib.Path
+  benchmark: str
+  out: pathlib.Path
+  ns: list[int]
+  methods: list[str]
+  expert: Expert | None  # None for "self" and "none"
+  self_expert: bool  # the policy is its own Expert (built once it is loaded)
+  examples: list[dict]
+  settings: dict[str, Any]
+
+  def run(self, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """Loads the policy, streams the rows, writes the report; returns report.json's content
+    (settings and `summary.summarize`). `progress(k)`: k more problems are done."""
+    confidence = ConfidenceConfig(window=self.tts.deepconf_window)
+    policy = Policy.from_pretrained(self.ckpt, dtype=self.cfg.dtype, confidence=confidence)
+    expert = self.expert
+    if self.self_expert:
+      expert = make_expert("self", policy, **expert_options(self.cfg))
+    ops = PolicyOps(policy, self.benchmark, self.cfg)
+    runner = Runner(ops, self.examples, ns=self.ns, methods=self.methods, expert=expert, cfg=self.cfg)
+    rows = runner.run(self.out, progress=progress)
+    wanted = {str(ex["id"]) for ex in self.examples}
+    rows = [r for r in rows if str(r["id"]) in wanted]
+    categories = {str(ex["id"]): ex.get("category") or "" for ex in self.examples}
+    result = {**self.settings, **summaries.summarize(rows, self.ns, self.methods, self.tts, categories)}
+    summaries.write_report(self.out, result, self.ns, self.methods)
+    return result
+
+
+def prepare(
+  cfg,
+  *,
+  ckpt: str | pathlib.Path,
+  benchmark: str,
+  out: str | pathlib.Path,
+  data_path: str | None = None,
+  split: str | None = None,
+  data_dir: str | None = None,
+  limit: int | None = None,
+  ns: str = "1,2,4,8,16,32",
+  methods: str = ",".join(METHODS),
+  expert: str = "none",
+) -> Job:
+  """Checks the inputs (ValueError or FileNotFoundError naming the bad one), loads the
+  benchmark's first `limit` problems and checks or writes out/run.json."""
+  tts = voting.TTSConfig(**cfg.tts)
+  ns_, methods_ = parse_ns(ns), parse_methods(methods)
+  ckpt_ = resolve_ckpt(ckpt)
+  self_expert = expert.strip().lower() == "self"
+  remote = None if self_expert else make_expert(expert, **expert_options(cfg))
+  if isinstance(remote, RemoteExpert):
+    import huggingface_hub.constants
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+      raise ValueError("HF_HUB_OFFLINE is set, which blocks huggingface_hub's client: unset it for --expert")
+  dataset = data.load(benchmark, manual_dir=data_path, data_dir=data_dir, split=split)
+  examples = dataset[: min(len(dataset), limit or len(dataset))]
+  settings = {
+    "checkpoint": str(ckpt_),
+    "benchmark": benchmark,
+    "split": dataset.split,
+    "ns": ns_,
+    "methods": methods_,
+    "expert": expert if remote is None else remote.name,  # a public name: no credentials
+    "config": cfg.to_dict(),
+  }
+  out = pathlib.Path(out)
+  runs.check_settings(out, settings, SETTINGS)
+  return Job(cfg, tts, ckpt_, benchmark, out, ns_, methods_, remote, self_expert, examples, settings)
