@@ -103,15 +103,15 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_ckpt, tmp_path):
 
 
 def test_the_run_builds_its_model_with_the_configs_dtypes_and_remat(tiny_ckpt):
-  """train.cdrl's model is the checkpoint's architecture with the config's compute dtype,
-  master-weight dtype and remat (the 3B/7B configs set float32 masters and remat)."""
-  from catts_jax.models.qwen2_5_vl import ModelConfig
+  """train.cdrl's model (`presets.resolve`, as rl.trainer builds it) is the checkpoint's
+  architecture with the config's compute dtype, master-weight dtype and remat (the 3B/7B
+  configs set float32 masters and remat)."""
+  from catts_jax.models.qwen2_5_vl import ModelConfig, presets
   from configs import cdrl_tiny
-  from train.cdrl import model_config
 
   cfg = cdrl_tiny.get_config()
   cfg.model.update(ckpt=str(tiny_ckpt), dtype="bfloat16", param_dtype="bfloat16", remat=True)
-  got = model_config(cfg)
+  got = presets.resolve(cfg.model)
   assert got.remat and got.param_dtype == "bfloat16" and got.dtype == "bfloat16"
   assert got.text == ModelConfig.from_pretrained(tiny_ckpt).text
 

@@ -1,17 +1,12 @@
 """The CDRL learning check and ablation, in one run on CPU:
 `python -m train.ablation --config configs/ablation_colour.py --out DIR`.
 
-1. A tiny Qwen2.5-VL is made from scratch and given a few supervised steps on the toy task
-   (train.sft): it learns the answer format, its accuracy stays near chance.
-2. From that checkpoint, one RL run per arm with the same seeds and problems (train.cdrl):
-   `cdrl` (accuracy + perceptual sensitivity + calibration rewards) and `accuracy`
-   (accuracy-only GRPO).
-3. Before (the warm start) and after each arm, greedy answers on the test split are graded
-   and each answer is scored on its original and on a perturbed image.
-
+A from-scratch tiny model is given a few supervised steps on the toy task, then one RL run per
+arm (`cdrl`, `accuracy`) from it; before and after each arm, greedy answers on the test split
+are graded and scored on their original and a perturbed image (catts_jax/rl/ablation.py).
 DIR/report.json holds the reward curves, the before/after table and the confidence-drop
-ratio of the arms; `--render_readme README.md` writes the README's table from it. Each stage
-resumes: a finished stage is skipped, an interrupted RL run continues from its checkpoint.
+ratio; each stage resumes. `--out DIR --render_readme README.md [--readme_block NAME]`
+rewrites the README's table from DIR/report.json.
 """
 
 from __future__ import annotations
@@ -20,127 +15,46 @@ import json
 import pathlib
 import sys
 
-import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from catts_jax import data
-from catts_jax.eval import greedy, report
-from catts_jax.eval.metrics import drop_ratio
-from catts_jax.policy import Policy
-from train import cdrl, sft
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=False)
-_OUT = flags.DEFINE_string("out", None, "output directory")
-_RENDER = flags.DEFINE_string(
-  "render_readme", None, "rewrite this README's ablation table from --out's report.json"
-)
-_BLOCK = flags.DEFINE_string("readme_block", "ablation-table", "the README block --render_readme rewrites")
+from catts_jax import cli
+from catts_jax.eval import report
+from catts_jax.rl import ablation
 
 
-def evaluate(path: pathlib.Path, cfg) -> dict:
-  e = cfg.eval
-  policy = Policy.from_pretrained(path)
-  ds = data.load(cfg.sft.data.benchmark, config=cfg.sft.data.config, split=e.split, data_dir=cfg.data_dir)
-  examples = ds[: min(len(ds), e.size)]
-  rows = greedy.greedy_eval(
-    policy,
-    examples,
-    cfg.sft.data.benchmark,
-    max_new_tokens=e.max_new_tokens,
-    perturbation=(e.perturbation, e.strength),
+def define(fv: flags.FlagValues) -> None:
+  config_flags.DEFINE_config_file(
+    "config", None, "an ablation config, e.g. configs/ablation_colour.py", lock_config=False, flag_values=fv
   )
-  by_answer = {}
-  for ex, row in zip(examples, rows):
-    by_answer.setdefault(ex["answer"], []).append(row["correct"])
-  return {
-    **greedy.summary(rows),
-    "accuracy_by_answer": {a: float(np.mean(c)) for a, c in sorted(by_answer.items())},
-  }
-
-
-def curve(run_dir: pathlib.Path, key: str = "reward_accuracy", every: int = 10) -> list[float]:
-  """Means of `key` over consecutive blocks of `every` steps."""
-  values = [json.loads(line)[key] for line in (run_dir / "train.jsonl").read_text().splitlines()]
-  return [float(np.mean(values[i : i + every])) for i in range(0, len(values), every)]
-
-
-def run(cfg, out: pathlib.Path) -> dict:
-  out.mkdir(parents=True, exist_ok=True)
-  sft_cfg = cfg.sft
-  sft_cfg.data.data_dir = cfg.data_dir
-  if not (out / "sft" / "report.json").is_file():
-    sft.train(sft_cfg, out / "sft")
-  sft_report = json.loads((out / "sft" / "report.json").read_text())
-  warm = out / "sft" / "final"
-  result = {"sft": {k: sft_report[k] for k in ("steps", "eval", "seconds")}, "before": evaluate(warm, cfg)}
-
-  result["arms"] = {}
-  for name, weights in cfg.arms.items():
-    arm_cfg = cfg.rl.copy_and_resolve_references()
-    arm_cfg.model.ckpt = str(warm)
-    arm_cfg.data.data_dir = cfg.data_dir
-    arm_cfg.rollout.reward_weights = dict(weights)
-    run_dir = out / name
-    done = (run_dir / "report.json").is_file()
-    if not done and cdrl.train(arm_cfg, run_dir) != 0:
-      raise SystemExit(f"arm {name}: training stopped (see {run_dir}/train.jsonl)")
-    rows = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
-    acc = curve(run_dir)
-    result["arms"][name] = {
-      "reward_weights": dict(weights),
-      "steps": len(rows),
-      "seconds": float(sum(r["seconds"] for r in rows)),
-      "accuracy_reward_first10": acc[0],
-      "accuracy_reward_last10": acc[-1],
-      "accuracy_reward_curve": acc,
-      "after": evaluate(run_dir / "final", cfg),
-    }
-  drops = {name: arm["after"]["confidence_drop"] for name, arm in result["arms"].items()}
-  result["drop_ratio_cdrl_vs_accuracy"] = drop_ratio(drops["cdrl"], drops["accuracy"])
-  result["drop_ratio_cdrl_vs_before"] = drop_ratio(drops["cdrl"], result["before"]["confidence_drop"])
-  result["config"] = cfg.to_dict()
-  report.write_json(out / "report.json", result)
-  print(markdown(result))
-  return result
-
-
-def markdown(result: dict) -> str:
-  rows = [{"model": "warm start (SFT)", **result["before"]}]
-  for name, arm in result["arms"].items():
-    rows.append({"model": f"after RL: {name}", **arm["after"]})
-  cols = ["model", "accuracy", "confidence", "confidence_perturbed", "confidence_drop"]
-  curves = "\n".join(
-    f"- {name}: accuracy reward per 10 steps "
-    + " ".join(f"{v:.2f}" for v in arm["accuracy_reward_curve"])
-    + f" ({arm['steps']} steps, {arm['seconds']:.0f} s)"
-    for name, arm in result["arms"].items()
+  flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
+  flags.DEFINE_string(
+    "render_readme", None, "rewrite this README's ablation table from --out's report.json", flag_values=fv
   )
-  by_answer = "\n".join(
-    f"- {row['model']}: accuracy by answer "
-    + ", ".join(f"{a} {v:.2f}" for a, v in row.get("accuracy_by_answer", {}).items())
-    for row in rows
-  )
-  return (
-    report.markdown_table(rows, cols)
-    + f"\n\n{curves}\n{by_answer}\n\nConfidence drop under noise, CDRL / accuracy-only: "
-    + f"{result['drop_ratio_cdrl_vs_accuracy']:.1f}x; CDRL / warm start: {result['drop_ratio_cdrl_vs_before']:.1f}x."
+  flags.DEFINE_string(
+    "readme_block", "ablation-table", "the README block --render_readme rewrites", flag_values=fv
   )
 
 
-def main(argv) -> None:
-  del argv
-  if not _OUT.value:
-    raise app.UsageError("--out is required")
-  out = pathlib.Path(_OUT.value)
-  if _RENDER.value:
+def main(argv=None) -> int:
+  args = cli.parse(define, argv, __doc__)
+  out = pathlib.Path(args.out)
+  if args.render_readme:
     result = json.loads((out / "report.json").read_text())
-    report.replace_block(_RENDER.value, _BLOCK.value, f"`{out}/report.json`\n\n{markdown(result)}")
-    return
+    report.replace_block(args.render_readme, args.readme_block, f"`{out}/report.json`\n\n{ablation.markdown(result)}")
+    return 0
+  if args.config is None:
+    print("error: --config is required, e.g. configs/ablation_colour.py", file=sys.stderr)
+    return 2
   logging.set_verbosity(logging.WARNING)
-  run(_CONFIG.value, out)
-  sys.exit(0)
+  try:
+    result = ablation.run(args.config, out)
+  except FloatingPointError as e:
+    print(e, file=sys.stderr)
+    return 3
+  print(ablation.markdown(result))
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

@@ -1,9 +1,9 @@
 """Rebuild the bundled checkpoints from scratch: `python -m train.bundle [--runs runs] [--dest checkpoints]`.
 
-1. `python -m train.sft --config configs/synthetic_tiny.py`: a tiny Qwen2.5-VL made from
+1. SFT (`python -m train.sft --config configs/synthetic_tiny.py`): a tiny Qwen2.5-VL made from
    scratch (tokenizer trained on the task text, seeded init) and trained on the synthetic
    reasoning solutions -> DEST/synthetic_sft.
-2. `python -m train.cdrl --config configs/synthetic_tiny_cdrl.py`: CDRL from that checkpoint
+2. CDRL (`python -m train.cdrl --config configs/synthetic_tiny_cdrl.py`) from that checkpoint
    -> DEST/synthetic_cdrl.
 
 Each bundled directory is the run's HF export plus training.json: the command, the full
@@ -13,41 +13,36 @@ resume when interrupted; a stage whose report exists is not rerun.
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
-import shutil
 import sys
 
-from catts_jax.eval import report
+from absl import flags, logging
+
+from catts_jax import cli
+from catts_jax.rl import sft, trainer
 from configs import synthetic_tiny, synthetic_tiny_cdrl
-from train import cdrl, sft
 
 
-def bundle(run: pathlib.Path, dest: pathlib.Path, command: str) -> dict:
-  """Copy run/final to dest with training.json; returns the run's report."""
-  summary = json.loads((run / "report.json").read_text())
-  if dest.exists():
-    shutil.rmtree(dest)
-  shutil.copytree(run / "final", dest)
-  summary.pop("final_checkpoint", None)  # the run's path, not the bundle's
-  report.write_json(dest / "training.json", {"command": command, **summary})
-  return summary
+def define(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("runs", "runs", "where the training runs write (resumable)", flag_values=fv)
+  flags.DEFINE_string("dest", "checkpoints", "where the bundled HF directories go", flag_values=fv)
+  flags.DEFINE_string("data_dir", None, "tfds cache for the synthetic dataset", flag_values=fv)
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--runs", default="runs", help="where the training runs write (resumable)")
-  p.add_argument("--dest", default="checkpoints", help="where the bundled HF directories go")
-  p.add_argument("--data-dir", default=None, help="tfds cache for the synthetic dataset")
-  args = p.parse_args(argv)
+  args = cli.parse(define, argv, __doc__)
+  logging.set_verbosity(logging.WARNING)
   runs, dest = pathlib.Path(args.runs), pathlib.Path(args.dest)
 
   cfg = synthetic_tiny.get_config()
   cfg.data.data_dir = args.data_dir
   if not (runs / "synthetic_sft" / "report.json").is_file():
-    sft.train(cfg, runs / "synthetic_sft")
-  sft_summary = bundle(
+    try:
+      sft.train(cfg, runs / "synthetic_sft")
+    except FloatingPointError as e:
+      print(f"SFT stopped: {e}", file=sys.stderr)
+      return 3
+  sft_summary = trainer.bundle(
     runs / "synthetic_sft", dest / "synthetic_sft", "python -m train.sft --config configs/synthetic_tiny.py"
   )
 
@@ -55,11 +50,12 @@ def main(argv=None) -> int:
   cfg.model.ckpt = str(dest / "synthetic_sft")
   cfg.data.data_dir = args.data_dir
   if (
-    not (runs / "synthetic_cdrl" / "report.json").is_file() and cdrl.train(cfg, runs / "synthetic_cdrl") != 0
+    not (runs / "synthetic_cdrl" / "report.json").is_file()
+    and trainer.train(cfg, runs / "synthetic_cdrl") != 0
   ):
     print(f"CDRL stopped (see {runs / 'synthetic_cdrl' / 'train.jsonl'})", file=sys.stderr)
     return 3
-  cdrl_summary = bundle(
+  cdrl_summary = trainer.bundle(
     runs / "synthetic_cdrl",
     dest / "synthetic_cdrl",
     "python -m train.cdrl --config configs/synthetic_tiny_cdrl.py",

@@ -1,200 +1,48 @@
 """CDRL training: `python -m train.cdrl --config configs/cdrl_tiny.py [--config.x=y] --out DIR`.
 
-Each step: a batch of problems -> rollout (G samples on the original image, confidences under
-a perturbed one, rewards, advantages) -> `updates_per_rollout` optimisation steps. Params,
-optimizer state and the data position are checkpointed every `save_every` steps (orbax,
-async); a rerun with the same --out resumes from the latest complete checkpoint. A
-non-finite loss or gradient stops the run with exit code 3 and leaves the last checkpoint
-intact. Logs go to DIR/train.jsonl and TensorBoard (DIR/tb); the final policy is exported
-to DIR/final as an HF directory, with DIR/report.json summarising the run.
+Runs or resumes the CDRL loop (catts_jax/rl/trainer.py): rollouts, rewards, policy updates,
+checkpoints in DIR/checkpoints (a rerun with the same --out resumes), logs in DIR/train.jsonl
+and DIR/tb, the final policy as an HF directory in DIR/final and DIR/report.json. A non-finite
+loss or gradient stops the run with exit code 3 and leaves the last checkpoint intact.
 
 Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or pass
-`--distributed` where `jax.distributed.initialize()` finds them itself (TPU pods). Every
-process reads the step's problems and prepares the same rollout inputs, so the sampler and
-the scorer (replicated: every device computes every row) and the train step (rows sharded
-over data x fsdp) run as one SPMD program over all devices. The train batch cannot be split
-by process: image slots are not per row, a row's image tokens index into all of them. The
-host work (decoding, perturbing, grading) is repeated on every process. Only process 0
-writes logs and the final export.
+`--distributed` where `jax.distributed.initialize()` finds them itself (TPU pods); every
+process runs this same command.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import pathlib
 import sys
-import time
 
-import jax
-import numpy as np
-from absl import app, flags, logging
-from flax import nnx
+from absl import flags, logging
 from ml_collections import config_flags
 
-from catts_jax import data, sharding
-from catts_jax.checkpoint import Checkpointer
-from catts_jax.eval import report
-from catts_jax.models.qwen2_5_vl import load_hf, save_hf
-from catts_jax.policy import Policy
-from catts_jax.processing import Processor
-from catts_jax.rl.grpo import LossConfig
-from catts_jax.rl.learner import Learner, OptimizerConfig
-from catts_jax.rl.rollout import RolloutConfig, rollout
-from train.compile import model_config
+from catts_jax import cli
+from catts_jax.rl import trainer
 
 
-def train(cfg, out: pathlib.Path) -> int:
-  started = time.perf_counter()
-  main_process = jax.process_index() == 0
-  out.mkdir(parents=True, exist_ok=True)
-  t = cfg.train
-  mesh = sharding.make_mesh(dict(cfg.mesh))
-  model_cfg = model_config(cfg)  # the checkpoint's config with the run's dtypes and remat
-  rollout_cfg = RolloutConfig(**{**cfg.rollout.to_dict(), "template": cfg.data.template})
-  loss_cfg = LossConfig(**cfg.loss.to_dict())
-  # One copy of the weights: the learner owns (and updates) them, and the policy samples and
-  # scores with `state=learner.params`.
-  model = load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)
-  processor_keys = ("min_pixels", "max_pixels", "buckets_per_octave")
-  processor_kwargs = {k: cfg.model[k] for k in processor_keys if cfg.model.get(k)}
-  policy = Policy(model, Processor(cfg.model.ckpt, model_cfg, **processor_kwargs))
-  learner = Learner(model, loss_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh)
-  # The frozen reference for the KL term: the starting weights, loaded once more.
-  ref_state = nnx.state(load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)) if loss_cfg.kl_coef else None
-  saliency = None
-  if rollout_cfg.targeted:
-    from catts_jax.saliency import ClipSaliency
-
-    saliency = ClipSaliency.from_pretrained(cfg.clip.model, cfg.clip.pretrained)
-
-  dataset = data.load(
-    cfg.data.benchmark,
-    manual_dir=cfg.data.manual_dir or None,
-    split=cfg.data.split,
-    data_dir=cfg.data.data_dir,
-    config=cfg.data.config,
+def define(fv: flags.FlagValues) -> None:
+  config_flags.DEFINE_config_file(
+    "config", None, "a CDRL config, e.g. configs/cdrl_tiny.py", lock_config=True, flag_values=fv
   )
-  num = min(len(dataset), cfg.data.limit or len(dataset))
-
-  checkpoints = Checkpointer(out / "checkpoints", keep=t.keep, every=t.save_every)
-  start = 0
-  restored = checkpoints.restore(learner.params, learner.opt_state)
-  if restored is not None:
-    learner.params, learner.opt_state, record = restored
-    start = record["step"]
-  log = (out / "train.jsonl").open("a") if main_process else None
-  writer = None
-  if main_process:
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(str(out / "tb"))
-
-  from tqdm import tqdm
-
-  history = []
-  base_key = jax.random.key(t.seed)
-  # DAPO refill: sample `oversample` times the problems a step trains on; the informative
-  # groups fill the batch first (catts_jax/rl/rollout.py).
-  drawn = int(np.ceil(t.prompts_per_step * t.oversample))
-  for step in tqdm(
-    range(start, t.steps), initial=start, total=t.steps, desc="cdrl", disable=not main_process
-  ):
-    began = time.perf_counter()
-    indices = data.step_indices(num, step, drawn, t.seed)
-    examples = [dataset[i] for i in indices]
-    batch, response_len, metrics = rollout(
-      policy,
-      examples,
-      cfg.data.benchmark,
-      rollout_cfg,
-      jax.random.fold_in(base_key, step),
-      state=learner.params,
-      ref_state=ref_state,
-      saliency=saliency,
-      seed=t.seed + step,
-      train_groups=t.prompts_per_step,
-      step=step,
-      solutions=loss_cfg.sft_coef > 0,
-    )
-    try:
-      if not all(np.isfinite(v) for v in metrics.values()):
-        raise FloatingPointError(f"non-finite rollout metrics {metrics}")
-      if batch is not None:
-        for _ in range(t.updates_per_rollout):
-          metrics.update(learner.step(batch, response_len))
-    except FloatingPointError as e:
-      checkpoints.wait()
-      print(
-        f"step {step}: {e}; stopping. The last checkpoint (step {checkpoints.latest_step()}) is intact.",
-        file=sys.stderr,
-      )
-      return 3
-    seconds = time.perf_counter() - began
-    metrics.update(
-      step=step + 1,
-      seconds=seconds,
-      tokens_per_s=metrics["response_tokens"] * metrics["groups"] * rollout_cfg.group_size / seconds,
-    )
-    checkpoints.save(step + 1, learner.params, learner.opt_state, {"step": step + 1})
-    history.append(metrics)
-    if main_process:
-      log.write(json.dumps(metrics) + "\n")
-      log.flush()
-      for name, value in metrics.items():
-        writer.add_scalar(name, value, step + 1)
-  checkpoints.wait()
-
-  if main_process:
-    final = save_hf(learner.model(), out / "final", processor_dir=cfg.model.ckpt)
-    first, last = (history[0], history[-1]) if history else ({}, {})
-    summary = {
-      "steps": t.steps,
-      "resumed_from": start,
-      "final_checkpoint": str(final),
-      "first": first,
-      "last": last,
-      "seconds": time.perf_counter() - started,  # this invocation, loading and compiling included
-      "config": cfg.to_dict(),
-      "rollout": dataclasses.asdict(rollout_cfg),
-    }
-    report.write_json(out / "report.json", summary)
-    writer.close()
-  return 0
-
-
-def initialize_distributed(detect: bool) -> None:
-  """jax.distributed from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or
-  with `detect`, from what `jax.distributed.initialize()` finds (TPU pods, SLURM, ...)."""
-  env = os.environ
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    number = lambda name: int(env[name]) if env.get(name) else None  # noqa: E731
-    jax.distributed.initialize(
-      env["JAX_COORDINATOR_ADDRESS"], number("JAX_NUM_PROCESSES"), number("JAX_PROCESS_ID")
-    )
-  elif detect:
-    jax.distributed.initialize()
-
-
-def main() -> None:
-  # Flags are defined here, not at import, so other entry points can import `train`.
-  config = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
-  out = flags.DEFINE_string("out", None, "output directory (checkpoints, logs, report.json, final/)")
-  distributed = flags.DEFINE_bool(
-    "distributed", False, "multi-host: jax.distributed.initialize() from the cluster's environment"
+  flags.DEFINE_string(
+    "out", None, "output directory (checkpoints, logs, report.json, final/)", required=True, flag_values=fv
+  )
+  flags.DEFINE_bool(
+    "distributed", False, "multi-host: jax.distributed.initialize() from the cluster's environment", flag_values=fv
   )
 
-  def run(argv) -> None:
-    del argv
-    if not out.value:
-      raise app.UsageError("--out is required")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-    initialize_distributed(distributed.value)
-    sys.exit(train(config.value, pathlib.Path(out.value)))
 
-  app.run(run)
+def main(argv=None) -> int:
+  args = cli.parse(define, argv, __doc__)
+  if args.config is None:
+    print("error: --config is required, e.g. configs/cdrl_tiny.py", file=sys.stderr)
+    return 2
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  trainer.initialize_distributed(args.distributed)
+  return trainer.train(args.config, pathlib.Path(args.out))
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

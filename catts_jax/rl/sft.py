@@ -1,0 +1,151 @@
+"""Supervised warm start: a policy trained on a benchmark's reference solutions.
+
+Teacher-forced rows of (prompt with images, `metadata.solution` + EOS, so the model learns to
+stop); the loss is `nll`, the token-mean negative log-likelihood of the solution tokens, on
+the same `Learner` as CDRL (same optimizer, sharding and non-finite guard). The model comes
+from `model.ckpt` (an HF directory) or, when that is empty, is created from scratch
+(catts_jax.scratch: a tokenizer trained on the task's text and freshly initialised weights of
+the `model.scratch` shape).
+
+With `train.format_only` each image is paired with another problem's solution: the model
+learns the answer format but nothing about the answers (the warm start of the CDRL learning
+check, which then has to learn to see).
+
+Checkpoints every `save_every` steps (a rerun with the same out dir resumes); greedy accuracy
+on `eval.split` at the end and every `eval_every` steps; out/final is the HF export and
+out/report.json the summary (loss curve, accuracy, wall time).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from catts_jax import data, scratch, sharding
+from catts_jax.checkpoint import Checkpointer
+from catts_jax.data import synthetic
+from catts_jax.eval import greedy, report
+from catts_jax.models.qwen2_5_vl import ModelConfig, load_hf, save_hf
+from catts_jax.policy import Policy
+from catts_jax.processing import Processor
+from catts_jax.rl.batch import TrainBatch
+from catts_jax.rl.grpo import aggregate
+from catts_jax.rl.learner import Learner, OptimizerConfig
+
+
+def nll(logp: jax.Array, batch: TrainBatch) -> tuple[jax.Array, dict]:
+  """The supervised objective for `Learner`: logp, batch.response_mask [B, R] -> the
+  token-mean negative log-likelihood of the masked tokens (no extra metrics)."""
+  return aggregate(-logp, batch.response_mask, "token_mean"), {}
+
+
+def model_dir(cfg, out: pathlib.Path) -> pathlib.Path:
+  """`model.ckpt`, or a new from-scratch checkpoint in out/init (built once)."""
+  if cfg.model.ckpt:
+    return pathlib.Path(cfg.model.ckpt)
+  init = out / "init"
+  if not (init / "config.json").is_file():
+    s = cfg.model.scratch
+    corpus = synthetic.corpus(s.corpus_config) + ["You are a helpful assistant."]
+    scratch.new_checkpoint(
+      init,
+      corpus=corpus,
+      text=s.text.to_dict(),
+      vision=s.vision.to_dict(),
+      vocab_size=s.vocab_size,
+      seed=s.seed,
+      min_pixels=s.min_pixels,
+      max_pixels=s.max_pixels,
+    )
+  return init
+
+
+def solution_batch(
+  policy: Policy, examples: Sequence[dict], template: str | None, solutions: Sequence[dict] | None = None
+) -> tuple[TrainBatch, int]:
+  """Teacher-forcing batch of (prompt with images, reference solution + EOS) and its
+  response length R; response_mask [B, R] marks the solution tokens. `solutions`: take the
+  solutions from these examples instead (format-only warm starts)."""
+  prompts, images, responses = [], [], []
+  for ex, sol in zip(examples, solutions or examples):
+    prompt, ims = policy.example_prompt(ex, template)
+    prompts.append(prompt)
+    images.append(ims)
+    responses.append(policy.solution_tokens(sol))
+  sb = policy.processor.scoring_batch(prompts, responses, images)
+  return TrainBatch(**sb.batch.model_inputs(), response_mask=sb.response_mask.astype(np.float32)), sb.response_len
+
+
+def evaluate(policy: Policy, params, cfg) -> dict:
+  """Greedy accuracy of `params` on the first `eval.size` problems of `eval.split`."""
+  ds = data.load(cfg.data.benchmark, config=cfg.data.config, split=cfg.eval.split, data_dir=cfg.data.data_dir)
+  examples = ds[: min(len(ds), cfg.eval.size)]
+  rows = greedy.greedy_eval(
+    policy, examples, cfg.data.benchmark, state=params, max_new_tokens=cfg.eval.max_new_tokens
+  )
+  return greedy.summary(rows)
+
+
+def train(cfg, out: pathlib.Path) -> dict:
+  """Run (or resume) the supervised warm start of `cfg` into `out`; the summary written to
+  out/report.json. A non-finite loss raises FloatingPointError (the update is not applied)."""
+  out.mkdir(parents=True, exist_ok=True)
+  began = time.perf_counter()
+  path = model_dir(cfg, out)
+  mesh = sharding.make_mesh(dict(cfg.mesh)) if cfg.get("mesh") else None
+  model_cfg = ModelConfig.from_pretrained(path).replace(dtype=cfg.model.dtype)
+  model = load_hf(path, model_cfg, mesh=mesh)
+  policy = Policy(
+    model, Processor(path, model_cfg, buckets_per_octave=cfg.model.get("buckets_per_octave", 1))
+  )
+  learner = Learner(model, nll, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh)
+  ds = data.load(cfg.data.benchmark, config=cfg.data.config, split=cfg.data.split, data_dir=cfg.data.data_dir)
+
+  t = cfg.train
+  checkpoints = Checkpointer(out / "checkpoints", keep=2, every=t.save_every)
+  start = 0
+  restored = checkpoints.restore(learner.params, learner.opt_state)
+  if restored is not None:
+    learner.params, learner.opt_state, record = restored
+    start = record["step"]
+  from tqdm import tqdm
+
+  history = []
+  with (out / "train.jsonl").open("a") as log:
+    for step in tqdm(range(start, t.steps), initial=start, total=t.steps, desc="sft"):
+      examples = [ds[i] for i in data.step_indices(len(ds), step, t.batch_size, t.seed)]
+      # Format only: each image gets another problem's solution, so the answers carry no
+      # information about the image (accuracy stays at chance; the format is learned).
+      solutions = examples[1:] + examples[:1] if t.format_only else None
+      batch, response_len = solution_batch(policy, examples, cfg.data.template, solutions)
+      try:
+        record = {"step": step + 1, "loss": learner.step(batch, response_len)["loss"]}
+      except FloatingPointError as e:
+        checkpoints.wait()
+        raise FloatingPointError(f"step {step}: {e}") from e
+      if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < t.steps:
+        record["eval"] = evaluate(policy, learner.params, cfg)
+      checkpoints.save(step + 1, learner.params, learner.opt_state, {"step": step + 1})
+      history.append(record)
+      log.write(json.dumps(record) + "\n")
+      log.flush()
+  checkpoints.wait()
+  final_eval = evaluate(policy, learner.params, cfg)
+  final = save_hf(learner.model(), out / "final", processor_dir=path)
+  summary = {
+    "steps": t.steps,
+    "resumed_from": start,
+    "final_checkpoint": str(final),
+    "loss_first": history[0]["loss"] if history else None,
+    "loss_last": history[-1]["loss"] if history else None,
+    "eval": final_eval,
+    "seconds": time.perf_counter() - began,
+    "config": cfg.to_dict(),
+  }
+  report.write_json(out / "report.json", summary)
+  return summary

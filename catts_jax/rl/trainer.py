@@ -1,0 +1,188 @@
+"""The CDRL training loop: `train(cfg, out)` runs (or resumes) a run of a CDRL config.
+
+Each step: a batch of problems -> rollout (G samples on the original image, confidences under
+a perturbed one, rewards, advantages) -> `updates_per_rollout` optimisation steps. Params,
+optimizer state and the data position are checkpointed every `save_every` steps (orbax,
+async); a rerun with the same out dir resumes from the latest complete checkpoint. A
+non-finite loss or gradient stops the run (`train` returns 3) and leaves the last checkpoint
+intact. Logs go to out/train.jsonl and TensorBoard (out/tb); the final policy is exported
+to out/final as an HF directory, with out/report.json summarising the run.
+
+Multi-host (`initialize_distributed`): every process reads the step's problems and prepares
+the same rollout inputs, so the sampler and the scorer (replicated: every device computes
+every row) and the train step (rows sharded over data x fsdp) run as one SPMD program over
+all devices. The train batch cannot be split by process: image slots are not per row, a
+row's image tokens index into all of them. The host work (decoding, perturbing, grading) is
+repeated on every process. Only process 0 writes logs and the final export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from catts_jax import data, sharding
+from catts_jax.checkpoint import Checkpointer
+from catts_jax.eval import report
+from catts_jax.models.qwen2_5_vl import load_hf, presets, save_hf
+from catts_jax.policy import Policy
+from catts_jax.processing import Processor
+from catts_jax.rl.grpo import LossConfig
+from catts_jax.rl.learner import Learner, OptimizerConfig
+from catts_jax.rl.rollout import RolloutConfig, rollout
+
+
+def initialize_distributed(detect: bool) -> None:
+  """jax.distributed from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or
+  with `detect`, from what `jax.distributed.initialize()` finds (TPU pods, SLURM, ...)."""
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    number = lambda name: int(env[name]) if env.get(name) else None  # noqa: E731
+    jax.distributed.initialize(
+      env["JAX_COORDINATOR_ADDRESS"], number("JAX_NUM_PROCESSES"), number("JAX_PROCESS_ID")
+    )
+  elif detect:
+    jax.distributed.initialize()
+
+
+def bundle(run: pathlib.Path, dest: pathlib.Path, command: str) -> dict:
+  """Copy a finished run's HF export (run/final) to `dest`, replacing what was there, with
+  dest/training.json: `command` and the run's report (its final_checkpoint path left out).
+  Returns the run's report."""
+  summary = json.loads((run / "report.json").read_text())
+  if dest.exists():
+    shutil.rmtree(dest)
+  shutil.copytree(run / "final", dest)
+  summary.pop("final_checkpoint", None)  # the run's path, not the bundle's
+  report.write_json(dest / "training.json", {"command": command, **summary})
+  return summary
+
+
+def train(cfg, out: pathlib.Path) -> int:
+  """Run (or resume) the CDRL run of `cfg` into `out`: 0 when done, 3 when a non-finite loss
+  or gradient stopped it (the reason goes to stderr)."""
+  started = time.perf_counter()
+  main_process = jax.process_index() == 0
+  out.mkdir(parents=True, exist_ok=True)
+  t = cfg.train
+  mesh = sharding.make_mesh(dict(cfg.mesh))
+  model_cfg = presets.resolve(cfg.model)  # the checkpoint's config with the run's dtypes and remat
+  rollout_cfg = RolloutConfig(**{**cfg.rollout.to_dict(), "template": cfg.data.template})
+  loss_cfg = LossConfig(**cfg.loss.to_dict())
+  # One copy of the weights: the learner owns (and updates) them, and the policy samples and
+  # scores with `state=learner.params`.
+  model = load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)
+  processor_keys = ("min_pixels", "max_pixels", "buckets_per_octave")
+  processor_kwargs = {k: cfg.model[k] for k in processor_keys if cfg.model.get(k)}
+  policy = Policy(model, Processor(cfg.model.ckpt, model_cfg, **processor_kwargs))
+  learner = Learner(model, loss_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh)
+  # The frozen reference for the KL term: the starting weights, loaded once more.
+  ref_state = nnx.state(load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)) if loss_cfg.kl_coef else None
+  saliency = None
+  if rollout_cfg.targeted:
+    from catts_jax.saliency import ClipSaliency
+
+    saliency = ClipSaliency.from_pretrained(cfg.clip.model, cfg.clip.pretrained)
+
+  dataset = data.load(
+    cfg.data.benchmark,
+    manual_dir=cfg.data.manual_dir or None,
+    split=cfg.data.split,
+    data_dir=cfg.data.data_dir,
+    config=cfg.data.config,
+  )
+  num = min(len(dataset), cfg.data.limit or len(dataset))
+
+  checkpoints = Checkpointer(out / "checkpoints", keep=t.keep, every=t.save_every)
+  start = 0
+  restored = checkpoints.restore(learner.params, learner.opt_state)
+  if restored is not None:
+    learner.params, learner.opt_state, record = restored
+    start = record["step"]
+  log = (out / "train.jsonl").open("a") if main_process else None
+  writer = None
+  if main_process:
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"))
+
+  from tqdm import tqdm
+
+  history = []
+  base_key = jax.random.key(t.seed)
+  # DAPO refill: sample `oversample` times the problems a step trains on; the informative
+  # groups fill the batch first (catts_jax/rl/rollout.py).
+  drawn = int(np.ceil(t.prompts_per_step * t.oversample))
+  for step in tqdm(
+    range(start, t.steps), initial=start, total=t.steps, desc="cdrl", disable=not main_process
+  ):
+    began = time.perf_counter()
+    indices = data.step_indices(num, step, drawn, t.seed)
+    examples = [dataset[i] for i in indices]
+    batch, response_len, metrics = rollout(
+      policy,
+      examples,
+      cfg.data.benchmark,
+      rollout_cfg,
+      jax.random.fold_in(base_key, step),
+      state=learner.params,
+      ref_state=ref_state,
+      saliency=saliency,
+      seed=t.seed + step,
+      train_groups=t.prompts_per_step,
+      step=step,
+      solutions=loss_cfg.sft_coef > 0,
+    )
+    try:
+      if not all(np.isfinite(v) for v in metrics.values()):
+        raise FloatingPointError(f"non-finite rollout metrics {metrics}")
+      if batch is not None:
+        for _ in range(t.updates_per_rollout):
+          metrics.update(learner.step(batch, response_len))
+    except FloatingPointError as e:
+      checkpoints.wait()
+      print(
+        f"step {step}: {e}; stopping. The last checkpoint (step {checkpoints.latest_step()}) is intact.",
+        file=sys.stderr,
+      )
+      return 3
+    seconds = time.perf_counter() - began
+    metrics.update(
+      step=step + 1,
+      seconds=seconds,
+      tokens_per_s=metrics["response_tokens"] * metrics["groups"] * rollout_cfg.group_size / seconds,
+    )
+    checkpoints.save(step + 1, learner.params, learner.opt_state, {"step": step + 1})
+    history.append(metrics)
+    if main_process:
+      log.write(json.dumps(metrics) + "\n")
+      log.flush()
+      for name, value in metrics.items():
+        writer.add_scalar(name, value, step + 1)
+  checkpoints.wait()
+
+  if main_process:
+    final = save_hf(learner.model(), out / "final", processor_dir=cfg.model.ckpt)
+    first, last = (history[0], history[-1]) if history else ({}, {})
+    summary = {
+      "steps": t.steps,
+      "resumed_from": start,
+      "final_checkpoint": str(final),
+      "first": first,
+      "last": last,
+      "seconds": time.perf_counter() - started,  # this invocation, loading and compiling included
+      "config": cfg.to_dict(),
+      "rollout": dataclasses.asdict(rollout_cfg),
+    }
+    report.write_json(out / "report.json", summary)
+    writer.close()
+  return 0
