@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from catts_jax import runs, sharding
-from catts_jax.aot import devices, hardware, hlo, plan, shapes, sweep
+from catts_jax.aot import devices, hardware, hlo, measure, plan, shapes, sweep
 from catts_jax.aot.hardware import GiB
 from catts_jax.models.qwen2_5_vl import presets
 from configs import cdrl_qwen2_5_vl
@@ -20,7 +20,7 @@ HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny(prompts=1, group=4, response=32):
+def small(prompts=1, group=4, response=32):
   c = cdrl_qwen2_5_vl.get_config("small,cpu")
   c.train.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens = prompts, group, response
   return c
@@ -92,7 +92,7 @@ def test_plan_compiles_train_and_decode_steps():
   """The real train step and decode loop of a tiny model on a 4-chip v5e (TPU compile-only
   devices when libtpu is installed): per-chip memory holds the sharded state, the FSDP
   step gathers weights, the decode loop's collectives run per token."""
-  cfg = tiny()
+  cfg = small()
   cfg.loss.sft_coef = 1.0  # the batch then carries the solution rows' marks
   report = plan.plan(cfg, "v5e:2x2", {"data": 1, "fsdp": -1}, prompt_len=64, image_patches=64)
   assert report["backend"].startswith("tpu" if HAS_LIBTPU else "cpu-simulated")
@@ -118,7 +118,7 @@ def test_plan_compiles_train_and_decode_steps():
 
 
 def test_cpu_fallback_says_so():
-  report = plan.plan(tiny(), "v4:2x2x1", {"fsdp": 2, "tensor": 2, "data": 1}, ("decode",), 64, 0, cpu=True)
+  report = plan.plan(small(), "v4:2x2x1", {"fsdp": 2, "tensor": 2, "data": 1}, ("decode",), 64, 0, cpu=True)
   assert report["backend"].startswith("cpu-simulated (--cpu given")
   assert report["steps"]["decode"]["compiled"] and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
 
@@ -141,7 +141,7 @@ def test_state_larger_than_hbm_is_reported_without_compiling():
 def test_over_large_batch_reports_oom_instead_of_crashing():
   """A batch whose activations exceed HBM: the TPU compiler's out-of-memory error becomes a
   'does not fit' with its numbers (on the CPU fallback: the measured peak above HBM)."""
-  cfg = tiny(prompts=16, group=8, response=2048)
+  cfg = small(prompts=16, group=8, response=2048)
   report = plan.plan(cfg, "v5e:2x2", cdrl_qwen2_5_vl.STRATEGIES["fsdp"], ("train",), 64, 0)
   train = report["steps"]["train"]
   assert not report["fits"] and not train["fits"]
@@ -203,12 +203,10 @@ def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
 
 
 def test_bench_times_the_real_train_step_and_checks_flops():
-  from train import bench
-
-  cfg = tiny()
+  cfg = small()
   cfg.model.dtype = "float32"
   cfg.loss.sft_coef = 1.0  # one of the two rows is a reference solution
-  r = bench.run(cfg, rows=2, prompt_len=64, response_len=16, image_patches=16, steps=2, device="cpu")
+  r = measure.train_step(cfg, rows=2, prompt_len=64, response_len=16, image_patches=16, steps=2, device="cpu")
   assert r["batch"]["tokens"] == 2 * 80 and r["model"]["remat"] and r["model"]["vision_params"] > 0
   assert 0 < r["step_s"] < r["compile_s"] and len(r["step_times_s"]) == 2
   batch_shapes = shapes.Shapes(2, 1, 2, 16, 80, 2, 32, 2, 64, 16, 16)
@@ -230,7 +228,30 @@ def test_bench_gpu_without_gpu_says_so(tmp_path):
 
 def test_trainer_shapes_follow_the_configs_length_buckets():
   """64 prompt + 32 response tokens: 128 with power-of-two buckets, 96 with four per octave."""
-  model_cfg = presets.resolve(tiny().model)
+  model_cfg = presets.resolve(small().model)
   coarse, fine = (shapes.trainer_shapes(model_cfg, 1, 4, 32, 64, 64, k) for k in (1, 4))
   assert (coarse.seq_len, fine.seq_len) == (128, 96)
   assert coarse.response_len == fine.response_len == 32
+
+
+def test_sweep_cli_writes_table_and_renders_block(tmp_path):
+  doc = tmp_path / "doc.md"
+  doc.write_text("<!-- sweep-table:start -->\n<!-- sweep-table:end -->\n")
+  cmd = [
+    sys.executable,
+    "-m",
+    "train.sweep",
+    f"--out={tmp_path / 'sweep'}",
+    "--models=small",
+    "--topologies=v5e:2x2",
+    "--strategies=fsdp_tp",
+    "--shapes=1x2x16x0",
+    "--extra=",
+    "--steps=decode",
+    f"--render_readme={doc}",
+  ]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  table = (tmp_path / "sweep" / "sweep.md").read_text().strip()
+  assert "| small | v5e:2x2 (4 chips) | fsdp_tp (1/1/4) |" in table and table in doc.read_text()
+  assert len(json.loads((tmp_path / "sweep" / "report.json").read_text())["cells"]) == 1

@@ -5,17 +5,11 @@
     python -m train.bench --device gpu --config configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1 --out DIR
 
 The model (random weights, the config's dtype / master-weight dtype / remat), the real
-`Learner` (AdamW with the config's clipping and schedule, the GRPO loss with its KL term) and a
-synthetic rollout batch: `--rows` rows of `--prompt_len` prompt tokens holding one
-`--image_patches`-patch image, then `--response_len` response tokens. The first step
-(compilation) is timed apart; then `--steps` steps, median.
-
-Model FLOPs per step are analytic (`catts_jax.aot.shapes.analytic_train_flops`: 3 forward passes;
-remat's recompute is not model work) and checked against XLA's cost analysis of the step's
-program, which also counts the recompute, the masked half of causal attention, the vision
-tower's masked (cross-window) attention and the optimizer: the ratio is reported.
-MFU = model FLOPs / step time / peak, against the chip's nominal dense peak for the compute
-dtype where known (GPUs) and against a matmul ceiling measured on the spot.
+`Learner` and a synthetic rollout batch: `--rows` rows of `--prompt_len` prompt tokens holding
+one `--image_patches`-patch image, then `--response_len` response tokens; the first step
+(compilation) timed apart, then `--steps` steps, median. Model FLOPs are analytic and checked
+against XLA's count; MFU is against the chip's nominal peak (GPUs) and a matmul ceiling
+measured on the spot (catts_jax/aot/measure.py says how).
 """
 
 from __future__ import annotations
@@ -23,9 +17,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
-import time
 
-import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -47,162 +39,6 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("response_len", 512, "response tokens per row", flag_values=fv)
   flags.DEFINE_integer("image_patches", 256, "patches of one square image per row (0: text)", flag_values=fv)
   flags.DEFINE_integer("steps", 5, "timed steps after the first", flag_values=fv)
-
-
-def synthetic_batch(
-  model_cfg, rows: int, prompt_len: int, response_len: int, image_patches: int, seed: int = 0
-):
-  """A rollout-shaped train batch (numpy): random tokens, one image per row after 8 tokens."""
-  from catts_jax.models.qwen2_5_vl import get_rope_index
-  from catts_jax.processing import image_slots
-
-  rng = np.random.default_rng(seed)
-  t = prompt_len + response_len
-  special = [model_cfg.image_token_id, model_cfg.video_token_id, model_cfg.vision_start_token_id]
-  ids = rng.integers(0, min([model_cfg.text.vocab_size, *special]) - 16, (rows, t)).astype(np.int32)
-  batch = {}
-  grid = None
-  if image_patches:
-    side = int(round(image_patches**0.5))
-    merge = model_cfg.vision.spatial_merge_size
-    if side * side != image_patches or side % merge:
-      raise ValueError(
-        f"--image_patches {image_patches}: expected a square of a multiple of {merge}, e.g. 256"
-      )
-    tokens = image_patches // merge**2
-    if 10 + tokens > prompt_len:
-      raise ValueError(f"--prompt_len {prompt_len} cannot hold an image of {tokens} tokens")
-    ids[:, 8] = model_cfg.vision_start_token_id
-    ids[:, 9 : 9 + tokens] = model_cfg.image_token_id
-    ids[:, 9 + tokens] = model_cfg.vision_end_token_id
-    grid = np.tile(np.asarray([1, side, side], np.int32), (rows, 1))
-    pixels = rng.standard_normal((rows * image_patches, model_cfg.vision.patch_dim)).astype(np.float32)
-    pixels, patch_pos, patch_image = image_slots(pixels, grid, merge, (rows,), (image_patches,))
-    batch.update(pixel_values=pixels, patch_pos=patch_pos, patch_image=patch_image)
-  mask = np.ones_like(ids)
-  positions, _ = get_rope_index(
-    ids,
-    mask,
-    grid,
-    image_token_id=model_cfg.image_token_id,
-    spatial_merge_size=model_cfg.vision.spatial_merge_size,
-  )
-  # Near a random-init policy's own log-probs (uniform over the vocabulary), so the clipped
-  # ratios and the KL term stay in their usual range.
-  logp = np.full((rows, response_len), -np.log(model_cfg.text.vocab_size), np.float32)
-  batch.update(
-    input_ids=ids,
-    positions=positions,
-    attention_mask=mask,
-    old_logp=logp + rng.normal(0, 0.05, logp.shape).astype(np.float32),
-    ref_logp=logp + rng.normal(0, 0.05, logp.shape).astype(np.float32),
-    response_mask=np.ones((rows, response_len), np.float32),
-    advantages=rng.normal(0, 1, rows).astype(np.float32),
-  )
-  return batch
-
-
-def run(
-  cfg, rows: int, prompt_len: int, response_len: int, image_patches: int, steps: int, device: str
-) -> dict:
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-
-  from catts_jax import roofline
-  from catts_jax.aot import hardware, shapes
-  from catts_jax.models.qwen2_5_vl import Qwen2_5_VL, presets
-  from catts_jax.rl.batch import TrainBatch
-  from catts_jax.rl.grpo import LossConfig
-  from catts_jax.rl.learner import Learner, OptimizerConfig
-
-  model_cfg = presets.resolve(cfg.model)
-  began = time.perf_counter()
-  model = Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
-  learner = Learner(model, LossConfig(**cfg.loss.to_dict()), OptimizerConfig(**cfg.optimizer.to_dict()))
-  del model
-  init_s = time.perf_counter() - began
-  host = synthetic_batch(model_cfg, rows, prompt_len, response_len, image_patches, cfg.train.seed)
-  if cfg.loss.sft_coef > 0:  # the anchor's solution rows: the last ninth (1 per 8 samples)
-    host["sft_rows"] = (np.arange(rows) >= rows - max(1, rows // 9)).astype(np.float32)
-  batch = TrainBatch(**{k: jnp.asarray(v) for k, v in host.items()})
-  batch_shapes = shapes.Shapes(
-    prompts=rows,
-    group=1,
-    rows=rows,
-    response_len=response_len,
-    seq_len=prompt_len + response_len,
-    images=rows if image_patches else 0,
-    patches=rows * image_patches,
-    prompt_rows=rows,
-    prompt_len=prompt_len,
-    max_new_tokens=response_len,
-    image_patches=image_patches,
-  )
-  model_flops = shapes.analytic_train_flops(model_cfg, batch_shapes)
-  # XLA's count for the same program (lowered, not compiled again).
-  lowered = learner._compiled(batch, response_len).lower(learner.params, learner.opt_state, batch)
-  cost = lowered.cost_analysis()
-  cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
-  xla_flops = float(cost.get("flops", 0.0))
-
-  start = time.perf_counter()
-  first = learner.step(batch, response_len)
-  compile_s = time.perf_counter() - start
-  times, losses = [], [first["loss"]]
-  for _ in range(steps):
-    start = time.perf_counter()
-    metrics = learner.step(batch, response_len)
-    times.append(time.perf_counter() - start)
-    losses.append(metrics["loss"])
-  step_s = float(np.median(times))
-
-  dev = jax.devices()[0]
-  dtype = model_cfg.dtype
-  peak = hardware.peak_flops(dev.device_kind, dtype)
-  ceiling = roofline.measure_matmul_flops(
-    n=8192 if device == "gpu" else 1024, dtype=jnp.dtype(dtype), repeats=5
-  )
-  memory = dev.memory_stats() or {}
-  params = jax.tree.leaves(learner.params)
-  vision = jax.tree.leaves(learner.params["visual"])
-  report = {
-    "device": dev.device_kind,
-    "platform": dev.platform,
-    "jax": jax.__version__,
-    "model": {
-      "preset": cfg.model.get("preset"),
-      "params": int(sum(x.size for x in params)),
-      "vision_params": int(sum(x.size for x in vision)),
-      "dtype": dtype,
-      "param_dtype": model_cfg.param_dtype,
-      "remat": model_cfg.remat,
-    },
-    "batch": {
-      "rows": rows,
-      "prompt_len": prompt_len,
-      "response_len": response_len,
-      "seq_len": prompt_len + response_len,
-      "image_patches": image_patches,
-      "tokens": rows * (prompt_len + response_len),
-    },
-    "init_s": init_s,
-    "compile_s": compile_s,
-    "step_s": step_s,
-    "step_times_s": times,
-    "tokens_per_s": rows * (prompt_len + response_len) / step_s,
-    "model_flops": model_flops,
-    "xla_flops": xla_flops,
-    "xla_over_model_flops": xla_flops / model_flops if model_flops else None,
-    "achieved_tflops": model_flops / step_s / 1e12,
-    "peak_tflops": peak / 1e12 if peak else None,
-    "mfu": model_flops / step_s / peak if peak else None,
-    "measured_matmul_tflops": ceiling / 1e12,
-    "mfu_of_measured_matmul": model_flops / step_s / ceiling,
-    "peak_memory_gib": memory["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in memory else None,
-    "losses": losses,
-  }
-  return report
 
 
 def print_report(r: dict) -> None:
@@ -238,7 +74,9 @@ def main(argv=None) -> int:
     return 2
   if args.device == "cpu":
     jax.config.update("jax_platforms", "cpu")
-  report = run(
+  from catts_jax.aot import measure
+
+  report = measure.train_step(
     args.config, args.rows, args.prompt_len, args.response_len, args.image_patches, args.steps, args.device
   )
   report["config"] = args.config.to_dict()

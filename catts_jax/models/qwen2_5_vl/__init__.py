@@ -1,4 +1,5 @@
-"""Qwen2.5-VL in Flax NNX, numerically equal to transformers' reference."""
+"""Qwen2.5-VL in Flax NNX, numerically equal to transformers' reference; every shape by name in
+`presets` (released 3b ... 72b, benchmark and test shapes, `presets.resolve(cfg.model)`)."""
 
 from catts_jax.models.qwen2_5_vl.config import ConfigError, ModelConfig, TextConfig, VisionConfig
 from catts_jax.models.qwen2_5_vl.model import Qwen2_5_VL, get_rope_index
