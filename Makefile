@@ -25,9 +25,9 @@ lint: install
 demo: install
 	$(PY) -m infer.demo --out $(or $(OUT),runs/demo)
 
-# The README's demo block, from the committed run (make demo OUT=docs/reports/demo first).
+# docs/results.md's demo block, from the committed run (make demo OUT=docs/reports/demo first).
 demo-readme: install
-	$(PY) -m infer.demo --out docs/reports/demo --render-readme README.md
+	$(PY) -m infer.demo --out docs/reports/demo --render_readme docs/results.md
 
 # Rebuild checkpoints/synthetic_{sft,cdrl} from scratch (seeded SFT, then CDRL; each <= 10 min).
 checkpoints: install

@@ -1,62 +1,69 @@
 """The demo: the bundled tiny checkpoints' calibration and test-time scaling, on CPU in minutes.
 
     python -m infer.demo --out runs/demo [--sft checkpoints/synthetic_sft] \\
-        [--cdrl checkpoints/synthetic_cdrl] [--split test] [--limit K] [--render-readme README.md]
+        [--cdrl checkpoints/synthetic_cdrl] [--split test] [--limit K] [--render_readme docs/results.md]
 
 1. Before/after CDRL: greedy answers of the SFT and the CDRL checkpoint on the synthetic test
    split, each answer scored on its image and, teacher-forced, under VCD noise at full
    strength (the image is gone): accuracy, ECE, AUROC, confidence drop.
-2. CA-TTS and its baselines on the CDRL checkpoint (infer.catts, `--expert self`, samples at
-   `--temperature`, 0.7), N = 1..16,
+2. CA-TTS and its baselines on the CDRL checkpoint (as infer.catts runs them, with
+   configs/catts.py, `--expert self`, samples at `--temperature`, 0.7), N = 1..16,
    on the test split (the first --limit problems if given).
-3. The real-benchmark path: the CDRL checkpoint through Math-Vision testmini (--mv-limit 16;
+3. The real-benchmark path: the CDRL checkpoint through Math-Vision testmini (--mv_limit 16;
    0 skips it).
 
 `--split validation` runs stages 1 and 2 on the validation split instead: settings and
 checkpoints are chosen there, so that the test split is only reported.
 
 DIR/report.json holds the three stages and the demo's targets, each checked; DIR/report.md
-the tables; PNGs: accuracy_vs_n.png (per infer.catts run), reliability_{sft,cdrl}.png,
-confidence_under_noise.png. Each stage resumes (a finished one is read back, infer.catts
-skips finished problems). `--render-readme` writes the README's demo block from report.json.
+the tables; PNGs: accuracy_vs_n.png (per CA-TTS run), reliability_{sft,cdrl}.png,
+confidence_under_noise.png. Each stage resumes (a finished one is read back, a CA-TTS run
+skips finished problems). `--render_readme FILE` rewrites FILE's demo-table block (the
+README's tables live in docs/results.md) from report.json, and runs nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import pathlib
 import sys
 import time
 
+from absl import flags
+
+from catts_jax import cli
+
 ROOT = pathlib.Path(__file__).parents[1]
 METHODS = "catts,majority,deepconf,best-of-n,greedy"
 NOISE = ("vcd_noise", 1.0)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--out", required=True)
-  p.add_argument("--sft", default=str(ROOT / "checkpoints" / "synthetic_sft"))
-  p.add_argument("--cdrl", default=str(ROOT / "checkpoints" / "synthetic_cdrl"))
-  p.add_argument("--data-dir", default=None, help="tfds cache for the synthetic dataset")
-  p.add_argument(
-    "--split", default="test", choices=("test", "validation"), help="synthetic split of stages 1, 2"
+def define(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
+  flags.DEFINE_string(
+    "sft", str(ROOT / "checkpoints" / "synthetic_sft"), "the SFT checkpoint", flag_values=fv
   )
+  flags.DEFINE_string(
+    "cdrl", str(ROOT / "checkpoints" / "synthetic_cdrl"), "the CDRL checkpoint", flag_values=fv
+  )
+  flags.DEFINE_string("data_dir", None, "tfds cache for the synthetic dataset", flag_values=fv)
+  flags.DEFINE_enum("split", "test", ["test", "validation"], "synthetic split of stages 1, 2", flag_values=fv)
   # Both stages default to the whole test split (256 problems): on 128, one problem is 0.8
   # points, as large as the methods' differences.
-  p.add_argument("--calibration-size", type=int, default=None, help="first K problems for stage 1")
-  p.add_argument("--limit", type=int, default=None, help="first K problems for CA-TTS (stage 2)")
-  p.add_argument("--n", default="1,2,4,8,16", help="sample counts N of stage 2")
-  p.add_argument("--max-new-tokens", type=int, default=64)
+  flags.DEFINE_integer("calibration_size", None, "first K problems for stage 1", flag_values=fv)
+  flags.DEFINE_integer("limit", None, "first K problems for CA-TTS (stage 2)", flag_values=fv)
+  flags.DEFINE_string("n", "1,2,4,8,16", "sample counts N of stage 2", flag_values=fv)
+  flags.DEFINE_integer("max_new_tokens", 64, "decode length of every stage", flag_values=fv)
   # infer.catts' default; CA-TTS's accuracy on validation chose it over 1.0 and 1.3 for the
   # bundled checkpoint (configs/synthetic_tiny_cdrl.py has the runs).
-  p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of stages 2 and 3")
-  p.add_argument("--mathvision", default=str(ROOT.parent / "shared" / "data" / "math-vision-testmini"))
-  p.add_argument("--mv-limit", type=int, default=16, help="0: skip stage 3")
-  p.add_argument("--render-readme", default=None, help="only rewrite this README's demo block from --out")
-  return p.parse_args(argv)
+  flags.DEFINE_float("temperature", 0.7, "sampling temperature of stages 2 and 3", flag_values=fv)
+  flags.DEFINE_string("mathvision", str(ROOT.parent / "shared" / "data" / "math-vision-testmini"),
+                      "the Math-Vision testmini release directory", flag_values=fv)  # fmt: skip
+  flags.DEFINE_integer("mv_limit", 16, "first K Math-Vision problems of stage 3; 0 skips it", flag_values=fv)
+  flags.DEFINE_string(
+    "render_readme", None, "only rewrite this Markdown file's demo-table block from --out", flag_values=fv
+  )
 
 
 # --- stage 1: calibration before / after CDRL ----------------------------------------------------
@@ -86,14 +93,27 @@ def calibration(name: str, ckpt: str, examples: list[dict], max_new_tokens: int,
   }
 
 
-# --- stage 2 and 3: infer.catts -----------------------------------------------------------------
+# --- stage 2 and 3: CA-TTS (catts_jax.tts.run, as infer.catts runs it) ------------------------------
 
 
-def catts_run(out: pathlib.Path, argv: list[str]) -> dict:
-  from infer import catts
+def catts_run(out: pathlib.Path, args, **inputs) -> dict:
+  """CA-TTS and the baselines on the CDRL checkpoint with configs/catts.py, the policy as
+  its own Expert; report.json as written (read back, as a resumed demo reads it)."""
+  from tqdm import tqdm
 
-  if catts.main([*argv, "--out", str(out)]) != 0:
-    raise SystemExit(f"infer.catts failed (see above); its rows so far are in {out}")
+  from catts_jax.tts import run
+  from configs import catts as catts_config
+
+  cfg = catts_config.get_config()
+  cfg.sampling.max_new_tokens = args.max_new_tokens
+  cfg.sampling.temperature = args.temperature
+  cfg.reflection.max_new_tokens = args.max_new_tokens
+  try:
+    job = run.prepare(cfg, ckpt=args.cdrl, out=out, methods=METHODS, expert="self", **inputs)
+  except (ValueError, FileNotFoundError) as err:
+    raise SystemExit(f"error: {err}") from None
+  with tqdm(total=len(job.examples), desc="catts", unit="problem") as bar:
+    job.run(progress=bar.update)
   return json.loads((out / "report.json").read_text())
 
 
@@ -138,7 +158,7 @@ def targets(cal: dict, syn: dict) -> dict:
 
 def markdown(result: dict) -> str:
   from catts_jax.eval import report
-  from infer.catts import columns
+  from catts_jax.tts.summary import columns
 
   cal_rows = [
     {"checkpoint": name, **{k: v for k, v in r.items() if k != "checkpoint"}}
@@ -207,7 +227,7 @@ def markdown(result: dict) -> str:
 
 def mathvision_lines(mv: dict | None) -> list[str]:
   from catts_jax.eval import report
-  from infer.catts import columns
+  from catts_jax.tts.summary import columns
 
   if not mv:
     return []
@@ -222,10 +242,10 @@ def mathvision_lines(mv: dict | None) -> list[str]:
 
 
 def single_samples(syn: dict, n: int) -> list[str]:
-  """What the sampled methods vote over (infer.catts' line), overall and per task at N = n,
+  """What the sampled methods vote over (the CA-TTS report's line), overall and per task at N = n,
   when the run graded its samples."""
   from catts_jax.eval import report
-  from infer.catts import category_rows, pool_line
+  from catts_jax.tts.summary import category_rows, pool_line
 
   one = syn.get("single_samples")
   if not one:
@@ -242,7 +262,7 @@ def single_samples(syn: dict, n: int) -> list[str]:
 
 
 def run(args) -> dict:
-  from catts_jax import data
+  from catts_jax import data, runs
   from catts_jax.eval import report
 
   out = pathlib.Path(args.out)
@@ -256,7 +276,7 @@ def run(args) -> dict:
 
   def add(stage: str, since: float) -> None:
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - since
-    report.write_json(spent, seconds)
+    runs.write_json(spent, seconds)
 
   ds = data.load("synthetic", data_dir=args.data_dir, split=args.split)
 
@@ -268,7 +288,7 @@ def run(args) -> dict:
     old = cal.get(name, {})
     if (old.get("checkpoint"), old.get("split"), old.get("n")) != (ckpt, args.split, len(examples)):
       cal[name] = {**calibration(name, ckpt, examples, args.max_new_tokens, out), "split": args.split}
-      report.write_json(done, cal)
+      runs.write_json(done, cal)
   strengths = [0.0, NOISE[1]]
   report.plot_perturbation(
     strengths,
@@ -279,24 +299,16 @@ def run(args) -> dict:
   )
   add("calibration", t)
 
-  common = ["--methods", METHODS, "--expert", "self", f"--config.sampling.max_new_tokens={args.max_new_tokens}",
-            f"--config.sampling.temperature={args.temperature}",
-            f"--config.reflection.max_new_tokens={args.max_new_tokens}"]  # fmt: skip
   t = time.perf_counter()
-  syn_argv = ["--ckpt", args.cdrl, "--benchmark", "synthetic", "--split", args.split, "--n", args.n]
-  if args.limit:
-    syn_argv += ["--limit", str(args.limit)]
-  if args.data_dir:
-    syn_argv += ["--data-dir", args.data_dir]
-  syn = catts_run(out / "catts_synthetic", syn_argv + common)
+  syn = catts_run(out / "catts_synthetic", args, benchmark="synthetic", split=args.split, ns=args.n,
+                  limit=args.limit, data_dir=args.data_dir)  # fmt: skip
   add("catts_synthetic", t)
 
   mv = None
   if args.mv_limit:
     t = time.perf_counter()
-    mv_argv = ["--ckpt", args.cdrl, "--benchmark", "mathvision", "--data", args.mathvision,
-               "--limit", str(args.mv_limit), "--n", "1,2,4"]  # fmt: skip
-    mv = catts_run(out / "catts_mathvision", mv_argv + common)
+    mv = catts_run(out / "catts_mathvision", args, benchmark="mathvision", data_path=args.mathvision,
+                   limit=args.mv_limit, ns="1,2,4")  # fmt: skip
     add("catts_mathvision", t)
   add("total", began)
 
@@ -324,18 +336,20 @@ def run(args) -> dict:
     "seconds": seconds,
   }
   result["targets"] = targets(cal, syn)
-  report.write_json(out / "report.json", result)
-  (out / "report.md").write_text("# catts-jax demo\n\n" + markdown(result) + "\n", encoding="utf-8")
+  runs.write_json(out / "report.json", result)
+  runs.write_text(out / "report.md", "# catts-jax demo\n\n" + markdown(result) + "\n")
   return result
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
+  args = cli.parse(define, argv, __doc__)
   if args.render_readme:
-    from catts_jax.eval import report
+    from catts_jax import runs
 
-    result = json.loads((pathlib.Path(args.out) / "report.json").read_text())
-    report.replace_block(args.render_readme, "demo-table", f"`{args.out}/report.json`\n\n{markdown(result)}")
+    source = f"{args.out}/report.json"
+    runs.render_block(
+      args.render_readme, "demo-table", source, markdown(json.loads(pathlib.Path(source).read_text()))
+    )
     return 0
   # The tiny policy is its own Expert: its planner/voter/critic text rarely parses, and every
   # failed call is recorded in results.jsonl and counted in the report; no need for a warning

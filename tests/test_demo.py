@@ -78,8 +78,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   """The demo as a program on tiny sizes (the bundled checkpoints, a few problems)."""
   out = tmp_path / "demo"
   cmd = [
-    sys.executable, "-m", "infer.demo", f"--out={out}", f"--data-dir={tmp_path / 'tfds'}",
-    "--calibration-size=4", "--limit=2", "--n=1,2", "--mv-limit=1", "--max-new-tokens=8",
+    sys.executable, "-m", "infer.demo", f"--out={out}", f"--data_dir={tmp_path / 'tfds'}",
+    "--calibration_size=4", "--limit=2", "--n=1,2", "--mv_limit=1", "--max_new_tokens=8",
     "--temperature=0.9",
   ]  # fmt: skip
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
@@ -108,19 +108,19 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
 
   readme = tmp_path / "README.md"
   readme.write_text("a\n<!-- demo-table:start -->\nSTALE BLOCK\n<!-- demo-table:end -->\nb\n")
-  assert demo.main([f"--out={out}", f"--render-readme={readme}"]) == 0
+  assert demo.main([f"--out={out}", f"--render_readme={readme}"]) == 0
   text = readme.read_text()
   assert "Targets" in text and "STALE BLOCK" not in text and text.startswith("a\n") and text.endswith("b\n")
 
 
 def test_demo_on_validation_without_mathvision(tmp_path):
   """`--split validation` (where settings are chosen) reads validation problems only;
-  `--mv-limit 0` leaves the Math-Vision stage out of the run and the report."""
+  `--mv_limit 0` leaves the Math-Vision stage out of the run and the report."""
   out = tmp_path / "demo"
   # A subprocess, as a user runs it: the demo quiets the Expert's logger for its whole process.
-  cmd = [sys.executable, "-m", "infer.demo", f"--out={out}", f"--data-dir={tmp_path / 'tfds'}",
-         "--split=validation", "--calibration-size=2", "--limit=1", "--n=1,2", "--mv-limit=0",
-         "--max-new-tokens=4"]  # fmt: skip
+  cmd = [sys.executable, "-m", "infer.demo", f"--out={out}", f"--data_dir={tmp_path / 'tfds'}",
+         "--split=validation", "--calibration_size=2", "--limit=1", "--n=1,2", "--mv_limit=0",
+         "--max_new_tokens=4"]  # fmt: skip
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -135,7 +135,7 @@ def test_demo_on_validation_without_mathvision(tmp_path):
 
 
 def test_bundle_copies_the_export_with_its_record(tmp_path):
-  from train import bundle
+  from catts_jax.rl.trainer import bundle
 
   run = tmp_path / "run"
   (run / "final").mkdir(parents=True)
@@ -144,7 +144,7 @@ def test_bundle_copies_the_export_with_its_record(tmp_path):
   dest = tmp_path / "bundled"
   dest.mkdir()
   (dest / "stale.safetensors").write_bytes(b"old")  # a previous bundle is replaced, not merged
-  summary = bundle.bundle(run, dest, "python -m train.sft --config configs/synthetic_tiny.py")
+  summary = bundle(run, dest, "python -m train.sft --config configs/synthetic_tiny.py")
   assert summary["seconds"] == 12.5
   assert sorted(p.name for p in dest.iterdir()) == ["model.safetensors", "training.json"]
   record = json.loads((dest / "training.json").read_text())
