@@ -1,39 +1,17 @@
-"""Reports: report.json, Markdown tables, a plain-text table for the terminal, and PNG plots
-(reliability diagram, accuracy vs N per method, accuracy and confidence vs perturbation
-strength). Plots use matplotlib's Agg backend, so no display is needed.
+"""Reports: Markdown tables, a plain-text table for the terminal, and PNG plots (reliability
+diagram, accuracy vs N per method, accuracy and confidence vs perturbation strength). Plots use
+matplotlib's Agg backend, so no display is needed. Writing report.json and the rest of the
+`--out` contract is catts_jax.runs'.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from catts_jax.eval import metrics
-
-
-def _clean(value: Any) -> Any:
-  """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-  if isinstance(value, Mapping):
-    return {str(k): _clean(v) for k, v in value.items()}
-  if isinstance(value, list | tuple):
-    return [_clean(v) for v in value]
-  if isinstance(value, np.generic):
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
-def write_json(path: str | pathlib.Path, report: Mapping[str, Any]) -> pathlib.Path:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(_clean(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-  return path
 
 
 def _fmt(value: Any) -> str:
@@ -161,41 +139,3 @@ def _save(fig, path) -> pathlib.Path:
 
   plt.close(fig)
   return path
-
-
-def replace_block(path: str | pathlib.Path, name: str, text: str) -> None:
-  """Replace what lies between `<!-- {name}:start -->` and `<!-- {name}:end -->` in a
-  Markdown file (README tables generated from report.json files)."""
-  path = pathlib.Path(path)
-  start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-  content = path.read_text()
-  if start not in content or end not in content:
-    raise ValueError(f"{path}: no {start} ... {end} block to replace")
-  head, rest = content.split(start, 1)
-  _, tail = rest.split(end, 1)
-  path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
-
-
-# --- streamed results (JSONL, one row per finished item) -----------------------------------
-
-
-def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
-  """Rows of a results.jsonl (none if missing); a line cut off by a killed run is skipped."""
-  if not path.is_file():
-    return []
-  rows = []
-  for line in path.read_text(encoding="utf-8").splitlines():
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue  # a line cut off by a killed run; its problem is redone
-  return rows
-
-
-def trim_partial_line(path: pathlib.Path) -> None:
-  """Drops a last line cut off by a killed run, so appended rows start on a line of their own."""
-  if not path.is_file():
-    return
-  text = path.read_bytes()
-  if text and not text.endswith(b"\n"):
-    path.write_bytes(text[: text.rfind(b"\n") + 1])
