@@ -1,4 +1,4 @@
-"""`train.sft`: a from-scratch model learns the synthetic task's format and answers; the
+"""Supervised warm start (`catts_jax.rl.sft`, run by `train.sft`): a from-scratch model learns the synthetic task's format and answers; the
 format-only warm start learns the format but not the answers; the ablation entry point runs
 its stages end to end."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from catts_jax import data
+from catts_jax.rl import sft
 from configs import synthetic_tiny
-from train import sft
 
 ROOT = Path(__file__).parents[1]
 
