@@ -17,6 +17,7 @@ one, so `main(argv)` can run twice in one process (tests) and two entry points n
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -49,13 +50,25 @@ def parse(
         print((doc or "").strip() + "\n\nflags:\n" + fv.get_help())
         raise SystemExit(0)
       extra = fv(argv)
-  except KeyError as e:  # config_flags: an override of a key the config does not have
-    _usage_error(f"unknown config key {e.args[0]}")
-  except (flags.Error, AttributeError, TypeError, ValueError) as e:  # a bad flag or override value
+  except (KeyError, AttributeError) as e:  # config_flags: an override of a key the config does not have
+    _usage_error(f"unknown config key {_unknown_key(argv, e)}")
+  except (flags.Error, TypeError, ValueError) as e:  # a bad flag or override value
     _usage_error(str(e))
   if len(extra) > 1:
     _usage_error(f"unexpected arguments {extra[1:]} (flags look like --name=value)")
   return fv
+
+
+def _unknown_key(argv: Sequence[str], error: Exception) -> str:
+  """The `--config.a.b=...` override that names a key the config lacks (config_flags' error
+  names only the missing part, quoted, maybe followed by 'Did you mean ...')."""
+  text = str(error.args[0] if error.args else error)
+  missing = next(iter(re.findall(r"\w+", text)), "")
+  for arg in argv[1:]:
+    key = arg.removeprefix("--config.").split("=", 1)[0]
+    if arg.startswith("--config.") and missing in key.split("."):
+      return repr(key)
+  return text
 
 
 def _usage_error(message: str) -> None:
