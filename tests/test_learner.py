@@ -7,7 +7,7 @@ import pytest
 from catts_jax import sharding
 from catts_jax.models.qwen2_5_vl import load_hf
 from catts_jax.processing import Processor
-from catts_jax.rl.batch import TrainBatch
+from catts_jax.rl.batch import TrainBatch, batch_shardings
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig, response_logprobs
 from catts_jax.verify import make_cases
@@ -98,3 +98,23 @@ def test_frozen_vision_tower(tiny_ckpt):
   assert not np.array_equal(
     text_before, learner.model().language_model.layers[0].mlp.up_proj.kernel.get_value()
   )
+
+
+def test_batch_shardings_per_field():
+  """Rows over data x fsdp (positions' rows are dim 1), image slots replicated, unset fields
+  None: the shardings are a TrainBatch of the batch's own structure."""
+  mesh = sharding.make_mesh({"fsdp": 4, "tensor": 2})
+  rows = lambda *shape: np.zeros((8, *shape), np.float32)  # noqa: E731
+  batch = TrainBatch(
+    input_ids=rows(5),
+    positions=np.zeros((3, 8, 5), np.int32),
+    attention_mask=rows(5),
+    response_mask=rows(3),
+    pixel_values=np.zeros((2, 4, 6), np.float32),
+    advantages=rows(),
+  )
+  s = batch_shardings(batch, mesh)
+  P = jax.sharding.PartitionSpec
+  assert s.input_ids.spec == P(("data", "fsdp"), None) and s.advantages.spec == P(("data", "fsdp"))
+  assert s.positions.spec == P(None, ("data", "fsdp"), None) and s.pixel_values.spec == P()
+  assert s.ref_logp is None and jax.tree.structure(s) == jax.tree.structure(batch)
