@@ -18,8 +18,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from catts_jax import cli
-from catts_jax.eval import report
+from catts_jax import cli, runs
 from catts_jax.rl import ablation
 
 
@@ -41,7 +40,7 @@ def main(argv=None) -> int:
   out = pathlib.Path(args.out)
   if args.render_readme:
     result = json.loads((out / "report.json").read_text())
-    report.replace_block(args.render_readme, args.readme_block, f"`{out}/report.json`\n\n{ablation.markdown(result)}")
+    runs.render_block(args.render_readme, args.readme_block, f"{out}/report.json", ablation.markdown(result))
     return 0
   if args.config is None:
     print("error: --config is required, e.g. configs/ablation_colour.py", file=sys.stderr)

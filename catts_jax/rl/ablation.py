@@ -20,7 +20,7 @@ import pathlib
 
 import numpy as np
 
-from catts_jax import data
+from catts_jax import data, runs
 from catts_jax.eval import greedy, report
 from catts_jax.eval.metrics import drop_ratio
 from catts_jax.policy import Policy
@@ -94,7 +94,7 @@ def run(cfg, out: pathlib.Path) -> dict:
   result["drop_ratio_cdrl_vs_accuracy"] = drop_ratio(drops["cdrl"], drops["accuracy"])
   result["drop_ratio_cdrl_vs_before"] = drop_ratio(drops["cdrl"], result["before"]["confidence_drop"])
   result["config"] = cfg.to_dict()
-  report.write_json(out / "report.json", result)
+  runs.write_json(out / "report.json", result)
   return result
 
 

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from catts_jax import data, scratch, sharding
+from catts_jax import data, runs, scratch, sharding
 from catts_jax.checkpoint import Checkpointer
 from catts_jax.data import synthetic
-from catts_jax.eval import greedy, report
+from catts_jax.eval import greedy
 from catts_jax.models.qwen2_5_vl import ModelConfig, load_hf, save_hf
 from catts_jax.policy import Policy
 from catts_jax.processing import Processor
@@ -147,5 +147,5 @@ def train(cfg, out: pathlib.Path) -> dict:
     "seconds": time.perf_counter() - began,
     "config": cfg.to_dict(),
   }
-  report.write_json(out / "report.json", summary)
+  runs.write_json(out / "report.json", summary)
   return summary

@@ -30,9 +30,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from catts_jax import data, sharding
+from catts_jax import data, runs, sharding
 from catts_jax.checkpoint import Checkpointer
-from catts_jax.eval import report
 from catts_jax.models.qwen2_5_vl import load_hf, presets, save_hf
 from catts_jax.policy import Policy
 from catts_jax.processing import Processor
@@ -63,7 +62,7 @@ def bundle(run: pathlib.Path, dest: pathlib.Path, command: str) -> dict:
     shutil.rmtree(dest)
   shutil.copytree(run / "final", dest)
   summary.pop("final_checkpoint", None)  # the run's path, not the bundle's
-  report.write_json(dest / "training.json", {"command": command, **summary})
+  runs.write_json(dest / "training.json", {"command": command, **summary})
   return summary
 
 
@@ -183,6 +182,6 @@ def train(cfg, out: pathlib.Path) -> int:
       "config": cfg.to_dict(),
       "rollout": dataclasses.asdict(rollout_cfg),
     }
-    report.write_json(out / "report.json", summary)
+    runs.write_json(out / "report.json", summary)
     writer.close()
   return 0
