@@ -43,12 +43,12 @@ catts: install
 	@test -n "$(CKPT)" || { echo "usage: make catts CKPT=/path/to/hf/checkpoint [EXPERT=self|none|hf:<id>|http://host:port/v1]"; exit 2; }
 	$(PY) -m infer.catts --ckpt $(CKPT) --benchmark mathvision --data ../shared/data/math-vision-testmini --expert $(or $(EXPERT),self) --out runs/catts
 
-# The CDRL learning check and ablation on the toy colour task, two seeds (CPU, minutes); rewrites the README tables.
+# The CDRL learning check and ablation on the toy colour task, two seeds (CPU, minutes); rewrites docs/results.md's tables.
 ablation: install
 	$(PY) -m train.ablation --config configs/ablation_colour.py --out docs/reports/ablation_colour
-	$(PY) -m train.ablation --out docs/reports/ablation_colour --render_readme README.md
+	$(PY) -m train.ablation --out docs/reports/ablation_colour --render_readme docs/results.md
 	$(PY) -m train.ablation --config configs/ablation_colour.py --config.rl.train.seed=1 --out docs/reports/ablation_colour_seed1
-	$(PY) -m train.ablation --out docs/reports/ablation_colour_seed1 --render_readme README.md --readme_block ablation-table-seed1
+	$(PY) -m train.ablation --out docs/reports/ablation_colour_seed1 --render_readme docs/results.md --readme_block ablation-table-seed1
 
 # AOT sharding plans for TPU topologies (libtpu, no TPU): resumable sweep, rewrites docs/sharding.md's table
 plan: install
