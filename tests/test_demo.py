@@ -1,6 +1,6 @@
-"""The bundled checkpoints and `infer.demo`: the checkpoints are small, safe to load and equal
-transformers' reference; the demo runs every stage end to end, resumes, and checks its
-targets on the measured figures."""
+"""The bundled checkpoints and the demo (`catts_jax.demo`, run by `infer.demo`): the checkpoints
+are small, safe to load and equal transformers' reference; the demo runs every stage end to
+end, resumes, and checks its targets on the measured figures."""
 
 import json
 import os
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from infer import demo
+from catts_jax import demo
+from infer import demo as demo_cli
 
 ROOT = Path(__file__).parents[1]
 BUNDLED = [ROOT / "checkpoints" / "synthetic_sft", ROOT / "checkpoints" / "synthetic_cdrl"]
@@ -108,7 +109,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
 
   readme = tmp_path / "README.md"
   readme.write_text("a\n<!-- demo-table:start -->\nSTALE BLOCK\n<!-- demo-table:end -->\nb\n")
-  assert demo.main([f"--out={out}", f"--render_readme={readme}"]) == 0
+  assert demo_cli.main([f"--out={out}", f"--render_readme={readme}"]) == 0
   text = readme.read_text()
   assert "Targets" in text and "STALE BLOCK" not in text and text.startswith("a\n") and text.endswith("b\n")
 

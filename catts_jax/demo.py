@@ -1,0 +1,317 @@
+"""The demo of `infer.demo`: the bundled tiny checkpoints' calibration and test-time scaling.
+
+    result = run(catts_cfg, out=OUT, sft=SFT, cdrl=CDRL, split="test", ns="1,2,4,8,16", ...)
+    text = markdown(result)
+
+1. Before/after CDRL (`calibration`): greedy answers of the SFT and the CDRL checkpoint on the
+   synthetic split, each answer scored on its image and, teacher-forced, under VCD noise at
+   full strength (the image is gone): accuracy, ECE, AUROC, confidence drop.
+2. CA-TTS and its baselines on the CDRL checkpoint (`catts_run`: catts_jax.tts.run with the
+   given configs/catts.py settings, the policy as its own Expert) on the synthetic split.
+3. The real-benchmark path: the CDRL checkpoint through Math-Vision testmini (skipped when
+   mv_limit is 0).
+
+OUT/report.json holds the three stages and the demo's `targets`, each checked; OUT/report.md
+the tables (`markdown`); PNGs: accuracy_vs_n.png (per CA-TTS run), reliability_{sft,cdrl}.png,
+confidence_under_noise.png. Each stage resumes: a finished calibration is read back from
+OUT/calibration.json, a CA-TTS run skips finished problems, and OUT/seconds.json sums each
+stage's wall time over the runs that wrote OUT.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from catts_jax import data, runs
+from catts_jax.eval import greedy, metrics, report
+from catts_jax.policy import Policy
+from catts_jax.tts import run as tts_run
+from catts_jax.tts.summary import category_rows, columns, pool_line
+
+METHODS = "catts,majority,deepconf,best-of-n,greedy"
+NOISE = ("vcd_noise", 1.0)
+
+
+# --- stage 1: calibration before / after CDRL ----------------------------------------------------
+
+
+def calibration(name: str, ckpt: str, examples: list[dict], max_new_tokens: int, out: pathlib.Path) -> dict:
+  rows = greedy.greedy_eval(
+    Policy.from_pretrained(ckpt), examples, "synthetic", max_new_tokens=max_new_tokens, perturbation=NOISE
+  )
+  conf = np.array([r["confidence"] for r in rows])
+  correct = np.array([r["correct"] for r in rows], float)
+  report.plot_reliability(conf, correct, out / f"reliability_{name}.png", title=f"{name}, greedy")
+  tasks = sorted({ex["category"] for ex in examples})
+  return {
+    "checkpoint": ckpt,
+    **greedy.summary(rows),
+    "ece": metrics.ece(conf, correct),
+    "auroc": metrics.auroc(conf, correct),
+    "by_task": {
+      task: greedy.summary([r for r, ex in zip(rows, examples) if ex["category"] == task]) for task in tasks
+    },
+  }
+
+
+# --- stage 2 and 3: CA-TTS (catts_jax.tts.run, as infer.catts runs it) -----------------------------
+
+
+def catts_run(
+  out: pathlib.Path, catts_cfg, ckpt: str, max_new_tokens: int, temperature: float, **inputs
+) -> dict:
+  """CA-TTS and the baselines on `ckpt` with the configs/catts.py settings `catts_cfg` (not
+  changed: decode length and temperature are set on a copy), the policy as its own Expert;
+  `inputs` go to tts.run.prepare (ValueError or FileNotFoundError names a bad one). Returns
+  report.json as written (read back, as a resumed demo reads it)."""
+  cfg = copy.deepcopy(catts_cfg)
+  cfg.sampling.max_new_tokens = max_new_tokens
+  cfg.sampling.temperature = temperature
+  cfg.reflection.max_new_tokens = max_new_tokens
+  job = tts_run.prepare(cfg, ckpt=ckpt, out=out, methods=METHODS, expert="self", **inputs)
+  with tqdm(total=len(job.examples), desc="catts", unit="problem") as bar:
+    job.run(progress=bar.update)
+  return json.loads((out / "report.json").read_text())
+
+
+def targets(cal: dict, syn: dict) -> dict:
+  """The demo's claims, each with its measured figures and whether it holds."""
+  n = max(int(k) for k in syn["accuracy"]["majority"])
+  majority_top = syn["accuracy"]["majority"][str(n)]
+  beta = {m: syn["slope"][m]["beta"] for m in ("catts", "majority")}
+  reached = [p for p in syn.get("adaptive", {}).get("points", []) if p["accuracy"] >= majority_top]
+  fewest = min((p["mean_samples"] for p in reached), default=None)
+  ratio = metrics.drop_ratio(cal["cdrl"]["confidence_drop"], cal["sft"]["confidence_drop"])
+  return {
+    "drop_ratio_cdrl_vs_sft": {"value": ratio, "target": ">= 2", "holds": ratio >= 2},
+    "accuracy_cdrl_vs_sft": {
+      "value": [cal["cdrl"]["accuracy"], cal["sft"]["accuracy"]],
+      "target": "CDRL not lower",
+      "holds": cal["cdrl"]["accuracy"] >= cal["sft"]["accuracy"],
+    },
+    "beta_catts_vs_majority": {
+      # As slopes, not their ratio: a ratio to a flat or falling majority curve means nothing.
+      "value": [beta["catts"], beta["majority"]],
+      "target": "CA-TTS >= 1.5x majority's (majority's > 0)",
+      "holds": beta["majority"] > 0 and beta["catts"] >= 1.5 * beta["majority"],
+    },
+    f"catts_vs_majority_at_{n}": {
+      "value": [syn["accuracy"]["catts"][str(n)], majority_top],
+      "target": "CA-TTS higher",
+      "holds": syn["accuracy"]["catts"][str(n)] > majority_top,
+    },
+    "adaptive_samples_to_majority_top": {
+      "value": fewest,
+      "target": f"< {n} mean samples for majority@{n} accuracy",
+      "holds": fewest is not None and fewest < n,
+    },
+  }
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def markdown(result: dict) -> str:
+  cal_rows = [
+    {"checkpoint": name, **{k: v for k, v in r.items() if k != "checkpoint"}}
+    for name, r in result["calibration"].items()
+  ]
+  task_rows = [
+    {"checkpoint": name, "task": task, **summary}
+    for name, r in result["calibration"].items()
+    for task, summary in r["by_task"].items()
+  ]
+  cal_cols = [
+    "checkpoint",
+    "n",
+    "accuracy",
+    "ece",
+    "auroc",
+    "confidence",
+    "confidence_perturbed",
+    "confidence_drop",
+  ]
+  syn, mv = result["synthetic"], result["mathvision"]
+  ns = sorted(int(k) for k in syn["accuracy"]["majority"])
+  adaptive = [
+    {"cap N": p["cap"], "mean samples": p["mean_samples"], "accuracy %": 100 * p["accuracy"]}
+    for p in syn.get("adaptive", {}).get("points", [])
+  ]
+  checks = [
+    {"target": name, "measured": t["value"], "wanted": t["target"], "holds": "yes" if t["holds"] else "NO"}
+    for name, t in result["targets"].items()
+  ]
+  split = result["split"]
+  task_cols = ["checkpoint", "task", "n", "accuracy", "confidence", "confidence_perturbed", "confidence_drop"]
+  return "\n".join(
+    [
+      f"Calibration on the synthetic {split} split ({cal_rows[0]['n']} problems, greedy; drop = confidence on "
+      "the image minus under VCD noise at full strength, same answer):",
+      "",
+      report.markdown_table(cal_rows, cal_cols),
+      "",
+      "Per task:",
+      "",
+      report.markdown_table(task_rows, task_cols),
+      "",
+      f"CA-TTS and baselines, CDRL checkpoint, first {syn['problems']} synthetic {split} problems, "
+      f"`--expert self`, samples at temperature {syn['temperature']} (accuracy in %, ECE/AUROC at the "
+      "largest N, beta = points per doubling of N):",
+      "",
+      report.markdown_table(syn["table"], columns(ns)),
+      "",
+      *single_samples(syn, ns[-1]),
+      "catts-adaptive (stops a problem once its confidence-weighted vote margin is reached):",
+      "",
+      report.markdown_table(adaptive),
+      "",
+      "Targets:",
+      "",
+      report.markdown_table(checks),
+      "",
+      *mathvision_lines(mv),
+      f"Wall time {result['seconds']['total']:.0f} s, summed over the runs that wrote it ("
+      + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items() if k != "total")
+      + ").",
+    ]
+  )
+
+
+def mathvision_lines(mv: dict | None) -> list[str]:
+  if not mv:
+    return []
+  ns = sorted(int(k) for k in mv["accuracy"]["majority"])
+  return [
+    f"Math-Vision testmini, first {mv['problems']} problems ({mv['errors']} errors), same checkpoint "
+    "(a model trained only on the synthetic shapes: chance-level answers expected):",
+    "",
+    report.markdown_table(mv["table"], columns(ns)),
+    "",
+  ]
+
+
+def single_samples(syn: dict, n: int) -> list[str]:
+  """What the sampled methods vote over (the CA-TTS report's line), overall and per task at N = n,
+  when the run graded its samples."""
+  one = syn.get("single_samples")
+  if not one:
+    return []
+  return [
+    f"{pool_line(one)} The greedy answer is right {100 * syn['accuracy']['greedy']['1']:.1f}% of the time; "
+    "0.5 is a chance ranking.",
+    "",
+    f"Per task at N={n} (accuracy in %; one sample, any right and within-problem AUROC as above):",
+    "",
+    report.markdown_table(category_rows(syn, METHODS.split(","))),
+    "",
+  ]
+
+
+def run(
+  catts_cfg,
+  *,
+  out: str | pathlib.Path,
+  sft: str,
+  cdrl: str,
+  data_dir: str | None = None,
+  split: str = "test",
+  calibration_size: int | None = None,
+  limit: int | None = None,
+  ns: str = "1,2,4,8,16",
+  max_new_tokens: int = 64,
+  temperature: float = 0.7,
+  mathvision: str | None = None,
+  mv_limit: int = 16,
+) -> dict:
+  """The three stages into `out` (each resumed), then report.json and report.md; returns
+  report.json's content. `catts_cfg`: configs/catts.py's settings for stages 2 and 3, which
+  sample at `temperature`; every stage decodes up to `max_new_tokens`. Stage 1 reads the
+  first `calibration_size` problems of the synthetic `split`, stage 2 the first `limit` at
+  N in `ns`, stage 3 the first `mv_limit` Math-Vision problems of the release at `mathvision`
+  (0 skips it). ValueError or FileNotFoundError names a bad CA-TTS input."""
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  began = time.perf_counter()
+  # Seconds per stage, summed over the runs that wrote `out`: a resumed run reads finished
+  # work back in no time, and adds what it spends to what the earlier runs spent (a killed
+  # run's unfinished stage is not counted).
+  spent = out / "seconds.json"
+  seconds = json.loads(spent.read_text()) if spent.is_file() else {}
+
+  def add(stage: str, since: float) -> None:
+    seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - since
+    runs.write_json(spent, seconds)
+
+  ds = data.load("synthetic", data_dir=data_dir, split=split)
+
+  t = time.perf_counter()
+  examples = ds[:calibration_size]
+  done = out / "calibration.json"
+  cal = json.loads(done.read_text()) if done.is_file() else {}
+  for name, ckpt in (("sft", sft), ("cdrl", cdrl)):
+    old = cal.get(name, {})
+    if (old.get("checkpoint"), old.get("split"), old.get("n")) != (ckpt, split, len(examples)):
+      cal[name] = {**calibration(name, ckpt, examples, max_new_tokens, out), "split": split}
+      runs.write_json(done, cal)
+  strengths = [0.0, NOISE[1]]
+  report.plot_perturbation(
+    strengths,
+    {name: {"confidence": [r["confidence"], r["confidence_perturbed"]]} for name, r in cal.items()},
+    out / "confidence_under_noise.png",
+    xlabel="VCD noise strength (the same greedy answer)",
+    title="Confidence on the image vs under noise",
+  )
+  add("calibration", t)
+
+  t = time.perf_counter()
+  syn = catts_run(out / "catts_synthetic", catts_cfg, cdrl, max_new_tokens, temperature,
+                  benchmark="synthetic", split=split, ns=ns, limit=limit, data_dir=data_dir)  # fmt: skip
+  add("catts_synthetic", t)
+
+  mv = None
+  if mv_limit:
+    t = time.perf_counter()
+    mv = catts_run(out / "catts_mathvision", catts_cfg, cdrl, max_new_tokens, temperature,
+                   benchmark="mathvision", data_path=mathvision, limit=mv_limit, ns="1,2,4")  # fmt: skip
+    add("catts_mathvision", t)
+  add("total", began)
+
+  keep = (
+    "problems",
+    "errors",
+    "accuracy",
+    "calibration",
+    "slope",
+    "adaptive",
+    "table",
+    "modules",
+    "single_samples",
+    "by_category",
+    "expert_calls",
+  )
+  result = {
+    "split": split,
+    "calibration": cal,
+    "synthetic": {
+      **{k: syn[k] for k in keep if k in syn},
+      "temperature": syn["config"]["sampling"]["temperature"],
+    },
+    "mathvision": None if mv is None else {k: mv[k] for k in keep if k in mv},
+    "seconds": seconds,
+  }
+  result["targets"] = targets(cal, syn)
+  runs.write_json(out / "report.json", result)
+  runs.write_text(out / "report.md", "# catts-jax demo\n\n" + markdown(result) + "\n")
+  return result
+
+
+def render_readme(readme: str | pathlib.Path, out: str | pathlib.Path) -> None:
+  """Rewrite `readme`'s demo-table block from out/report.json (runs nothing)."""
+  source = f"{out}/report.json"  # as given: the block is headed by this path
+  runs.render_block(readme, "demo-table", source, markdown(json.loads(pathlib.Path(source).read_text())))
