@@ -56,6 +56,47 @@ def kv_bytes(cfg: ModelConfig, rows: int, context: float, dtype_bytes: int) -> f
   return float(2 * t.num_layers * rows * context * t.num_kv_heads * t.head_dim * dtype_bytes)
 
 
+def scoring_cost(
+  cfg: ModelConfig,
+  rows: int,
+  length: int,
+  image_patches: int,
+  dtype_bytes: int,
+  ceiling: float,
+  bandwidth: float,
+) -> tuple[float, float]:
+  """(FLOPs, floor seconds) of teacher-forced scoring of `rows` rows of `length` tokens, each
+  with one `image_patches`-patch image when nonzero: one forward, log-probs at all but the last
+  position; the floor is max(FLOPs / ceiling, weights read / bandwidth)."""
+  flops = text_flops(cfg, rows * length, (length + 1) / 2, rows * (length - 1))
+  if image_patches:
+    window = min(image_patches, cfg.vision.window_patches**2)
+    flops += rows * vision_flops(cfg, image_patches, window)
+  return flops, max(flops / ceiling, weight_bytes(cfg, dtype_bytes) / bandwidth)
+
+
+def generation_cost(
+  cfg: ModelConfig,
+  rows: int,
+  prompt_len: int,
+  new_tokens: int,
+  dtype_bytes: int,
+  ceiling: float,
+  bandwidth: float,
+) -> tuple[float, float]:
+  """(FLOPs, floor seconds) of sampling `new_tokens` tokens after `rows` prompts of
+  `prompt_len` tokens: a prefill (LM head on the last position only, compute-bound), then one
+  step per further token, each max(FLOPs / ceiling, (weights + KV cache) read / bandwidth)."""
+  flops = text_flops(cfg, rows * prompt_len, (prompt_len + 1) / 2, rows)
+  floor = flops / ceiling
+  for i in range(1, new_tokens):
+    step_flops = text_flops(cfg, rows, prompt_len + i)
+    step_bytes = weight_bytes(cfg, dtype_bytes) + kv_bytes(cfg, rows, prompt_len + i, dtype_bytes)
+    flops += step_flops
+    floor += max(step_flops / ceiling, step_bytes / bandwidth)
+  return flops, floor
+
+
 def _median_time(fn, repeats: int) -> float:
   fn()  # compile / warm up
   times = []

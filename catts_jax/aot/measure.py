@@ -25,8 +25,8 @@ from flax import nnx
 from catts_jax import roofline
 from catts_jax.aot import shapes
 from catts_jax.aot.hardware import peak_flops
-from catts_jax.models.qwen2_5_vl import Qwen2_5_VL, get_rope_index, presets
-from catts_jax.processing import image_slots
+from catts_jax.bench import synthetic_rows
+from catts_jax.models.qwen2_5_vl import Qwen2_5_VL, presets
 from catts_jax.rl.batch import TrainBatch
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig
@@ -35,14 +35,9 @@ from catts_jax.rl.learner import Learner, OptimizerConfig
 def synthetic_batch(
   model_cfg, rows: int, prompt_len: int, response_len: int, image_patches: int, seed: int = 0
 ):
-  """A rollout-shaped train batch (numpy, by field name): random tokens, one image per row
-  after 8 tokens."""
+  """A rollout-shaped train batch (numpy, by field name): `bench.synthetic_rows`' random
+  tokens with one image per row after 8 tokens, then log-probs, response mask and advantages."""
   rng = np.random.default_rng(seed)
-  t = prompt_len + response_len
-  special = [model_cfg.image_token_id, model_cfg.video_token_id, model_cfg.vision_start_token_id]
-  ids = rng.integers(0, min([model_cfg.text.vocab_size, *special]) - 16, (rows, t)).astype(np.int32)
-  batch = {}
-  grid = None
   if image_patches:
     side = int(round(image_patches**0.5))
     merge = model_cfg.vision.spatial_merge_size
@@ -53,28 +48,13 @@ def synthetic_batch(
     tokens = image_patches // merge**2
     if 10 + tokens > prompt_len:
       raise ValueError(f"--prompt_len {prompt_len} cannot hold an image of {tokens} tokens")
-    ids[:, 8] = model_cfg.vision_start_token_id
-    ids[:, 9 : 9 + tokens] = model_cfg.image_token_id
-    ids[:, 9 + tokens] = model_cfg.vision_end_token_id
-    grid = np.tile(np.asarray([1, side, side], np.int32), (rows, 1))
-    pixels = rng.standard_normal((rows * image_patches, model_cfg.vision.patch_dim)).astype(np.float32)
-    pixels, patch_pos, patch_image = image_slots(pixels, grid, merge, (rows,), (image_patches,))
-    batch.update(pixel_values=pixels, patch_pos=patch_pos, patch_image=patch_image)
-  mask = np.ones_like(ids)
-  positions, _ = get_rope_index(
-    ids,
-    mask,
-    grid,
-    image_token_id=model_cfg.image_token_id,
-    spatial_merge_size=model_cfg.vision.spatial_merge_size,
-  )
+  special = [model_cfg.image_token_id, model_cfg.video_token_id, model_cfg.vision_start_token_id]
+  high = min([model_cfg.text.vocab_size, *special]) - 16
+  batch = synthetic_rows(rng, model_cfg, rows, prompt_len + response_len, image_patches, high).model_inputs()
   # Near a random-init policy's own log-probs (uniform over the vocabulary), so the clipped
   # ratios and the KL term stay in their usual range.
   logp = np.full((rows, response_len), -np.log(model_cfg.text.vocab_size), np.float32)
   batch.update(
-    input_ids=ids,
-    positions=positions,
-    attention_mask=mask,
     old_logp=logp + rng.normal(0, 0.05, logp.shape).astype(np.float32),
     ref_logp=logp + rng.normal(0, 0.05, logp.shape).astype(np.float32),
     response_mask=np.ones((rows, response_len), np.float32),
