@@ -1,8 +1,19 @@
-"""`python -m infer.bench` runs end to end (small settings) and writes a complete report."""
+"""`python -m infer.bench` runs end to end (small settings) and writes a complete report; the
+committed reports render to the committed bench table; the synthetic rows hold their image."""
 
 import json
+import pathlib
+import shutil
 import subprocess
 import sys
+
+import numpy as np
+
+from catts_jax import bench
+from catts_jax.models.qwen2_5_vl import presets
+from infer import bench as bench_cli
+
+ROOT = pathlib.Path(__file__).parents[1]
 
 
 def test_bench_smoke(tmp_path):
@@ -33,3 +44,36 @@ def test_bench_smoke(tmp_path):
     assert r["catts_jax_tokens_per_s"] > 0 and r["transformers_tokens_per_s"] > 0
     assert 0 < r["catts_jax_roofline_fraction"] and r["floor_s"] > 0
   assert "speedup" in done.stdout
+  assert report["args"] == {
+    "device": "cpu",
+    "repeats": 1,
+    "score_batch": 2,
+    "score_len": 128,
+    "gen_batches": [1, 2],
+    "prompt_len": 16,
+    "new_tokens": 4,
+  }
+
+
+def test_render_readme_reproduces_the_committed_table(tmp_path, monkeypatch):
+  """The Makefile's bench-readme command, on a copy of docs/results.md, changes nothing."""
+  monkeypatch.chdir(ROOT)  # the block names the reports by their paths from the root
+  doc = tmp_path / "results.md"
+  shutil.copy(ROOT / "docs" / "results.md", doc)
+  reports = "docs/reports/bench_cpu/report.json,docs/reports/bench_gpu_h100/report.json"
+  assert bench_cli.main([f"--render_readme={doc}", f"--reports={reports}"]) == 0
+  assert doc.read_text() == (ROOT / "docs" / "results.md").read_text()
+  assert bench_cli.main([f"--render_readme={doc}"]) == 2  # no --reports
+
+
+def test_synthetic_rows_hold_one_image_after_eight_tokens():
+  cfg = presets.resolve({"preset": "small"})
+  rows = bench.synthetic_rows(np.random.default_rng(0), cfg, 2, 96, 64, high=100)
+  tokens = 64 // cfg.vision.spatial_merge_size**2
+  assert rows.input_ids.shape == (2, 96) and rows.input_ids[:, :8].max() < 100
+  assert (rows.input_ids[:, 8] == cfg.vision_start_token_id).all()
+  assert (rows.input_ids[:, 9 : 9 + tokens] == cfg.image_token_id).all()
+  assert (rows.input_ids[:, 9 + tokens] == cfg.vision_end_token_id).all()
+  assert rows.image_grid_thw.tolist() == [[1, 8, 8]] * 2 and (rows.patch_image >= 0).sum() == 2 * 64
+  text = bench.synthetic_rows(np.random.default_rng(0), cfg, 2, 16, 0, high=100)
+  assert text.pixel_values is None and (text.positions == np.arange(16)).all()
