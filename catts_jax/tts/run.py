@@ -1,5 +1,5 @@
 """CA-TTS and its baselines on a benchmark into an output directory (what `infer.catts` and
-`infer.demo` run).
+`catts_jax.demo` run).
 
     job = prepare(cfg, ckpt=..., benchmark="mathvision", data=DIR, out=OUT, ns="1,2,4", expert="self")
     summary = job.run(progress=bar.update)
