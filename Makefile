@@ -55,7 +55,7 @@ plan: install
 	$(PY) -m pip install --quiet -e ".[tpu]"
 	$(PY) -m train.sweep --out docs/reports/compile_sweep --render_readme docs/sharding.md
 
-# CDRL train-step time and MFU on this machine (tiny random-weight model)
+# CDRL train-step time and MFU on this machine (the small random-weight preset)
 train-bench: install
 	$(PY) -m train.bench --config configs/cdrl_qwen2_5_vl.py:small,cpu --config.model.dtype=float32 --out docs/reports/train_bench_cpu
 

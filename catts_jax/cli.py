@@ -20,6 +20,7 @@ import contextlib
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
 
 from absl import flags
 
@@ -50,32 +51,31 @@ def parse(
         print((doc or "").strip() + "\n\nflags:\n" + fv.get_help())
         raise SystemExit(0)
       extra = fv(argv)
-  except (KeyError, AttributeError) as e:  # config_flags: an override of a key the config does not have
-    _usage_error(f"unknown config key {_unknown_key(argv, e)}")
-  except (flags.Error, TypeError, ValueError) as e:  # a bad flag or override value
-    _usage_error(str(e))
+  except (KeyError, AttributeError) as e:
+    key = _unknown_key(argv, e)
+    if key is None:  # not an override's fault: a bug in the config file itself, keep its traceback
+      raise
+    usage_error(f"unknown config key {key}")
+  except flags.Error as e:  # a bad, unknown or missing flag, or a bad override value
+    usage_error(str(e))
   if len(extra) > 1:
-    _usage_error(f"unexpected arguments {extra[1:]} (flags look like --name=value)")
+    usage_error(f"unexpected arguments {extra[1:]} (flags look like --name=value)")
   return fv
 
 
-def _unknown_key(argv: Sequence[str], error: Exception) -> str:
+def _unknown_key(argv: Sequence[str], error: Exception) -> str | None:
   """The `--config.a.b=...` override that names a key the config lacks (config_flags' error
-  names only the missing part, quoted, maybe followed by 'Did you mean ...')."""
+  names only the missing part, quoted, maybe followed by 'Did you mean ...'), or None."""
   text = str(error.args[0] if error.args else error)
   missing = next(iter(re.findall(r"\w+", text)), "")
   for arg in argv[1:]:
     key = arg.removeprefix("--config.").split("=", 1)[0]
     if arg.startswith("--config.") and missing in key.split("."):
       return repr(key)
-  return text
+  return None
 
 
-def _usage_error(message: str) -> None:
+def usage_error(message: str) -> NoReturn:
+  """One line on stderr, exit status 2 (as for a bad flag)."""
   print(f"error: {message.splitlines()[0]}", file=sys.stderr)
   raise SystemExit(2)
-
-
-def csv(text: str) -> list[str]:
-  """'a, b,,c' -> ['a', 'b', 'c'] (a list flag's value)."""
-  return [part.strip() for part in text.split(",") if part.strip()]

@@ -46,8 +46,9 @@ def write_text(path: str | pathlib.Path, text: str) -> pathlib.Path:
   return path
 
 
-def write_json(path: str | pathlib.Path, report: Mapping[str, Any]) -> pathlib.Path:
-  return write_text(path, json.dumps(_clean(report), indent=2, ensure_ascii=False) + "\n")
+def write_json(path: str | pathlib.Path, report: Mapping[str, Any], default=None) -> pathlib.Path:
+  """`report` as JSON (NaN/inf as null), atomically; `default` as for `json.dumps`."""
+  return write_text(path, json.dumps(_clean(report), indent=2, ensure_ascii=False, default=default) + "\n")
 
 
 def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:

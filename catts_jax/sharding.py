@@ -85,7 +85,7 @@ def logical_to_spec(
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None], rules: Mapping | None = None) -> jax.Array:
-  """Pin an activation's layout by logical axis names, e.g. `("batch", "length", "embed")`,
+  """Pin an activation's layout by logical axis names, e.g. `("batch", "length", "activation_embed")`,
   under the mesh set by `jax.set_mesh(mesh)`. Without one it is the identity, so code run on
   one device, or by callers that set no mesh, compiles exactly as it would without it."""
   mesh = jax.sharding.get_abstract_mesh()

@@ -12,7 +12,6 @@ catts_jax/bench.py says what each case measures and how.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
@@ -52,7 +51,7 @@ def main(argv=None) -> int:
     print("error: --out is required", file=sys.stderr)
     return 2
   if args.device == "gpu" and jax.default_backend() != "gpu":
-    print(f"--device gpu but jax's backend is {jax.default_backend()}", file=sys.stderr)
+    print(f"error: --device gpu but jax's backend is {jax.default_backend()}", file=sys.stderr)
     return 2
   settings = bench.Settings(
     device=args.device,
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
     new_tokens=args.new_tokens,
   )
   report = bench.run(settings)
-  runs.write_text(pathlib.Path(args.out) / "report.json", json.dumps(report, indent=2))
+  runs.write_json(pathlib.Path(args.out) / "report.json", report)
   print(bench.table(report))
   return 0
 

@@ -106,6 +106,41 @@ def test_the_library_has_no_import_cycle():
   assert not import_cycles(graph), import_cycles(graph)
 
 
+# The floors of docs/architecture.md, bottom up: a module imports only from its floor or below.
+FLOORS = (
+  ("catts_jax", "catts_jax.sharding", "catts_jax.checkpoint", "catts_jax.perturb", "catts_jax.saliency",
+   "catts_jax.safetensors_io", "catts_jax.scratch", "catts_jax.runs", "catts_jax.cli"),
+  ("catts_jax.data",),
+  ("catts_jax.models",),
+  ("catts_jax.processing", "catts_jax.roofline"),
+  ("catts_jax.scoring", "catts_jax.sampling"),
+  ("catts_jax.policy", "catts_jax.verify"),
+  ("catts_jax.eval",),
+  ("catts_jax.rl", "catts_jax.tts"),
+  ("catts_jax.aot", "catts_jax.bench"),
+  ("catts_jax.demo",),
+)  # fmt: skip
+
+
+def floor(module: str) -> int:
+  """The highest floor whose entry is `module` or a package above it."""
+  found = [i for i, names in enumerate(FLOORS) for n in names if module == n or module.startswith(n + ".")]
+  assert found, f"{module} is on no floor of docs/architecture.md"
+  return max(found)
+
+
+def test_imports_go_down_the_floors():
+  modules = {module_name(p): p for p in sources("catts_jax")}
+  upward = [
+    f"{name} (floor {floor(name)}) imports {m} (floor {floor(m)})"
+    for name, path in modules.items()
+    for m in imports(path)
+    if m in modules and floor(m) > floor(name)
+  ]
+  assert not upward, upward
+  assert floor("catts_jax.tts.voting") > floor("catts_jax.eval.metrics") > floor("catts_jax.policy")
+
+
 def test_long_files_say_why():
   long = []
   for p in sources("catts_jax", *ENTRY_POINTS, "configs", "tests"):

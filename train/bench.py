@@ -14,7 +14,6 @@ measured on the spot (catts_jax/aot/measure.py says how).
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
@@ -70,7 +69,7 @@ def main(argv=None) -> int:
   import jax
 
   if args.device == "gpu" and jax.default_backend() != "gpu":
-    print(f"--device gpu but jax's backend is {jax.default_backend()}", file=sys.stderr)
+    print(f"error: --device gpu but jax's backend is {jax.default_backend()}", file=sys.stderr)
     return 2
   if args.device == "cpu":
     jax.config.update("jax_platforms", "cpu")
@@ -80,7 +79,7 @@ def main(argv=None) -> int:
     args.config, args.rows, args.prompt_len, args.response_len, args.image_patches, args.steps, args.device
   )
   report["config"] = args.config.to_dict()
-  runs.write_text(pathlib.Path(args.out) / "report.json", json.dumps(report, indent=2, default=str))
+  runs.write_json(pathlib.Path(args.out) / "report.json", report, default=str)
   print_report(report)
   return 0
 

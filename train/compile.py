@@ -25,7 +25,6 @@ KV cache of prompt + max_new_tokens slots. A grid of plans: `python -m train.swe
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
@@ -106,7 +105,7 @@ def main(argv=None) -> int:
   )
   report["strategy"] = args.strategy or ("custom" if args.mesh else "config")
   report["config"] = cfg.to_dict()
-  runs.write_text(pathlib.Path(args.out) / "report.json", json.dumps(report, indent=2, default=str))
+  runs.write_json(pathlib.Path(args.out) / "report.json", report, default=str)
   print(plan.format_report(report))
   return 0
 

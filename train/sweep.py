@@ -13,7 +13,6 @@ DIR/report.json; `--render_readme FILE` also rewrites the block between
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
@@ -85,7 +84,7 @@ def main(argv=None) -> int:
   )
   table = sweep.sweep_markdown(rows)
   runs.write_text(out / "sweep.md", table + "\n")
-  runs.write_text(out / "report.json", json.dumps({"cells": rows}, indent=2))
+  runs.write_json(out / "report.json", {"cells": rows})
   if args.render_readme:
     runs.replace_block(args.render_readme, "sweep-table", table)
   print(table)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +74,7 @@ def plan(
   prompt_len: int = 512,
   image_patches: int = 256,
   cpu: bool = False,
-  progress=print,
+  progress: Callable[[str], None] = lambda _: None,
 ) -> dict:
   """Compile the train and/or decode step of CDRL config `cfg` for `topology` on a mesh of
   `mesh_shape`; return the report (see the module docstring)."""

@@ -86,6 +86,3 @@ def per_chip_bytes(tree) -> int:
     total += math.prod(shape) * np.dtype(x.dtype).itemsize
   return total
 
-
-def total_bytes(tree) -> int:
-  return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))

@@ -112,7 +112,6 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, los
     params, opt_state = jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state)
     return params, opt_state, {**metrics, "loss": value, "grad_norm": grad_norm}
 
-  step.loss = loss_of
   return step
 
 

@@ -1,7 +1,7 @@
 """CA-TTS and its baselines on a benchmark into an output directory (what `infer.catts` and
 `catts_jax.demo` run).
 
-    job = prepare(cfg, ckpt=..., benchmark="mathvision", data=DIR, out=OUT, ns="1,2,4", expert="self")
+    job = prepare(cfg, ckpt=..., benchmark="mathvision", data_path=DIR, out=OUT, ns="1,2,4", expert="self")
     summary = job.run(progress=bar.update)
 
 `prepare` checks everything a user gives (config, checkpoint, N, methods, expert spec, data)
