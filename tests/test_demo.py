@@ -136,7 +136,7 @@ def test_demo_on_validation_without_mathvision(tmp_path):
 
 
 def test_bundle_copies_the_export_with_its_record(tmp_path):
-  from catts_jax.rl.trainer import bundle
+  from catts_jax.rl.bundle import bundle
 
   run = tmp_path / "run"
   (run / "final").mkdir(parents=True)

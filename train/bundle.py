@@ -7,8 +7,9 @@
    -> DEST/synthetic_cdrl.
 
 Each bundled directory is the run's HF export plus training.json: the command, the full
-config (seeds included), the wall time and the run's report. The runs live in RUNS/ and
-resume when interrupted; a stage whose report exists is not rerun.
+config (seeds included), the wall time and the run's report (catts_jax/rl/bundle.py). The
+runs live in RUNS/ and resume when interrupted; a stage whose report exists is not rerun. A
+non-finite loss stops the rebuild with exit code 3.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from absl import flags, logging
 
 from catts_jax import cli
-from catts_jax.rl import sft, trainer
+from catts_jax.rl import bundle
 from configs import synthetic_tiny, synthetic_tiny_cdrl
 
 
@@ -32,34 +33,14 @@ def define(fv: flags.FlagValues) -> None:
 def main(argv=None) -> int:
   args = cli.parse(define, argv, __doc__)
   logging.set_verbosity(logging.WARNING)
-  runs, dest = pathlib.Path(args.runs), pathlib.Path(args.dest)
-
-  cfg = synthetic_tiny.get_config()
-  cfg.data.data_dir = args.data_dir
-  if not (runs / "synthetic_sft" / "report.json").is_file():
-    try:
-      sft.train(cfg, runs / "synthetic_sft")
-    except FloatingPointError as e:
-      print(f"SFT stopped: {e}", file=sys.stderr)
-      return 3
-  sft_summary = trainer.bundle(
-    runs / "synthetic_sft", dest / "synthetic_sft", "python -m train.sft --config configs/synthetic_tiny.py"
-  )
-
-  cfg = synthetic_tiny_cdrl.get_config()
-  cfg.model.ckpt = str(dest / "synthetic_sft")
-  cfg.data.data_dir = args.data_dir
-  if (
-    not (runs / "synthetic_cdrl" / "report.json").is_file()
-    and trainer.train(cfg, runs / "synthetic_cdrl") != 0
-  ):
-    print(f"CDRL stopped (see {runs / 'synthetic_cdrl' / 'train.jsonl'})", file=sys.stderr)
+  dest = pathlib.Path(args.dest)
+  try:
+    sft_summary, cdrl_summary = bundle.rebuild(
+      synthetic_tiny.get_config(), synthetic_tiny_cdrl.get_config(), pathlib.Path(args.runs), dest, args.data_dir
+    )
+  except FloatingPointError as e:
+    print(e, file=sys.stderr)
     return 3
-  cdrl_summary = trainer.bundle(
-    runs / "synthetic_cdrl",
-    dest / "synthetic_cdrl",
-    "python -m train.cdrl --config configs/synthetic_tiny_cdrl.py",
-  )
   print(
     f"SFT {sft_summary['seconds']:.0f} s (greedy accuracy {sft_summary['eval']['accuracy']:.3f} on the first "
     f"{sft_summary['eval']['n']} test problems), "

@@ -41,7 +41,12 @@ def main(argv=None) -> int:
     return 2
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   trainer.initialize_distributed(args.distributed)
-  return trainer.train(args.config, pathlib.Path(args.out))
+  try:
+    trainer.train(args.config, pathlib.Path(args.out))
+  except FloatingPointError as e:
+    print(f"{e}; stopping", file=sys.stderr)
+    return 3
+  return 0
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import pathlib
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from catts_jax import runs
 from catts_jax.aot.hardware import GiB, chip_for
 from catts_jax.aot.plan import verdict
 from catts_jax.sharding import mesh_sizes
@@ -102,63 +102,57 @@ def run_sweep(
   program: Sequence[str],
   config_file: str,
   strategies: Mapping[str, Mapping[str, int]],
+  progress: Callable[[str], None] = lambda _: None,
 ) -> list[dict]:
   """Plan every cell (see `cell_command`) unless DIR/sweep.jsonl has it; `strategies` names the
-  meshes of the cells' strategy column. Returns one summary row per cell."""
+  meshes of the cells' strategy column; `progress` gets "[i/n] name" as a cell starts. Returns
+  one summary row per cell."""
   out.mkdir(parents=True, exist_ok=True)
   log = out / "sweep.jsonl"
   done = {}
-  if log.exists():
-    for line in log.read_text().splitlines():
-      if line.strip():
-        row = json.loads(line)
-        report_file = out / "runs" / row["name"] / "report.json"
-        if "error" not in row and "same_as" not in row and report_file.exists():  # as this code summarises
-          cell = (row["model"], row["topology"], row["strategy"], row["shape"])
-          row = summary_row(row["name"], cell, json.loads(report_file.read_text()))
-        if row.get("same_as") in done:
-          row = dict(done[row["same_as"]], name=row["name"], strategy=row["strategy"], same_as=row["same_as"])
-        done[row["name"]] = row
+  for row in runs.read_rows(log):  # a row cut off by a killed sweep is skipped: its cell reruns
+    report_file = out / "runs" / row["name"] / "report.json"
+    if "error" not in row and "same_as" not in row and report_file.exists():  # as this code summarises
+      cell = (row["model"], row["topology"], row["strategy"], row["shape"])
+      row = summary_row(row["name"], cell, json.loads(report_file.read_text()))
+    if row.get("same_as") in done:
+      row = dict(done[row["same_as"]], name=row["name"], strategy=row["strategy"], same_as=row["same_as"])
+    done[row["name"]] = row
 
   def resolved(cell):
     model, topology, strategy, shape = cell
     return (model, topology, tuple(mesh_sizes(strategies[strategy], chip_for(topology)[1]).items()), shape)
 
   same_as = {}
-  for i, cell in enumerate(cells):
-    name = cell_name(*cell)
-    if name in done:
-      same_as.setdefault(resolved(cell), name)
-      continue
-    twin = same_as.setdefault(resolved(cell), name)
-    if twin != name:  # e.g. fsdp_tp and tp on 4 chips: the same mesh, compiled once
-      row = dict(done[twin], name=name, strategy=cell[2], same_as=twin)
-      done[name] = row
-      with log.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-      continue
-    cell_out = out / "runs" / name
-    cell_out.mkdir(parents=True, exist_ok=True)
-    print(f"[{i + 1}/{len(cells)}] {name}", flush=True)
-    env = dict(os.environ)
-    with (cell_out / "log.txt").open("w") as f:
-      try:
-        proc = subprocess.run(
-          cell_command(program, config_file, *cell, cell_out, steps, image_patches),
-          stdout=f,
-          stderr=subprocess.STDOUT,
-          timeout=timeout,
-          env=env,
-        )
-        error = None if proc.returncode == 0 else f"exit status {proc.returncode} (see runs/{name}/log.txt)"
-      except subprocess.TimeoutExpired:
-        error = f"compile timed out after {timeout} s"
-    report_file = cell_out / "report.json"
-    report = json.loads(report_file.read_text()) if error is None and report_file.exists() else None
-    row = summary_row(name, cell, report, error)
-    done[name] = row
-    with log.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+  with runs.appending(log) as write:
+    for i, cell in enumerate(cells):
+      name = cell_name(*cell)
+      if name in done:
+        same_as.setdefault(resolved(cell), name)
+        continue
+      twin = same_as.setdefault(resolved(cell), name)
+      if twin != name:  # e.g. fsdp_tp and tp on 4 chips: the same mesh, compiled once
+        done[name] = dict(done[twin], name=name, strategy=cell[2], same_as=twin)
+        write(done[name])
+        continue
+      cell_out = out / "runs" / name
+      cell_out.mkdir(parents=True, exist_ok=True)
+      progress(f"[{i + 1}/{len(cells)}] {name}")
+      with (cell_out / "log.txt").open("w") as f:
+        try:
+          proc = subprocess.run(
+            cell_command(program, config_file, *cell, cell_out, steps, image_patches),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+          )
+          error = None if proc.returncode == 0 else f"exit status {proc.returncode} (see runs/{name}/log.txt)"
+        except subprocess.TimeoutExpired:
+          error = f"compile timed out after {timeout} s"
+      report_file = cell_out / "report.json"
+      report = json.loads(report_file.read_text()) if error is None and report_file.exists() else None
+      done[name] = summary_row(name, cell, report, error)
+      write(done[name])
   return [done[cell_name(*c)] for c in cells]
 
 

@@ -50,9 +50,9 @@ def evaluate(path: pathlib.Path, cfg) -> dict:
   }
 
 
-def curve(run_dir: pathlib.Path, key: str = "reward_accuracy", every: int = 10) -> list[float]:
-  """Means of `key` over consecutive blocks of `every` steps."""
-  values = [json.loads(line)[key] for line in (run_dir / "train.jsonl").read_text().splitlines()]
+def curve(rows: list[dict], key: str = "reward_accuracy", every: int = 10) -> list[float]:
+  """Means of `key` over consecutive blocks of `every` rows (steps) of a train.jsonl."""
+  values = [row[key] for row in rows]
   return [float(np.mean(values[i : i + every])) for i in range(0, len(values), every)]
 
 
@@ -76,11 +76,10 @@ def run(cfg, out: pathlib.Path) -> dict:
     arm_cfg.data.data_dir = cfg.data_dir
     arm_cfg.rollout.reward_weights = dict(weights)
     run_dir = out / name
-    done = (run_dir / "report.json").is_file()
-    if not done and trainer.train(arm_cfg, run_dir) != 0:
-      raise FloatingPointError(f"arm {name}: training stopped (see {run_dir}/train.jsonl)")
-    rows = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
-    acc = curve(run_dir)
+    if not (run_dir / "report.json").is_file():
+      trainer.train(arm_cfg, run_dir)
+    rows = runs.read_rows(run_dir / "train.jsonl")
+    acc = curve(rows)
     result["arms"][name] = {
       "reward_weights": dict(weights),
       "steps": len(rows),

@@ -12,13 +12,12 @@ learns the answer format but nothing about the answers (the warm start of the CD
 check, which then has to learn to see).
 
 Checkpoints every `save_every` steps (a rerun with the same out dir resumes); greedy accuracy
-on `eval.split` at the end and every `eval_every` steps; out/final is the HF export and
+on `eval.split` at the end and every `eval.every` steps; out/final is the HF export and
 out/report.json the summary (loss curve, accuracy, wall time).
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 from collections.abc import Sequence
@@ -116,7 +115,7 @@ def train(cfg, out: pathlib.Path) -> dict:
   from tqdm import tqdm
 
   history = []
-  with (out / "train.jsonl").open("a") as log:
+  with runs.appending(out / "train.jsonl") as write:
     for step in tqdm(range(start, t.steps), initial=start, total=t.steps, desc="sft"):
       examples = [ds[i] for i in data.step_indices(len(ds), step, t.batch_size, t.seed)]
       # Format only: each image gets another problem's solution, so the answers carry no
@@ -132,8 +131,7 @@ def train(cfg, out: pathlib.Path) -> dict:
         record["eval"] = evaluate(policy, learner.params, cfg)
       checkpoints.save(step + 1, learner.params, learner.opt_state, {"step": step + 1})
       history.append(record)
-      log.write(json.dumps(record) + "\n")
-      log.flush()
+      write(record)
   checkpoints.wait()
   final_eval = evaluate(policy, learner.params, cfg)
   final = save_hf(learner.model(), out / "final", processor_dir=path)

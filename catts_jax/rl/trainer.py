@@ -4,9 +4,9 @@ Each step: a batch of problems -> rollout (G samples on the original image, conf
 a perturbed one, rewards, advantages) -> `updates_per_rollout` optimisation steps. Params,
 optimizer state and the data position are checkpointed every `save_every` steps (orbax,
 async); a rerun with the same out dir resumes from the latest complete checkpoint. A
-non-finite loss or gradient stops the run (`train` returns 3) and leaves the last checkpoint
-intact. Logs go to out/train.jsonl and TensorBoard (out/tb); the final policy is exported
-to out/final as an HF directory, with out/report.json summarising the run.
+non-finite loss or gradient stops the run (`train` raises FloatingPointError) and leaves the
+last checkpoint intact. Logs go to out/train.jsonl and TensorBoard (out/tb); the final policy
+is exported to out/final as an HF directory, with out/report.json summarising the run.
 
 Multi-host (`initialize_distributed`): every process reads the step's problems and prepares
 the same rollout inputs, so the sampler and the scorer (replicated: every device computes
@@ -18,12 +18,10 @@ repeated on every process. Only process 0 writes logs and the final export.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import pathlib
-import shutil
-import sys
 import time
 
 import jax
@@ -53,22 +51,10 @@ def initialize_distributed(detect: bool) -> None:
     jax.distributed.initialize()
 
 
-def bundle(run: pathlib.Path, dest: pathlib.Path, command: str) -> dict:
-  """Copy a finished run's HF export (run/final) to `dest`, replacing what was there, with
-  dest/training.json: `command` and the run's report (its final_checkpoint path left out).
-  Returns the run's report."""
-  summary = json.loads((run / "report.json").read_text())
-  if dest.exists():
-    shutil.rmtree(dest)
-  shutil.copytree(run / "final", dest)
-  summary.pop("final_checkpoint", None)  # the run's path, not the bundle's
-  runs.write_json(dest / "training.json", {"command": command, **summary})
-  return summary
-
-
-def train(cfg, out: pathlib.Path) -> int:
-  """Run (or resume) the CDRL run of `cfg` into `out`: 0 when done, 3 when a non-finite loss
-  or gradient stopped it (the reason goes to stderr)."""
+def train(cfg, out: pathlib.Path) -> dict:
+  """Run (or resume) the CDRL run of `cfg` into `out`; the summary (written to out/report.json
+  by process 0). A non-finite loss or gradient raises FloatingPointError (the update is not
+  applied; the last checkpoint is intact)."""
   started = time.perf_counter()
   main_process = jax.process_index() == 0
   out.mkdir(parents=True, exist_ok=True)
@@ -107,13 +93,6 @@ def train(cfg, out: pathlib.Path) -> int:
   if restored is not None:
     learner.params, learner.opt_state, record = restored
     start = record["step"]
-  log = (out / "train.jsonl").open("a") if main_process else None
-  writer = None
-  if main_process:
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(str(out / "tb"))
-
   from tqdm import tqdm
 
   history = []
@@ -121,67 +100,72 @@ def train(cfg, out: pathlib.Path) -> int:
   # DAPO refill: sample `oversample` times the problems a step trains on; the informative
   # groups fill the batch first (catts_jax/rl/rollout.py).
   drawn = int(np.ceil(t.prompts_per_step * t.oversample))
-  for step in tqdm(
-    range(start, t.steps), initial=start, total=t.steps, desc="cdrl", disable=not main_process
-  ):
-    began = time.perf_counter()
-    indices = data.step_indices(num, step, drawn, t.seed)
-    examples = [dataset[i] for i in indices]
-    batch, response_len, metrics = rollout(
-      policy,
-      examples,
-      cfg.data.benchmark,
-      rollout_cfg,
-      jax.random.fold_in(base_key, step),
-      state=learner.params,
-      ref_state=ref_state,
-      saliency=saliency,
-      seed=t.seed + step,
-      train_groups=t.prompts_per_step,
-      step=step,
-      solutions=loss_cfg.sft_coef > 0,
-    )
-    try:
-      if not all(np.isfinite(v) for v in metrics.values()):
-        raise FloatingPointError(f"non-finite rollout metrics {metrics}")
-      if batch is not None:
-        for _ in range(t.updates_per_rollout):
-          metrics.update(learner.step(batch, response_len))
-    except FloatingPointError as e:
-      checkpoints.wait()
-      print(
-        f"step {step}: {e}; stopping. The last checkpoint (step {checkpoints.latest_step()}) is intact.",
-        file=sys.stderr,
-      )
-      return 3
-    seconds = time.perf_counter() - began
-    metrics.update(
-      step=step + 1,
-      seconds=seconds,
-      tokens_per_s=metrics["response_tokens"] * metrics["groups"] * rollout_cfg.group_size / seconds,
-    )
-    checkpoints.save(step + 1, learner.params, learner.opt_state, {"step": step + 1})
-    history.append(metrics)
+  with contextlib.ExitStack() as files:  # closed however the loop ends
+    write = writer = None
     if main_process:
-      log.write(json.dumps(metrics) + "\n")
-      log.flush()
-      for name, value in metrics.items():
-        writer.add_scalar(name, value, step + 1)
+      from tensorboardX import SummaryWriter
+
+      write = files.enter_context(runs.appending(out / "train.jsonl"))
+      writer = files.enter_context(contextlib.closing(SummaryWriter(str(out / "tb"))))
+    for step in tqdm(
+      range(start, t.steps), initial=start, total=t.steps, desc="cdrl", disable=not main_process
+    ):
+      began = time.perf_counter()
+      indices = data.step_indices(num, step, drawn, t.seed)
+      examples = [dataset[i] for i in indices]
+      batch, response_len, metrics = rollout(
+        policy,
+        examples,
+        cfg.data.benchmark,
+        rollout_cfg,
+        jax.random.fold_in(base_key, step),
+        state=learner.params,
+        ref_state=ref_state,
+        saliency=saliency,
+        seed=t.seed + step,
+        train_groups=t.prompts_per_step,
+        step=step,
+        solutions=loss_cfg.sft_coef > 0,
+      )
+      try:
+        if not all(np.isfinite(v) for v in metrics.values()):
+          raise FloatingPointError(f"non-finite rollout metrics {metrics}")
+        if batch is not None:
+          for _ in range(t.updates_per_rollout):
+            metrics.update(learner.step(batch, response_len))
+      except FloatingPointError as e:
+        checkpoints.wait()
+        raise FloatingPointError(
+          f"step {step}: {e}; the last checkpoint (step {checkpoints.latest_step()}) is intact"
+        ) from e
+      seconds = time.perf_counter() - began
+      metrics.update(
+        step=step + 1,
+        seconds=seconds,
+        tokens_per_s=metrics["response_tokens"] * metrics["groups"] * rollout_cfg.group_size / seconds,
+      )
+      checkpoints.save(step + 1, learner.params, learner.opt_state, {"step": step + 1})
+      history.append(metrics)
+      if main_process:
+        write(metrics)
+        for name, value in metrics.items():
+          writer.add_scalar(name, value, step + 1)
   checkpoints.wait()
 
+  final = out / "final"
   if main_process:
-    final = save_hf(learner.model(), out / "final", processor_dir=cfg.model.ckpt)
-    first, last = (history[0], history[-1]) if history else ({}, {})
-    summary = {
-      "steps": t.steps,
-      "resumed_from": start,
-      "final_checkpoint": str(final),
-      "first": first,
-      "last": last,
-      "seconds": time.perf_counter() - started,  # this invocation, loading and compiling included
-      "config": cfg.to_dict(),
-      "rollout": dataclasses.asdict(rollout_cfg),
-    }
+    save_hf(learner.model(), final, processor_dir=cfg.model.ckpt)
+  first, last = (history[0], history[-1]) if history else ({}, {})
+  summary = {
+    "steps": t.steps,
+    "resumed_from": start,
+    "final_checkpoint": str(final),
+    "first": first,
+    "last": last,
+    "seconds": time.perf_counter() - started,  # this invocation, loading and compiling included
+    "config": cfg.to_dict(),
+    "rollout": dataclasses.asdict(rollout_cfg),
+  }
+  if main_process:
     runs.write_json(out / "report.json", summary)
-    writer.close()
-  return 0
+  return summary
