@@ -193,7 +193,10 @@ def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
     raise AssertionError("a finished cell was compiled again")
 
   monkeypatch.setattr(sweep.subprocess, "run", no_run)
+  with (tmp_path / "sweep.jsonl").open("a") as f:
+    f.write('{"name": "cut off by a kill')  # skipped on resume, trimmed before the next row
   assert sweep.run_sweep(tmp_path, cells, ["decode"], timeout=300, **how) == rows
+  assert (tmp_path / "sweep.jsonl").read_text().endswith("}\n")
   table = sweep.sweep_markdown(rows)
   assert table.count("| small | v5e:2x2 (4 chips) |") == 2 and "**fits**" in table
   doc = tmp_path / "doc.md"
