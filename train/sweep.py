@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     program=(sys.executable, "-m", "train.compile"),
     config_file=CONFIG_FILE,
     strategies=STRATEGIES,
+    progress=lambda line: print(line, flush=True),
   )
   table = sweep.sweep_markdown(rows)
   runs.write_text(out / "sweep.md", table + "\n")
