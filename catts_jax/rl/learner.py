@@ -187,6 +187,15 @@ class Learner:
   def model(self) -> nnx.Module:
     return nnx.merge(self.graphdef, self.params, self.rest)
 
+  def resume(self, checkpoints) -> int:
+    """Take the params and optimizer state of `checkpoints`' latest complete checkpoint (a
+    catts_jax.checkpoint.Checkpointer); the step to go on from (0 when there is none)."""
+    restored = checkpoints.restore(self.params, self.opt_state)
+    if restored is None:
+      return 0
+    self.params, self.opt_state, record = restored
+    return record["step"]
+
   def _compiled(self, batch: TrainBatch, response_len: int):
     key = (response_len, jax.tree.structure(batch), tuple(x.shape for x in jax.tree.leaves(batch)))
     if key not in self._steps:

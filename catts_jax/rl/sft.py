@@ -107,11 +107,7 @@ def train(cfg, out: pathlib.Path) -> dict:
 
   t = cfg.train
   checkpoints = Checkpointer(out / "checkpoints", keep=2, every=t.save_every)
-  start = 0
-  restored = checkpoints.restore(learner.params, learner.opt_state)
-  if restored is not None:
-    learner.params, learner.opt_state, record = restored
-    start = record["step"]
+  start = learner.resume(checkpoints)
   from tqdm import tqdm
 
   history = []

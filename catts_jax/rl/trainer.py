@@ -88,11 +88,7 @@ def train(cfg, out: pathlib.Path) -> dict:
   num = min(len(dataset), cfg.data.limit or len(dataset))
 
   checkpoints = Checkpointer(out / "checkpoints", keep=t.keep, every=t.save_every)
-  start = 0
-  restored = checkpoints.restore(learner.params, learner.opt_state)
-  if restored is not None:
-    learner.params, learner.opt_state, record = restored
-    start = record["step"]
+  start = learner.resume(checkpoints)
   from tqdm import tqdm
 
   history = []
