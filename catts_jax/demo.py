@@ -63,18 +63,25 @@ def calibration(name: str, ckpt: str, examples: list[dict], max_new_tokens: int,
 # --- stage 2 and 3: CA-TTS (catts_jax.tts.run, as infer.catts runs it) -----------------------------
 
 
+class InputError(ValueError):
+  """A CA-TTS stage's settings or data were refused before any work (the message names them)."""
+
+
 def catts_run(
   out: pathlib.Path, catts_cfg, ckpt: str, max_new_tokens: int, temperature: float, **inputs
 ) -> dict:
   """CA-TTS and the baselines on `ckpt` with the configs/catts.py settings `catts_cfg` (not
   changed: decode length and temperature are set on a copy), the policy as its own Expert;
-  `inputs` go to tts.run.prepare (ValueError or FileNotFoundError names a bad one). Returns
+  `inputs` go to tts.run.prepare (InputError names a bad one). Returns
   report.json as written (read back, as a resumed demo reads it)."""
   cfg = copy.deepcopy(catts_cfg)
   cfg.sampling.max_new_tokens = max_new_tokens
   cfg.sampling.temperature = temperature
   cfg.reflection.max_new_tokens = max_new_tokens
-  job = tts_run.prepare(cfg, ckpt=ckpt, out=out, methods=METHODS, expert="self", **inputs)
+  try:
+    job = tts_run.prepare(cfg, ckpt=ckpt, out=out, methods=METHODS, expert="self", **inputs)
+  except (ValueError, FileNotFoundError) as e:
+    raise InputError(f"CA-TTS in {out}: {e}") from e
   with tqdm(total=len(job.examples), desc="catts", unit="problem") as bar:
     job.run(progress=bar.update)
   return json.loads((out / "report.json").read_text())

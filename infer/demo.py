@@ -79,7 +79,7 @@ def main(argv=None) -> int:
       max_new_tokens=args.max_new_tokens, temperature=args.temperature, mathvision=args.mathvision,
       mv_limit=args.mv_limit,
     )  # fmt: skip
-  except (ValueError, FileNotFoundError) as err:
+  except demo.InputError as err:  # a bad input; anything else keeps its traceback
     raise SystemExit(f"error: {err}") from None
   print(demo.markdown(result))
   print(f"\nwrote {pathlib.Path(args.out) / 'report.json'}")

@@ -75,6 +75,20 @@ def test_targets_hold_and_fail_on_the_figures():
   assert not falling["beta_catts_vs_majority"]["holds"]
 
 
+def test_a_bad_catts_input_is_an_input_error_before_any_work(tmp_path):
+  """Only refused settings or data become demo.InputError (one line from infer.demo); the
+  error names the stage's directory and the bad item, and nothing is written."""
+  from configs import catts
+
+  out = tmp_path / "catts_mathvision"
+  with pytest.raises(demo.InputError, match="catts_mathvision.*/nonexistent"):
+    demo.catts_run(
+      out, catts.get_config(), str(ROOT / "checkpoints" / "synthetic_cdrl"), 8, 0.7,
+      benchmark="mathvision", data_path="/nonexistent", ns="1",
+    )  # fmt: skip
+  assert not out.exists()
+
+
 def test_demo_runs_every_stage_and_resumes(tmp_path):
   """The demo as a program on tiny sizes (the bundled checkpoints, a few problems)."""
   out = tmp_path / "demo"
