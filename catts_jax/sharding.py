@@ -115,8 +115,41 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Mapping | None = None) -> 
   return model
 
 
-def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
-  """Shard one array's batch dim over data x fsdp (where they divide it is the caller's job)."""
-  spec = [None] * ndim
-  spec[batch_axis] = ("data", "fsdp")
-  return NamedSharding(mesh, PartitionSpec(*spec))
+# Logical axes of the model inputs and per-row fields (`input_shardings`); a field not named
+# here is per row on its first axis.
+INPUT_AXES: dict[str, tuple[str | None, ...]] = {
+  "positions": (None, "batch", None),  # [3, B, T]
+  # Image slots are not per row (a row's image tokens index into all of them): replicated.
+  "pixel_values": (None, None, None),
+  "patch_pos": (None, None, None),
+  "patch_image": (None, None),
+}
+
+
+def input_axes(name: str, ndim: int) -> tuple[str | None, ...]:
+  """The logical axes of one model input or per-row field, by name."""
+  if ndim == 0:
+    return ()
+  return INPUT_AXES.get(name, ("batch",) + (None,) * (ndim - 1))
+
+
+def input_shardings(inputs: Mapping[str, object], mesh: Mesh, rules: Mapping | None = None) -> dict:
+  """NamedSharding of each named input (arrays or ShapeDtypeStructs): rows over data x fsdp
+  where they divide, image slots and scalars replicated. The sampler, the scorer and the
+  train step all lay their inputs out with this one function."""
+  out = {}
+  for name, x in inputs.items():
+    shape = np.shape(x) if not hasattr(x, "shape") else x.shape
+    spec = logical_to_spec(input_axes(name, len(shape)), shape, mesh, rules)
+    out[name] = NamedSharding(mesh, spec)
+  return out
+
+
+def put(values, shardings):
+  """Host (numpy) arrays -> global arrays with these shardings, each device taking its shard;
+  works with several processes, where every process holds the same global values."""
+  return jax.tree.map(
+    lambda v, s: jax.make_array_from_callback(np.shape(v), s, lambda index: np.asarray(v)[index]),
+    values,
+    shardings,
+  )

@@ -15,15 +15,12 @@ import dataclasses
 import jax
 import numpy as np
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from catts_jax import sharding
 from catts_jax.processing import MODEL_INPUT_KEYS
 
 Array = jax.Array | np.ndarray | jax.ShapeDtypeStruct
-
-# Image slots are not per row (a row's image tokens index into all of them): replicated.
-_NOT_PER_ROW = ("pixel_values", "patch_pos", "patch_image")
 
 
 @struct.dataclass
@@ -68,14 +65,7 @@ class TrainBatch:
 
 
 def batch_shardings(batch: TrainBatch, mesh: Mesh) -> TrainBatch:
-  """Each field's NamedSharding, as a TrainBatch (None where the field is None): rows over
-  data x fsdp (positions' rows are dim 1), image slots and scalars replicated. `batch` may
-  hold arrays or ShapeDtypeStructs."""
-
-  def one(name: str, x) -> NamedSharding:
-    ndim = len(x.shape)
-    if name in _NOT_PER_ROW or ndim == 0:
-      return NamedSharding(mesh, PartitionSpec())
-    return sharding.batch_sharding(mesh, ndim, batch_axis=1 if name == "positions" else 0)
-
-  return batch.replace(**{name: one(name, x) for name, x in batch.fields().items()})
+  """Each field's NamedSharding, as a TrainBatch (None where the field is None), laid out as
+  every model input is (`sharding.input_shardings`): rows over data x fsdp, image slots and
+  scalars replicated. `batch` may hold arrays or ShapeDtypeStructs."""
+  return batch.replace(**sharding.input_shardings(batch.fields(), mesh))

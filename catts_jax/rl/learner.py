@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -219,11 +218,7 @@ class Learner:
     if self.mesh is None:
       batch = jax.tree.map(jnp.asarray, batch)
     else:
-      batch = jax.tree.map(
-        lambda v, s: jax.make_array_from_callback(np.shape(v), s, lambda index: np.asarray(v)[index]),
-        batch,
-        batch_shardings(batch, self.mesh),
-      )
+      batch = sharding.put(batch, batch_shardings(batch, self.mesh))
     step = self._compiled(batch, response_len)
     self.params, self.opt_state, metrics = step(self.params, self.opt_state, batch)
     metrics = {k: float(v) for k, v in metrics.items()}
