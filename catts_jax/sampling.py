@@ -10,12 +10,17 @@
 - Contrastive decoding (VCD): a second image condition is prefilled and decoded in lockstep
   on the same tokens, as extra rows of the same batch; tokens are drawn from
   `(1 + a) l_orig - a l_contrast` restricted to `l_orig >= log(b) + max l_orig`.
-- Deterministic for a given PRNG key: step i uses `fold_in(key, i)`.
+- Deterministic for a given PRNG key: step i uses `fold_in(key, i)`, and the same on one
+  device or many.
+- With a mesh, every layout is stated (`carry_shardings`): prompt rows, sample rows and the
+  KV cache over data x fsdp, KV heads over tensor where they divide, the weights as they lie
+  (pass `cast_state`'s compute-dtype copy to decode from bf16 weights cast once, not per token).
 - The image and video placeholder tokens are never sampled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from catts_jax import sharding
 from catts_jax.models.qwen2_5_vl.text import init_cache
 from catts_jax.processing import Batch
 from catts_jax.scoring import ConfidenceConfig, response_scores, token_statistics
@@ -101,13 +107,50 @@ class SampleOutput:
     return [[t[:n].tolist() for t, n in zip(row_t, row_n)] for row_t, row_n in zip(self.tokens, self.lengths)]
 
 
-class Sampler:
-  """Jitted prefill and decode for one model; `state` can be swapped per call (training)."""
+def carry_axes(path: tuple, ndim: int) -> tuple[str | None, ...]:
+  """Logical axes of one leaf of a KV cache or decode carry, by its path: K and V
+  [rows, kv_heads, ., .], every other array per row, the step, the key and the cache's
+  end index replicated."""
+  names = [getattr(p, "key", None) for p in path]
+  if ndim == 0 or "key" in names:
+    return (None,) * ndim
+  if names[-1] in ("k", "v"):
+    return ("batch", "kv_heads", None, None)
+  return ("batch",) + (None,) * (ndim - 1)
 
-  def __init__(self, model: nnx.Module, pad_id: int = 0):
+
+def carry_shardings(carry, mesh) -> dict:
+  """NamedShardings of a KV cache, prefill output or decode carry (arrays or
+  ShapeDtypeStructs): the one layout the sampler runs and `aot.plan` compiles."""
+
+  def one(path, x):
+    return jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(carry_axes(path, x.ndim), x.shape, mesh))
+
+  return jax.tree_util.tree_map_with_path(one, carry)
+
+
+def _pin(tree, mesh):
+  """State the layout of a carry-like tree inside a jitted function (identity without a mesh)."""
+  return tree if mesh is None else jax.lax.with_sharding_constraint(tree, carry_shardings(tree, mesh))
+
+
+def cast_state(state: nnx.State, dtype) -> nnx.State:
+  """Floating params cast to the compute dtype, once (each layer casts its weights to it at
+  use, so decoding from this copy gives the same numbers without a cast per token)."""
+  dtype = jnp.dtype(dtype)
+  cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+  return jax.jit(lambda s: jax.tree.map(cast, s))(state)
+
+
+class Sampler:
+  """Jitted prefill and decode for one model; `state` can be swapped per call (training).
+  With a `mesh`, rows are sharded over data x fsdp throughout (`carry_shardings`)."""
+
+  def __init__(self, model: nnx.Module, pad_id: int = 0, mesh: jax.sharding.Mesh | None = None):
     self.graphdef, self.state = nnx.split(model)
     self.cfg = model.cfg
     self.pad_id = pad_id
+    self.mesh = mesh
     self.compilations = 0
     self._prefill = jax.jit(self._prefill_impl, static_argnames=("cache_len",))
     self._decode = jax.jit(self._decode_impl, static_argnames=("cfg", "contrastive"), donate_argnums=(1,))
@@ -117,9 +160,9 @@ class Sampler:
     self.compilations += 1
     model = nnx.merge(self.graphdef, state)
     b = inputs["input_ids"].shape[0]
-    cache = init_cache(self.cfg.text, b, cache_len, self.cfg.compute_dtype)
+    cache = _pin(init_cache(self.cfg.text, b, cache_len, self.cfg.compute_dtype), self.mesh)
     hidden, cache = model.hidden_states(**inputs, cache=cache)
-    return model.logits(hidden[:, -1]), cache
+    return _pin((model.logits(hidden[:, -1]), cache), self.mesh)
 
   def _decode_impl(self, state, carry, cfg: SamplingConfig, contrastive: bool):
     self.compilations += 1
@@ -166,13 +209,16 @@ class Sampler:
     def cond(c):
       return (c["step"] < cfg.max_new_tokens) & ~jnp.all(c["done"])
 
+    carry = _pin(carry, self.mesh)
     logits = carry.pop("logits")
-    carry = jax.lax.while_loop(cond, body, record(carry, logits))
+    carry = jax.lax.while_loop(
+      cond, lambda c: _pin(body(c), self.mesh), _pin(record(carry, logits), self.mesh)
+    )
     mask = jnp.arange(cfg.max_new_tokens)[None] < carry["lengths"][:, None]
     scores = response_scores(carry["logprobs"], carry["topk"], mask, cfg.confidence)
     # The whole carry is returned so every donated buffer (the cache above all) is reused
     # in place by the loop instead of being copied into it.
-    return carry | {"logits": logits, "scores": scores}
+    return _pin(carry | {"logits": logits, "scores": scores}, self.mesh)
 
   def decode_carry(self, cache, logits, next_pos, num_rows: int, cfg: SamplingConfig, key, groups: int = 1):
     """The decode loop's initial state from the prefill's cache and last logits (one row per
@@ -195,10 +241,30 @@ class Sampler:
       "key": jnp.copy(key),  # the carry is donated; the caller's key stays usable
     }
 
+  def _start(self, cache, logits, next_pos, num_rows: int, cfg: SamplingConfig, key, groups: int):
+    """`decode_carry` placed as the decode loop takes it (with a mesh: `carry_shardings`)."""
+    carry = self.decode_carry(cache, logits, next_pos, num_rows, cfg, key, groups)
+    return carry if self.mesh is None else jax.device_put(carry, carry_shardings(carry, self.mesh))
+
   def lower_decode(self, state, carry, cfg: SamplingConfig, contrastive: bool = False):
     """Lower the jitted decode loop for (possibly abstract, sharded) `state` and `carry`;
     `.compile()` the result for memory and cost analyses without running it."""
-    return self._decode.lower(state, carry, cfg=cfg, contrastive=contrastive)
+    with self._mesh():
+      return self._decode.lower(state, carry, cfg=cfg, contrastive=contrastive)
+
+  def lower_prefill(self, state, inputs: dict, cache_len: int):
+    """Lower the jitted prefill for (possibly abstract, sharded) `state` and model inputs."""
+    with self._mesh():
+      return self._prefill.lower(state, inputs, cache_len=cache_len)
+
+  def _mesh(self):
+    return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+  def _inputs(self, batch: Batch) -> dict[str, jax.Array]:
+    inputs = batch.model_inputs()
+    if self.mesh is None:
+      return {k: jnp.asarray(v) for k, v in inputs.items()}
+    return sharding.put(inputs, sharding.input_shardings(inputs, self.mesh))
 
   def __call__(
     self,
@@ -209,18 +275,18 @@ class Sampler:
     state: nnx.State | None = None,
   ) -> SampleOutput:
     state = self.state if state is None else state
+    if contrast is not None and not np.array_equal(contrast.input_ids, batch.input_ids):
+      raise ValueError("contrastive decoding needs the same prompts (tokens) under both image conditions")
     cache_len = batch.input_ids.shape[1] + cfg.max_new_tokens
-    logits, cache = self._prefill(state, _device(batch), cache_len=cache_len)
     next_pos = batch.attention_mask.sum(1) + batch.rope_deltas  # text position of token 0
-    if contrast is not None:
-      if not np.array_equal(contrast.input_ids, batch.input_ids):
-        raise ValueError("contrastive decoding needs the same prompts (tokens) under both image conditions")
-      logits_c, cache_c = self._prefill(state, _device(contrast), cache_len=cache_len)
-      logits, cache = _concat([logits, logits_c]), _concat([cache, cache_c])
-
-    groups = 2 if contrast is not None else 1
-    carry = self.decode_carry(cache, logits, next_pos, batch.num_rows, cfg, key, groups)
-    out = self._decode(state, carry, cfg=cfg, contrastive=contrast is not None)
+    with self._mesh():
+      logits, cache = self._prefill(state, self._inputs(batch), cache_len=cache_len)
+      if contrast is not None:
+        logits_c, cache_c = self._prefill(state, self._inputs(contrast), cache_len=cache_len)
+        logits, cache = _concat([logits, logits_c]), _concat([cache, cache_c])
+      groups = 2 if contrast is not None else 1
+      carry = self._start(cache, logits, next_pos, batch.num_rows, cfg, key, groups)
+      out = self._decode(state, carry, cfg=cfg, contrastive=contrast is not None)
     n, b = cfg.n, batch.num_rows
 
     def unflatten(x):
@@ -234,10 +300,6 @@ class Sampler:
       topk_logprobs=unflatten(out["topk"]),
       scores={name: unflatten(v) for name, v in out["scores"].items()},
     )
-
-
-def _device(batch: Batch) -> dict[str, jax.Array]:
-  return {k: jnp.asarray(v) for k, v in batch.model_inputs().items()}
 
 
 def _concat(trees):
