@@ -1,8 +1,13 @@
-"""CDRL train-step time and MFU on one device, with random weights.
+"""CDRL train-step (or rollout) time and MFU on one device, with random weights.
 
     python -m train.bench --config configs/cdrl_qwen2_5_vl.py:small,cpu --config.model.dtype=float32 \
       --out docs/reports/train_bench_cpu
     python -m train.bench --device gpu --config configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1 --out DIR
+    python -m train.bench --part rollout --device gpu --config configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1 --out DIR
+
+`--part rollout` times the sampler instead: `--rows` / group_size prompts of `--prompt_len`
+tokens, group_size samples each of exactly `--response_len` tokens, from weights cast once to
+the compute dtype (catts_jax/aot/measure.py `rollout`); generated tokens/s and MFU.
 
 The model (random weights, the config's dtype / master-weight dtype / remat), the real
 `Learner` and a synthetic rollout batch: `--rows` rows of `--prompt_len` prompt tokens holding
@@ -33,6 +38,9 @@ def define(fv: flags.FlagValues) -> None:
   )
   flags.DEFINE_string("out", None, "output directory (report.json)", required=True, flag_values=fv)
   flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "where to run", flag_values=fv)
+  flags.DEFINE_enum(
+    "part", "train", ["train", "rollout"], "the train step or the rollout sampler", flag_values=fv
+  )
   flags.DEFINE_integer("rows", 8, "rows per train step (prompts x group)", flag_values=fv)
   flags.DEFINE_integer("prompt_len", 512, "prompt tokens per row (image tokens included)", flag_values=fv)
   flags.DEFINE_integer("response_len", 512, "response tokens per row", flag_values=fv)
@@ -60,6 +68,18 @@ def print_report(r: dict) -> None:
   )
 
 
+def print_rollout(r: dict) -> None:
+  b = r["batch"]
+  mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+  print(
+    f"{r['device']} (jax {r['jax']}): {r['model']['preset']} in {r['model']['dtype']}, {b['prompts']} prompts x "
+    f"{b['group']} samples x {b['new_tokens']} tokens after {b['prompt_len']}"
+  )
+  print(
+    f"compile {r['compile_s']:.1f} s, step {r['step_s']:.3f} s: {r['tokens_per_s']:.0f} tokens/s, MFU {mfu}"
+  )
+
+
 def main(argv=None) -> int:
   args = cli.parse(define, argv, __doc__)
   logging.set_verbosity(logging.WARNING)  # jax logs its failed TPU backend probe at INFO
@@ -75,12 +95,21 @@ def main(argv=None) -> int:
     jax.config.update("jax_platforms", "cpu")
   from catts_jax.aot import measure
 
-  report = measure.train_step(
-    args.config, args.rows, args.prompt_len, args.response_len, args.image_patches, args.steps, args.device
-  )
+  if args.part == "rollout":
+    group = args.config.rollout.group_size
+    if args.rows % group:
+      print(f"error: --rows {args.rows} is not a multiple of group_size {group}", file=sys.stderr)
+      return 2
+    report = measure.rollout(
+      args.config, args.rows // group, args.prompt_len, args.response_len, args.image_patches, args.steps
+    )
+  else:
+    report = measure.train_step(
+      args.config, args.rows, args.prompt_len, args.response_len, args.image_patches, args.steps, args.device
+    )
   report["config"] = args.config.to_dict()
   runs.write_json(pathlib.Path(args.out) / "report.json", report, default=str)
-  print_report(report)
+  (print_rollout if args.part == "rollout" else print_report)(report)
   return 0
 
 

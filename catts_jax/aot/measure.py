@@ -1,4 +1,5 @@
-"""The real CDRL train step measured on one device with random weights: time, tokens/s and MFU.
+"""The real CDRL train step and rollout sampler measured on one device with random weights:
+time, tokens/s and MFU.
 
 The model (random weights, the config's dtype / master-weight dtype / remat), the real
 `Learner` (AdamW with the config's clipping and schedule, the GRPO loss with its KL term) and a
@@ -30,6 +31,7 @@ from catts_jax.models.qwen2_5_vl import Qwen2_5_VL, presets
 from catts_jax.rl.batch import TrainBatch
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig
+from catts_jax.sampling import Sampler, SamplingConfig, cast_state
 
 
 def synthetic_batch(
@@ -155,3 +157,55 @@ def train_step(
     "losses": losses,
   }
   return report
+
+
+def rollout(cfg, prompts: int, prompt_len: int, new_tokens: int, image_patches: int, steps: int) -> dict:
+  """Time CDRL config `cfg`'s rollout sampling on one device: `prompts` synthetic prompts of
+  `prompt_len` tokens (one `image_patches`-patch image each), `cfg.rollout.group_size` samples
+  each, exactly `new_tokens` tokens (no stop token), from weights cast once to the compute
+  dtype. The first call (compilation) is timed apart, then `steps` calls, median."""
+  model_cfg = presets.resolve(cfg.model)
+  group = cfg.rollout.group_size
+  sampler = Sampler(Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(cfg.train.seed)))
+  state = cast_state(sampler.state, model_cfg.compute_dtype)
+  special = [model_cfg.image_token_id, model_cfg.video_token_id, model_cfg.vision_start_token_id]
+  high = min([model_cfg.text.vocab_size, *special]) - 16
+  rng = np.random.default_rng(cfg.train.seed)
+  batch = synthetic_rows(rng, model_cfg, prompts, prompt_len, image_patches, high)
+  scfg = SamplingConfig(max_new_tokens=new_tokens, n=group, temperature=1.0, stop_ids=())
+
+  def run(i: int) -> float:
+    start = time.perf_counter()
+    out = sampler(batch, scfg, jax.random.key(i), state=state)
+    assert (out.lengths == new_tokens).all()  # timed tokens are the tokens generated
+    return time.perf_counter() - start
+
+  compile_s = run(0)
+  times = [run(i + 1) for i in range(steps)]
+  step_s = float(np.median(times))
+  rows = prompts * group
+  model_flops = roofline.text_flops(model_cfg, prompts * prompt_len, (prompt_len + 1) / 2, prompts)
+  model_flops += sum(roofline.text_flops(model_cfg, rows, prompt_len + i) for i in range(1, new_tokens))
+  dev = jax.devices()[0]
+  peak = peak_flops(dev.device_kind, model_cfg.dtype)
+  return {
+    "device": dev.device_kind,
+    "platform": dev.platform,
+    "jax": jax.__version__,
+    "model": {"preset": cfg.model.get("preset"), "dtype": model_cfg.dtype},
+    "batch": {
+      "prompts": prompts,
+      "group": group,
+      "rows": rows,
+      "prompt_len": prompt_len,
+      "new_tokens": new_tokens,
+      "image_patches": image_patches,
+    },
+    "compile_s": compile_s,
+    "step_s": step_s,
+    "step_times_s": times,
+    "tokens_per_s": rows * new_tokens / step_s,
+    "model_flops": model_flops,
+    "achieved_tflops": model_flops / step_s / 1e12,
+    "mfu": model_flops / step_s / peak if peak else None,
+  }
