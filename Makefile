@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint demo demo-readme checkpoints verify catts ablation plan train-bench bench bench-readme clean
+.PHONY: install test lint demo demo-readme checkpoints verify catts ablation plan train-bench gpu-wheels gpu-check bench bench-readme clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,21 @@ plan: install
 # CDRL train-step time and MFU on this machine (the small random-weight preset)
 train-bench: install
 	$(PY) -m train.bench --config configs/cdrl_qwen2_5_vl.py:small,cpu --config.model.dtype=float32 --out docs/reports/train_bench_cpu
+
+# GPU checks for a lent device (one H100/H200, no network there): `make gpu-wheels` here, then
+# carry .gpu-wheels and run `make gpu-check` there, with the device's own jax: the 1.5B shape in
+# bf16, train-step MFU and rollout tokens/s -> docs/reports/gpu_1p5b_{train,rollout}/report.json
+GPU_WHEELS := .gpu-wheels
+GPU_DEPS := "ml-collections>=1.1,<2" "optax>=0.2.8,<0.3" "flax>=0.12.8,<0.13" absl-py pillow safetensors tqdm
+gpu-wheels: install
+	$(PY) -m pip download --quiet --dest $(GPU_WHEELS) $(GPU_DEPS)
+
+gpu-check:
+	python3 -m pip install --quiet --no-index --find-links $(GPU_WHEELS) $(GPU_DEPS)
+	PYTHONPATH=. python3 -m train.bench --device gpu --config configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1 \
+	  --rows 16 --prompt_len 512 --response_len 512 --out docs/reports/gpu_1p5b_train
+	PYTHONPATH=. python3 -m train.bench --part rollout --device gpu --config configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1 \
+	  --rows 128 --prompt_len 512 --response_len 256 --out docs/reports/gpu_1p5b_rollout
 
 # Scoring/generation throughput against transformers on this machine (docs/reports/bench_cpu/report.json);
 # bench-readme rewrites docs/results.md's tables from the committed report.json files.
