@@ -31,7 +31,7 @@ import numpy as np
 
 from catts_jax import roofline, runs
 from catts_jax.models.qwen2_5_vl import ModelConfig, get_rope_index, load_hf, presets
-from catts_jax.processing import Batch, ScoringBatch, image_slots
+from catts_jax.processing import Batch, ScoringBatch, image_slots, image_token_index
 from catts_jax.sampling import Sampler, SamplingConfig
 from catts_jax.scoring import Scorer
 
@@ -59,10 +59,11 @@ def synthetic_rows(
   rng: np.random.Generator, cfg: ModelConfig, rows: int, length: int, image_patches: int, high: int
 ) -> Batch:
   """`rows` rows of `length` random token ids in [0, `high`) and mask 1, with MRoPE positions;
-  with `image_patches` (a square of a multiple of the merge size), each row holds one square
-  image (random pixels, [rows * image_patches, patch_dim] before `image_slots`) after 8 tokens."""
+  with `image_patches` (a square of a multiple of the merge size), each row holds its own
+  square image (random pixels, [rows * image_patches, patch_dim] before `image_slots`) after
+  8 tokens: one slot a row, no row sharing another's."""
   ids = rng.integers(0, high, (rows, length)).astype(np.int32)
-  grid = pixels = patch_pos = patch_image = None
+  grid = pixels = patch_pos = patch_image = index = None
   merge = cfg.vision.spatial_merge_size
   if image_patches:
     side = int(round(image_patches**0.5))
@@ -73,11 +74,23 @@ def synthetic_rows(
     grid = np.tile(np.asarray([1, side, side], np.int32), (rows, 1))
     pixels = rng.standard_normal((rows * image_patches, cfg.vision.patch_dim)).astype(np.float32)
     pixels, patch_pos, patch_image = image_slots(pixels, grid, merge, (rows,), (image_patches,))
+    index = image_token_index(ids, cfg.image_token_id, [[b] for b in range(rows)], grid, image_patches, merge)
   mask = np.ones_like(ids)
   positions, deltas = get_rope_index(
     ids, mask, grid, image_token_id=cfg.image_token_id, spatial_merge_size=merge
   )
-  return Batch(ids, mask, positions, deltas, pixels, patch_pos, patch_image, grid, rows)
+  return Batch(
+    input_ids=ids,
+    attention_mask=mask,
+    positions=positions,
+    rope_deltas=deltas,
+    pixel_values=pixels,
+    patch_pos=patch_pos,
+    patch_image=patch_image,
+    image_index=index,
+    image_grid_thw=grid,
+    num_rows=rows,
+  )
 
 
 def hf_inputs(batch: Batch, device, torch) -> dict:

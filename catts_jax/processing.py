@@ -4,7 +4,13 @@ The HF processor from the checkpoint directory does tokenisation, the chat templ
 image patching. We then left-pad sequences to bucket sizes and lay the patches out one image
 per slot ([images, patches per image], both bucketed), so the number of distinct shapes (and
 so of jit compilations) stays small and the vision tower attends within each image only, and
-compute the M-RoPE positions and per-patch (row, col, image) metadata on the host.
+compute the M-RoPE positions, per-patch (row, col, image) metadata and each image token's
+vision feature (`image_index`) on the host.
+
+Rows that share an image share its slot: rows whose prompt text and images are the same
+(images compared by object identity, paths by their string) are encoded once, and all their
+image tokens read the same features. A rollout's G samples of one problem, scored as G rows
+of one prompt and one image list, thus encode each image once, not G times.
 """
 
 from __future__ import annotations
@@ -20,9 +26,17 @@ from catts_jax.models.qwen2_5_vl.config import ModelConfig
 from catts_jax.models.qwen2_5_vl.model import get_rope_index
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
-# The keyword arguments of `Qwen2_5_VL.__call__` that a `Batch` provides (the last three
+# The keyword arguments of `Qwen2_5_VL.__call__` that a `Batch` provides (the last four
 # only with images).
-MODEL_INPUT_KEYS = ("input_ids", "positions", "attention_mask", "pixel_values", "patch_pos", "patch_image")
+MODEL_INPUT_KEYS = (
+  "input_ids",
+  "positions",
+  "attention_mask",
+  "pixel_values",
+  "patch_pos",
+  "patch_image",
+  "image_index",
+)
 
 
 def length_buckets(smallest: int, largest: int, per_octave: int = 1) -> tuple[int, ...]:
@@ -56,6 +70,13 @@ def bucket(n: int, buckets: Sequence[int], what: str) -> int:
   raise ValueError(f"{what}: {n} exceeds the largest bucket {buckets[-1]}")
 
 
+def image_key(image: Image.Image | str | pathlib.Path) -> tuple[str, object]:
+  """What makes two images of a batch the same image: the same object, or the same path."""
+  if isinstance(image, Image.Image):
+    return ("object", id(image))
+  return ("path", str(image))
+
+
 def load_image(image: Image.Image | str | pathlib.Path) -> Image.Image:
   """An RGB PIL image from a PIL image or a path; errors name the file."""
   if isinstance(image, Image.Image):
@@ -78,13 +99,19 @@ class Batch:
   pixel_values: np.ndarray | None  # [I, S, C*T*p*p] float32: one image (frame) per slot, zero-padded
   patch_pos: np.ndarray | None  # [I, S, 2] int32 (row, col) within its image
   patch_image: np.ndarray | None  # [I, S] int32 image index, -1 for padding
-  image_grid_thw: np.ndarray | None  # [num_images, 3]
+  image_index: np.ndarray | None  # [B, T] int32 merged-feature index of each image token, 0 elsewhere
+  image_grid_thw: np.ndarray | None  # [num_images, 3]: the distinct images, in slot order
   num_rows: int  # real rows; rows past it pad the batch to a bucket (mask all 0)
 
   def model_inputs(self) -> dict[str, np.ndarray]:
     out = dict(input_ids=self.input_ids, positions=self.positions, attention_mask=self.attention_mask)
     if self.pixel_values is not None:
-      out.update(pixel_values=self.pixel_values, patch_pos=self.patch_pos, patch_image=self.patch_image)
+      out.update(
+        pixel_values=self.pixel_values,
+        patch_pos=self.patch_pos,
+        patch_image=self.patch_image,
+        image_index=self.image_index,
+      )
     return out
 
 
@@ -101,11 +128,13 @@ class ScoringBatch:
 
 @dataclasses.dataclass
 class Encoded:
-  """Tokenised prompts (unpadded, one array per row) and the batch's processed images."""
+  """Tokenised prompts (unpadded, one array per row) and the batch's distinct processed
+  images; `row_images[b]`: the indices (into `image_grid_thw`) of row b's images, in order."""
 
   ids: list[np.ndarray]
   pixel_values: np.ndarray | None
   image_grid_thw: np.ndarray | None
+  row_images: list[list[int]]
 
 
 def patch_metadata(grid_thw: np.ndarray, merge: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +178,38 @@ def image_slots(
   slot_pos[image, within] = pos
   slot_image[image, within] = image
   return pixels, slot_pos, slot_image
+
+
+def image_token_index(
+  input_ids: np.ndarray,
+  image_token_id: int,
+  row_images: Sequence[Sequence[int]],
+  grid_thw: np.ndarray,
+  slot_size: int,
+  merge: int,
+) -> np.ndarray:
+  """[B, T] int32: the merged vision feature each image token reads (0 on other tokens).
+
+  The vision tower returns features in slot order, slot_size / merge^2 a slot, and
+  `image_slots` puts frame f of image g in slot (frames of images before g) + f. Row b's
+  image tokens, in order, read the features of its images `row_images[b]` (indices into
+  `grid_thw`), frame by frame: rows listing the same image read the same features."""
+  grid = np.asarray(grid_thw)
+  first_slot = np.concatenate([[0], np.cumsum(grid[:, 0])[:-1]])
+  per_slot = slot_size // merge**2
+  index = np.zeros(np.shape(input_ids), np.int32)
+  for b, images in enumerate(row_images):
+    features = [
+      (first_slot[g] + f) * per_slot + np.arange(grid[g, 1] * grid[g, 2] // merge**2)
+      for g in images
+      for f in range(grid[g, 0])
+    ]
+    features = np.concatenate(features) if features else np.zeros(0, np.int32)
+    tokens = input_ids[b] == image_token_id
+    if tokens.sum() != len(features):
+      raise ValueError(f"row {b}: {int(tokens.sum())} image tokens but its images make {len(features)}")
+    index[b, tokens] = features
+  return index
 
 
 class Processor:
@@ -213,32 +274,50 @@ class Processor:
 
   def encode(self, prompts: Sequence[str], images: Sequence[Sequence] | None = None) -> Encoded:
     """prompts: rendered text, each holding one IMAGE_PLACEHOLDER per image of that prompt.
-    images: per prompt, a list of PIL images or paths."""
+    images: per prompt, a list of PIL images or paths.
+
+    Each distinct (prompt text, images) pair, images keyed by `image_key`, goes to the HF
+    processor once; rows that repeat it share its token ids and its images."""
     images = images or [[] for _ in prompts]
     if len(images) != len(prompts):
       raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
-    flat_images = []
+    distinct: dict[tuple, int] = {}  # (prompt, image keys) -> index into `firsts`
+    firsts, row_distinct = [], []
     for i, (prompt, imgs) in enumerate(zip(prompts, images)):
       n = prompt.count("<|image_pad|>")
       if n != len(imgs):
         raise ValueError(f"prompt {i}: {n} image placeholders but {len(imgs)} images")
-      flat_images += [load_image(im) for im in imgs]
-    kwargs = dict(text=list(prompts), return_tensors="np", padding=True)
+      key = (prompt, tuple(image_key(im) for im in imgs))
+      if key not in distinct:
+        distinct[key] = len(firsts)
+        firsts.append(i)
+      row_distinct.append(distinct[key])
+    flat_images, first_image = [], []
+    for i in firsts:
+      first_image.append(len(flat_images))
+      flat_images += [load_image(im) for im in images[i]]
+    kwargs = dict(text=[prompts[i] for i in firsts], return_tensors="np", padding=True)
     if flat_images:
       kwargs["images"] = flat_images
     enc = self.hf(**kwargs)
     ids = [
       row[mask.astype(bool)].astype(np.int32) for row, mask in zip(enc["input_ids"], enc["attention_mask"])
     ]
+    row_images = [list(range(first_image[d], first_image[d] + len(images[firsts[d]]))) for d in row_distinct]
+    rows = [ids[d] for d in row_distinct]
     if not flat_images:
-      return Encoded(ids, None, None)
+      return Encoded(rows, None, None, row_images)
     return Encoded(
-      ids, np.asarray(enc["pixel_values"], np.float32), np.asarray(enc["image_grid_thw"], np.int32)
+      rows,
+      np.asarray(enc["pixel_values"], np.float32),
+      np.asarray(enc["image_grid_thw"], np.int32),
+      row_images,
     )
 
   def assemble(self, rows: Sequence[np.ndarray], encoded: Encoded, min_length: int = 0) -> Batch:
-    """Left-pad token rows to a length bucket and the batch to a row bucket, lay the patches
-    out in image slots (`image_slots`), and compute positions."""
+    """Left-pad token rows to a length bucket and the batch to a row bucket, lay the distinct
+    images out in slots (`image_slots`), point each image token at its feature
+    (`image_token_index`) and compute positions."""
     for i, row in enumerate(rows):
       bucket(len(row), self.seq_buckets, f"prompt {i} length in tokens")
     length = bucket(max(max(len(r) for r in rows), min_length), self.seq_buckets, "batch length in tokens")
@@ -248,24 +327,32 @@ class Processor:
     for i, row in enumerate(rows):
       ids[i, length - len(row) :] = row
       mask[i, length - len(row) :] = 1
-    grid = encoded.image_grid_thw
+    grid, merge = encoded.image_grid_thw, self.cfg.vision.spatial_merge_size
+    # Positions take each row's images in row order, shared ones again for every row.
+    row_grids = None if grid is None else grid[np.concatenate(encoded.row_images).astype(int)]
     positions, deltas = get_rope_index(
-      ids,
-      mask,
-      grid,
-      image_token_id=self.cfg.image_token_id,
-      spatial_merge_size=self.cfg.vision.spatial_merge_size,
+      ids, mask, row_grids, image_token_id=self.cfg.image_token_id, spatial_merge_size=merge
     )
-    pixels = patch_pos = patch_image = None
+    pixels = patch_pos = patch_image = index = None
     if grid is not None:
       pixels, patch_pos, patch_image = image_slots(
-        encoded.pixel_values,
-        grid,
-        self.cfg.vision.spatial_merge_size,
-        self.image_buckets,
-        self.patch_buckets,
+        encoded.pixel_values, grid, merge, self.image_buckets, self.patch_buckets
       )
-    return Batch(ids, mask, positions, deltas, pixels, patch_pos, patch_image, grid, len(rows))
+      index = image_token_index(
+        ids, self.cfg.image_token_id, encoded.row_images, grid, pixels.shape[1], merge
+      )
+    return Batch(
+      input_ids=ids,
+      attention_mask=mask,
+      positions=positions,
+      rope_deltas=deltas,
+      pixel_values=pixels,
+      patch_pos=patch_pos,
+      patch_image=patch_image,
+      image_index=index,
+      image_grid_thw=grid,
+      num_rows=len(rows),
+    )
 
   def __call__(self, prompts: Sequence[str], images: Sequence[Sequence] | None = None) -> Batch:
     encoded = self.encode(prompts, images)

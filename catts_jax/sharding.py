@@ -57,6 +57,18 @@ def mesh_sizes(shape: Mapping[str, int] | None, n: int) -> dict[str, int]:
   return sizes
 
 
+def parse_mesh(text: str) -> dict[str, int]:
+  """'data=1,fsdp=16,tensor=1' -> {'data': 1, 'fsdp': 16, 'tensor': 1} (a mesh given on a
+  command line or as a config string)."""
+  out = {}
+  for part in text.split(","):
+    name, _, size = part.partition("=")
+    if not size.strip().lstrip("-").isdigit():
+      raise ValueError(f"mesh {text!r}: expected axis=size pairs such as data=1,fsdp=16,tensor=1")
+    out[name.strip()] = int(size)
+  return out
+
+
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh over MESH_AXES with the sizes of `mesh_sizes` (default: all devices on `data`)."""
   devices = list(jax.devices() if devices is None else devices)
@@ -119,10 +131,12 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Mapping | None = None) -> 
 # here is per row on its first axis.
 INPUT_AXES: dict[str, tuple[str | None, ...]] = {
   "positions": (None, "batch", None),  # [3, B, T]
-  # Image slots are not per row (a row's image tokens index into all of them): replicated.
-  "pixel_values": (None, None, None),
-  "patch_pos": (None, None, None),
-  "patch_image": (None, None),
+  # Image slots [I, S, ...] over the batch axes too: each device encodes its own slots, and
+  # the model gathers the merged features whole before rows read them (by "image_index",
+  # per row like the other [B, T] inputs).
+  "pixel_values": ("batch", None, None),
+  "patch_pos": ("batch", None, None),
+  "patch_image": ("batch", None),
 }
 
 

@@ -112,6 +112,7 @@ def test_kv_cache_matches_full_forward(tiny_ckpt):
   full["input_ids"] = np.concatenate([batch.input_ids, extra], 1)
   full["attention_mask"] = np.concatenate([batch.attention_mask, np.ones((b, 3), np.int32)], 1)
   full["positions"] = np.concatenate([batch.positions, extra_pos], 2)
+  full["image_index"] = np.concatenate([batch.image_index, np.zeros((b, 3), np.int32)], 1)
   ref = np.asarray(nnx.jit(lambda m, x: m(**x))(model, {k: jnp.asarray(v) for k, v in full.items()})[0])
 
   step = nnx.jit(lambda m, x, c: m(**x, cache=c))

@@ -15,14 +15,16 @@ from catts_jax.rl.batch import TrainBatch, batch_shardings
 
 @dataclasses.dataclass(frozen=True)
 class Shapes:
-  """What the trainer would compile for: real and bucketed sizes."""
+  """What the trainer would compile for: real and bucketed sizes. A problem's G samples share
+  its prompt and image (`processing`: one slot per distinct image), so the train batch holds
+  one image slot a prompt, not a row: the vision tower's work does not grow with G."""
 
   prompts: int
   group: int
   rows: int  # train rows: prompts x group, bucketed
   response_len: int  # bucketed
   seq_len: int  # prompt + response, bucketed
-  images: int  # image slots: one image per train row, bucketed (0: text only)
+  images: int  # image slots: one image per prompt (shared by its group's rows), bucketed (0: text only)
   patches: int  # all slots' patches: images x image_patches
   prompt_rows: int  # decode: prompts, bucketed
   prompt_len: int  # decode: prompt tokens, bucketed
@@ -47,7 +49,7 @@ def trainer_shapes(
       f"--prompt_len {prompt_len} cannot hold a {image_patches}-patch image ({image_tokens} tokens)"
     )
   response = bucket(max_new_tokens, response_buckets, "response length")
-  images = bucket(prompts * group, row_buckets, "images") if image_patches else 0
+  images = bucket(prompts, row_buckets, "images") if image_patches else 0
   merge_block = model_cfg.vision.spatial_merge_size**2
   if image_patches % merge_block:
     raise ValueError(f"--image_patches {image_patches}: expected a multiple of {merge_block}")
@@ -87,6 +89,7 @@ def train_batch(model_cfg, shapes: Shapes, mesh=None, solution_rows: bool = Fals
       pixel_values=((i, p, model_cfg.vision.patch_dim), jnp.float32),
       patch_pos=((i, p, 2), jnp.int32),
       patch_image=((i, p), jnp.int32),
+      image_index=((b, t), jnp.int32),
     )
   batch = TrainBatch(**{k: jax.ShapeDtypeStruct(*v) for k, v in batch.items()})
   if mesh is None:
@@ -98,7 +101,8 @@ def train_batch(model_cfg, shapes: Shapes, mesh=None, solution_rows: bool = Fals
 def analytic_train_flops(model_cfg, shapes: Shapes) -> float:
   """Model FLOPs of one train step (forward + backward = 3 forwards; remat's recompute is not
   model work): the text model over every row and token (LM head on the response positions
-  only), and the vision tower over every patch."""
+  only), and the vision tower over every image slot's patches (one slot a prompt, shared by
+  its group's rows)."""
   tokens = shapes.rows * shapes.seq_len
   fwd = roofline.text_flops(model_cfg, tokens, (shapes.seq_len + 1) / 2, shapes.rows * shapes.response_len)
   if shapes.patches:

@@ -2,8 +2,9 @@
 pytree (`flax.struct.dataclass`) instead of a dict of optional keys.
 
 B rows, T tokens a row, R response tokens (the last R of each row), I image slots of S
-patches each. Optional fields are None when a run does not use them; None is an empty
-subtree, so a batch without them is a different (but fixed) pytree structure for `jax.jit`.
+patches each: one per distinct image, shared by the rows that show it (`processing`).
+Optional fields are None when a run does not use them; None is an empty subtree, so a batch
+without them is a different (but fixed) pytree structure for `jax.jit`.
 
 A dict of (abstract) arrays named like the fields becomes a batch with `TrainBatch(**d)`.
 """
@@ -30,7 +31,8 @@ class TrainBatch:
   Model inputs (processing.Batch.model_inputs):
     input_ids [B, T] int32, left-padded; positions [3, B, T] int32 (M-RoPE);
     attention_mask [B, T] int32; with images pixel_values [I, S, C*t*p*p] float32,
-    patch_pos [I, S, 2] int32, patch_image [I, S] int32 (-1 for padding).
+    patch_pos [I, S, 2] int32, patch_image [I, S] int32 (-1 for padding), image_index
+    [B, T] int32 (the merged vision feature each image token reads, 0 elsewhere).
   Loss fields:
     response_mask [B, R] float32: 1 on the response tokens that count (0 on padding rows);
     old_logp [B, R]: the sampler's log-probs of those tokens (the ratio's denominator);
@@ -48,6 +50,7 @@ class TrainBatch:
   pixel_values: Array | None = None
   patch_pos: Array | None = None
   patch_image: Array | None = None
+  image_index: Array | None = None
   old_logp: Array | None = None
   ref_logp: Array | None = None
   advantages: Array | None = None
@@ -61,11 +64,13 @@ class TrainBatch:
 
   def fields(self) -> dict[str, Array]:
     """The fields that are set, by name."""
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+    return {
+      f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None
+    }
 
 
 def batch_shardings(batch: TrainBatch, mesh: Mesh) -> TrainBatch:
   """Each field's NamedSharding, as a TrainBatch (None where the field is None), laid out as
-  every model input is (`sharding.input_shardings`): rows over data x fsdp, image slots and
-  scalars replicated. `batch` may hold arrays or ShapeDtypeStructs."""
+  every model input is (`sharding.input_shardings`): rows and image slots over data x fsdp
+  (where they divide), scalars replicated. `batch` may hold arrays or ShapeDtypeStructs."""
   return batch.replace(**sharding.input_shardings(batch.fields(), mesh))

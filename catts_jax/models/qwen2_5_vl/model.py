@@ -14,6 +14,7 @@ from catts_jax.models.qwen2_5_vl.config import ModelConfig
 from catts_jax.models.qwen2_5_vl.layers import default_init, param
 from catts_jax.models.qwen2_5_vl.text import Cache, TextModel
 from catts_jax.models.qwen2_5_vl.vision import VisionTransformer
+from catts_jax.sharding import constrain
 
 
 class Qwen2_5_VL(nnx.Module):
@@ -30,20 +31,23 @@ class Qwen2_5_VL(nnx.Module):
         jnp.dtype(cfg.param_dtype),
       )
 
-  def embed(self, input_ids, pixel_values=None, patch_pos=None, patch_image=None) -> jax.Array:
-    """Token embeddings with image features spliced in at `image_token_id`, in order.
+  def embed(
+    self, input_ids, pixel_values=None, patch_pos=None, patch_image=None, image_index=None
+  ) -> jax.Array:
+    """Token embeddings with image features spliced in at `image_token_id`.
 
-    The k-th image token of the flattened batch takes the k-th merged vision feature; the
-    host has checked that the counts agree (`get_rope_index`).
+    The vision tower encodes each slot once and returns its features in slot order; an image
+    token reads feature `image_index` (computed on the host, `processing.image_token_index`),
+    so rows that share an image read the same slot. Slots may be sharded over devices: every
+    row may read any slot, so the (small) merged features are gathered whole first.
     """
     embeds = self.language_model.embed(input_ids)
     if pixel_values is None:
       return embeds
     features = self.visual(pixel_values, patch_pos, patch_image).astype(embeds.dtype)
+    features = constrain(features, (None, "activation_embed"))
     is_image = input_ids == self.cfg.image_token_id
-    index = jnp.cumsum(is_image.reshape(-1)) - 1
-    index = jnp.clip(index, 0, features.shape[0] - 1).reshape(input_ids.shape)
-    return jnp.where(is_image[..., None], features[index], embeds)
+    return jnp.where(is_image[..., None], features[image_index], embeds)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """LM head in float32 output precision."""
@@ -62,11 +66,12 @@ class Qwen2_5_VL(nnx.Module):
     pixel_values: jax.Array | None = None,
     patch_pos: jax.Array | None = None,
     patch_image: jax.Array | None = None,
+    image_index: jax.Array | None = None,
     cache: Cache | None = None,
   ) -> tuple[jax.Array, Cache | None]:
     """Final-norm hidden states [B, T, D] (see `__call__`); callers that need logits at only
     some positions (scoring, the last prompt token) apply `logits` to a slice."""
-    embeds = self.embed(input_ids, pixel_values, patch_pos, patch_image)
+    embeds = self.embed(input_ids, pixel_values, patch_pos, patch_image, image_index)
     return self.language_model(embeds, positions, attention_mask.astype(bool), cache)
 
   def __call__(
@@ -77,15 +82,17 @@ class Qwen2_5_VL(nnx.Module):
     pixel_values=None,
     patch_pos=None,
     patch_image=None,
+    image_index=None,
     cache=None,
   ) -> tuple[jax.Array, Cache | None]:
     """input_ids [B, T], positions [3, B, T], attention_mask [B, T] -> logits [B, T, V], cache.
 
-    With a cache, the T new tokens are written at `cache["end_index"]` and attend to all
-    valid earlier slots.
+    With images: pixel_values [I, S, C*T*p*p], patch_pos [I, S, 2], patch_image [I, S] (one
+    image per slot, `processing.image_slots`) and image_index [B, T] (`embed`). With a cache,
+    the T new tokens are written at `cache["end_index"]` and attend to all valid earlier slots.
     """
     hidden, cache = self.hidden_states(
-      input_ids, positions, attention_mask, pixel_values, patch_pos, patch_image, cache
+      input_ids, positions, attention_mask, pixel_values, patch_pos, patch_image, image_index, cache
     )
     return self.logits(hidden), cache
 

@@ -24,6 +24,10 @@ from catts_jax.models.qwen2_5_vl.layers import (
   attention,
   inverse_frequencies,
 )
+from catts_jax.sharding import constrain
+
+# Logical axes of the activations between blocks: image slots over the batch axes, like rows.
+SLOTS = ("batch", None, "activation_embed")
 
 
 def vision_cos_sin(patch_pos: jax.Array, cfg: VisionConfig) -> tuple[jax.Array, jax.Array]:
@@ -104,16 +108,17 @@ class VisionTransformer(nnx.Module):
 
   def __call__(self, pixel_values, patch_pos, patch_image):
     """pixel_values [I, S, C*T*p*p], patch_pos [I, S, 2], patch_image [I, S] -> merged
-    features [I * S / merge^2, out_hidden]: the real images' tokens first, in image order,
-    then the padding's.
+    features [I * S / merge^2, out_hidden] in slot order: slot i's at [i * S / merge^2, ...),
+    padding included (the host's `image_index` points image tokens at the real ones). Each
+    slot is encoded on the device that holds it: no feature moves between slots here.
 
     S must be a multiple of merge^2 (the processor's patches come in whole merge blocks).
     """
     cos, sin = vision_cos_sin(patch_pos, self.cfg)
     full_mask, window_mask = segment_masks(patch_pos, patch_image, self.cfg)
-    x = self.patch_embed(pixel_values)
+    x = constrain(self.patch_embed(pixel_values), SLOTS)
     for i, block in enumerate(self.blocks):
-      x = block(x, cos, sin, full_mask if i in self.cfg.fullatt_block_indexes else window_mask)
-    merged = self.merger(x)
-    real = patch_image[:, :: self.merger.unit].reshape(-1) >= 0
-    return merged[jnp.argsort(~real, stable=True)]
+      x = constrain(
+        block(x, cos, sin, full_mask if i in self.cfg.fullatt_block_indexes else window_mask), SLOTS
+      )
+    return self.merger(x)
