@@ -7,18 +7,25 @@ conditions (original, perturbed) is just more rows in the batch.
 
 Sequences are left-padded so every response ends at the last position: the logits needed
 are those of one static slice `[T - R - 1, T - 1)`, and the LM head runs on R positions
-instead of T.
+instead of T. It runs on `model.cfg.logits_chunk` of them at a time (`chunked_statistics`),
+so `[rows, R, vocab]` logits never exist at once.
+
+With a mesh, the scorer's rows are sharded over data x fsdp like the train step's
+(`sharding.input_shardings`), and so are its outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
+from catts_jax import sharding
 from catts_jax.processing import ScoringBatch
 
 
@@ -86,10 +93,17 @@ def trace_confidences(token_conf: jax.Array, mask: jax.Array, cfg: ConfidenceCon
 
 
 def token_statistics(logits: jax.Array, targets: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
-  """Log-prob of each target and the top-k log-probs, from float32 logits [..., V]."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  target_logp = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-  return target_logp, jax.lax.top_k(logp, top_k)[0]
+  """Log-prob of each target and the top-k log-probs, from logits [..., V] (as float32).
+
+  Only the gathered entries are normalised (logsumexp + gather), with log_softmax's own
+  arithmetic, so no [..., V] log-prob array is kept and the values equal log_softmax's."""
+  logits = logits.astype(jnp.float32)
+  shifted = logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True))
+  log_norm = jnp.log(jnp.exp(shifted).sum(-1))
+  target_logp = jnp.take_along_axis(shifted, targets[..., None], -1)[..., 0] - log_norm
+  if top_k == 0:
+    return target_logp, jnp.zeros(target_logp.shape + (0,), jnp.float32)
+  return target_logp, jax.lax.top_k(shifted, top_k)[0] - log_norm[..., None]
 
 
 def response_scores(token_logp, topk_logp, mask, cfg: ConfidenceConfig) -> dict:
@@ -109,35 +123,103 @@ def response_scores(token_logp, topk_logp, mask, cfg: ConfidenceConfig) -> dict:
 # --- the scorer ------------------------------------------------------------------------------
 
 
-def response_logits(model, inputs: dict, response_len: int) -> tuple[jax.Array, jax.Array]:
-  """Logits predicting the last `response_len` tokens of each (left-padded) row, [B, R, V],
-  and those tokens [B, R]; the LM head runs on these R positions only."""
+def response_hidden(model, inputs: dict, response_len: int) -> tuple[jax.Array, jax.Array]:
+  """Final hidden states [B, R, D] of the positions predicting the last `response_len` tokens
+  of each (left-padded) row, and those tokens [B, R]."""
   hidden, _ = model.hidden_states(**inputs)
   t = hidden.shape[1]
-  return model.logits(hidden[:, t - response_len - 1 : t - 1]), inputs["input_ids"][:, t - response_len :]
+  return hidden[:, t - response_len - 1 : t - 1], inputs["input_ids"][:, t - response_len :]
+
+
+def chunked_statistics(
+  model, hidden: jax.Array, targets: jax.Array, top_k: int, remat: bool = False
+) -> tuple[jax.Array, jax.Array]:
+  """`token_statistics` of `model.logits(hidden)` ([B, R] and [B, R, top_k]), computed
+  `model.cfg.logits_chunk` positions at a time (0: all R at once) so that only one chunk's
+  [B, chunk, V] logits exist. When the chunk does not divide R, the positions are padded at
+  the end to whole chunks and the padded results dropped. `remat`: each chunk's logits are
+  recomputed in the backward pass instead of stored (for differentiated callers)."""
+  b, r, d = hidden.shape
+  chunk = model.cfg.logits_chunk
+  chunk = r if chunk <= 0 or chunk >= r else chunk
+  n = -(-r // chunk)
+  pad = n * chunk - r
+  hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
+  targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+
+  def one(xs):
+    h, t = xs
+    h = sharding.constrain(h, ("batch", "length", "activation_embed"))
+    logits = sharding.constrain(model.logits(h), ("batch", "length", "vocab"))
+    return token_statistics(logits, t, top_k)
+
+  body = jax.checkpoint(one) if remat else one
+  target_logp, topk_logp = jax.lax.map(body, (hidden, targets))  # [n, B, chunk, ...]
+  target_logp = target_logp.swapaxes(0, 1).reshape(b, n * chunk)[:, :r]
+  topk_logp = topk_logp.swapaxes(0, 1).reshape(b, n * chunk, top_k)[:, :r]
+  return target_logp, topk_logp
 
 
 class Scorer:
-  """Jitted teacher-forced scoring for one model. `compilations` counts traces."""
+  """Jitted teacher-forced scoring for one model. `compilations` counts traces.
 
-  def __init__(self, model: nnx.Module, cfg: ConfidenceConfig = ConfidenceConfig()):
+  With a `mesh` (params already placed on it, e.g. `sharding.shard_model`), rows and outputs
+  are sharded over data x fsdp and the jitted function states every layout."""
+
+  def __init__(self, model: nnx.Module, cfg: ConfidenceConfig = ConfidenceConfig(), mesh=None):
     self.cfg = cfg
+    self.mesh = mesh
     self.graphdef, self.state = nnx.split(model)
     self.compilations = 0
-    self._score = jax.jit(self._score_impl, static_argnames=("response_len",))
+    self._jits: dict = {}
 
   def _score_impl(self, state, inputs, response_mask, response_len: int):
     self.compilations += 1  # runs once per trace, i.e. per compiled shape
-    logits, targets = response_logits(nnx.merge(self.graphdef, state), inputs, response_len)
-    token_logp, topk_logp = token_statistics(logits, targets, self.cfg.top_k)
+    model = nnx.merge(self.graphdef, state)
+    hidden, targets = response_hidden(model, inputs, response_len)
+    token_logp, topk_logp = chunked_statistics(model, hidden, targets, self.cfg.top_k)
     return response_scores(token_logp, topk_logp, response_mask, self.cfg)
+
+  def _mesh(self):
+    return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+  def _jitted(self, state, inputs, response_mask):
+    """The jitted score function; with a mesh, one per layout of (params, inputs), with
+    explicit in/out shardings."""
+    if self.mesh is None:
+      key = None
+      kwargs = {}
+    else:
+      state_s = jax.tree.map(lambda x: x.sharding, state)
+      input_s = sharding.input_shardings({**inputs, "response_mask": response_mask}, self.mesh)
+      mask_s = input_s.pop("response_mask")
+      rows = response_mask.shape[0]
+      out_s = NamedSharding(self.mesh, sharding.logical_to_spec(("batch",), (rows,), self.mesh))
+      key = (jax.tree.structure(state_s), tuple(jax.tree.leaves(state_s)), tuple(input_s.items()), out_s)
+      kwargs = dict(in_shardings=(state_s, input_s, mask_s), out_shardings=out_s)
+    if key not in self._jits:
+      self._jits[key] = jax.jit(self._score_impl, static_argnums=3, **kwargs)
+    return self._jits[key]
+
+  def lower(self, state, inputs: dict, response_mask, response_len: int):
+    """Lower the jitted score function for (possibly abstract, sharded) arguments, laid out as
+    `__call__` lays them out; `.compile()` it for memory and cost analyses without running it."""
+    with self._mesh():
+      return self._jitted(state, inputs, response_mask).lower(state, inputs, response_mask, response_len)
 
   def __call__(self, scoring_batch: ScoringBatch, state: nnx.State | None = None) -> dict[str, np.ndarray]:
     """Scores of the real rows as numpy; `state` overrides the params (e.g. during training)."""
     sb = scoring_batch
-    inputs = {k: jnp.asarray(v) for k, v in sb.batch.model_inputs().items()}
     state = self.state if state is None else state
-    out = self._score(state, inputs, jnp.asarray(sb.response_mask), response_len=sb.response_len)
+    values = {**sb.batch.model_inputs(), "response_mask": sb.response_mask}
+    if self.mesh is None:
+      values = {k: jnp.asarray(v) for k, v in values.items()}
+    else:
+      values = sharding.put(values, sharding.input_shardings(values, self.mesh))
+    mask = values.pop("response_mask")
+    inputs = values
+    with self._mesh():
+      out = self._jitted(state, inputs, mask)(state, inputs, mask, sb.response_len)
     n = sb.batch.num_rows
     out = {k: np.asarray(v)[:n] for k, v in out.items()}
     out["response_mask"] = sb.response_mask[:n].astype(bool)

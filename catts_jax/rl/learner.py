@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from catts_jax import sharding
 from catts_jax.rl.batch import TrainBatch, batch_shardings
 from catts_jax.rl.grpo import LossConfig, policy_loss
-from catts_jax.scoring import response_logits
+from catts_jax.scoring import chunked_statistics, response_hidden
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +60,11 @@ def make_optimizer(cfg: OptimizerConfig, params: nnx.State) -> optax.GradientTra
 
 
 def response_logprobs(model, inputs: dict, response_len: int) -> jax.Array:
-  """Log-probs [B, R] of the last `response_len` tokens of each row under `model`."""
-  logits, targets = response_logits(model, inputs, response_len)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  """Log-probs [B, R] of the last `response_len` tokens of each row under `model`, the LM
+  head run `model.cfg.logits_chunk` positions at a time and recomputed per chunk in the
+  backward pass, so neither pass holds [B, R, V] logits."""
+  hidden, targets = response_hidden(model, inputs, response_len)
+  return chunked_statistics(model, hidden, targets, top_k=0, remat=True)[0]
 
 
 Objective = Callable[[jax.Array, TrainBatch], tuple[jax.Array, Mapping[str, jax.Array]]]

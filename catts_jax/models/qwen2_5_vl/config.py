@@ -88,6 +88,9 @@ class ModelConfig:
   param_dtype: str = "float32"
   # Recompute each decoder layer's activations in the backward pass (training memory).
   remat: bool = False
+  # Response positions whose logits are computed at a time when scoring and training
+  # (scoring.chunked_statistics); 0 = all at once, i.e. [rows, length, vocab] float32 logits.
+  logits_chunk: int = 512
 
   @property
   def compute_dtype(self) -> jnp.dtype:
