@@ -12,7 +12,7 @@ from flax import nnx
 
 from catts_jax.models.qwen2_5_vl.config import ModelConfig
 from catts_jax.models.qwen2_5_vl.layers import default_init, param
-from catts_jax.models.qwen2_5_vl.text import Cache, TextModel
+from catts_jax.models.qwen2_5_vl.text import HIDDEN, Cache, TextModel
 from catts_jax.models.qwen2_5_vl.vision import VisionTransformer
 from catts_jax.sharding import constrain
 
@@ -47,7 +47,7 @@ class Qwen2_5_VL(nnx.Module):
     features = self.visual(pixel_values, patch_pos, patch_image).astype(embeds.dtype)
     features = constrain(features, (None, "activation_embed"))
     is_image = input_ids == self.cfg.image_token_id
-    return jnp.where(is_image[..., None], features[image_index], embeds)
+    return jnp.where(is_image[..., None], constrain(features[image_index], HIDDEN), constrain(embeds, HIDDEN))
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """LM head in float32 output precision."""

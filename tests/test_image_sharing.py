@@ -1,0 +1,141 @@
+"""One vision encode per distinct image: rows that repeat a (prompt, images) pair share its
+slots (processing.Processor.encode), and the result equals giving every row its own copy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+from tiny_hf import random_image
+
+from catts_jax import sharding
+from catts_jax.models.qwen2_5_vl import load_hf
+from catts_jax.processing import Processor
+
+G = 4  # samples of one problem, scored as G rows
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_ckpt):
+  return Processor(tiny_ckpt), load_hf(tiny_ckpt)
+
+
+def logits_of(model, batch):
+  inputs = {k: jnp.asarray(v) for k, v in batch.model_inputs().items()}
+  return np.asarray(nnx.jit(lambda m, x: m(**x))(model, inputs)[0])
+
+
+def group_batches(processor, images, g=G):
+  """The scoring batch of g responses to each prompt on `images` (one image a prompt), once
+  with each prompt's image object repeated (shared) and once with a fresh copy a row."""
+  rng = np.random.default_rng(0)
+  prompt = processor.chat_prompt("What is in the picture?", 1)
+  prompts = [prompt] * (g * len(images))
+  responses = [rng.integers(0, 400, 3 + i % 5).tolist() for i in range(len(prompts))]
+  shared = [[im] for im in images for _ in range(g)]
+  copies = [[im.copy()] for im in images for _ in range(g)]
+  return processor.scoring_batch(prompts, responses, shared), processor.scoring_batch(
+    prompts, responses, copies
+  )
+
+
+def test_shared_rows_encode_once_and_equal_per_row_copies(setup):
+  """G rows of one prompt and image: one HF call on one prompt and one image, one slot, and
+  logits equal to G rows each with its own copy (G slots)."""
+  processor, model = setup
+  image = random_image(np.random.default_rng(1), 84, 56)
+  calls = []
+  hf = processor.hf
+
+  class Counting:
+    """The HF processor, recording the texts and images of each call."""
+
+    def __call__(self, **kw):
+      calls.append(kw)
+      return hf(**kw)
+
+    def __getattr__(self, name):
+      return getattr(hf, name)
+
+  processor.hf = Counting()
+  try:
+    shared, per_row = group_batches(processor, [image])
+  finally:
+    processor.hf = hf
+  assert [len(c["text"]) for c in calls] == [1, G] and [len(c["images"]) for c in calls] == [1, G]
+  assert shared.batch.pixel_values.shape[0] == 1 and per_row.batch.pixel_values.shape[0] == G
+  np.testing.assert_array_equal(shared.batch.input_ids, per_row.batch.input_ids)
+  np.testing.assert_array_equal(shared.batch.positions, per_row.batch.positions)
+  valid = shared.batch.attention_mask.astype(bool)
+  a, b = logits_of(model, shared.batch)[valid], logits_of(model, per_row.batch)[valid]
+  assert np.abs(a - b).max() <= 1e-5
+  assert np.abs(a).std() > 0.1  # real logits, not zeros on both sides
+
+
+def test_interleaved_images_and_paths_share_by_identity(setup, tmp_path):
+  """Rows [A, B, A] with B a path given as str and as Path: 2 slots; rows 0 and 2 read the
+  same features, row 1 others; different prompts on one image do not share."""
+  processor, model = setup
+  rng = np.random.default_rng(2)
+  a = random_image(rng, 56, 84)
+  random_image(rng, 70, 56).save(tmp_path / "b.png")
+  prompt = processor.chat_prompt("Describe it.", 1)
+  batch = processor([prompt] * 3, [[a], [str(tmp_path / "b.png")], [a]])
+  assert batch.image_grid_thw.shape[0] == 2 and batch.pixel_values.shape[0] == 2
+  is_image = batch.input_ids == processor.cfg.image_token_id
+  rows = [batch.image_index[r][is_image[r]] for r in range(3)]
+  np.testing.assert_array_equal(rows[0], rows[2])
+  per_slot = batch.pixel_values.shape[1] // processor.cfg.vision.spatial_merge_size**2
+  assert (rows[0] < per_slot).all() and (rows[1] >= per_slot).all()
+  assert (batch.image_index[~is_image] == 0).all()
+  paths = processor([prompt] * 2, [[tmp_path / "b.png"], [str(tmp_path / "b.png")]])
+  assert paths.pixel_values.shape[0] == 1
+  other = processor([prompt, processor.chat_prompt("Count.", 1)], [[a], [a]])
+  assert other.image_grid_thw.shape[0] == 2
+  # The same rows with their own copies give the same logits.
+  b = processor([prompt] * 3, [[a.copy()], [str(tmp_path / "b.png")], [a.copy()]])
+  assert b.pixel_values.shape[0] == 4  # 3 images, bucketed
+  valid = batch.attention_mask.astype(bool)
+  assert np.abs(logits_of(model, batch)[valid] - logits_of(model, b)[valid]).max() <= 1e-5
+
+
+def vision_flops(model, batch) -> float:
+  """XLA's FLOP count of the compiled image splice (vision tower + gather) for `batch`."""
+  graphdef, state = nnx.split(model)
+  keys = ("input_ids", "pixel_values", "patch_pos", "patch_image", "image_index")
+  inputs = {k: jnp.asarray(v) for k, v in batch.model_inputs().items() if k in keys}
+  embed = jax.jit(lambda s, x: nnx.merge(graphdef, s).embed(**x))
+  cost = embed.lower(state, inputs).compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, list | tuple) else cost)["flops"])
+
+
+def test_vision_flops_fall_by_group_size(setup):
+  processor, model = setup
+  g = 8
+  shared, per_row = group_batches(processor, [random_image(np.random.default_rng(3), 84, 84)], g)
+  assert shared.batch.pixel_values.shape[0] == 1 and per_row.batch.pixel_values.shape[0] == g
+  ratio = vision_flops(model, per_row.batch) / vision_flops(model, shared.batch)
+  print(f"vision FLOPs, {g} rows on one image: per-row copies / shared = {ratio:.3f}")
+  assert g * 0.95 < ratio < g * 1.05
+
+
+def test_sharded_slots_equal_one_device(setup, tiny_ckpt):
+  """8 devices (data 2 x fsdp 2 x tensor 2): 4 distinct images, 2 rows each, slots sharded
+  over data x fsdp (one a device pair); logits equal one device's."""
+  processor, model = setup
+  rng = np.random.default_rng(4)
+  shared, _ = group_batches(processor, [random_image(rng, 56 + 14 * i, 56) for i in range(4)], 2)
+  batch = shared.batch
+  assert batch.pixel_values.shape[0] == 4
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sharded = sharding.shard_model(load_hf(tiny_ckpt), mesh)
+  inputs = batch.model_inputs()
+  placed = sharding.put(inputs, sharding.input_shardings(inputs, mesh))
+  assert placed["pixel_values"].sharding.spec == P(("data", "fsdp"), None, None)
+  assert placed["image_index"].sharding.spec == P(("data", "fsdp"), None)
+  assert placed["pixel_values"].addressable_shards[0].data.shape[0] == 1
+  with jax.set_mesh(mesh):
+    logits = np.asarray(nnx.jit(lambda m, x: m(**x))(sharded, placed)[0])
+  valid = batch.attention_mask.astype(bool)
+  assert np.abs(logits[valid] - logits_of(model, batch)[valid]).max() <= 1e-5
