@@ -137,8 +137,9 @@ def chunked_statistics(
   """`token_statistics` of `model.logits(hidden)` ([B, R] and [B, R, top_k]), computed
   `model.cfg.logits_chunk` positions at a time (0: all R at once) so that only one chunk's
   [B, chunk, V] logits exist. When the chunk does not divide R, the positions are padded at
-  the end to whole chunks and the padded results dropped. `remat`: each chunk's logits are
-  recomputed in the backward pass instead of stored (for differentiated callers)."""
+  the end to whole chunks and the padded results dropped. `remat`: when there are several chunks,
+  each chunk's logits are recomputed in the backward pass instead of stored (for
+  differentiated callers)."""
   b, r, d = hidden.shape
   chunk = model.cfg.logits_chunk
   chunk = r if chunk <= 0 or chunk >= r else chunk
@@ -153,7 +154,8 @@ def chunked_statistics(
     logits = sharding.constrain(model.logits(h), ("batch", "length", "vocab"))
     return token_statistics(logits, t, top_k)
 
-  body = jax.checkpoint(one) if remat else one
+  # One chunk holds no more than any chunk would: it is stored rather than recomputed.
+  body = jax.checkpoint(one) if remat and n > 1 else one
   target_logp, topk_logp = jax.lax.map(body, (hidden, targets))  # [n, B, chunk, ...]
   target_logp = target_logp.swapaxes(0, 1).reshape(b, n * chunk)[:, :r]
   topk_logp = topk_logp.swapaxes(0, 1).reshape(b, n * chunk, top_k)[:, :r]
