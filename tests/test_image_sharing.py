@@ -1,6 +1,8 @@
 """One vision encode per distinct image: rows that repeat a (prompt, images) pair share its
 slots (processing.Processor.encode), and the result equals giving every row its own copy."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,8 +11,9 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 from tiny_hf import random_image
 
-from catts_jax import sharding
-from catts_jax.models.qwen2_5_vl import load_hf
+from catts_jax import roofline, sharding
+from catts_jax.aot import shapes
+from catts_jax.models.qwen2_5_vl import load_hf, presets
 from catts_jax.processing import Processor
 
 G = 4  # samples of one problem, scored as G rows
@@ -87,8 +90,20 @@ def test_interleaved_images_and_paths_share_by_identity(setup, tmp_path):
   rows = [batch.image_index[r][is_image[r]] for r in range(3)]
   np.testing.assert_array_equal(rows[0], rows[2])
   per_slot = batch.pixel_values.shape[1] // processor.cfg.vision.spatial_merge_size**2
-  assert (rows[0] < per_slot).all() and (rows[1] >= per_slot).all()
+  # Slot order: A's features start slot 0, B's slot 1.
+  np.testing.assert_array_equal(rows[0], np.arange(len(rows[0])))
+  np.testing.assert_array_equal(rows[1], per_slot + np.arange(len(rows[1])))
   assert (batch.image_index[~is_image] == 0).all()
+  # Row 1's spliced image embeddings are B's features encoded alone (slot 0, no index).
+  alone = processor([prompt], [[str(tmp_path / "b.png")]])
+  features = nnx.jit(lambda m, x: m.visual(x["pixel_values"], x["patch_pos"], x["patch_image"]))(
+    model, {k: jnp.asarray(v) for k, v in alone.model_inputs().items()}
+  )
+  inputs = {
+    k: jnp.asarray(v) for k, v in batch.model_inputs().items() if k not in ("positions", "attention_mask")
+  }
+  embeds = np.asarray(nnx.jit(lambda m, x: m.embed(**x))(model, inputs))
+  np.testing.assert_allclose(embeds[1][is_image[1]], np.asarray(features)[: len(rows[1])], atol=1e-5)
   paths = processor([prompt] * 2, [[tmp_path / "b.png"], [str(tmp_path / "b.png")]])
   assert paths.pixel_values.shape[0] == 1
   other = processor([prompt, processor.chat_prompt("Count.", 1)], [[a], [a]])
@@ -139,3 +154,20 @@ def test_sharded_slots_equal_one_device(setup, tiny_ckpt):
     logits = np.asarray(nnx.jit(lambda m, x: m(**x))(sharded, placed)[0])
   valid = batch.attention_mask.astype(bool)
   assert np.abs(logits[valid] - logits_of(model, batch)[valid]).max() <= 1e-5
+
+
+def test_train_batch_plans_one_image_slot_a_prompt():
+  """trainer_shapes: 2 prompts x 8 samples -> 16 rows but 2 image slots, and the analytic
+  vision FLOPs are those of 2 images, not 16."""
+  cfg = presets.resolve({"preset": "small"})
+  s = shapes.trainer_shapes(cfg, prompts=2, group=8, max_new_tokens=16, prompt_len=64, image_patches=64)
+  assert (s.rows, s.images, s.patches) == (16, 2, 2 * 64)
+  batch = shapes.train_batch(cfg, s)
+  assert batch.pixel_values.shape[0] == 2 and batch.image_index.shape == batch.input_ids.shape == (
+    16,
+    s.seq_len,
+  )
+  per_row = dataclasses.replace(s, images=16, patches=16 * 64)
+  window = min(64, cfg.vision.window_patches**2)
+  extra = shapes.analytic_train_flops(cfg, per_row) - shapes.analytic_train_flops(cfg, s)
+  assert extra == pytest.approx(3 * 14 * roofline.vision_flops(cfg, 64, window))
