@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 
 from catts_jax import sharding
 from catts_jax.processing import ScoringBatch
@@ -168,7 +168,7 @@ class Scorer:
   With a `mesh` (params already placed on it, e.g. `sharding.shard_model`), rows and outputs
   are sharded over data x fsdp and the jitted function states every layout."""
 
-  def __init__(self, model: nnx.Module, cfg: ConfidenceConfig = ConfidenceConfig(), mesh=None):
+  def __init__(self, model: nnx.Module, cfg: ConfidenceConfig = ConfidenceConfig(), mesh: Mesh | None = None):
     self.cfg = cfg
     self.mesh = mesh
     self.graphdef, self.state = nnx.split(model)
@@ -188,10 +188,8 @@ class Scorer:
   def _jitted(self, state, inputs, response_mask):
     """The jitted score function; with a mesh, one per layout of (params, inputs), with
     explicit in/out shardings."""
-    if self.mesh is None:
-      key = None
-      kwargs = {}
-    else:
+    key, kwargs = None, {}
+    if self.mesh is not None:
       state_s = jax.tree.map(lambda x: x.sharding, state)
       input_s = sharding.input_shardings({**inputs, "response_mask": response_mask}, self.mesh)
       mask_s = input_s.pop("response_mask")
@@ -219,9 +217,8 @@ class Scorer:
     else:
       values = sharding.put(values, sharding.input_shardings(values, self.mesh))
     mask = values.pop("response_mask")
-    inputs = values
     with self._mesh():
-      out = self._jitted(state, inputs, mask)(state, inputs, mask, sb.response_len)
+      out = self._jitted(state, values, mask)(state, values, mask, sb.response_len)
     n = sb.batch.num_rows
     out = {k: np.asarray(v)[:n] for k, v in out.items()}
     out["response_mask"] = sb.response_mask[:n].astype(bool)
