@@ -15,6 +15,7 @@ from catts_jax import roofline, sharding
 from catts_jax.aot import shapes
 from catts_jax.models.qwen2_5_vl import load_hf, presets
 from catts_jax.processing import Processor
+from catts_jax.rl.rollout import _repeat
 
 G = 4  # samples of one problem, scored as G rows
 
@@ -113,6 +114,18 @@ def test_interleaved_images_and_paths_share_by_identity(setup, tmp_path):
   assert b.pixel_values.shape[0] == 4  # 3 images, bucketed
   valid = batch.attention_mask.astype(bool)
   assert np.abs(logits_of(model, batch)[valid] - logits_of(model, b)[valid]).max() <= 1e-5
+
+
+def test_rollout_rows_share_their_problems_images(setup):
+  """The rollout's passes list each problem's prompt and images G times (`rollout._repeat`):
+  P problems x G rows make P slots."""
+  processor, _ = setup
+  rng = np.random.default_rng(5)
+  prompts = [processor.chat_prompt(q, 1) for q in ("How many?", "Which colour?")]
+  images = [[random_image(rng, 56, 56)], [random_image(rng, 70, 56)]]
+  rows = _repeat(prompts, G)
+  sb = processor.scoring_batch(rows, [[7, 8]] * len(rows), _repeat(images, G))
+  assert sb.batch.num_rows == 2 * G and sb.batch.pixel_values.shape[0] == 2
 
 
 def vision_flops(model, batch) -> float:
