@@ -32,13 +32,19 @@ class Samples(SampleOutput):
 
 class Policy:
   def __init__(
-    self, model: Qwen2_5_VL, processor: Processor, confidence: ConfidenceConfig = ConfidenceConfig()
+    self,
+    model: Qwen2_5_VL,
+    processor: Processor,
+    confidence: ConfidenceConfig = ConfidenceConfig(),
+    mesh: Mesh | None = None,
   ):
+    """With a `mesh` (the model's params laid out on it), the scorer and the sampler shard
+    their rows over data x fsdp."""
     self.model = model
     self.processor = processor
     self.confidence = confidence
-    self.scorer = Scorer(model, confidence)
-    self.sampler = Sampler(model, processor.pad_id)
+    self.scorer = Scorer(model, confidence, mesh=mesh)
+    self.sampler = Sampler(model, processor.pad_id, mesh=mesh)
 
   @classmethod
   def from_pretrained(
@@ -52,7 +58,7 @@ class Policy:
   ) -> Policy:
     """From an HF checkpoint directory; `dtype` is the compute dtype (params stay float32)."""
     cfg = ModelConfig.from_pretrained(path).replace(dtype=dtype)
-    return cls(load_hf(path, cfg, mesh=mesh), Processor(path, cfg, **processor_kwargs), confidence)
+    return cls(load_hf(path, cfg, mesh=mesh), Processor(path, cfg, **processor_kwargs), confidence, mesh)
 
   @property
   def cfg(self) -> ModelConfig:

@@ -134,12 +134,22 @@ def _pin(tree, mesh):
   return tree if mesh is None else jax.lax.with_sharding_constraint(tree, carry_shardings(tree, mesh))
 
 
-def cast_state(state: nnx.State, dtype) -> nnx.State:
-  """Floating params cast to the compute dtype, once (each layer casts its weights to it at
-  use, so decoding from this copy gives the same numbers without a cast per token)."""
+def cast_state(state: nnx.State, dtype, mesh: jax.sharding.Mesh | None = None) -> nnx.State:
+  """Floating params cast to the compute dtype, once, and with a `mesh` laid out on it by their
+  logical axes (a rollout mesh other than the trainer's). Each layer casts its weights to the
+  compute dtype at use, so decoding from this copy gives the same numbers without a cast per
+  token. Returns `state` itself when there is nothing to do."""
   dtype = jnp.dtype(dtype)
-  cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
-  return jax.jit(lambda s: jax.tree.map(cast, s))(state)
+  floating = lambda x: jnp.issubdtype(x.dtype, jnp.floating)  # noqa: E731
+  out_shardings = None if mesh is None else sharding.state_shardings(state, mesh)
+  same_layout = out_shardings is None or all(
+    x.sharding.is_equivalent_to(s, x.ndim)
+    for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(out_shardings))
+  )
+  if same_layout and all(x.dtype == dtype for x in jax.tree.leaves(state) if floating(x)):
+    return state
+  cast = lambda s: jax.tree.map(lambda x: x.astype(dtype) if floating(x) else x, s)  # noqa: E731
+  return jax.jit(cast, out_shardings=out_shardings)(state)
 
 
 class Sampler:
@@ -180,6 +190,9 @@ class Sampler:
     def record(c, logits):
       """Choose the token for step c["step"] from logits, record it and its log-probs."""
       step = c["step"]
+      # Each device draws its own rows' tokens over the whole vocabulary (left to
+      # propagation, the rows' logits were gathered to every device).
+      logits = sharding.constrain(logits, ("batch", None))
       policy_logits, sample_logits = split(logits)
       # Image/video placeholders are never a valid output: emitted, they would be read as
       # image slots when the response is scored or continued.

@@ -2,13 +2,13 @@
 confidences as on one device for a fixed key, and each device does 1/8 of the work."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from tiny_hf import random_image
 
 from catts_jax import sharding
-from catts_jax.models.qwen2_5_vl import load_hf
+from catts_jax.models.qwen2_5_vl import ModelConfig, load_hf
 from catts_jax.processing import Processor
 from catts_jax.sampling import Sampler, SamplingConfig, carry_shardings, cast_state
 
@@ -70,7 +70,10 @@ def test_kv_cache_layout_is_stated():
   """K/V: rows over data x fsdp and KV heads over tensor; the step and key replicated."""
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   carry = {
-    "cache": {"layers": [{"k": np.zeros((8, 2, 4, 16)), "v": np.zeros((8, 2, 16, 4))}], "valid": np.zeros((8, 16))},
+    "cache": {
+      "layers": [{"k": np.zeros((8, 2, 4, 16)), "v": np.zeros((8, 2, 16, 4))}],
+      "valid": np.zeros((8, 16)),
+    },
     "tokens": np.zeros((8, 6)),
     "step": np.zeros(()),
   }
@@ -84,12 +87,13 @@ def test_kv_cache_layout_is_stated():
 def test_cast_state_gives_the_same_tokens(tiny_ckpt, batch):
   """bf16 compute: decoding from weights cast once equals decoding from fp32 weights (every
   layer casts its weights to the compute dtype at use)."""
-  model = load_hf(tiny_ckpt, load_hf.__globals__["ModelConfig"].from_pretrained(tiny_ckpt).replace(dtype="bfloat16"))
+  model = load_hf(tiny_ckpt, ModelConfig.from_pretrained(tiny_ckpt).replace(dtype="bfloat16"))
   sampler = Sampler(model)
   cast = cast_state(sampler.state, "bfloat16")
-  assert {x.dtype for x in jax.tree.leaves(cast) if np.issubdtype(x.dtype, np.floating)} == {np.dtype("bfloat16")}
+  assert {x.dtype for x in jax.tree.leaves(cast) if jnp.issubdtype(x.dtype, jnp.floating)} == {
+    jnp.dtype("bfloat16")
+  }
   a = sampler(batch, CFG, jax.random.key(1))
   b = sampler(batch, CFG, jax.random.key(1), state=cast)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_array_equal(a.logprobs, b.logprobs)
-  del nnx
