@@ -10,6 +10,7 @@ from catts_jax.processing import (
   Processor,
   bucket,
   image_slots,
+  image_token_index,
   length_buckets,
   patch_metadata,
   power_of_two_buckets,
@@ -90,6 +91,18 @@ def test_image_slots_hold_each_image_in_order():
   assert (pixels[~real] == 0).all()
   with pytest.raises(ValueError, match="patches per image: 24 exceeds the largest bucket 16"):
     image_slots(flat, grid, 2, image_buckets=(4,), patch_buckets=(16,))
+
+
+def test_image_token_index_follows_the_slots():
+  """Frame f of image g lives in slot (frames before g) + f, slot_size / merge^2 features a
+  slot; each row's image tokens read its images' features in order, padding reads 0."""
+  img = 9
+  grid = np.array([[2, 4, 2], [1, 2, 2]])  # two frames of 2 tokens, then one frame of 1 token
+  ids = np.array([[0, 1, img, img, img, img, 2], [img, 3, img, img, img, img, 4]])
+  index = image_token_index(ids, img, [[0], [1, 0]], grid, slot_size=8, merge=2)
+  np.testing.assert_array_equal(index, [[0, 0, 0, 1, 2, 3, 0], [4, 0, 0, 1, 2, 3, 0]])
+  with pytest.raises(ValueError, match="row 0: 4 image tokens but its images make 1"):
+    image_token_index(ids, img, [[1], [0]], grid, slot_size=8, merge=2)
 
 
 def test_bad_inputs_name_the_item(tiny_ckpt, tmp_path):
