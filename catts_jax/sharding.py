@@ -148,8 +148,8 @@ def input_axes(name: str, ndim: int) -> tuple[str | None, ...]:
 
 
 def input_shardings(inputs: Mapping[str, object], mesh: Mesh, rules: Mapping | None = None) -> dict:
-  """NamedSharding of each named input (arrays or ShapeDtypeStructs): rows over data x fsdp
-  where they divide, image slots and scalars replicated. The sampler, the scorer and the
+  """NamedSharding of each named input (arrays or ShapeDtypeStructs): rows and image slots
+  over data x fsdp where they divide, scalars replicated. The sampler, the scorer and the
   train step all lay their inputs out with this one function."""
   out = {}
   for name, x in inputs.items():

@@ -214,8 +214,8 @@ class Learner:
     leaves params and optimizer state as they were.
 
     With several processes (jax.distributed), every process passes the same global batch and
-    each device takes its shard of the rows: the image slots are not per row (a row's image
-    tokens index into all of them), so no process could build its rows' slots alone."""
+    each device takes its shard of the rows and of the image slots (a row's image tokens read
+    the features of any slot, by `image_index`, so no process could build its rows' slots alone)."""
     if self.mesh is None:
       batch = jax.tree.map(jnp.asarray, batch)
     else:
