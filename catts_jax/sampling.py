@@ -164,6 +164,7 @@ class Sampler:
     self.compilations = 0
     self._prefill = jax.jit(self._prefill_impl, static_argnames=("cache_len",))
     self._decode = jax.jit(self._decode_impl, static_argnames=("cfg", "contrastive"), donate_argnums=(1,))
+    self._start_jit = jax.jit(self._start_impl, static_argnames=("cfg", "groups"))
 
   def _prefill_impl(self, state, inputs, cache_len: int):
     """Prompt pass: last-position logits [B, V] and the filled cache."""
@@ -254,10 +255,13 @@ class Sampler:
       "key": jnp.copy(key),  # the carry is donated; the caller's key stays usable
     }
 
+  def _start_impl(self, cache, logits, next_pos, key, num_rows: int, cfg: SamplingConfig, groups: int):
+    return _pin(self.decode_carry(cache, logits, next_pos, num_rows, cfg, key, groups), self.mesh)
+
   def _start(self, cache, logits, next_pos, num_rows: int, cfg: SamplingConfig, key, groups: int):
-    """`decode_carry` placed as the decode loop takes it (with a mesh: `carry_shardings`)."""
-    carry = self.decode_carry(cache, logits, next_pos, num_rows, cfg, key, groups)
-    return carry if self.mesh is None else jax.device_put(carry, carry_shardings(carry, self.mesh))
+    """`decode_carry`, built by one program on the devices and laid out as the decode loop
+    takes it (with a mesh: `carry_shardings`; also across processes)."""
+    return self._start_jit(cache, logits, next_pos, key, np.int32(num_rows), cfg=cfg, groups=groups)
 
   def lower_decode(self, state, carry, cfg: SamplingConfig, contrastive: bool = False):
     """Lower the jitted decode loop for (possibly abstract, sharded) `state` and `carry`;
@@ -303,7 +307,7 @@ class Sampler:
     n, b = cfg.n, batch.num_rows
 
     def unflatten(x):
-      x = np.asarray(x)
+      x = sharding.to_host(x)
       return x.reshape(-1, n, *x.shape[1:])[:b]
 
     return SampleOutput(

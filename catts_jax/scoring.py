@@ -220,6 +220,6 @@ class Scorer:
     with self._mesh():
       out = self._jitted(state, values, mask)(state, values, mask, sb.response_len)
     n = sb.batch.num_rows
-    out = {k: np.asarray(v)[:n] for k, v in out.items()}
+    out = {k: sharding.to_host(v)[:n] for k, v in out.items()}
     out["response_mask"] = sb.response_mask[:n].astype(bool)
     return out

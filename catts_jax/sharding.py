@@ -167,3 +167,13 @@ def put(values, shardings):
     values,
     shardings,
   )
+
+
+def to_host(x) -> np.ndarray:
+  """A global array as numpy on every process (gathered from the other processes' devices
+  when it spans them)."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
