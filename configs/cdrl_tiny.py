@@ -43,6 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
     # describes rewards only.
     confidence_gradient=False,
     confidence_gradient_from=0,  # the step it starts at
+    # Rows per sampler / scorer call, multiples of group_size (0: all rows at once): bound the
+    # KV cache and a scoring pass's activations.
+    sample_micro_batch=0,
+    score_micro_batch=0,
   )
   c.clip = dict(model="ViT-B-32", pretrained="openai")  # for targeted perturbations
   c.loss = dict(
@@ -66,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
     freeze_vision=False,
   )
   c.mesh = dict(data=1, fsdp=-1, tensor=1)  # -1: the devices left over
+  # The rollout's mesh over the same devices, e.g. "data=-1,tensor=4" (weights resharded once
+  # a step); "": the trainer's mesh. FSDP weights decode with collectives every token.
+  c.rollout_mesh = ""
   # oversample > 1: draw that many times prompts_per_step problems per step and train on the
   # informative groups first (DAPO's refill of groups whose rewards have zero variance).
   c.train = dict(

@@ -272,3 +272,28 @@ def test_rollouts_sample_the_policy_the_learner_scores(field):
   with pytest.raises(ValueError, match="temperature-1 policy"):
     RolloutConfig(**field)
   RolloutConfig(temperature=1.0, top_p=1.0)
+
+
+def test_micro_batched_rollout_equals_one_call(setup):
+  """Scoring in micro-batches of G rows gives the same batch as one call (the perturbed
+  confidences, the reference log-probs); sampling in micro-batches draws each call's tokens
+  with its own key, and the batch stays consistent with them."""
+  policy, examples = setup
+  base = dict(group_size=4, max_new_tokens=6, strength=1.0, dynamic_filter=False)
+  key, ref = jax.random.key(0), policy.scorer.state
+  whole, r, m = rollout(policy, examples, "mathvision", RolloutConfig(**base), key, ref_state=ref)
+  parts, r2, m2 = rollout(
+    policy, examples, "mathvision", RolloutConfig(**base, score_micro_batch=4), key, ref_state=ref
+  )
+  assert r2 == r and m2["confidence_perturbed"] == pytest.approx(m["confidence_perturbed"], abs=1e-6)
+  np.testing.assert_allclose(parts.ref_logp, whole.ref_logp, atol=1e-5)
+  np.testing.assert_array_equal(parts.input_ids, whole.input_ids)
+  sampled, r3, _ = rollout(
+    policy, examples, "mathvision", RolloutConfig(**base, sample_micro_batch=8), key, ref_state=ref
+  )
+  mask = sampled.response_mask.astype(bool)
+  inputs = {k: jax.numpy.asarray(v) for k, v in sampled.model_inputs().items()}
+  logp = np.asarray(response_logprobs(policy.model, inputs, r3))
+  np.testing.assert_allclose(sampled.old_logp[mask], logp[mask], atol=1e-4)
+  with pytest.raises(ValueError, match="multiple of group_size"):
+    RolloutConfig(**base, score_micro_batch=6)

@@ -49,7 +49,7 @@ from catts_jax import perturb
 from catts_jax.policy import Policy
 from catts_jax.rl import grpo, rewards
 from catts_jax.rl.batch import TrainBatch
-from catts_jax.sampling import SamplingConfig
+from catts_jax.sampling import SamplingConfig, cast_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +74,19 @@ class RolloutConfig:
   # response) or "answer" (of the final \\boxed{} answer's tokens; see `answer_mask`).
   calibration_span: str = "response"
   template: str | None = None
+  # Rows per sampler call and per scorer call (multiples of group_size; 0 = every row in one
+  # call). Apart, because they bound different things: the KV cache (decoding wants as many
+  # rows as fit) and a teacher-forced pass's activations.
+  sample_micro_batch: int = 0
+  score_micro_batch: int = 0
 
   def __post_init__(self):
+    for name in ("sample_micro_batch", "score_micro_batch"):
+      if getattr(self, name) % self.group_size:
+        raise ValueError(
+          f"rollout {name}={getattr(self, name)}: expected a multiple of group_size={self.group_size} "
+          "(a problem's samples share one prefill and one image encode)"
+        )
     # The learner's log-probs and the ratio's old_logp are the temperature-1, untruncated
     # policy's; samples drawn from a tempered or top-p policy would get a gradient that is
     # not the sampled policy's.
@@ -184,7 +195,9 @@ def sample(
   policy: Policy, prompts: Prompts, cfg: RolloutConfig, key: jax.Array, state: nnx.State | None = None
 ) -> Samples:
   """Stage 2: G = `cfg.group_size` samples of each prompt on its original images, with their
-  token log-probs and conf(y|x), under `state` (default: the policy's own params)."""
+  token log-probs and conf(y|x), under `state` (default: the policy's own params); with
+  `cfg.sample_micro_batch`, sample_micro_batch / G prompts per sampler call (call i draws with
+  fold_in(key, i))."""
   g = cfg.group_size
   sampling = SamplingConfig(
     max_new_tokens=cfg.max_new_tokens,
@@ -194,28 +207,68 @@ def sample(
     stop_ids=policy.stop_ids(),
     confidence=policy.confidence,
   )
-  out = policy.sampler(policy.processor(prompts.prompts, prompts.originals), sampling, key, state=state)
-  lengths = out.lengths.reshape(-1)
-  tokens = [t[:n] for t, n in zip(out.tokens.reshape(len(prompts.prompts) * g, -1), lengths)]
+  tokens, lengths, token_logp, confidence = [], [], [], []
+  chunks = _chunks(len(prompts.prompts), cfg.sample_micro_batch // g)
+  for i, part in enumerate(chunks):
+    batch = policy.processor([prompts.prompts[j] for j in part], [prompts.originals[j] for j in part])
+    out = policy.sampler(
+      batch, sampling, key if len(chunks) == 1 else jax.random.fold_in(key, i), state=state
+    )
+    rows = len(part) * g
+    lengths.append(out.lengths.reshape(-1))
+    tokens += [t[:n] for t, n in zip(out.tokens.reshape(rows, -1), lengths[-1])]
+    token_logp.append(out.logprobs.reshape(rows, -1))
+    confidence.append(out.scores["confidence"].reshape(-1))
   texts = [policy.processor.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
   return Samples(
     tokens=tokens,
-    lengths=lengths,
+    lengths=np.concatenate(lengths),
     texts=texts,
-    token_logp=out.logprobs.reshape(len(tokens), -1),
-    confidence=out.scores["confidence"].reshape(-1),
+    token_logp=np.concatenate(token_logp),
+    confidence=np.concatenate(confidence),
   )
+
+
+def score_rows(policy: Policy, prompts, responses, images, state=None, micro_batch: int = 0) -> dict:
+  """The scorer's dict for rows (prompt, response, images), `micro_batch` rows per call (0:
+  one call); per-token arrays right-aligned to the widest call's response length."""
+  parts = [
+    policy.scorer(
+      policy.processor.scoring_batch(
+        [prompts[i] for i in p], [responses[i] for i in p], [images[i] for i in p]
+      ),
+      state=state,
+    )
+    for p in _chunks(len(prompts), micro_batch)
+  ]
+  if len(parts) == 1:
+    return parts[0]
+  width = max(p["token_logprobs"].shape[1] for p in parts)
+  return {
+    k: np.concatenate([_last_columns(p[k], width) if p[k].ndim == 2 else p[k] for p in parts])
+    for k in parts[0]
+  }
+
+
+def _chunks(n: int, size: int) -> list[np.ndarray]:
+  """[0, n) in consecutive pieces of `size` (0: one piece)."""
+  return np.array_split(np.arange(n), range(size, n, size)) if size else [np.arange(n)]
 
 
 def score_perturbed(
-  policy: Policy, prompts: Prompts, samples: Samples, g: int, state: nnx.State | None = None
+  policy: Policy, prompts: Prompts, samples: Samples, cfg: RolloutConfig, state: nnx.State | None = None
 ) -> dict[str, np.ndarray]:
   """Stage 3: one scoring pass of every sample under its problem's perturbed images: the
   scorer's dict, "confidence" [N] (conf(y|x_noisy)) and "token_logprobs" [N, R'] among it."""
-  sb = policy.processor.scoring_batch(
-    _repeat(prompts.prompts, g), samples.tokens, _repeat(prompts.perturbed, g)
+  g = cfg.group_size
+  return score_rows(
+    policy,
+    _repeat(prompts.prompts, g),
+    samples.tokens,
+    _repeat(prompts.perturbed, g),
+    state,
+    cfg.score_micro_batch,
   )
-  return policy.scorer(sb, state=state)
 
 
 def compute_rewards(
@@ -374,12 +427,9 @@ def assemble(
   if ref_state is not None:
     # The KL is estimated on the policy's own samples only: perturbed copies are not samples
     # of the policy in their context, so the reference pass skips them (and the solutions).
-    ref_sb = (
-      policy.processor.scoring_batch(row_prompts, row_tokens, pick(_repeat(prompts.originals, g)))
-      if noisy_rows or solutions
-      else sb
-    )
-    ref_logp = policy.scorer(ref_sb, state=ref_state)["token_logprobs"][: len(rows_of)]
+    originals = pick(_repeat(prompts.originals, g))
+    ref = score_rows(policy, row_prompts, row_tokens, originals, ref_state, cfg.score_micro_batch)
+    ref_logp = ref["token_logprobs"][: len(rows_of)]
     fields["ref_logp"] = _pad_rows(_last_columns(ref_logp, r), rows)
     if noisy_rows or solutions:
       fields["kl_rows"] = (np.arange(rows) < len(rows_of)).astype(np.float32)
@@ -409,8 +459,12 @@ def rollout(
   `confidence_gradient_from`. `solutions`: each trained problem's reference solution on its
   original images joins the batch as a row marked by `sft_rows` (`LossConfig.sft_coef`)."""
   prompts = perturb_images(policy, examples, cfg, saliency, seed)
+  # The rollout's passes read the weights in the compute dtype, laid out on the policy's mesh
+  # (a rollout mesh may differ from the trainer's): cast and placed once for the step.
+  state = nnx.state(policy.model) if state is None else state
+  state = cast_state(state, policy.cfg.compute_dtype, policy.sampler.mesh)
   samples = sample(policy, prompts, cfg, key, state)
-  noisy = score_perturbed(policy, prompts, samples, cfg.group_size, state)
+  noisy = score_perturbed(policy, prompts, samples, cfg, state)
   scored = compute_rewards(policy, examples, benchmark, cfg, prompts, samples, noisy)
   sel = select_groups(scored.informative, cfg.group_size, train_groups)
   metrics = {

@@ -8,12 +8,14 @@ non-finite loss or gradient stops the run (`train` raises FloatingPointError) an
 last checkpoint intact. Logs go to out/train.jsonl and TensorBoard (out/tb); the final policy
 is exported to out/final as an HF directory, with out/report.json summarising the run.
 
+Layouts: the sampler, the scorer and the train step all shard their rows over data x fsdp
+(`sharding.input_shardings`; the KV cache as `sampling.carry_shardings` says), and the
+rollout's passes read the weights cast once per step to the compute dtype.
+
 Multi-host (`initialize_distributed`): every process reads the step's problems and prepares
-the same rollout inputs, so the sampler and the scorer (replicated: every device computes
-every row) and the train step (rows sharded over data x fsdp) run as one SPMD program over
-all devices. The train batch cannot be split by process: image slots are not per row, a
-row's image tokens index into all of them. The host work (decoding, perturbing, grading) is
-repeated on every process. Only process 0 writes logs and the final export.
+the same rollout inputs, so the sampler, the scorer and the train step run as one SPMD
+program over all devices, each device taking its rows. The host work (decoding, perturbing,
+grading) is repeated on every process. Only process 0 writes logs and the final export.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from catts_jax.processing import Processor
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig
 from catts_jax.rl.rollout import RolloutConfig, rollout
+from catts_jax.sampling import cast_state
 
 
 def initialize_distributed(detect: bool) -> None:
@@ -68,10 +71,20 @@ def train(cfg, out: pathlib.Path) -> dict:
   model = load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)
   processor_keys = ("min_pixels", "max_pixels", "buckets_per_octave")
   processor_kwargs = {k: cfg.model[k] for k in processor_keys if cfg.model.get(k)}
-  policy = Policy(model, Processor(cfg.model.ckpt, model_cfg, **processor_kwargs))
+  # The rollout's passes run on the trainer's mesh, or on `rollout_mesh` (the same devices
+  # arranged for decoding, e.g. tensor x data) with the weights resharded once per step.
+  rollout_mesh = (
+    sharding.make_mesh(sharding.parse_mesh(cfg.rollout_mesh)) if cfg.get("rollout_mesh") else mesh
+  )
+  policy = Policy(model, Processor(cfg.model.ckpt, model_cfg, **processor_kwargs), mesh=rollout_mesh)
   learner = Learner(model, loss_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh)
-  # The frozen reference for the KL term: the starting weights, loaded once more.
-  ref_state = nnx.state(load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)) if loss_cfg.kl_coef else None
+  # The frozen reference for the KL term: the starting weights, loaded once more, kept in the
+  # compute dtype on the rollout's mesh (only the scorer reads it, and computes in that dtype).
+  ref_state = None
+  if loss_cfg.kl_coef:
+    ref_model = load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)
+    ref_state = cast_state(nnx.state(ref_model), model_cfg.compute_dtype, rollout_mesh)
+    del ref_model
   saliency = None
   if rollout_cfg.targeted:
     from catts_jax.saliency import ClipSaliency
