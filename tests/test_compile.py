@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from catts_jax import runs, sharding
-from catts_jax.aot import devices, hardware, hlo, measure, plan, shapes, sweep
+from catts_jax.aot import hardware, hlo, measure, plan, shapes, sweep
 from catts_jax.aot.hardware import GiB
 from catts_jax.models.qwen2_5_vl import presets
 from configs import cdrl_qwen2_5_vl
@@ -79,7 +79,7 @@ def test_compile_oom_message_is_parsed():
 
 
 def test_mesh_and_topology_parsing():
-  assert devices.parse_mesh("data=1,fsdp=16,tensor=1") == {"data": 1, "fsdp": 16, "tensor": 1}
+  assert sharding.parse_mesh("data=1,fsdp=16,tensor=1") == {"data": 1, "fsdp": 16, "tensor": 1}
   assert sharding.mesh_sizes({"data": 1, "fsdp": -1, "tensor": 4}, 16) == {"data": 1, "fsdp": 4, "tensor": 4}
   assert hardware.chip_for("v5p:2x2x2")[1] == 8 and hardware.chip_for("v5e:4x4")[0].hbm_gib == 15.75
   with pytest.raises(ValueError, match="needs 3 devices, have 16"):
@@ -88,39 +88,69 @@ def test_mesh_and_topology_parsing():
     hardware.chip_for("v9x:4x4")
 
 
-def test_plan_compiles_train_and_decode_steps():
-  """The real train step and decode loop of a tiny model on a 4-chip v5e (TPU compile-only
-  devices when libtpu is installed): per-chip memory holds the sharded state, the FSDP
-  step gathers weights, the decode loop's collectives run per token."""
+def test_plan_compiles_generate_score_and_train():
+  """The real sampler, scorer and train step of a small model on a 4-chip v5e (TPU
+  compile-only devices when libtpu is installed): per-chip memory holds the sharded state,
+  the FSDP step gathers weights, the decode loop's collectives run per token, and the report
+  carries the per-step figures the sweep and docs/sharding.md quote."""
   cfg = small()
   cfg.loss.sft_coef = 1.0  # the batch then carries the solution rows' marks
   report = plan.plan(cfg, "v5e:2x2", {"data": 1, "fsdp": -1}, prompt_len=64, image_patches=64)
   assert report["backend"].startswith("tpu" if HAS_LIBTPU else "cpu-simulated")
   assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["chips"] == 4
   assert report["shapes"]["rows"] == 4 and report["shapes"]["seq_len"] == 128  # 64 + 32 -> bucket
+  assert report["shapes"]["images"] == 1  # one slot per prompt, shared by its 4 rows
   state = report["per_chip_state_gib"]
-  train, decode = report["steps"]["train"], report["steps"]["decode"]
-  assert train["compiled"] and decode["compiled"] and report["fits"]
+  steps = report["steps"]
+  train, generate, score = steps["train"], steps["generate"], steps["score"]
+  assert all(s["compiled"] for s in (train, generate, score, generate["prefill"])) and report["fits"]
   # Params and Adam moments are arguments of the step: at least their per-chip bytes.
   assert train["memory_bytes"]["argument"] >= (state["params"] + state["optimizer"]) * GiB
   assert train["memory_bytes"]["alias"] > 0  # donated params and optimizer state
-  # The decode loop takes the text model's params (jit drops the unused vision tower's); the
-  # optimizer state, reference weights and vision tower stay resident beside it.
-  assert decode["memory_bytes"]["argument"] >= 0.5 * state["params"] * GiB
-  resident = decode["resident_outside_bytes"] / GiB
-  assert state["optimizer"] + state["reference"] < resident < state["optimizer"] + 2 * state["params"]
+  # The rollout reads a bf16 copy of the weights (the decode loop: the text model's only);
+  # masters, optimizer state and the bf16 reference stay resident beside it.
+  assert 0.2 * state["params"] * GiB <= generate["memory_bytes"]["argument"]
+  assert state["reference"] == pytest.approx(state["params"] / 2, rel=0.01)
+  resident = generate["resident_outside_bytes"] / GiB
+  assert resident == pytest.approx(state["params"] + state["optimizer"] + state["reference"])
   assert train["flops"] > 0 and 0.5 < train["flops"] / train["analytic_flops_per_chip"] < 4
   assert train["collectives"]["all-gather"]["count"] > 0
-  assert sum(c["loop_count"] for c in decode["collectives"].values()) > 0
-  assert report["fits"] == (
-    train["total_gib"] <= train["hbm_gib"] and decode["total_gib"] <= decode["hbm_gib"]
-  )
+  assert generate["collectives_per_decode_step"] > 0
+  for s in (train, generate, score):
+    assert s["peak_gib_per_chip"] == s["peak_gib"] and s["flops_per_chip"] == s["flops"]
+    assert s["replication"] == pytest.approx(s["flops"] * 4 / s["model_flops"])
+  step_s = max(generate["compute_floor_s"], generate["memory_floor_s"])
+  assert generate["predicted_tokens_per_s_per_chip"] == pytest.approx(4 / 4 / step_s)
+  assert report["fits"] == all(s["total_gib"] <= s["hbm_gib"] for s in (train, generate, score))
+
+
+@pytest.mark.parametrize("mesh", [{"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 8}], ids=["d2f2t2", "f8"])
+def test_rollout_steps_split_their_work_over_chips(mesh):
+  """No replicated rows: on 8 simulated devices the compiled decode loop and scoring pass do
+  at most 1.3x a single device's FLOPs / 8; the replicated layout does more, and talks every
+  token. (4 rows a
+  device: what does not scale with rows, e.g. the loop's bookkeeping, weighs ~0.7 row of
+  this small model's step.)"""
+  cfg = small(prompts=16, group=2, response=16)
+  how = dict(steps=("generate", "score"), prompt_len=64, image_patches=64, cpu=True)
+  one = plan.plan(cfg, "v5e:1x1", {"data": 1}, **how)["steps"]
+  eight = plan.plan(cfg, "v5e:2x4", mesh, replicated_rollout=True, **how)["steps"]
+  for step in ("generate", "score"):
+    assert eight[step]["flops"] <= 1.3 * one[step]["flops"] / 8, (
+      step,
+      eight[step]["flops"] * 8 / one[step]["flops"],
+    )
+  # Replicated rows over FSDP weights: the matmuls still split (over the sharded contraction
+  # dim, then all-reduced every token), the rest is done 8 times.
+  replicated = eight["generate_replicated"]
+  assert replicated["flops"] > 1.5 * one["generate"]["flops"] / 8
+  assert replicated["collectives_per_decode_step"] > 2 * eight["generate"]["collectives_per_decode_step"]
 
 
 def test_cpu_fallback_says_so():
-  report = plan.plan(small(), "v4:2x2x1", {"fsdp": 2, "tensor": 2, "data": 1}, ("decode",), 64, 0, cpu=True)
+  report = plan.plan(small(), "v4:2x2x1", {"fsdp": 2, "tensor": 2, "data": 1}, ("generate",), 64, 0, cpu=True)
   assert report["backend"].startswith("cpu-simulated (--cpu given")
-  assert report["steps"]["decode"]["compiled"] and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
+  assert report["steps"]["generate"]["compiled"] and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
 
 
 def test_state_larger_than_hbm_is_reported_without_compiling():
@@ -163,7 +193,7 @@ def test_cli_writes_report_and_prints_table(tmp_path):
     "--config.rollout.max_new_tokens=16",
     "--topology=v5e:2x2",
     "--mesh=data=1,fsdp=2,tensor=2",
-    "--steps=decode",
+    "--steps=generate",
     "--prompt_len=64",
     "--image_patches=0",
     f"--out={out}",
@@ -173,7 +203,7 @@ def test_cli_writes_report_and_prints_table(tmp_path):
   report = json.loads((out / "report.json").read_text())
   assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2} and report["strategy"] == "custom"
   assert report["topology"] == "v5e:2x2" and report["fits"]
-  assert "decode" in proc.stdout and "fits: yes" in proc.stdout
+  assert "generate" in proc.stdout and "fits: yes" in proc.stdout
 
 
 def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
@@ -183,8 +213,8 @@ def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
     config_file="configs/cdrl_qwen2_5_vl.py",
     strategies=cdrl_qwen2_5_vl.STRATEGIES,
   )
-  rows = sweep.run_sweep(tmp_path, cells, ["decode"], timeout=300, **how)
-  assert rows[0]["steps"]["decode"]["verdict"] == "fits" and rows[0]["image_patches"] == 0
+  rows = sweep.run_sweep(tmp_path, cells, ["generate"], timeout=300, **how)
+  assert rows[0]["steps"]["generate"]["verdict"] == "fits" and rows[0]["image_patches"] == 0
   # tp and fsdp_tp are the same mesh on 4 chips: compiled once.
   assert rows[1]["same_as"] == rows[0]["name"] and rows[1]["strategy"] == "tp"
   assert not (tmp_path / "runs" / rows[1]["name"]).exists()
@@ -195,7 +225,7 @@ def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
   monkeypatch.setattr(sweep.subprocess, "run", no_run)
   with (tmp_path / "sweep.jsonl").open("a") as f:
     f.write('{"name": "cut off by a kill')  # skipped on resume, trimmed before the next row
-  assert sweep.run_sweep(tmp_path, cells, ["decode"], timeout=300, **how) == rows
+  assert sweep.run_sweep(tmp_path, cells, ["generate"], timeout=300, **how) == rows
   assert (tmp_path / "sweep.jsonl").read_text().endswith("}\n")
   table = sweep.sweep_markdown(rows)
   assert table.count("| small | v5e:2x2 (4 chips) |") == 2 and "**fits**" in table
@@ -250,7 +280,7 @@ def test_sweep_cli_writes_table_and_renders_block(tmp_path):
     "--strategies=fsdp_tp",
     "--shapes=1x2x16x0",
     "--extra=",
-    "--steps=decode",
+    "--steps=generate",
     f"--render_readme={doc}",
   ]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

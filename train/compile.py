@@ -7,8 +7,9 @@
 
 No weights are created: the model is built with `nnx.eval_shape`, params and optimizer
 state get their shardings from the logical-axis rules (catts_jax/sharding.py), and the real
-CDRL train step (`rl.learner.make_train_step`, jitted as the Learner jits it) and the
-sampler's decode loop (`Sampler.lower_decode`) are lowered from `jax.ShapeDtypeStruct`s and
+CDRL step's three parts, with the layouts `train.cdrl` runs them with: the sampler's prefill
+and decode loop (`generate`), the scorer's pass (`score`) and the train step (`train`,
+`rl.learner.make_train_step` jitted as the Learner jits it), are lowered from `jax.ShapeDtypeStruct`s and
 compiled for the topology's devices from `jax.experimental.topologies.get_topology_desc`
 (needs libtpu: `pip install -e '.[tpu]'`; no TPU needed). Without libtpu the same program is
 compiled for simulated CPU devices, and the report says so (the CPU compiler's buffers and
@@ -20,7 +21,9 @@ Shapes follow the trainer: a train batch of prompts_per_step x group_size rows (
 a power of two, as the Processor buckets them), each `--prompt_len` prompt tokens (holding one
 `--image_patches`-patch image) plus `max_new_tokens` response tokens, rounded up to a power of
 two (or finer, as `model.buckets_per_octave` asks); the decode loop over the same rows with a
-KV cache of prompt + max_new_tokens slots. A grid of plans: `python -m train.sweep`.
+KV cache of prompt + max_new_tokens slots; each prompt's image encoded once, its slot shared by
+the prompt's rows. `--replicated_rollout` also compiles generate with every row on every chip
+(the layout before rows were sharded), for comparison. A grid of plans: `python -m train.sweep`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from ml_collections import config_flags
 from catts_jax import cli, runs
 from catts_jax.aot import hardware
 from configs.cdrl_qwen2_5_vl import STRATEGIES
+
+STEPS = ("generate", "score", "train")  # catts_jax.aot.plan.STEPS (imported late: it starts jax)
 
 
 def define(fv: flags.FlagValues) -> None:
@@ -50,11 +55,14 @@ def define(fv: flags.FlagValues) -> None:
   )
   flags.DEFINE_string("mesh", None, "mesh axes, e.g. data=1,fsdp=16,tensor=1 (-1: the rest)", flag_values=fv)
   flags.DEFINE_enum("strategy", None, list(STRATEGIES), "a named mesh (configs)", flag_values=fv)
-  flags.DEFINE_list("steps", ["train", "decode"], "which steps to compile: train, decode", flag_values=fv)
+  flags.DEFINE_list("steps", list(STEPS), f"which steps to compile: {', '.join(STEPS)}", flag_values=fv)
   flags.DEFINE_integer("prompt_len", 512, "prompt tokens per problem (image tokens included)", flag_values=fv)
   flags.DEFINE_integer("image_patches", 256, "patches of the one image per prompt (0: text)", flag_values=fv)
   flags.DEFINE_bool(
     "cpu", False, "compile for simulated CPU devices even when libtpu is present", flag_values=fv
+  )
+  flags.DEFINE_bool(
+    "replicated_rollout", False, "also compile generate with every row on every chip", flag_values=fv
   )
 
 
@@ -76,9 +84,9 @@ def main(argv=None) -> int:
     _, chips = hardware.chip_for(topology)
   except ValueError as e:
     return _usage(str(e))
-  unknown = set(args.steps) - {"train", "decode"}
+  unknown = set(args.steps) - set(STEPS)
   if unknown:
-    return _usage(f"--steps: unknown {sorted(unknown)}; expected train, decode")
+    return _usage(f"--steps: unknown {sorted(unknown)}; expected {', '.join(STEPS)}")
   from catts_jax.aot import devices
 
   devices.ensure_cpu_devices(chips)  # before jax starts its CPU backend (the fallback's devices)
@@ -87,7 +95,7 @@ def main(argv=None) -> int:
 
   try:
     if args.mesh:
-      mesh_shape = devices.parse_mesh(args.mesh)
+      mesh_shape = sharding.parse_mesh(args.mesh)
     else:
       mesh_shape = STRATEGIES[args.strategy] if args.strategy else dict(cfg.mesh)
     sharding.mesh_sizes(mesh_shape, chips)
@@ -101,6 +109,7 @@ def main(argv=None) -> int:
     prompt_len=args.prompt_len,
     image_patches=args.image_patches,
     cpu=args.cpu,
+    replicated_rollout=args.replicated_rollout,
     progress=lambda msg: print(msg, flush=True),
   )
   report["strategy"] = args.strategy or ("custom" if args.mesh else "config")

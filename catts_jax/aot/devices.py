@@ -15,17 +15,6 @@ from catts_jax import sharding
 from catts_jax.aot.hardware import chip_for
 
 
-def parse_mesh(text: str) -> dict[str, int]:
-  """'data=1,fsdp=16,tensor=1' -> {'data': 1, 'fsdp': 16, 'tensor': 1}."""
-  out = {}
-  for part in text.split(","):
-    name, _, size = part.partition("=")
-    if not size.lstrip("-").isdigit():
-      raise ValueError(f"--mesh {text!r}: expected axis=size pairs such as data=1,fsdp=16,tensor=1")
-    out[name.strip()] = int(size)
-  return out
-
-
 def ensure_cpu_devices(n: int) -> None:
   """Give the CPU fallback n devices (only effective before jax starts its CPU backend)."""
   flag = "--xla_force_host_platform_device_count"

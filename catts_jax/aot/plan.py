@@ -1,13 +1,21 @@
-"""One AOT plan: compile the real CDRL train step and the sampler's decode loop for a topology
-from abstract state, and report per-chip memory, FLOPs, collectives and whether it fits.
+"""One AOT plan: compile the three parts of a CDRL step that `train.cdrl` runs, for a topology,
+from abstract state, with the same functions and layouts, and report per-chip memory, FLOPs,
+collectives and whether it fits.
 
-Per chip, for each step, the report gives argument / output / alias / temp / code bytes from
-`memory_analysis()`, FLOPs and bytes accessed from `cost_analysis()`, the count and result
-bytes of every collective in the compiled HLO (those inside the decode loop run once per
-token), and whether it fits the chip's HBM together with what stays resident outside the
-step (the frozen reference weights; while decoding, also the optimizer state). A config whose
-state alone exceeds HBM is reported as not fitting without compiling; a compile that runs out
-of memory is reported with the compiler's numbers.
+Steps: `generate` (the sampler's prefill and decode loop: G samples of each prompt, from the
+weights cast once to the compute dtype), `score` (the scorer's teacher-forced pass of every
+sample under the perturbed images; the reference pass has the same shape) and `train` (the
+Learner's step). Per chip, for each step, the report gives argument / output / alias / temp /
+code bytes from `memory_analysis()`, FLOPs and bytes accessed from `cost_analysis()`, the count
+and result bytes of every collective in the compiled HLO (those inside the decode loop run once
+per token), and whether it fits the chip's HBM together with what stays resident outside the
+step (master weights, optimizer state, the frozen reference). `model_flops` is the analytic
+work of the whole step (for generate: one decode step), `replication` = flops_per_chip x
+chips / model_flops (1 = no chip repeats another's work), and generate's
+`predicted_tokens_per_s_per_chip` the roofline of one decode step from the chip table: rows
+per chip / max(FLOPs / peak, bytes / bandwidth). A config whose state alone exceeds HBM is
+reported as not fitting without compiling; a compile that runs out of memory is reported with
+the compiler's numbers.
 """
 
 from __future__ import annotations
@@ -19,9 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from jax.sharding import NamedSharding
 
-from catts_jax import sharding
+from catts_jax import roofline, sharding
 from catts_jax.aot.devices import build_mesh, topology_devices
 from catts_jax.aot.hardware import GiB, chip_for
 from catts_jax.aot.hlo import compile_oom, hlo_collectives
@@ -31,7 +40,10 @@ from catts_jax.models.qwen2_5_vl import presets
 from catts_jax.models.qwen2_5_vl.text import init_cache
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import OptimizerConfig, jit_train_step, make_train_step
-from catts_jax.sampling import Sampler, SamplingConfig
+from catts_jax.sampling import Sampler, SamplingConfig, carry_shardings
+from catts_jax.scoring import Scorer
+
+STEPS = ("generate", "score", "train")
 
 
 def analyze(compiled, hbm_gib: float, resident_bytes: int) -> dict:
@@ -70,32 +82,51 @@ def plan(
   cfg,
   topology: str,
   mesh_shape: Mapping[str, int],
-  steps: Sequence[str] = ("train", "decode"),
+  steps: Sequence[str] = STEPS,
   prompt_len: int = 512,
   image_patches: int = 256,
   cpu: bool = False,
   progress: Callable[[str], None] = lambda _: None,
+  replicated_rollout: bool = False,
 ) -> dict:
-  """Compile the train and/or decode step of CDRL config `cfg` for `topology` on a mesh of
-  `mesh_shape`; return the report (see the module docstring)."""
+  """Compile the `steps` of CDRL config `cfg` for `topology` on a mesh of `mesh_shape`; return
+  the report (see the module docstring). `replicated_rollout`: also compile generate with
+  every row on every chip (`generate_replicated`), the layout before rows were sharded."""
   began = time.perf_counter()
   chip, chips = chip_for(topology)
   devices, backend = topology_devices(topology, cpu)
   tpu = backend.startswith("tpu")
   mesh = build_mesh(mesh_shape, devices, tpu)
-  model_cfg = presets.resolve(cfg.model)
-  shapes = trainer_shapes(
-    model_cfg,
-    cfg.train.prompts_per_step,
-    cfg.rollout.group_size,
-    cfg.rollout.max_new_tokens,
-    prompt_len,
-    image_patches,
-    cfg.model.get("buckets_per_octave", 1),
+  # The rollout's passes run on `cfg.rollout_mesh` when set (as `rl.trainer` does).
+  rollout_mesh = (
+    build_mesh(sharding.parse_mesh(cfg.rollout_mesh), devices, tpu) if cfg.get("rollout_mesh") else mesh
   )
+  model_cfg = presets.resolve(cfg.model)
+  g = cfg.rollout.group_size
+
+  def shapes_for(prompts: int) -> Shapes:
+    return trainer_shapes(
+      model_cfg,
+      prompts,
+      g,
+      cfg.rollout.max_new_tokens,
+      prompt_len,
+      image_patches,
+      cfg.model.get("buckets_per_octave", 1),
+    )
+
+  # The rollout's passes take `sample_micro_batch` / `score_micro_batch` rows a call (as
+  # `rl.rollout` does); the train step the whole batch.
+  prompts = cfg.train.prompts_per_step
+  shapes = shapes_for(prompts)
+  sample_shapes = shapes_for(min(prompts, cfg.rollout.get("sample_micro_batch", 0) // g or prompts))
+  score_shapes = shapes_for(min(prompts, cfg.rollout.get("score_micro_batch", 0) // g or prompts))
   state = abstract_train_state(model_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh)
   params_chip, opt_chip = per_chip_bytes(state.params), per_chip_bytes(state.opt_state)
-  ref_chip = params_chip if cfg.loss.kl_coef else 0  # the frozen reference: same layout
+  # The rollout's passes read a copy of the weights in the compute dtype on the rollout's
+  # mesh; the frozen reference is kept so too (`rl.trainer`).
+  rollout_state = _compute_copy(state, model_cfg.compute_dtype, rollout_mesh)
+  ref_chip = per_chip_bytes(rollout_state) if cfg.loss.kl_coef else 0
   report = {
     "model": {
       "preset": cfg.model.get("preset"),
@@ -109,6 +140,7 @@ def plan(
     "chips": chips,
     "backend": backend,
     "mesh": dict(mesh.shape),
+    "rollout_mesh": dict(rollout_mesh.shape),
     "shapes": dataclasses.asdict(shapes),
     "per_chip_state_gib": {
       "params": params_chip / GiB,
@@ -154,29 +186,118 @@ def plan(
     result = _compile(lambda: jitted.lower(state.params, state.opt_state, batch), hbm, ref_chip)
     result["analytic_flops_per_chip"] = analytic_train_flops(model_cfg, shapes) / chips
     report["steps"]["train"] = result
-  if "decode" in steps:
-    sampler = Sampler(state.model, pad_id=0)
-    scfg = SamplingConfig(
-      max_new_tokens=shapes.max_new_tokens,
-      n=shapes.group,
-      temperature=cfg.rollout.temperature,
-      top_p=cfg.rollout.top_p,
-      stop_ids=(model_cfg.eos_token_id,) if isinstance(model_cfg.eos_token_id, int) else (),
+  # Outside the rollout's passes the fp32 master weights, the optimizer state and the
+  # reference stay in HBM; the rollout's bf16 copy is the passes' argument.
+  resident = params_chip + opt_chip + ref_chip
+  if rollout_mesh is not mesh and ("generate" in steps or "score" in steps):
+    # Once a step: the masters cast and moved to the rollout's layout.
+    progress(f"compiling the reshard to the rollout mesh {dict(rollout_mesh.shape)} ...")
+    out_shardings = jax.tree.map(lambda x: x.sharding, rollout_state)
+    cast = jax.jit(
+      lambda p: jax.tree.map(lambda x, r: x.astype(r.dtype), p, rollout_state), out_shardings=out_shardings
     )
-    carry = decode_carry(sampler, model_cfg, shapes, scfg, mesh)
-    progress(f"compiling the decode loop for {topology} {dict(mesh.shape)} ...")
-    # While decoding, the optimizer state and the reference weights stay in HBM too, and so
-    # does the vision tower, which the text-only loop does not take (jit drops unused args).
-    vision_chip = per_chip_bytes(state.params["visual"])
-    resident = ref_chip + opt_chip + vision_chip
-    result = _compile(lambda: sampler.lower_decode(state.params, carry, scfg), hbm, resident)
-    report["steps"]["decode"] = result
+    report["steps"]["reshard"] = _compile(lambda: cast.lower(state.params), hbm, opt_chip + ref_chip)
+  if "generate" in steps:
+    layouts = {"generate": rollout_mesh} | ({"generate_replicated": None} if replicated_rollout else {})
+    for name, layout in layouts.items():
+      progress(f"compiling {name} for {topology} {dict(rollout_mesh.shape)} ...")
+      report["steps"][name] = _generate(
+        state, rollout_state, model_cfg, sample_shapes, cfg, rollout_mesh, layout, hbm, resident
+      )
+      report["steps"][name]["shapes"] = dataclasses.asdict(sample_shapes)
+  if "score" in steps:
+    scorer = Scorer(state.model, mesh=rollout_mesh)
+    inputs = train_batch(model_cfg, score_shapes, rollout_mesh)
+    progress(f"compiling score for {topology} {dict(rollout_mesh.shape)} ...")
+    result = _compile(
+      lambda: scorer.lower(
+        rollout_state, inputs.model_inputs(), inputs.response_mask, score_shapes.response_len
+      ),
+      hbm,
+      resident,
+    )
+    result["model_flops"] = analytic_score_flops(model_cfg, score_shapes)
+    result["shapes"] = dataclasses.asdict(score_shapes)
+    report["steps"]["score"] = result
   return _finish(report, began)
 
 
-def decode_carry(sampler, model_cfg, shapes: Shapes, scfg, mesh) -> dict:
-  """The decode loop's initial carry as sharded ShapeDtypeStructs: rows over data x fsdp and
-  KV heads over tensor where they divide (the rules' "batch" and "kv_heads")."""
+def _compute_copy(state, dtype, mesh):
+  """The rollout's weights: floating params in the compute dtype, laid out on `mesh` by their
+  logical axes (as `sampling.cast_state` lays them out)."""
+  dtype = jnp.dtype(dtype)
+  params = nnx.split(state.model, nnx.Param, ...)[1]
+  shardings = jax.tree.leaves(sharding.state_shardings(params, mesh))
+  leaves, treedef = jax.tree.flatten(state.params)
+
+  def cast(x, s):
+    floating = jnp.issubdtype(x.dtype, jnp.floating)
+    return jax.ShapeDtypeStruct(x.shape, dtype if floating else x.dtype, sharding=s)
+
+  return treedef.unflatten([cast(x, s) for x, s in zip(leaves, shardings)])
+
+
+def _generate(state, rollout_state, model_cfg, shapes: Shapes, cfg, mesh, layout, hbm, resident) -> dict:
+  """Compile the sampler's prefill and decode loop with rows laid out on `layout` (the mesh,
+  or None: every row on every chip); the decode loop's numbers are the step's, the prefill's
+  sit under "prefill"."""
+  sampler = Sampler(state.model, pad_id=0, mesh=layout)
+  scfg = SamplingConfig(
+    max_new_tokens=shapes.max_new_tokens,
+    n=shapes.group,
+    temperature=cfg.rollout.temperature,
+    top_p=cfg.rollout.top_p,
+    stop_ids=(model_cfg.eos_token_id,) if isinstance(model_cfg.eos_token_id, int) else (),
+  )
+  inputs = prompt_inputs(model_cfg, shapes, mesh if layout is not None else None, replicated=layout is None)
+  cache_len = shapes.prompt_len + shapes.max_new_tokens
+  prefill = _compile(lambda: sampler.lower_prefill(rollout_state, inputs, cache_len), hbm, resident)
+  carry = decode_carry(sampler, model_cfg, shapes, scfg, mesh, replicated=layout is None)
+  result = _compile(lambda: sampler.lower_decode(rollout_state, carry, scfg), hbm, resident)
+  result["prefill"] = prefill
+  if prefill.get("compiled") and not prefill.get("fits", False):
+    result["fits"] = False
+  rows, context = shapes.prompts * shapes.group, shapes.prompt_len + shapes.max_new_tokens / 2
+  result["model_flops"] = roofline.text_flops(model_cfg, rows, context)  # one decode step
+  result["rows"] = rows
+  return result
+
+
+def prompt_inputs(model_cfg, shapes: Shapes, mesh, replicated: bool = False) -> dict:
+  """The prefill's inputs (one row per prompt, one image each) as ShapeDtypeStructs, laid out
+  as the sampler lays them out (`sharding.input_shardings`), or all replicated."""
+  b, t, p = shapes.prompt_rows, shapes.prompt_len, shapes.image_patches
+  specs = dict(
+    input_ids=((b, t), jnp.int32),
+    positions=((3, b, t), jnp.int32),
+    attention_mask=((b, t), jnp.int32),
+  )
+  if p:
+    slots = shapes.prompt_rows
+    specs.update(
+      pixel_values=((slots, p, model_cfg.vision.patch_dim), jnp.float32),
+      patch_pos=((slots, p, 2), jnp.int32),
+      patch_image=((slots, p), jnp.int32),
+      image_index=((b, t), jnp.int32),
+    )
+  inputs = {k: jax.ShapeDtypeStruct(*v) for k, v in specs.items()}
+  if mesh is None:
+    return inputs
+  shardings = sharding.input_shardings(inputs, mesh)
+  if replicated:
+    shardings = {k: NamedSharding(mesh, jax.sharding.PartitionSpec()) for k in inputs}
+  return {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings[k]) for k, x in inputs.items()}
+
+
+def analytic_score_flops(model_cfg, shapes: Shapes) -> float:
+  """Model FLOPs of one scoring pass over the train batch's rows: a forward (the train step's
+  is 3 of these)."""
+  return analytic_train_flops(model_cfg, shapes) / 3
+
+
+def decode_carry(sampler, model_cfg, shapes: Shapes, scfg, mesh, replicated: bool = False) -> dict:
+  """The decode loop's initial carry as ShapeDtypeStructs laid out as the sampler lays it out
+  (`sampling.carry_shardings`), or all replicated."""
   b = shapes.prompt_rows
   cache_len = shapes.prompt_len + shapes.max_new_tokens
 
@@ -187,19 +308,10 @@ def decode_carry(sampler, model_cfg, shapes: Shapes, scfg, mesh) -> dict:
     return sampler.decode_carry(cache, logits, next_pos, shapes.prompts, scfg, key)
 
   carry = jax.eval_shape(build, jax.random.key(0))
-
-  def one(path, x):
-    names = [getattr(p, "key", None) for p in path]
-    if x.ndim == 0 or "key" in names:
-      axes = (None,) * x.ndim
-    elif names[-1] in ("k", "v"):
-      axes = ("batch", "kv_heads", None, None)
-    else:
-      axes = ("batch",) + (None,) * (x.ndim - 1)
-    spec = sharding.logical_to_spec(axes, x.shape, mesh)
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
-
-  return jax.tree_util.tree_map_with_path(one, carry)
+  shardings = carry_shardings(carry, mesh)
+  if replicated:
+    shardings = jax.tree.map(lambda _: NamedSharding(mesh, jax.sharding.PartitionSpec()), carry)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), carry, shardings)
 
 
 def _compile(lower, hbm_gib: float, resident: int) -> dict:
@@ -219,11 +331,24 @@ def _compile(lower, hbm_gib: float, resident: int) -> dict:
 def _finish(report: dict, began: float) -> dict:
   report["fits"] = all(s.get("fits", False) for s in report["steps"].values())
   report["seconds"] = time.perf_counter() - began
-  chip = report["chip"]
-  for s in report["steps"].values():
-    if s.get("compiled"):
-      s["compute_floor_s"] = s["flops"] / (chip["bf16_tflops"] * 1e12)
-      s["memory_floor_s"] = s["bytes_accessed"] / (chip["hbm_tbs"] * 1e12)
+  chip, chips = report["chip"], report["chips"]
+  for name, s in report["steps"].items():
+    if not s.get("compiled"):
+      continue
+    s["compute_floor_s"] = s["flops"] / (chip["bf16_tflops"] * 1e12)
+    s["memory_floor_s"] = s["bytes_accessed"] / (chip["hbm_tbs"] * 1e12)
+    s["flops_per_chip"] = s["flops"]
+    s["peak_gib_per_chip"] = s.get("peak_gib")
+    model_flops = s.get("model_flops") or s.get("analytic_flops_per_chip", 0) * chips
+    if model_flops:
+      s["model_flops"] = model_flops
+      s["replication"] = s["flops"] * chips / model_flops
+    if s.get("collectives") is not None:
+      s["collectives_per_decode_step"] = sum(c["loop_count"] for c in s["collectives"].values())
+    if name.startswith("generate"):
+      # The decode loop's body is one token for every row; its cost analysis counts it once.
+      step_s = max(s["compute_floor_s"], s["memory_floor_s"])
+      s["predicted_tokens_per_s_per_chip"] = s["rows"] / chips / step_s if step_s else None
   return report
 
 

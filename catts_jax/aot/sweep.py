@@ -176,10 +176,10 @@ def _memory_cell(step: dict | None, state_gib: float) -> str:
 
 
 def sweep_markdown(rows: list[dict]) -> str:
-  """One row per cell: train and decode memory per chip, verdicts, cost and compile time."""
+  """One row per cell: train and generate (decode loop) memory per chip, verdicts, cost and compile time."""
   lines = [
     "| model | topology | strategy (data/fsdp/tensor) | P x G x R, image patches | train batch | state GiB/chip "
-    "| train peak / total GiB/chip | train | decode peak / total GiB/chip | decode | HBM GiB | train TFLOP/chip "
+    "| train peak / total GiB/chip | train | generate peak / total GiB/chip | generate | HBM GiB | train TFLOP/chip "
     "| train collectives GiB/chip | compile s |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
@@ -190,7 +190,7 @@ def sweep_markdown(rows: list[dict]) -> str:
       )
       continue
     mesh = "/".join(str(r["mesh"][a]) for a in ("data", "fsdp", "tensor"))
-    train, decode = r["steps"].get("train"), r["steps"].get("decode")
+    train, decode = r["steps"].get("train"), r["steps"].get("generate")
     shape = "x".join(r["shape"].split("x")[:3])
     compile_s = (
       " + ".join(f"{s['compile_s']:.0f}" for s in (train, decode) if s and s.get("compile_s")) or "-"
