@@ -191,9 +191,10 @@ class Sampler:
     def record(c, logits):
       """Choose the token for step c["step"] from logits, record it and its log-probs."""
       step = c["step"]
-      # Each device draws its own rows' tokens over the whole vocabulary (left to
-      # propagation, the rows' logits were gathered to every device).
-      logits = sharding.constrain(logits, ("batch", None))
+      # The LM head computes its vocabulary shard (gathering the logits, not the head's
+      # weights), then each device draws its own rows' tokens over the whole vocabulary (left
+      # to propagation, every device sampled every row).
+      logits = sharding.constrain(sharding.constrain(logits, ("batch", "vocab")), ("batch", None))
       policy_logits, sample_logits = split(logits)
       # Image/video placeholders are never a valid output: emitted, they would be read as
       # image slots when the response is scored or continued.

@@ -76,6 +76,13 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
   return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), MESH_AXES)
 
 
+def rearrange_mesh(mesh: Mesh, shape: Mapping[str, int]) -> Mesh:
+  """The same devices, in the same order, as a mesh of another `shape` (e.g. a rollout mesh
+  beside the trainer's): one jitted program may then take arrays laid out on either."""
+  sizes = mesh_sizes(shape, mesh.devices.size)
+  return Mesh(mesh.devices.reshape(tuple(sizes.values())), MESH_AXES)
+
+
 def logical_to_spec(
   axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Mapping | None = None
 ) -> PartitionSpec:

@@ -68,6 +68,9 @@ def get_config(spec: str = "7b,gpu-8"):
   # reaches 1280 tokens): 64 to 256 tokens (a 448x448 image: 1024 patches) per image and row.
   c.model.min_pixels = 64 * 28 * 28
   c.model.max_pixels = 256 * 28 * 28
+  # Four length buckets per octave: a 512-token prompt + 2048-token response pads to 2560
+  # tokens, not 4096 (attention's work and memory grow with its square).
+  c.model.buckets_per_octave = 4
   c.mesh = MESHES[hardware]
   c.topology = TOPOLOGIES.get(hardware, "")
   c.rollout.group_size = 8

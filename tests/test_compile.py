@@ -288,3 +288,19 @@ def test_sweep_cli_writes_table_and_renders_block(tmp_path):
   table = (tmp_path / "sweep" / "sweep.md").read_text().strip()
   assert "| small | v5e:2x2 (4 chips) | fsdp_tp (1/1/4) |" in table and table in doc.read_text()
   assert len(json.loads((tmp_path / "sweep" / "report.json").read_text())["cells"]) == 1
+
+
+def test_plan_compiles_the_rollout_on_its_own_mesh():
+  """config rollout_mesh: generate runs on it (weights replicated over its data axis), and the
+  once-a-step reshard of the masters to it is compiled and costed."""
+  cfg = small(prompts=4, group=2, response=16)
+  cfg.rollout_mesh = "data=2,tensor=2"
+  report = plan.plan(cfg, "v5e:2x2", {"fsdp": -1}, ("generate",), 64, 0, cpu=True)
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert report["rollout_mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
+  reshard, generate = report["steps"]["reshard"], report["steps"]["generate"]
+  assert reshard["compiled"] and generate["compiled"]
+  # A bf16 copy split 2 ways (tensor; replicated over data) is about as many bytes a chip as
+  # the fp32 masters split 4 ways (fsdp).
+  assert reshard["memory_bytes"]["output"] > 0.5 * report["per_chip_state_gib"]["params"] * GiB
+  assert sum(c["count"] for c in reshard["collectives"].values()) > 0

@@ -158,3 +158,20 @@ def test_two_processes_train_on_images_as_one_process(tiny_ckpt, tmp_path):
   assert want.keys() == got.keys()
   for name in want:
     np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
+
+
+def test_rollout_mesh_trains_as_the_trainer_mesh(tiny_ckpt, tmp_path):
+  """Rollouts on their own mesh (data 2 x tensor 2 over the trainer's fsdp 4 devices, the
+  weights cast and resharded once a step) give the same training as rollouts on the
+  trainer's mesh: losses, rewards and final weights to 1e-5."""
+  run = ["--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.train.steps=2"]
+  same = cdrl(tiny_ckpt, tmp_path / "same", tmp_path, *run, devices=4)
+  own = cdrl(tiny_ckpt, tmp_path / "own", tmp_path, *run, "--config.rollout_mesh=data=2,tensor=2", devices=4)
+  assert same.returncode == 0 and own.returncode == 0, (same.stderr[-2000:], own.stderr[-2000:])
+  logged = lambda name: [json.loads(x) for x in (tmp_path / name / "train.jsonl").read_text().splitlines()]  # noqa: E731
+  for a, b in zip(logged("same"), logged("own"), strict=True):
+    for key in ("loss", "reward", "confidence", "confidence_perturbed", "grad_norm"):
+      assert abs(a[key] - b[key]) <= 1e-5, (key, a[key], b[key])
+  report = json.loads((tmp_path / "own" / "report.json").read_text())
+  assert report["meshes"]["rollout"] == {"data": 2, "fsdp": 1, "tensor": 2}
+  assert report["meshes"]["train"] == {"data": 1, "fsdp": 4, "tensor": 1}

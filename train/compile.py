@@ -24,12 +24,15 @@ two (or finer, as `model.buckets_per_octave` asks); the decode loop over the sam
 KV cache of prompt + max_new_tokens slots; each prompt's image encoded once, its slot shared by
 the prompt's rows. `--replicated_rollout` also compiles generate with every row on every chip
 (the layout before rows were sharded), for comparison. A grid of plans: `python -m train.sweep`.
+`--render_readme docs/sharding.md --reports A/report.json,B/report.json` rewrites the page's
+plan table from reports, compiling nothing.
 """
 
 from __future__ import annotations
 
 import pathlib
 import sys
+import tempfile
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -49,7 +52,14 @@ def define(fv: flags.FlagValues) -> None:
     lock_config=True,
     flag_values=fv,
   )
-  flags.DEFINE_string("out", None, "output directory (report.json)", required=True, flag_values=fv)
+  flags.DEFINE_string("out", None, "output directory (report.json)", flag_values=fv)
+  flags.DEFINE_string(
+    "render_readme",
+    None,
+    "a Markdown file whose plan-table block is rewritten from --reports; compiles nothing",
+    flag_values=fv,
+  )
+  flags.DEFINE_list("reports", [], "plan report.json files for --render_readme", flag_values=fv)
   flags.DEFINE_string(
     "topology", None, "TPU topology, e.g. v5e:4x4, v5p:2x2x2 (default: the config's)", flag_values=fv
   )
@@ -71,9 +81,27 @@ def _usage(message: str) -> int:
   return 2
 
 
+def _render(markdown: str, reports: list[str]) -> int:
+  """Rewrite the plan-table block of `markdown` from plan reports (figures never typed by hand)."""
+  if not reports:
+    return _usage("--render_readme needs --reports a/report.json,b/report.json")
+  import json
+
+  from catts_jax.aot import sweep
+
+  table = sweep.plans_markdown({path: json.loads(pathlib.Path(path).read_text()) for path in reports})
+  runs.replace_block(markdown, "plan-table", table)
+  print(table)
+  return 0
+
+
 def main(argv=None) -> int:
   args = cli.parse(define, argv, __doc__)
   logging.set_verbosity(logging.WARNING)  # jax logs its failed TPU backend probe at INFO
+  if args.render_readme:
+    return _render(args.render_readme, args.reports)
+  if not args.out:
+    return _usage("--out is required")
   cfg = args.config
   if cfg is None:
     return _usage("--config is required, e.g. configs/cdrl_qwen2_5_vl.py:7b,v5e-16 (a grid: train.sweep)")
@@ -90,6 +118,13 @@ def main(argv=None) -> int:
   from catts_jax.aot import devices
 
   devices.ensure_cpu_devices(chips)  # before jax starts its CPU backend (the fallback's devices)
+  from catts_jax.aot import hlo
+
+  out = pathlib.Path(args.out)
+  # The compiler's own HLO dump: the collectives of programs XLA cannot print back. Large
+  # (buffer assignments of every program), so in a temporary directory.
+  dump = tempfile.TemporaryDirectory(prefix="catts-hlo-")
+  hlo.dump_compiled_hlo(dump.name)
   from catts_jax import sharding
   from catts_jax.aot import plan
 
@@ -114,7 +149,8 @@ def main(argv=None) -> int:
   )
   report["strategy"] = args.strategy or ("custom" if args.mesh else "config")
   report["config"] = cfg.to_dict()
-  runs.write_json(pathlib.Path(args.out) / "report.json", report, default=str)
+  dump.cleanup()
+  runs.write_json(out / "report.json", report, default=str)
   print(plan.format_report(report))
   return 0
 

@@ -4,6 +4,8 @@ run once per loop iteration) and the numbers of an out-of-memory error."""
 from __future__ import annotations
 
 import math
+import os
+import pathlib
 import re
 
 from catts_jax.aot.hardware import GiB
@@ -103,3 +105,26 @@ def compile_oom(error: Exception) -> dict | None:
   elif m := _OOM_USED.search(text):
     out.update(used_gib=_gib(*m.groups()[:2]), available_gib=_gib(*m.groups()[2:]))
   return out
+
+
+# Where the compiler dumps the HLO it compiled, when `dump_compiled_hlo` has asked it to.
+DUMP_FLAG = "--xla_dump_to="
+
+
+def dump_compiled_hlo(directory: str) -> None:
+  """Ask XLA to write every compiled program's optimised HLO as text under `directory` (only
+  effective before jax starts its backends). Some TPU programs cannot be printed back from
+  the compiled executable (`Compiled.as_text` fails on their async collectives); the dump,
+  written by the compiler itself, always can."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if DUMP_FLAG not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {DUMP_FLAG}{directory} --xla_dump_hlo_as_text".strip()
+
+
+def dumped_programs() -> set[pathlib.Path]:
+  """The optimised-HLO files dumped so far (empty without `dump_compiled_hlo`)."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  directory = next((f.removeprefix(DUMP_FLAG) for f in flags if f.startswith(DUMP_FLAG)), None)
+  if directory is None or not os.path.isdir(directory):
+    return set()
+  return set(pathlib.Path(directory).glob("*after_optimizations.txt"))

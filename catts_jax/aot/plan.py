@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding
 from catts_jax import roofline, sharding
 from catts_jax.aot.devices import build_mesh, topology_devices
 from catts_jax.aot.hardware import GiB, chip_for
-from catts_jax.aot.hlo import compile_oom, hlo_collectives
+from catts_jax.aot.hlo import compile_oom, dumped_programs, hlo_collectives
 from catts_jax.aot.shapes import Shapes, analytic_train_flops, train_batch, trainer_shapes
 from catts_jax.aot.state import abstract_train_state, per_chip_bytes
 from catts_jax.models.qwen2_5_vl import presets
@@ -46,7 +46,7 @@ from catts_jax.scoring import Scorer
 STEPS = ("generate", "score", "train")
 
 
-def analyze(compiled, hbm_gib: float, resident_bytes: int) -> dict:
+def analyze(compiled, hbm_gib: float, resident_bytes: int, dumped: Sequence = ()) -> dict:
   """Per-chip memory, cost and collectives of one compiled step; fits when its peak plus what
   stays resident outside it (`resident_bytes`) is within `hbm_gib`."""
   m = compiled.memory_analysis()
@@ -68,8 +68,11 @@ def analyze(compiled, hbm_gib: float, resident_bytes: int) -> dict:
   try:
     out["collectives"] = hlo_collectives(compiled.as_text())
   except Exception as e:  # noqa: BLE001 - XLA cannot always print the HLO it compiled
-    out["collectives"] = None
-    out["collectives_error"] = f"XLA could not print the compiled HLO: {str(e).splitlines()[0][:300]}"
+    if len(dumped) == 1:  # the compiler's own dump of this program (`hlo.dump_compiled_hlo`)
+      out["collectives"] = hlo_collectives(next(iter(dumped)).read_text())
+    else:
+      out["collectives"] = None
+      out["collectives_error"] = f"XLA could not print the compiled HLO: {str(e).splitlines()[0][:300]}"
   if memory:
     total = memory["peak"] + resident_bytes
     out.update(
@@ -99,7 +102,7 @@ def plan(
   mesh = build_mesh(mesh_shape, devices, tpu)
   # The rollout's passes run on `cfg.rollout_mesh` when set (as `rl.trainer` does).
   rollout_mesh = (
-    build_mesh(sharding.parse_mesh(cfg.rollout_mesh), devices, tpu) if cfg.get("rollout_mesh") else mesh
+    sharding.rearrange_mesh(mesh, sharding.parse_mesh(cfg.rollout_mesh)) if cfg.get("rollout_mesh") else mesh
   )
   model_cfg = presets.resolve(cfg.model)
   g = cfg.rollout.group_size
@@ -124,9 +127,9 @@ def plan(
   state = abstract_train_state(model_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh)
   params_chip, opt_chip = per_chip_bytes(state.params), per_chip_bytes(state.opt_state)
   # The rollout's passes read a copy of the weights in the compute dtype on the rollout's
-  # mesh; the frozen reference is kept so too (`rl.trainer`).
+  # mesh; the frozen reference is kept in that dtype in the trainer's layout (`rl.trainer`).
   rollout_state = _compute_copy(state, model_cfg.compute_dtype, rollout_mesh)
-  ref_chip = per_chip_bytes(rollout_state) if cfg.loss.kl_coef else 0
+  ref_chip = per_chip_bytes(_compute_copy(state, model_cfg.compute_dtype, mesh)) if cfg.loss.kl_coef else 0
   report = {
     "model": {
       "preset": cfg.model.get("preset"),
@@ -316,6 +319,7 @@ def decode_carry(sampler, model_cfg, shapes: Shapes, scfg, mesh, replicated: boo
 
 def _compile(lower, hbm_gib: float, resident: int) -> dict:
   began = time.perf_counter()
+  before = dumped_programs()
   try:
     compiled = lower().compile()
   except Exception as e:  # noqa: BLE001 - out of memory is an answer, anything else is re-raised
@@ -324,7 +328,7 @@ def _compile(lower, hbm_gib: float, resident: int) -> dict:
       raise
     return {"compiled": False, "fits": False, "compile_s": time.perf_counter() - began, "oom": oom}
   result = {"compiled": True, "compile_s": time.perf_counter() - began}
-  result.update(analyze(compiled, hbm_gib, resident))
+  result.update(analyze(compiled, hbm_gib, resident, tuple(dumped_programs() - before)))
   return result
 
 
@@ -343,7 +347,7 @@ def _finish(report: dict, began: float) -> dict:
     if model_flops:
       s["model_flops"] = model_flops
       s["replication"] = s["flops"] * chips / model_flops
-    if s.get("collectives") is not None:
+    if name.startswith("generate") and s.get("collectives") is not None:
       s["collectives_per_decode_step"] = sum(c["loop_count"] for c in s["collectives"].values())
     if name.startswith("generate"):
       # The decode loop's body is one token for every row; its cost analysis counts it once.

@@ -85,4 +85,3 @@ def per_chip_bytes(tree) -> int:
     shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
     total += math.prod(shape) * np.dtype(x.dtype).itemsize
   return total
-

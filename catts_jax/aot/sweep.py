@@ -211,3 +211,37 @@ def sweep_markdown(rows: list[dict]) -> str:
       f"| {_fmt(train.get('tflops') if train else None, '.0f')} | {collectives} | {compile_s} |"
     )
   return "\n".join(lines)
+
+
+def plans_markdown(reports: dict[str, dict]) -> str:
+  """One row per (plan report, step): the per-chip figures of `train.compile` reports, keyed
+  by the path each was read from."""
+  lines = [
+    "| model | topology | mesh (data/fsdp/tensor) | step | rows x tokens | peak / total GiB/chip | HBM GiB "
+    "| verdict | TFLOP/chip | replication | collectives per decode step | predicted tokens/s/chip | report |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for path, r in reports.items():
+    mesh = "/".join(str(r.get("rollout_mesh", r["mesh"])[a]) for a in ("data", "fsdp", "tensor"))
+    for name, step in r["steps"].items():
+      shapes = step.get("shapes", r["shapes"])
+      if name.startswith("generate"):
+        rows = (
+          f"{shapes['prompts']} x {shapes['group']}, cache {shapes['prompt_len'] + shapes['max_new_tokens']}"
+        )
+      else:
+        rows = f"{shapes['rows']} x {shapes['seq_len']}"
+      memory = "-"
+      if step.get("peak_gib") is not None:
+        memory = f"{step['peak_gib']:.1f} / {step['total_gib']:.1f}"
+      elif (step.get("oom") or {}).get("temp_gib") is not None:
+        memory = f"temps {step['oom']['temp_gib']:,.1f}"
+      tflops = f"{step['flops'] / 1e12:.1f}" if step.get("compiled") else "-"
+      lines.append(
+        f"| {r['model']['preset']} | {r['topology']} ({r['chips']} chips) "
+        f"| {mesh if name != 'train' else '/'.join(str(r['mesh'][a]) for a in ('data', 'fsdp', 'tensor'))} "
+        f"| {name} | {rows} | {memory} | {r['chip']['hbm_gib']:.2f} | **{verdict(step)}** | {tflops} "
+        f"| {_fmt(step.get('replication'), '.2f')} | {_fmt(step.get('collectives_per_decode_step'), 'd')} "
+        f"| {_fmt(step.get('predicted_tokens_per_s_per_chip'), ',.0f')} | `{path}` |"
+      )
+  return "\n".join(lines)

@@ -77,7 +77,9 @@ def solution_batch(
     images.append(ims)
     responses.append(policy.solution_tokens(sol))
   sb = policy.processor.scoring_batch(prompts, responses, images)
-  return TrainBatch(**sb.batch.model_inputs(), response_mask=sb.response_mask.astype(np.float32)), sb.response_len
+  return TrainBatch(
+    **sb.batch.model_inputs(), response_mask=sb.response_mask.astype(np.float32)
+  ), sb.response_len
 
 
 def evaluate(policy: Policy, params, cfg) -> dict:

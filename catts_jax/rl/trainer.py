@@ -74,16 +74,17 @@ def train(cfg, out: pathlib.Path) -> dict:
   # The rollout's passes run on the trainer's mesh, or on `rollout_mesh` (the same devices
   # arranged for decoding, e.g. tensor x data) with the weights resharded once per step.
   rollout_mesh = (
-    sharding.make_mesh(sharding.parse_mesh(cfg.rollout_mesh)) if cfg.get("rollout_mesh") else mesh
+    sharding.rearrange_mesh(mesh, sharding.parse_mesh(cfg.rollout_mesh)) if cfg.get("rollout_mesh") else mesh
   )
   policy = Policy(model, Processor(cfg.model.ckpt, model_cfg, **processor_kwargs), mesh=rollout_mesh)
   learner = Learner(model, loss_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh)
   # The frozen reference for the KL term: the starting weights, loaded once more, kept in the
-  # compute dtype on the rollout's mesh (only the scorer reads it, and computes in that dtype).
+  # compute dtype (only the scorer reads it, and computes in that dtype) and in the trainer's
+  # compact layout: on a rollout mesh the scoring pass gathers it layer by layer.
   ref_state = None
   if loss_cfg.kl_coef:
     ref_model = load_hf(cfg.model.ckpt, model_cfg, mesh=mesh)
-    ref_state = cast_state(nnx.state(ref_model), model_cfg.compute_dtype, rollout_mesh)
+    ref_state = cast_state(nnx.state(ref_model), model_cfg.compute_dtype)
     del ref_model
   saliency = None
   if rollout_cfg.targeted:
@@ -174,6 +175,7 @@ def train(cfg, out: pathlib.Path) -> dict:
     "seconds": time.perf_counter() - started,  # this invocation, loading and compiling included
     "config": cfg.to_dict(),
     "rollout": dataclasses.asdict(rollout_cfg),
+    "meshes": {"train": dict(mesh.shape), "rollout": dict(rollout_mesh.shape)},
   }
   if main_process:
     runs.write_json(out / "report.json", summary)
