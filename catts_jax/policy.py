@@ -98,12 +98,29 @@ class Policy:
     prompts: Sequence[str],
     responses: Sequence[Sequence[int] | str],
     images: Sequence[Sequence] | None = None,
+    *,
+    state=None,
+    micro_batch: int = 0,
   ) -> dict[str, np.ndarray]:
     """Teacher-forced scores of each (prompt, images, response) row: token_logprobs [B, R]
     (responses right-aligned, see response_mask), nmlp, confidence, conf_mean, conf_tail,
     conf_bottom, conf_min_window [B]. Score one response under several image conditions by
-    repeating it with each condition's images."""
-    return self.scorer(self.processor.scoring_batch(prompts, responses, images))
+    repeating it with each condition's images. `state` overrides the params; `micro_batch`
+    rows per scorer call (0: one call), per-token arrays then right-aligned to the widest."""
+    images = images or [[] for _ in prompts]
+    size = micro_batch or len(prompts)
+    parts = [
+      self.scorer(
+        self.processor.scoring_batch(prompts[i : i + size], responses[i : i + size], images[i : i + size]),
+        state=state,
+      )
+      for i in range(0, len(prompts), size)
+    ]
+    if len(parts) == 1:
+      return parts[0]
+    width = max(p["token_logprobs"].shape[1] for p in parts)
+    left_pad = lambda x: np.pad(x, ((0, 0), (width - x.shape[1], 0)))  # noqa: E731
+    return {k: np.concatenate([left_pad(p[k]) if p[k].ndim == 2 else p[k] for p in parts]) for k in parts[0]}
 
   def sample(
     self,

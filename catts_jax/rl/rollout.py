@@ -229,27 +229,6 @@ def sample(
   )
 
 
-def score_rows(policy: Policy, prompts, responses, images, state=None, micro_batch: int = 0) -> dict:
-  """The scorer's dict for rows (prompt, response, images), `micro_batch` rows per call (0:
-  one call); per-token arrays right-aligned to the widest call's response length."""
-  parts = [
-    policy.scorer(
-      policy.processor.scoring_batch(
-        [prompts[i] for i in p], [responses[i] for i in p], [images[i] for i in p]
-      ),
-      state=state,
-    )
-    for p in _chunks(len(prompts), micro_batch)
-  ]
-  if len(parts) == 1:
-    return parts[0]
-  width = max(p["token_logprobs"].shape[1] for p in parts)
-  return {
-    k: np.concatenate([_last_columns(p[k], width) if p[k].ndim == 2 else p[k] for p in parts])
-    for k in parts[0]
-  }
-
-
 def _chunks(n: int, size: int) -> list[np.ndarray]:
   """[0, n) in consecutive pieces of `size` (0: one piece)."""
   return np.array_split(np.arange(n), range(size, n, size)) if size else [np.arange(n)]
@@ -261,13 +240,12 @@ def score_perturbed(
   """Stage 3: one scoring pass of every sample under its problem's perturbed images: the
   scorer's dict, "confidence" [N] (conf(y|x_noisy)) and "token_logprobs" [N, R'] among it."""
   g = cfg.group_size
-  return score_rows(
-    policy,
+  return policy.score(
     _repeat(prompts.prompts, g),
     samples.tokens,
     _repeat(prompts.perturbed, g),
-    state,
-    cfg.score_micro_batch,
+    state=state,
+    micro_batch=cfg.score_micro_batch,
   )
 
 
@@ -428,7 +406,7 @@ def assemble(
     # The KL is estimated on the policy's own samples only: perturbed copies are not samples
     # of the policy in their context, so the reference pass skips them (and the solutions).
     originals = pick(_repeat(prompts.originals, g))
-    ref = score_rows(policy, row_prompts, row_tokens, originals, ref_state, cfg.score_micro_batch)
+    ref = policy.score(row_prompts, row_tokens, originals, state=ref_state, micro_batch=cfg.score_micro_batch)
     ref_logp = ref["token_logprobs"][: len(rows_of)]
     fields["ref_logp"] = _pad_rows(_last_columns(ref_logp, r), rows)
     if noisy_rows or solutions:
