@@ -98,7 +98,7 @@ def test_plan_compiles_generate_score_and_train():
   report = plan.plan(cfg, "v5e:2x2", {"data": 1, "fsdp": -1}, prompt_len=64, image_patches=64)
   assert report["backend"].startswith("tpu" if HAS_LIBTPU else "cpu-simulated")
   assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["chips"] == 4
-  assert report["shapes"]["rows"] == 4 and report["shapes"]["seq_len"] == 128  # 64 + 32 -> bucket
+  assert report["shapes"]["rows"] == 4 and report["shapes"]["seq_len"] == 96  # 64 + 32: 4 buckets an octave
   assert report["shapes"]["images"] == 1  # one slot per prompt, shared by its 4 rows
   state = report["per_chip_state_gib"]
   steps = report["steps"]
