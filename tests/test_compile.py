@@ -172,6 +172,7 @@ def test_over_large_batch_reports_oom_instead_of_crashing():
   """A batch whose activations exceed HBM: the TPU compiler's out-of-memory error becomes a
   'does not fit' with its numbers (on the CPU fallback: the measured peak above HBM)."""
   cfg = small(prompts=16, group=8, response=2048)
+  cfg.model.buckets_per_octave = 1  # 64 + 2048 tokens -> 4096
   report = plan.plan(cfg, "v5e:2x2", cdrl_qwen2_5_vl.STRATEGIES["fsdp"], ("train",), 64, 0)
   train = report["steps"]["train"]
   assert not report["fits"] and not train["fits"]
