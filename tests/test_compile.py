@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from catts_jax import runs, sharding
@@ -305,3 +306,21 @@ def test_plan_compiles_the_rollout_on_its_own_mesh():
   # the fp32 masters split 4 ways (fsdp).
   assert reshard["memory_bytes"]["output"] > 0.5 * report["per_chip_state_gib"]["params"] * GiB
   assert sum(c["count"] for c in reshard["collectives"].values()) > 0
+
+
+def test_plans_lay_out_batches_as_the_trainer_does():
+  """The abstract train / scoring batch that train.compile lowers carries, field by field,
+  the shardings the Learner and the Scorer give a host batch of the same shapes."""
+  from catts_jax.rl.batch import TrainBatch, batch_shardings
+
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  model_cfg = presets.resolve(small().model)
+  planned = shapes.train_batch(model_cfg, shapes.trainer_shapes(model_cfg, 4, 4, 32, 64, 64), mesh)
+  host = TrainBatch(**{k: np.zeros(x.shape, x.dtype) for k, x in planned.fields().items()})
+  run = batch_shardings(host, mesh).fields()
+  scorer_inputs = sharding.input_shardings(host.model_inputs(), mesh)
+  for name, x in planned.fields().items():
+    assert x.sharding.is_equivalent_to(run[name], len(x.shape)), name
+  for name, s in scorer_inputs.items():
+    assert s.is_equivalent_to(planned.fields()[name].sharding, len(planned.fields()[name].shape)), name
+  assert "image_index" in run and run["pixel_values"].spec[0] is not None  # slots travel with rows
