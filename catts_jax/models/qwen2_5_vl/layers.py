@@ -100,20 +100,10 @@ def inverse_frequencies(dim: int, theta: float) -> jax.Array:
   return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
 
 
-def attention(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """q: [B, T, N, H]; k_t: [B, K, H, S] (keys transposed); v: [B, K, S, H]; mask: [B, 1, T, S]
-  bool; N % K == 0 (GQA). Returns [B, T, N, H].
-
-  Query head n reads key/value head n // (N // K), as transformers' repeat_kv does. The
-  key/value layouts are those of the KV cache and are chosen so that both products are
-  plain batched matmuls over (B, K): XLA then never transposes the cache, which would
-  otherwise cost a full copy of it per layer and decode step.
-  """
+def _attend(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """q: [B, K, G, T, H], mask [B, 1, T, S] -> [B, K, G, T, H], all queries at once."""
   scale = q.shape[-1] ** -0.5
-  b, t, n, h = q.shape
-  kv_heads = k_t.shape[1]
-  q = q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
-  if t == 1:
+  if q.shape[3] == 1:
     # Decoding: B*K products of [G, H] x [H, S] are too small for matmul kernels (XLA:CPU
     # runs them ~4x slower than this fused multiply-and-reduce); the result is the same.
     f32 = jnp.float32
@@ -122,8 +112,49 @@ def attention(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array) -> ja
     logits = jnp.einsum("bkgth,bkhs->bkgts", q, k_t, preferred_element_type=jnp.float32) * scale
   logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  if t == 1:
-    out = (probs[..., None] * v[:, :, None, None]).sum(-2)
-  else:
-    out = jnp.einsum("bkgts,bksh->bkgth", probs, v)
-  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+  if q.shape[3] == 1:
+    return (probs[..., None] * v[:, :, None, None]).sum(-2)
+  return jnp.einsum("bkgts,bksh->bkgth", probs, v)
+
+
+def attention(
+  q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array, *, query_chunk: int = 512
+) -> jax.Array:
+  """q: [B, T, N, H]; k_t: [B, K, H, S] (keys transposed); v: [B, K, S, H]; mask: [B, 1, T, S]
+  bool; N % K == 0 (GQA). Returns [B, T, N, H].
+
+  Query head n reads key/value head n // (N // K), as transformers' repeat_kv does. The
+  key/value layouts are those of the KV cache and are chosen so that both products are
+  plain batched matmuls over (B, K): XLA then never transposes the cache, which would
+  otherwise cost a full copy of it per layer and decode step.
+
+  Rows longer than 2 * query_chunk are attended ~query_chunk queries at a time, each chunk
+  against all keys (so the softmax is exact) and rematerialised in the backward: the float32
+  logits then never exceed [B, N, chunk, S] instead of [B, N, T, S], and the backward keeps
+  only each chunk's queries, not its probabilities.
+  """
+  b, t, n, h = q.shape
+  kv_heads = k_t.shape[1]
+  g = n // kv_heads
+  if t <= 2 * query_chunk:
+    q = q.reshape(b, t, kv_heads, g, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+    return _attend(q, k_t, v, mask).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+  num_chunks = -(-t // query_chunk)
+  chunk = -(-t // num_chunks)  # equal chunks; padding < num_chunks queries
+  pad = num_chunks * chunk - t
+  if pad:
+    # Padded queries see no key (a uniform softmax over garbage) and are dropped below.
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)))
+  q = q.reshape(b, num_chunks, chunk, kv_heads, g, h).transpose(1, 0, 3, 4, 2, 5)  # [C, B, K, G, c, H]
+
+  @jax.checkpoint
+  def one_chunk(xs):
+    q_chunk, start = xs
+    mask_chunk = jax.lax.dynamic_slice_in_dim(mask, start, chunk, axis=2)
+    return _attend(q_chunk, k_t, v, mask_chunk)
+
+  starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
+  out = jax.lax.map(one_chunk, (q, starts))  # [C, B, K, G, c, H]
+  out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, num_chunks * chunk, n, h)
+  return out[:, :t]
