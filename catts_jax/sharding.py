@@ -33,6 +33,7 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
   "kv_heads": "tensor",
   "head_dim": None,
   "norm": None,
+  "layers": None,  # the leading axis of stacked layers (models/qwen2_5_vl/stack.py)
 }
 
 

@@ -55,8 +55,8 @@ def test_decoder_layers_pin_their_activations_and_keep_the_logits(tiny_ckpt):
   with jax.set_mesh(mesh):
     text = _lowered_text(sharded, inputs)
     got, _ = nnx.jit(lambda m, x: m(**x))(sharded, inputs)
-  layers = len(sharded.language_model.layers)
-  # embeddings + each layer's output, q, k, v: the layouts are stated, not propagated.
-  assert text.count("sharding_constraint") >= 4 * layers + 1, layers
+  # embeddings + the layer's output, q, k, v (the stacked layers run one scanned body): the
+  # layouts are stated, not propagated.
+  assert text.count("sharding_constraint") >= 4 + 1
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4, rtol=1e-4)
   assert "sharding_constraint" not in _lowered_text(plain, inputs)

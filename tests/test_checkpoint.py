@@ -42,3 +42,27 @@ def test_killed_run_resumes_bit_identically(tiny_ckpt, tmp_path):
   assert len(a.files) == len(b.files) > 10
   for name in a.files:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_resume_from_another_layout_names_it(tmp_path):
+  """A checkpoint written with per-layer params (before layers were stacked) is refused with a
+  message naming the saved and the expected params, not an orbax tree error."""
+  import jax.numpy as jnp
+  import pytest
+
+  from catts_jax.checkpoint import Checkpointer, CheckpointLayoutError
+
+  kernel = lambda *shape: {"kernel": jnp.ones(shape)}  # noqa: E731
+  per_layer = {"language_model": {"layers": {str(i): {"mlp": kernel(4, 8)} for i in range(3)}}}
+  stacked = {"language_model": {"layers": {"mlp": kernel(3, 4, 8)}}}
+  checkpoints = Checkpointer(tmp_path, async_save=False)
+  checkpoints.save(1, per_layer, {"count": jnp.zeros(())}, {"step": 1}, force=True)
+  with pytest.raises(
+    CheckpointLayoutError,
+    match=r"language_model/layers/0/mlp/kernel \(4, 8\).*"
+    r"language_model/layers/mlp/kernel \(3, 4, 8\).*stacked on a leading 'layers' axis",
+  ):
+    checkpoints.restore(stacked, {"count": jnp.zeros(())})
+  # The same layout restores as before.
+  params, _, record = checkpoints.restore(per_layer, {"count": jnp.zeros(())})
+  assert record["step"] == 1 and params["language_model"]["layers"]["2"]["mlp"]["kernel"].shape == (4, 8)

@@ -106,11 +106,11 @@ def test_golden_shardings(case, seven_b):
 
 
 def test_golden_detects_changed_logical_axes(seven_b):
-  """One decoder layer's MLP kernel loses its 'embed' axis: the diff names that param and its
+  """The decoder layers' MLP kernel loses its 'embed' axis: the diff names that param and its
   two Adam moments, and nothing else."""
-  kernel = seven_b[2].language_model.layers[3].mlp.up_proj.kernel
+  kernel = seven_b[2].language_model.layers.mlp.up_proj.kernel
   axes = kernel.get_metadata()["logical_axes"]
-  kernel.set_metadata("logical_axes", (None, "mlp"))
+  kernel.set_metadata("logical_axes", ("layers", None, "mlp"))
   try:
     shape, chips = CASES["v5e-16"]
     golden = read(GOLDEN / "shardings_7b_v5e-16.txt")
@@ -118,9 +118,10 @@ def test_golden_detects_changed_logical_axes(seven_b):
   finally:
     kernel.set_metadata("logical_axes", axes)
   assert len(problems) == 3, problems
-  assert all("language_model/layers/3/mlp/up_proj/kernel" in p for p in problems)
+  assert all("language_model/layers/mlp/up_proj/kernel" in p for p in problems)
   assert any(
-    p.startswith("changed params/") and "P('fsdp', 'tensor') -> (3584, 18944) float32 P(None, 'tensor')" in p
+    p.startswith("changed params/")
+    and "P(None, 'fsdp', 'tensor') -> (28, 3584, 18944) float32 P(None, None, 'tensor')" in p
     for p in problems
   )
 
@@ -133,7 +134,7 @@ def test_golden_detects_changed_rules(seven_b):
     read(GOLDEN / "shardings_7b_v5e-16.txt"), table(seven_b, abstract_mesh(shape, chips), rules)
   )
   changed = {p.split(":")[0] for p in problems}
-  assert "changed params/language_model/layers/0/mlp/down_proj/kernel" in changed
+  assert "changed params/language_model/layers/mlp/down_proj/kernel" in changed
   assert "changed opt_state/1/0/mu/visual/blocks/31/mlp/gate_proj/kernel" in changed
   # ... and only params with an "mlp" logical axis: MLPs and the vision patch merger.
   assert all(re.search(r"/(mlp|merger)/", p) for p in changed), changed

@@ -29,7 +29,7 @@ def test_bf16_compute_close_to_fp32(seven_b_ckpt):
   """
   fp32 = load_hf(seven_b_ckpt)
   bf16 = load_hf(seven_b_ckpt, ModelConfig.from_pretrained(seven_b_ckpt).replace(dtype="bfloat16"))
-  assert bf16.language_model.layers[0].self_attn.q_proj.kernel.get_value().dtype == jnp.float32
+  assert bf16.language_model.layers.self_attn.q_proj.kernel.get_value().dtype == jnp.float32
   processor = Processor(seven_b_ckpt)
   prompts, images = make_cases(processor)["padded_batch"]
   batch = processor(prompts, images)

@@ -82,8 +82,8 @@ def test_bf16_checkpoint_loads(tiny_ckpt, tmp_path):
   hf.save_pretrained(tmp_path / "bf16")
   f = safetensors_io.SafetensorsFile(tmp_path / "bf16" / "model.safetensors")
   assert {e["dtype"] for e in f.entries.values()} == {"BF16"}
-  loaded = load_hf(tmp_path / "bf16").language_model.layers[0].self_attn.q_proj.kernel.get_value()
-  ref = load_hf(tiny_ckpt).language_model.layers[0].self_attn.q_proj.kernel.get_value()
+  loaded = load_hf(tmp_path / "bf16").language_model.layers.self_attn.q_proj.kernel.get_value()[0]
+  ref = load_hf(tiny_ckpt).language_model.layers.self_attn.q_proj.kernel.get_value()[0]
   assert loaded.dtype == jnp.float32
   np.testing.assert_allclose(loaded, ref, rtol=1e-2, atol=1e-2)
   assert not np.array_equal(loaded, ref)

@@ -47,12 +47,13 @@ def test_sharded_forward_equals_single_device(ckpt, request):
   sharded = load_hf(path, mesh=mesh)
 
   # Params really are distributed: specs follow the rules and each device holds a slice.
-  attn = sharded.language_model.layers[0].self_attn
+  # Decoder layers are stacked on a leading, unsharded "layers" axis.
+  attn = sharded.language_model.layers.self_attn
   q = attn.q_proj.kernel.get_value()
-  assert q.sharding.spec == P("fsdp", "tensor", None)
-  assert q.addressable_shards[0].data.shape == (q.shape[0] // 4, q.shape[1] // 2, q.shape[2])
-  up = sharded.language_model.layers[0].mlp.up_proj.kernel.get_value()
-  assert up.sharding.spec == P("fsdp", "tensor")
+  assert q.sharding.spec == P(None, "fsdp", "tensor", None)
+  assert q.addressable_shards[0].data.shape == (q.shape[0], q.shape[1] // 4, q.shape[2] // 2, q.shape[3])
+  up = sharded.language_model.layers.mlp.up_proj.kernel.get_value()
+  assert up.sharding.spec == P(None, "fsdp", "tensor")
   qkv = sharded.visual.blocks[0].attn.qkv.kernel.get_value()
   assert qkv.sharding.spec == P("fsdp", None, "tensor", None)
   n_sharded = sum(1 for _, v in nnx.to_flat_state(nnx.state(sharded)) if any(v.get_value().sharding.spec))
@@ -88,6 +89,6 @@ def test_shard_model_places_params():
   model = Qwen2_5_VL(small, rngs=nnx.Rngs(0))
   mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
   sharding.shard_model(model, mesh)
-  k = model.language_model.layers[0].self_attn.k_proj.kernel.get_value()
-  assert k.sharding.spec == P("fsdp", "tensor", None)  # 4 kv heads over tensor=4
-  assert k.addressable_shards[0].data.shape == (28 * 8 // 2, 1, 8)
+  k = model.language_model.layers.self_attn.k_proj.kernel.get_value()
+  assert k.sharding.spec == P(None, "fsdp", "tensor", None)  # 4 kv heads over tensor=4
+  assert k.addressable_shards[0].data.shape == (k.shape[0], 28 * 8 // 2, 1, 8)

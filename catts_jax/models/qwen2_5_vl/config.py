@@ -86,8 +86,11 @@ class ModelConfig:
   # Compute dtype of activations and matmuls; params are stored in param_dtype.
   dtype: str = "float32"
   param_dtype: str = "float32"
-  # Recompute each decoder layer's activations in the backward pass (training memory).
+  # Recompute each decoder layer's (and vision block's) activations in the backward pass
+  # (training memory); `remat_policy` names what a layer keeps (a jax.checkpoint_policies
+  # entry such as "dots_with_no_batch_dims_saveable"; "" keeps nothing).
   remat: bool = False
+  remat_policy: str = ""
   # Response positions whose logits are computed at a time when scoring and training
   # (scoring.chunked_statistics); 0 = all at once, i.e. [rows, length, vocab] float32 logits.
   logits_chunk: int = 512

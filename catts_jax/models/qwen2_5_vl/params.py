@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from catts_jax import safetensors_io, sharding
 from catts_jax.models.qwen2_5_vl.config import ModelConfig
@@ -64,50 +64,63 @@ def _to_hub_name(name: str) -> str:
 
 
 # --- the mapping ---------------------------------------------------------------------------
-# Each entry: NNX path (tuple) -> (HF name in transformers-5 layout, kind, extra).
+# Each entry: NNX path (tuple) -> (HF names, kind, extra). HF names (transformers-5 layout) is
+# one name, or for a stacked layer param (models/qwen2_5_vl/stack.py: leading "layers" axis)
+# a tuple of one name per layer.
 # kinds: "linear" (HF [out, in]; extra = number of leading NNX dims that are inputs),
 #        "conv" (HF Conv3d [out, C, T, p, p] used as a linear on flattened patches),
 #        "vector" (HF 1-D, NNX maybe [heads, head_dim]: biases, norm weights),
 #        "copy" (same layout: the embedding table).
+Entry = tuple[str | tuple[str, ...], str, int]
 
 
-def weight_map(cfg: ModelConfig) -> dict[tuple, tuple[str, str, int]]:
-  m: dict[tuple, tuple[str, str, int]] = {}
+def weight_map(cfg: ModelConfig) -> dict[tuple, Entry]:
+  m: dict[tuple, Entry] = {}
 
-  def linear(path, hf, n_in=1, bias=True):
-    m[(*path, "kernel")] = (f"{hf}.weight", "linear", n_in)
+  def stacked(path: tuple, hf_prefix: str, n: int, layer_entries) -> None:
+    """Entries of a stack of n layers: one NNX param per name, one HF tensor per layer."""
+    one: dict[tuple, Entry] = {}
+    layer_entries(one)
+    for rel, (hf, kind, n_in) in one.items():
+      m[(*path, *rel)] = (tuple(f"{hf_prefix}.{i}.{hf}" for i in range(n)), kind, n_in)
+
+  def linear(into, path, hf, n_in=1, bias=True):
+    into[(*path, "kernel")] = (f"{hf}.weight", "linear", n_in)
     if bias:
-      m[(*path, "bias")] = (f"{hf}.bias", "vector", 0)
+      into[(*path, "bias")] = (f"{hf}.bias", "vector", 0)
 
-  def norm(path, hf):
-    m[(*path, "weight")] = (f"{hf}.weight", "vector", 0)
+  def norm(into, path, hf):
+    into[(*path, "weight")] = (f"{hf}.weight", "vector", 0)
+
+  def vision_block(into, p=(), h=""):
+    norm(into, (*p, "norm1"), f"{h}norm1")
+    norm(into, (*p, "norm2"), f"{h}norm2")
+    linear(into, (*p, "attn", "qkv"), f"{h}attn.qkv")
+    linear(into, (*p, "attn", "proj"), f"{h}attn.proj", n_in=2)
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      linear(into, (*p, "mlp", proj), f"{h}mlp.{proj}")
+
+  def decoder_layer(into):
+    norm(into, ("input_layernorm",), "input_layernorm")
+    norm(into, ("post_attention_layernorm",), "post_attention_layernorm")
+    for proj in ("q_proj", "k_proj", "v_proj"):
+      linear(into, ("self_attn", proj), f"self_attn.{proj}")
+    linear(into, ("self_attn", "o_proj"), "self_attn.o_proj", n_in=2, bias=False)
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      linear(into, ("mlp", proj), f"mlp.{proj}", bias=False)
 
   v = "model.visual"
   m[("visual", "patch_embed", "kernel")] = (f"{v}.patch_embed.proj.weight", "conv", 1)
   for i in range(cfg.vision.depth):
-    p, h = ("visual", "blocks", i), f"{v}.blocks.{i}"
-    norm((*p, "norm1"), f"{h}.norm1")
-    norm((*p, "norm2"), f"{h}.norm2")
-    linear((*p, "attn", "qkv"), f"{h}.attn.qkv")
-    linear((*p, "attn", "proj"), f"{h}.attn.proj", n_in=2)
-    for proj in ("gate_proj", "up_proj", "down_proj"):
-      linear((*p, "mlp", proj), f"{h}.mlp.{proj}")
-  norm(("visual", "merger", "ln_q"), f"{v}.merger.ln_q")
-  linear(("visual", "merger", "fc1"), f"{v}.merger.mlp.0")
-  linear(("visual", "merger", "fc2"), f"{v}.merger.mlp.2")
+    vision_block(m, ("visual", "blocks", i), f"{v}.blocks.{i}.")
+  norm(m, ("visual", "merger", "ln_q"), f"{v}.merger.ln_q")
+  linear(m, ("visual", "merger", "fc1"), f"{v}.merger.mlp.0")
+  linear(m, ("visual", "merger", "fc2"), f"{v}.merger.mlp.2")
 
   t = "model.language_model"
   m[("language_model", "embed_tokens")] = (f"{t}.embed_tokens.weight", "copy", 0)
-  for i in range(cfg.text.num_layers):
-    p, h = ("language_model", "layers", i), f"{t}.layers.{i}"
-    norm((*p, "input_layernorm"), f"{h}.input_layernorm")
-    norm((*p, "post_attention_layernorm"), f"{h}.post_attention_layernorm")
-    for proj in ("q_proj", "k_proj", "v_proj"):
-      linear((*p, "self_attn", proj), f"{h}.self_attn.{proj}")
-    linear((*p, "self_attn", "o_proj"), f"{h}.self_attn.o_proj", n_in=2, bias=False)
-    for proj in ("gate_proj", "up_proj", "down_proj"):
-      linear((*p, "mlp", proj), f"{h}.mlp.{proj}", bias=False)
-  norm(("language_model", "norm"), f"{t}.norm")
+  stacked(("language_model", "layers"), f"{t}.layers", cfg.text.num_layers, decoder_layer)
+  norm(m, ("language_model", "norm"), f"{t}.norm")
   if not cfg.tie_word_embeddings:
     m[("lm_head",)] = ("lm_head.weight", "linear", 1)
   return m
@@ -172,6 +185,17 @@ class _CheckpointReader:
     return self.files[file_name].get(key), file_name
 
 
+def _hf_names(mapping: Mapping[tuple, Entry]) -> Iterator[str]:
+  for names, _, _ in mapping.values():
+    yield from (names,) if isinstance(names, str) else names
+
+
+def _stack(layers: list[jax.Array], target: NamedSharding | None) -> jax.Array:
+  if target is None:
+    return jnp.stack(layers)
+  return jax.jit(lambda *xs: jnp.stack(xs), out_shardings=target)(*layers)
+
+
 def abstract_model(cfg: ModelConfig) -> nnx.Module:
   """The model's structure with ShapeDtypeStructs instead of arrays (no memory used)."""
   return nnx.eval_shape(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)))
@@ -200,10 +224,8 @@ def load_hf(
     raise RuntimeError(f"weight map out of date: {sorted(set(flat) ^ set(mapping))}")
   flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
 
-  for nnx_path, variable in flat.items():
-    hf_name, kind, n_in = mapping[nnx_path]
-    abstract = variable.get_value()
-    shape, dtype = tuple(abstract.shape), abstract.dtype
+  def read(hf_name, kind, n_in, shape, dtype, target):
+    """One HF tensor as an NNX array of `shape`, placed as `target` says (None: one device)."""
     raw, file_name = reader.get(hf_name)
     expected = _hf_shape(kind, n_in, shape, cfg)
     if tuple(raw.shape) != expected:
@@ -211,17 +233,26 @@ def load_hf(
         f"{hf_name} in {path / file_name}: shape {tuple(raw.shape)}, but config.json implies {expected}"
       )
     host = hf_to_nnx(raw, kind, n_in, shape)
-    if nnx_path in flat_shardings:
-      target = flat_shardings[nnx_path]
-      value = jax.make_array_from_callback(
-        shape, target, lambda idx, h=host, dt=dtype: np.asarray(h[idx], dt)
-      )
-    else:
-      value = jnp.asarray(np.asarray(host, dtype))
-    variable.set_value(value)
-    del host, raw
+    if target is None:
+      return jnp.asarray(np.asarray(host, dtype))
+    return jax.make_array_from_callback(shape, target, lambda idx: np.asarray(host[idx], dtype))
 
-  unused = set(reader.location) - {hf for hf, _, _ in mapping.values()}
+  for nnx_path, variable in flat.items():
+    hf_names, kind, n_in = mapping[nnx_path]
+    abstract = variable.get_value()
+    shape, dtype = tuple(abstract.shape), abstract.dtype
+    target = flat_shardings.get(nnx_path)
+    if isinstance(hf_names, str):
+      variable.set_value(read(hf_names, kind, n_in, shape, dtype, target))
+      continue
+    # A stacked param: each layer read and placed with the layer's own sharding, then stacked
+    # on device, so neither the host nor one device ever holds the whole stack.
+    layer_target = None if target is None else NamedSharding(target.mesh, PartitionSpec(*target.spec[1:]))
+    layers = [read(name, kind, n_in, shape[1:], dtype, layer_target) for name in hf_names]
+    variable.set_value(_stack(layers, target))
+    del layers
+
+  unused = set(reader.location) - set(_hf_names(mapping))
   if unused:
     log.warning("%s: %d checkpoint tensors not used, e.g. %s", path, len(unused), sorted(unused)[:3])
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
@@ -259,10 +290,14 @@ def save_hf(
   mapping = weight_map(cfg)
   dtype = np.dtype(jnp.dtype(cfg.param_dtype))
 
-  entries = []  # (hub name, hf shape, nnx path, kind, n_in)
-  for nnx_path, (hf_name, kind, n_in) in mapping.items():
+  entries = []  # (hub name, hf shape, nnx path, layer of a stack or None, kind, n_in)
+  for nnx_path, (hf_names, kind, n_in) in mapping.items():
     shape = tuple(flat[nnx_path].get_value().shape)
-    entries.append((_to_hub_name(hf_name), _hf_shape(kind, n_in, shape, cfg), nnx_path, kind, n_in))
+    if isinstance(hf_names, str):
+      entries.append((_to_hub_name(hf_names), _hf_shape(kind, n_in, shape, cfg), nnx_path, None, kind, n_in))
+      continue
+    hf_shape = _hf_shape(kind, n_in, shape[1:], cfg)
+    entries += [(_to_hub_name(name), hf_shape, nnx_path, i, kind, n_in) for i, name in enumerate(hf_names)]
 
   limit = _parse_size(max_shard_size)
   shards: list[list] = [[]]
@@ -278,8 +313,9 @@ def save_hf(
   by_name = {e[0]: e for e in entries}
 
   def produce(name):
-    _, hf_shape, nnx_path, kind, n_in = by_name[name]
-    host = np.asarray(jax.device_get(flat[nnx_path].get_value()))
+    _, hf_shape, nnx_path, layer, kind, n_in = by_name[name]
+    value = flat[nnx_path].get_value()
+    host = np.asarray(jax.device_get(value if layer is None else value[layer]))
     return nnx_to_hf(host, kind, n_in, hf_shape)
 
   for stale in list(out.glob("*.safetensors")) + [out / INDEX_FILE]:

@@ -263,7 +263,8 @@ def scratch_shape(name: str) -> dict:
 def resolve(model: Mapping) -> ModelConfig:
   """The ModelConfig a run builds from its config's `model` section: the checkpoint's
   config.json when `model.ckpt` is a directory with one, else the preset `model.preset`
-  names, with the run's `dtype`, `param_dtype` and `remat`, and its `logits_chunk` when it sets one."""
+  names, with the run's `dtype`, `param_dtype`, `remat` and `remat_policy`, and its
+  `logits_chunk` when it sets one."""
   ckpt, preset = model.get("ckpt", ""), model.get("preset", None)
   if ckpt and (pathlib.Path(ckpt) / "config.json").is_file():
     base = ModelConfig.from_pretrained(ckpt)
@@ -278,5 +279,6 @@ def resolve(model: Mapping) -> ModelConfig:
     dtype=model.get("dtype", "bfloat16"),
     param_dtype=model.get("param_dtype", "float32"),
     remat=bool(model.get("remat", False)),
+    remat_policy=str(model.get("remat_policy", "")),
     logits_chunk=int(model.get("logits_chunk", base.logits_chunk)),
   )

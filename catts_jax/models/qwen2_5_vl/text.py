@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from catts_jax.models.qwen2_5_vl import stack
 from catts_jax.models.qwen2_5_vl.config import ModelConfig, TextConfig
 from catts_jax.models.qwen2_5_vl.layers import (
   Dense,
@@ -115,12 +116,13 @@ class TextModel(nnx.Module):
     dtype, param_dtype = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     self.cfg = t
     self.dtype = dtype
-    self.remat = cfg.remat
+    self.remat, self.remat_policy = cfg.remat, cfg.remat_policy
     self.embed_tokens = param(
       rngs, default_init, (t.vocab_size, t.hidden_size), ("vocab", "embed"), param_dtype
     )
-    self.layers = nnx.List(
-      [DecoderLayer(t, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(t.num_layers)]
+    # One module, params stacked on a leading "layers" axis (models/qwen2_5_vl/stack.py).
+    self.layers = stack.stack(
+      lambda rngs: DecoderLayer(t, dtype=dtype, param_dtype=param_dtype, rngs=rngs), t.num_layers, rngs
     )
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -133,19 +135,16 @@ class TextModel(nnx.Module):
     x = constrain(embeds.astype(self.dtype), HIDDEN)
     if cache is None:
       mask = attention_mask(token_valid, 0, x.shape[1])
-      run = lambda layer, x: layer(x, cos, sin, mask)[0]  # noqa: E731
-      if self.remat:
-        run = nnx.remat(run)
-      for layer in self.layers:
-        x = run(layer, x)
+      run = lambda layer, x, _: layer(x, cos, sin, mask)[0]  # noqa: E731
+      x = stack.scan(self.layers, run, x, remat=self.remat, policy=self.remat_policy)
       return self.norm(x), None
 
     end = cache["end_index"]
     valid = jax.lax.dynamic_update_slice(cache["valid"], token_valid, (0, end))
     mask = attention_mask(valid, end, x.shape[1])
     new_layers = []
-    for layer, layer_cache in zip(self.layers, cache["layers"]):
-      x, layer_cache = layer(x, cos, sin, mask, layer_cache, end)
+    for i, layer_cache in enumerate(cache["layers"]):
+      x, layer_cache = stack.layer(self.layers, i)(x, cos, sin, mask, layer_cache, end)
       new_layers.append(layer_cache)
     new_cache = {"layers": new_layers, "valid": valid, "end_index": end + x.shape[1]}
     return self.norm(x), new_cache

@@ -1,0 +1,67 @@
+"""Layers stacked on a leading axis and run by `jax.lax.scan`.
+
+A stack of n identical layers is one module whose params carry a leading "layers" axis (never
+sharded: every device holds its shard of every layer). The forward pass scans over it, so a
+model compiles one layer body whatever its depth; the cached (sampling) path indexes one layer
+at a time instead, so that each layer's KV cache stays its own buffer, updated in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+from flax import nnx
+
+LAYERS = "layers"  # logical axis of the stack (sharding.DEFAULT_RULES maps it to no mesh axis)
+
+
+def stack(make: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs) -> nnx.Module:
+  """n layers built by `make(rngs)`, each with its own random init, as one module whose params
+  have a leading axis of size n named "layers"."""
+
+  @nnx.split_rngs(splits=n)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def build(rngs):
+    return make(rngs)
+
+  layers = build(rngs)
+  for _, variable in nnx.iter_graph(layers):
+    if isinstance(variable, nnx.Variable) and variable.has_metadata("logical_axes"):
+      variable.set_metadata(logical_axes=(LAYERS, *variable.get_metadata()["logical_axes"]))
+  return layers
+
+
+def depth(layers: nnx.Module) -> int:
+  return jax.tree.leaves(nnx.state(layers))[0].shape[0]
+
+
+def layer(layers: nnx.Module, i: int) -> nnx.Module:
+  """Layer i of a stack, as a plain module."""
+  graphdef, state = nnx.split(layers)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+
+def remat_policy(name: str):
+  """A `jax.checkpoint_policies` entry by name ("" = save nothing: recompute the whole layer)."""
+  if not name:
+    return None
+  policy = getattr(jax.checkpoint_policies, name, None)
+  if policy is None:
+    raise ValueError(f"model.remat_policy={name!r}: not a jax.checkpoint_policies name")
+  return policy
+
+
+def scan(layers: nnx.Module, body: Callable, carry, xs=None, *, remat: bool = False, policy: str = ""):
+  """`carry = body(layer_i, carry, xs_i)` for each layer i of the stack, as one `lax.scan`;
+  with `remat`, each layer's activations are recomputed in the backward pass (as `policy` says)."""
+  graphdef, state = nnx.split(layers)
+
+  def step(carry, per_layer):
+    state_i, xs_i = per_layer
+    return body(nnx.merge(graphdef, state_i), carry, xs_i), None
+
+  if remat:
+    step = jax.checkpoint(step, policy=remat_policy(policy), prevent_cse=False)
+  carry, _ = jax.lax.scan(step, carry, (state, xs))
+  return carry
