@@ -3,10 +3,13 @@
 Patches arrive one image per slot, [images, patches per image] (`processing.image_slots`),
 each in the processor's order (spatial-merge blocks of 2x2 patches, row-major). Attention
 runs per slot: no image attends to another (the reference's cu_seqlens), and the cost is
-images x slot^2, not (all patches)^2. The reference permutes patches into window order and
-back; attention restricted by segment ids is invariant to that permutation, so we keep the
-order and mask instead. Windows are computed inside jit from each patch's (row, col), so any
-mix of image sizes in the padded, fixed-shape slots compiles once.
+images x slot^2, not (all patches)^2, in the full-attention blocks. Like the reference, each
+slot's merge blocks are permuted into window order once (computed inside jit from each
+patch's (row, col), so any mix of image sizes in the padded, fixed-shape slots compiles
+once); a window is then a contiguous run of at most P = window_patches^2 patches, and window
+attention runs block-locally (P queries against 3P keys) at slot x 3P cost instead of
+slot^2. Full attention within an image does not depend on the order, so the patches stay in
+window order through every block and go back to slot order before the merger.
 """
 
 from __future__ import annotations
@@ -40,30 +43,81 @@ def vision_cos_sin(patch_pos: jax.Array, cfg: VisionConfig) -> tuple[jax.Array, 
   return jnp.cos(emb), jnp.sin(emb)
 
 
-def segment_masks(patch_pos: jax.Array, patch_image: jax.Array, cfg: VisionConfig):
-  """Per slot: full-attention mask (same image) and window mask (same image and window),
-  [I, 1, S, S] each, from patch_pos [I, S, 2] and patch_image [I, S].
+def window_order(patch_pos: jax.Array, patch_image: jax.Array, cfg: VisionConfig):
+  """Per slot, the patch order that makes each window contiguous, and its window ids.
 
-  patch_image is the image (frame) index of each patch, -1 for padding; padding patches
-  attend only to each other and are dropped after the merger.
+  From patch_pos [I, S, 2] and patch_image [I, S] (-1 = padding): order [I, S], the slot
+  position of each patch in window order (merge blocks sorted stably by (image, window row,
+  window col), padding last; a block's patches stay together and in order), and segments
+  [I, S], the window id of each patch in window order (padding forms one more window).
   """
-  window = patch_pos // cfg.window_patches  # [I, S, 2]
-  same_image = patch_image[:, :, None] == patch_image[:, None, :]
-  same_window = jnp.all(window[:, :, None, :] == window[:, None, :, :], axis=-1)
-  return same_image[:, None], (same_image & same_window)[:, None]
+  unit = cfg.spatial_merge_size**2
+  slots, size = patch_image.shape
+  image = patch_image[:, ::unit]  # a merge block's patches share image and window
+  image = jnp.where(image < 0, jnp.iinfo(jnp.int32).max, image)
+  window = patch_pos[:, ::unit] // cfg.window_patches
+  iota = jnp.broadcast_to(jnp.arange(size // unit, dtype=jnp.int32), image.shape)
+  keys = (image, window[..., 0], window[..., 1])
+  *sorted_keys, units = jax.lax.sort((*keys, iota), dimension=1, num_keys=4)
+  changed = jnp.zeros((slots, size // unit), bool)
+  for key in sorted_keys:
+    changed = changed | (key != jnp.roll(key, 1, axis=1))
+  segments = jnp.cumsum(changed.at[:, 0].set(False), axis=1)
+  order = (units[:, :, None] * unit + jnp.arange(unit)).reshape(slots, size)
+  return order, jnp.repeat(segments, unit, axis=1)
+
+
+def gather_patches(x: jax.Array, order: jax.Array) -> jax.Array:
+  """x [I, S, ...] -> x[i, order[i]] per slot (no data crosses slots)."""
+  return jnp.take_along_axis(x, order.reshape(*order.shape, *[1] * (x.ndim - 2)), axis=1)
+
+
+def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: jax.Array, block: int):
+  """q, k, v [I, S, N, H] in window order; segments [I, S] window ids -> [I, S, N, H].
+
+  Each window is a contiguous run of <= `block` patches, so it lies within two aligned
+  blocks: query block b attends to key blocks b-1, b and b+1, masked to its own window.
+  The slot is padded to whole blocks; pad queries see only pads, pad blocks no query.
+  """
+  slots, size, n, h = q.shape
+  nb = -(-size // block)
+  pad = nb * block - size
+
+  def blocked(x, fill):
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+    return x.reshape(slots, nb, block, *x.shape[2:])
+
+  def neighbours(x, fill):  # [I, nb, P, ...] -> [I, nb, 3P, ...]: blocks b-1, b, b+1
+    x = jnp.pad(x, [(0, 0), (1, 1)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+    return jnp.concatenate([x[:, :-2], x[:, 1:-1], x[:, 2:]], axis=2)
+
+  q_seg = blocked(segments, -1)
+  k_seg = neighbours(q_seg, -2)
+  mask = (q_seg[..., :, None] == k_seg[..., None, :]).reshape(slots * nb, 1, block, 3 * block)
+  q = blocked(q, 0).reshape(slots * nb, block, n, h)
+  k = neighbours(blocked(k, 0), 0).reshape(slots * nb, 3 * block, n, h)
+  v = neighbours(blocked(v, 0), 0).reshape(slots * nb, 3 * block, n, h)
+  out = attention(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), mask)
+  return out.reshape(slots, nb * block, n, h)[:, :size]
 
 
 class VisionAttention(nnx.Module):
   def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     d, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
     kw = dict(use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.block = cfg.window_patches**2
     self.qkv = Dense((d,), (3, n, h), ("embed", None, "q_heads", "head_dim"), **kw)
     self.proj = Dense((n, h), (d,), ("q_heads", "head_dim", "embed"), **kw)
 
-  def __call__(self, x, cos, sin, mask):
+  def __call__(self, x, cos, sin, mask=None, segments=None):
+    """Full attention under mask [I, 1, S, S], or, given segments [I, S] (x in window
+    order, `window_order`), window attention."""
     q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)  # each [I, S, N, H]: a batch of images
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = attention(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), mask)
+    if segments is not None:
+      out = window_attention(q, k, v, segments, self.block)
+    else:
+      out = attention(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), mask)
     return self.proj(out)
 
 
@@ -75,8 +129,8 @@ class VisionBlock(nnx.Module):
     self.norm2 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
     self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, use_bias=True, **kw)
 
-  def __call__(self, x, cos, sin, mask):
-    x = x + self.attn(self.norm1(x), cos, sin, mask)
+  def __call__(self, x, cos, sin, mask=None, segments=None):
+    x = x + self.attn(self.norm1(x), cos, sin, mask, segments)
     return x + self.mlp(self.norm2(x))
 
 
@@ -102,6 +156,7 @@ class VisionTransformer(nnx.Module):
     dtype, param_dtype = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.cfg = v
+    self.remat = cfg.remat
     self.patch_embed = Dense((v.patch_dim,), (v.hidden_size,), (None, "embed"), use_bias=False, **kw)
     self.blocks = nnx.List([VisionBlock(v, **kw) for _ in range(v.depth)])
     self.merger = PatchMerger(v, **kw)
@@ -109,16 +164,22 @@ class VisionTransformer(nnx.Module):
   def __call__(self, pixel_values, patch_pos, patch_image):
     """pixel_values [I, S, C*T*p*p], patch_pos [I, S, 2], patch_image [I, S] -> merged
     features [I * S / merge^2, out_hidden] in slot order: slot i's at [i * S / merge^2, ...),
-    padding included (the host's `image_index` points image tokens at the real ones). Each
-    slot is encoded on the device that holds it: no feature moves between slots here.
+    padding included (the host's `image_index` points image tokens at the real ones; padding
+    features are finite but otherwise unspecified). Each slot is encoded on the device that
+    holds it: no feature moves between slots here.
 
     S must be a multiple of merge^2 (the processor's patches come in whole merge blocks).
     """
+    order, segments = window_order(patch_pos, patch_image, self.cfg)
+    patch_pos, patch_image = gather_patches(patch_pos, order), gather_patches(patch_image, order)
     cos, sin = vision_cos_sin(patch_pos, self.cfg)
-    full_mask, window_mask = segment_masks(patch_pos, patch_image, self.cfg)
-    x = constrain(self.patch_embed(pixel_values), SLOTS)
+    full_mask = (patch_image[:, :, None] == patch_image[:, None, :])[:, None]
+    run_full = lambda block, x: block(x, cos, sin, mask=full_mask)  # noqa: E731
+    run_window = lambda block, x: block(x, cos, sin, segments=segments)  # noqa: E731
+    if self.remat:
+      run_full, run_window = nnx.remat(run_full), nnx.remat(run_window)
+    x = constrain(gather_patches(self.patch_embed(pixel_values), order), SLOTS)
     for i, block in enumerate(self.blocks):
-      x = constrain(
-        block(x, cos, sin, full_mask if i in self.cfg.fullatt_block_indexes else window_mask), SLOTS
-      )
-    return self.merger(x)
+      run = run_full if i in self.cfg.fullatt_block_indexes else run_window
+      x = constrain(run(block, x), SLOTS)
+    return self.merger(gather_patches(x, jnp.argsort(order, axis=1)))
