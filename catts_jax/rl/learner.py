@@ -6,13 +6,19 @@ logical axes; the batch (`rl.batch.TrainBatch`) is sharded over data x fsdp. The
 place. The objective is the clipped policy loss (a `LossConfig`) or any function of the
 response log-probs and the batch: supervised fine-tuning is the NLL (`rl.sft.nll`) on the
 same Learner, with the same sharding and non-finite guard.
+
+Inside the step the vision tower encodes each image slot once; with `micro_batch` the rows
+then run in a `lax.scan` of micro-batches whose gradients sum to exactly the whole batch's
+(`Additive` objectives), so micro_batch bounds a step's activation memory, not its result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from catts_jax import sharding
 from catts_jax.rl.batch import TrainBatch, batch_shardings
-from catts_jax.rl.grpo import LossConfig, policy_loss
+from catts_jax.rl.grpo import LossConfig, loss_normalisers, policy_loss
 from catts_jax.scoring import chunked_statistics, response_hidden
 
 
@@ -33,7 +39,10 @@ class OptimizerConfig:
   total_steps: int = 1000  # cosine decay horizon
   weight_decay: float = 0.0
   clip_norm: float | None = 1.0
-  accumulate: int = 1  # gradient accumulation: one update every `accumulate` steps
+  # One update every `accumulate` steps (optax.MultiSteps): averages gradients across different
+  # rollouts. It does not bound memory: a step's batch is held whole; `micro_batch` (Learner,
+  # make_train_step) is what bounds the activations of one step.
+  accumulate: int = 1
   freeze_vision: bool = False
 
 
@@ -70,38 +79,185 @@ def response_logprobs(model, inputs: dict, response_len: int) -> jax.Array:
 Objective = Callable[[jax.Array, TrainBatch], tuple[jax.Array, Mapping[str, jax.Array]]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Additive:
+  """An objective that is a sum over rows once its batch-wide denominators are fixed.
+
+  `normalisers(batch)`: the whole batch's denominators (token and row counts, any pytree);
+  `share(logp, rows, norms)`: (loss, metrics) of some of the batch's rows, each value that
+  rows' share, so that the shares of any split of the rows sum to the whole batch's values.
+  That is what lets the train step take a batch in micro-batches and still make exactly the
+  whole batch's step. Called as `(logp, batch)` it is an ordinary Objective."""
+
+  normalisers: Callable[[TrainBatch], Any]
+  share: Callable[[jax.Array, TrainBatch, Any], tuple[jax.Array, Mapping[str, jax.Array]]]
+
+  def __call__(self, logp: jax.Array, batch: TrainBatch):
+    return self.share(logp, batch, self.normalisers(batch))
+
+
 def objective(loss: LossConfig | Objective) -> Objective:
   """`loss` as a function `(logp [B, R], batch) -> (scalar, metrics)`: a LossConfig is the
-  clipped policy objective (`grpo.policy_loss`) on the batch's RL fields; any other callable
-  (e.g. `rl.sft.nll`) is used as it is."""
+  clipped policy objective (`grpo.policy_loss`, an Additive over the batch's RL fields); any
+  other callable (e.g. `rl.sft.nll`) is used as it is."""
   if not isinstance(loss, LossConfig):
     return loss
+  names = ("old_logp", "advantages", "response_mask", "ref_logp", "kl_rows", "token_advantages", "sft_rows")
 
-  def clipped(logp: jax.Array, batch: TrainBatch):
+  def normalisers(batch: TrainBatch):
+    return loss_normalisers(batch.response_mask, batch.kl_rows, batch.sft_rows)
+
+  def share(logp: jax.Array, batch: TrainBatch, norms):
     if batch.old_logp is None or batch.advantages is None:
       raise ValueError("the policy loss needs the batch's old_logp and advantages")
     fields = batch.fields()
-    names = ("old_logp", "advantages", "response_mask", "ref_logp", "kl_rows", "token_advantages", "sft_rows")
-    return policy_loss(logp, loss, **{k: fields[k] for k in names if k in fields})
+    return policy_loss(logp, loss, norms=norms, **{k: fields[k] for k in names if k in fields})
 
-  return clipped
+  return Additive(normalisers, share)
 
 
-def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, loss: LossConfig | Objective):
-  """The pure train step `(params, opt_state, batch: TrainBatch, response_len) -> (params,
-  opt_state, metrics)` for the model `nnx.merge(graphdef, params, rest)` and the objective
-  `loss` (see `objective`).
+# Per image slot, not per row: encoded once a step, whatever rows read them.
+SLOT_FIELDS = ("pixel_values", "patch_pos", "patch_image")
+
+
+def micro_batches(rows: int, micro_batch: int) -> int:
+  """How many micro-batches of `micro_batch` rows a batch of `rows` rows makes (1 for 0 or
+  `rows`). Under a mesh each micro-batch's rows must spread over data x fsdp."""
+  if not micro_batch or micro_batch == rows:
+    return 1
+  if micro_batch < 0 or rows % micro_batch:
+    raise ValueError(f"train.micro_batch={micro_batch} must divide the train batch's {rows} rows")
+  mesh = jax.sharding.get_abstract_mesh()
+  devices = 1 if mesh.empty else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+  if micro_batch % devices:
+    raise ValueError(
+      f"train.micro_batch={micro_batch} must be a multiple of data x fsdp = {devices} devices "
+      "(every device keeps its own rows of each micro-batch)"
+    )
+  return rows // micro_batch
+
+
+def split_rows(batch: TrainBatch, n: int) -> TrainBatch:
+  """The batch's per-row fields as `n` micro-batches stacked on a new leading axis, the image
+  slots left out. Micro-batch i takes the strided rows i, i + n, i + 2n, ...: rows sharded
+  contiguously over D devices ([B] -> [B/n, n], D dividing B/n) stay on their device, so
+  each device holds its share of every micro-batch and no row moves (no all-to-all)."""
+
+  def one(name, x):
+    axis = 1 if name == "positions" else 0  # positions are [3, B, T]
+    x = x.reshape(*x.shape[:axis], x.shape[axis] // n, n, *x.shape[axis + 1 :])
+    x = jnp.moveaxis(x, axis + 1, 0)
+    return sharding.constrain(x, (None, *sharding.input_axes(name, x.ndim - 1)))
+
+  return TrainBatch(**{k: one(k, v) for k, v in batch.fields().items() if k not in SLOT_FIELDS})
+
+
+def compute_copy(params, shardings, dtype):
+  """Float params in the compute `dtype`, cast on their own shards (a sharding constraint
+  equal to the param's): FSDP then gathers `dtype` weights, not the fp32 masters. Leaves
+  already in `dtype`, and integer ones, pass through."""
+
+  def one(x, s=None):
+    if x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    y = x.astype(dtype)
+    return y if s is None else jax.lax.with_sharding_constraint(y, s)
+
+  return jax.tree.map(one, params) if shardings is None else jax.tree.map(one, params, shardings)
+
+
+def _is_visual(path, _) -> bool:
+  return getattr(path[0], "key", path[0]) == "visual"
+
+
+def make_train_step(
+  graphdef,
+  rest,
+  optimizer: optax.GradientTransformation,
+  loss: LossConfig | Objective,
+  micro_batch: int = 0,
+  freeze_vision: bool = False,
+):
+  """The pure train step `(params, opt_state, batch: TrainBatch, response_len,
+  param_shardings=None) -> (params, opt_state, metrics)` for the model `nnx.merge(graphdef,
+  params, rest)` and the objective `loss` (see `objective`).
+
+  The vision tower encodes every image slot once; with `micro_batch` (rows; 0 = the whole
+  batch) the rows then go through the language model in a `lax.scan` of micro-batches
+  (`split_rows`), gradients accumulated in float32 and the image features' cotangent summed
+  for one vision backward after the scan. The objective must be `Additive`: each
+  micro-batch's loss is its share under the whole batch's denominators, so the step, its
+  loss and metrics equal the whole batch's. `freeze_vision`: the features take no gradient.
+  Weights enter the forward in the model's compute dtype, cast on their shards
+  (`compute_copy`, with `param_shardings`); masters, gradients and moments stay as they are.
 
   Pure in its arguments, so it can be jitted and lowered from abstract (`jax.ShapeDtypeStruct`)
   params, optimizer state and batch without materialising any weight (`train.compile`)."""
   fn = objective(loss)
+  if micro_batch and not isinstance(fn, Additive):
+    raise ValueError(
+      f"train.micro_batch={micro_batch} needs an objective that is a sum over rows (learner.Additive); "
+      f"{fn!r} is not: set train.micro_batch=0"
+    )
+  additive = fn if isinstance(fn, Additive) else Additive(lambda _: None, lambda logp, b, _: fn(logp, b))
 
-  def loss_of(params, batch: TrainBatch, response_len):
-    model = nnx.merge(graphdef, params, rest)
-    return fn(response_logprobs(model, batch.model_inputs(), response_len), batch)
+  def step(params, opt_state, batch: TrainBatch, response_len, param_shardings=None):
+    n = micro_batches(batch.response_mask.shape[0], micro_batch)
+    dtype = nnx.merge(graphdef, params, rest).cfg.compute_dtype
+    visual, text = nnx.split_state(params, _is_visual, ...)
+    visual_sh, text_sh = (None, None)
+    if param_shardings is not None:
+      visual_sh, text_sh = nnx.split_state(param_shardings, _is_visual, ...)
+    model_of = lambda v, t: nnx.merge(  # noqa: E731
+      graphdef, compute_copy(v, visual_sh, dtype), compute_copy(t, text_sh, dtype), rest
+    )
 
-  def step(params, opt_state, batch: TrainBatch, response_len):
-    (value, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(params, batch, response_len)
+    features, pull = None, None
+    if batch.pixel_values is not None:
+      encode = lambda v: model_of(v, text).image_features(  # noqa: E731
+        batch.pixel_values, batch.patch_pos, batch.patch_image
+      )
+      if freeze_vision:
+        features = jax.lax.stop_gradient(encode(visual))
+      else:
+        features, pull = jax.vjp(encode, visual)
+
+    norms = additive.normalisers(batch)
+
+    def share(diff, rows: TrainBatch):
+      text_params, feats = diff
+      inputs = {k: v for k, v in rows.model_inputs().items() if k not in SLOT_FIELDS}
+      if features is not None:
+        inputs["image_features"] = features if feats is None else feats
+      logp = response_logprobs(model_of(visual, text_params), inputs, response_len)
+      return additive.share(logp, rows, norms)
+
+    grad_fn = jax.value_and_grad(share, has_aux=True)
+    diff = (text, features if pull is not None else None)
+    if n == 1:
+      (value, metrics), (g_text, g_features) = grad_fn(diff, batch)
+    else:
+
+      def body(acc, rows):
+        (value, metrics), grads = grad_fn(diff, rows)
+        return jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads), (value, metrics)
+
+      zeros = lambda x: jnp.zeros(x.shape, jnp.float32)  # noqa: E731
+      acc_text = jax.tree.map(zeros, text)
+      if text_sh is not None:
+        acc_text = jax.tree.map(jax.lax.with_sharding_constraint, acc_text, text_sh)
+      acc_features = (
+        None if diff[1] is None else sharding.constrain(zeros(features), (None, "activation_embed"))
+      )
+      (g_text, g_features), (values, metrics) = jax.lax.scan(
+        body, (acc_text, acc_features), split_rows(batch, n)
+      )
+      value, metrics = values.sum(), jax.tree.map(lambda m: m.sum(0), metrics)
+    if pull is None:
+      g_visual = jax.tree.map(jnp.zeros_like, visual)
+    else:
+      (g_visual,) = pull(g_features.astype(features.dtype))
+    grads = nnx.merge_state(g_visual, g_text)
     grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -139,14 +295,24 @@ def jit_train_step(
   batch_shardings=None,
 ):
   """`step` (from `make_train_step`) jitted for one response length: params and optimizer
-  state donated; with a mesh, explicit in/out shardings (metrics replicated)."""
+  state donated; with a mesh, explicit in/out shardings (metrics replicated), traced under the
+  mesh so that activation and micro-batch layouts are stated, and weights cast on their shards
+  (`param_shardings`)."""
   kwargs = {}
   if mesh is not None:
     kwargs = dict(
       in_shardings=(param_shardings, opt_shardings, batch_shardings),
       out_shardings=(param_shardings, opt_shardings, NamedSharding(mesh, PartitionSpec())),
     )
-  return jax.jit(lambda p, o, b: step(p, o, b, response_len), donate_argnums=(0, 1), **kwargs)
+  context = contextlib.nullcontext
+  if mesh is not None:  # the step's layout constraints name this mesh's axes
+    context = lambda: jax.sharding.use_abstract_mesh(getattr(mesh, "abstract_mesh", mesh))  # noqa: E731
+
+  def run(params, opt_state, batch):
+    with context():
+      return step(params, opt_state, batch, response_len, param_shardings=param_shardings)
+
+  return jax.jit(run, donate_argnums=(0, 1), **kwargs)
 
 
 class Learner:
@@ -157,7 +323,8 @@ class Learner:
 
   `loss`: a LossConfig (the CDRL policy loss) or an objective `(logp, batch) -> (loss,
   metrics)` (`objective`). `step` takes a `TrainBatch` of host (numpy) arrays;
-  `response_len` is static.
+  `response_len` is static. `micro_batch`: rows per micro-batch inside the step (0 = all;
+  see `make_train_step`).
   """
 
   def __init__(
@@ -167,6 +334,7 @@ class Learner:
     opt_cfg: OptimizerConfig,
     mesh: Mesh | None = None,
     rules: Mapping | None = None,
+    micro_batch: int = 0,
   ):
     self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
     self.mesh = mesh
@@ -181,7 +349,14 @@ class Learner:
       )
       init = jax.jit(self.optimizer.init, out_shardings=opt_shardings)
     self.opt_state = init(params)
-    self._train_step = make_train_step(self.graphdef, self.rest, self.optimizer, loss)
+    self._train_step = make_train_step(
+      self.graphdef,
+      self.rest,
+      self.optimizer,
+      loss,
+      micro_batch=micro_batch,
+      freeze_vision=opt_cfg.freeze_vision,
+    )
     self._steps: dict = {}
 
   def model(self) -> nnx.Module:

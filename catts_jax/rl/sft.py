@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from catts_jax import data, runs, scratch, sharding
@@ -34,13 +35,17 @@ from catts_jax.policy import Policy
 from catts_jax.processing import Processor
 from catts_jax.rl.batch import TrainBatch
 from catts_jax.rl.grpo import aggregate
-from catts_jax.rl.learner import Learner, OptimizerConfig
+from catts_jax.rl.learner import Additive, Learner, OptimizerConfig
 
 
-def nll(logp: jax.Array, batch: TrainBatch) -> tuple[jax.Array, dict]:
-  """The supervised objective for `Learner`: logp, batch.response_mask [B, R] -> the
-  token-mean negative log-likelihood of the masked tokens (no extra metrics)."""
-  return aggregate(-logp, batch.response_mask, "token_mean"), {}
+def _nll_share(logp: jax.Array, batch: TrainBatch, tokens: jax.Array) -> tuple[jax.Array, dict]:
+  return aggregate(-logp, batch.response_mask, "token_mean", tokens=tokens), {}
+
+
+# The supervised objective for `Learner`: logp, batch.response_mask [B, R] -> the token-mean
+# negative log-likelihood of the masked tokens (no extra metrics); a sum over rows once the
+# batch's token count is fixed, so it also runs in micro-batches.
+nll = Additive(lambda batch: jnp.maximum(batch.response_mask.sum(), 1), _nll_share)
 
 
 def model_dir(cfg, out: pathlib.Path) -> pathlib.Path:

@@ -31,21 +31,35 @@ class Qwen2_5_VL(nnx.Module):
         jnp.dtype(cfg.param_dtype),
       )
 
+  def image_features(self, pixel_values, patch_pos, patch_image) -> jax.Array:
+    """Merged vision features of every slot, [I * S / merge^2, D] in the compute dtype (see
+    `visual`). Slots may be sharded over devices: every row may read any slot, so the (small)
+    features are gathered whole."""
+    features = self.visual(pixel_values, patch_pos, patch_image).astype(self.cfg.compute_dtype)
+    return constrain(features, (None, "activation_embed"))
+
   def embed(
-    self, input_ids, pixel_values=None, patch_pos=None, patch_image=None, image_index=None
+    self,
+    input_ids,
+    pixel_values=None,
+    patch_pos=None,
+    patch_image=None,
+    image_index=None,
+    image_features=None,
   ) -> jax.Array:
     """Token embeddings with image features spliced in at `image_token_id`.
 
-    The vision tower encodes each slot once and returns its features in slot order; an image
-    token reads feature `image_index` (computed on the host, `processing.image_token_index`),
-    so rows that share an image read the same slot. Slots may be sharded over devices: every
-    row may read any slot, so the (small) merged features are gathered whole first.
+    The vision tower encodes each slot once (`image_features`); an image token reads feature
+    `image_index` (computed on the host, `processing.image_token_index`), so rows that share an
+    image read the same slot. `image_features`: features computed beforehand, in place of
+    the pixels (the train step encodes once for all its micro-batches).
     """
     embeds = self.language_model.embed(input_ids)
-    if pixel_values is None:
+    if image_features is None and pixel_values is not None:
+      image_features = self.image_features(pixel_values, patch_pos, patch_image)
+    if image_features is None:
       return embeds
-    features = self.visual(pixel_values, patch_pos, patch_image).astype(embeds.dtype)
-    features = constrain(features, (None, "activation_embed"))
+    features = image_features.astype(embeds.dtype)
     is_image = input_ids == self.cfg.image_token_id
     return jnp.where(is_image[..., None], constrain(features[image_index], HIDDEN), constrain(embeds, HIDDEN))
 
@@ -68,10 +82,12 @@ class Qwen2_5_VL(nnx.Module):
     patch_image: jax.Array | None = None,
     image_index: jax.Array | None = None,
     cache: Cache | None = None,
+    image_features: jax.Array | None = None,
   ) -> tuple[jax.Array, Cache | None]:
     """Final-norm hidden states [B, T, D] (see `__call__`); callers that need logits at only
-    some positions (scoring, the last prompt token) apply `logits` to a slice."""
-    embeds = self.embed(input_ids, pixel_values, patch_pos, patch_image, image_index)
+    some positions (scoring, the last prompt token) apply `logits` to a slice.
+    `image_features`: the slots' merged features (`image_features`) in place of the pixels."""
+    embeds = self.embed(input_ids, pixel_values, patch_pos, patch_image, image_index, image_features)
     return self.language_model(embeds, positions, attention_mask.astype(bool), cache)
 
   def __call__(
