@@ -59,7 +59,14 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, save_interval_steps=every, enable_async_checkpointing=async_save, create=True
     )
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Handlers named up front, so that a fresh process can read a checkpoint's metadata
+    # before restoring it.
+    handlers = dict(
+      params=ocp.StandardCheckpointHandler(),
+      opt_state=ocp.StandardCheckpointHandler(),
+      record=ocp.JsonCheckpointHandler(),
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

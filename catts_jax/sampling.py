@@ -178,6 +178,7 @@ class Sampler:
   def _decode_impl(self, state, carry, cfg: SamplingConfig, contrastive: bool):
     self.compilations += 1
     model = nnx.merge(self.graphdef, state)
+    model.language_model.unstack_layers()
     rows = carry["tokens"].shape[0]  # samples; with contrast, the model sees 2 * rows
     stop_ids = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
     banned = jnp.asarray([self.cfg.image_token_id, self.cfg.video_token_id], jnp.int32)

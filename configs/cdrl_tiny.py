@@ -75,8 +75,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout_mesh = ""
   # oversample > 1: draw that many times prompts_per_step problems per step and train on the
   # informative groups first (DAPO's refill of groups whose rewards have zero variance).
+  # micro_batch: rows per micro-batch of the train step, a multiple of data x fsdp (0: the
+  # whole batch at once); gradients accumulate in the step, which equals the whole batch's.
   c.train = dict(
-    steps=500, prompts_per_step=16, oversample=1.0, updates_per_rollout=1, seed=0, save_every=10, keep=3
+    steps=500,
+    prompts_per_step=16,
+    oversample=1.0,
+    updates_per_rollout=1,
+    micro_batch=0,
+    seed=0,
+    save_every=10,
+    keep=3,
   )
   return c
 

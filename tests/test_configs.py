@@ -45,10 +45,10 @@ def test_demo_and_ablation_configs_build():
   assert 128 < rows <= 256
 
 
-def gradients(ckpt, inputs, remat: bool):
+def gradients(ckpt, inputs, **model_settings):
   from flax import nnx
 
-  model = load_hf(ckpt, ModelConfig.from_pretrained(ckpt).replace(remat=remat))
+  model = load_hf(ckpt, ModelConfig.from_pretrained(ckpt).replace(**model_settings))
   graphdef, params = nnx.split(model)
 
   def loss(p):
@@ -68,5 +68,14 @@ def test_remat_gives_the_same_gradients(tiny_ckpt):
   plain, plain_program = gradients(tiny_ckpt, inputs, remat=False)
   remat, remat_program = gradients(tiny_ckpt, inputs, remat=True)
   assert "remat" not in plain_program and "remat" in remat_program  # layers are really recomputed
+  # Recomputing inside the layer scan fuses the backward pass differently: the float32 sums
+  # reassociate (jit and eager runs of the *same* program differ as much, ~1e-6 of each
+  # tensor's largest gradient), so the check is relative to each tensor's scale...
   for a, b in zip(plain, remat):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    scale = float(np.abs(np.asarray(a)).max()) or 1.0
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-6 * scale, rtol=0)
+  # ...while remat that saves every activation must run exactly the plain arithmetic.
+  saved, saved_program = gradients(tiny_ckpt, inputs, remat=True, remat_policy="everything_saveable")
+  assert "remat" in saved_program
+  for a, b in zip(plain, saved):
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a))

@@ -92,11 +92,11 @@ def test_frozen_vision_tower(tiny_ckpt):
   batch, r = train_batch(tiny_ckpt, model)
   opt = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, freeze_vision=True)
   learner = Learner(model, LOSS, opt, mesh=mesh)
-  vision_before = np.asarray(learner.model().visual.blocks[0].attn.qkv.kernel.get_value()).copy()
+  vision_before = np.asarray(learner.model().visual.blocks.attn.qkv.kernel.get_value()).copy()
   text_before = np.asarray(learner.model().language_model.layers.mlp.up_proj.kernel.get_value()).copy()
   learner.step(batch, r)
   learner.step(batch, r)
-  np.testing.assert_array_equal(vision_before, learner.model().visual.blocks[0].attn.qkv.kernel.get_value())
+  np.testing.assert_array_equal(vision_before, learner.model().visual.blocks.attn.qkv.kernel.get_value())
   assert not np.array_equal(text_before, learner.model().language_model.layers.mlp.up_proj.kernel.get_value())
 
 

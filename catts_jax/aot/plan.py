@@ -176,7 +176,14 @@ def plan(
     steps = [s for s in steps if s != "train"]
   if "train" in steps:
     batch = train_batch(model_cfg, shapes, mesh, solution_rows=cfg.loss.sft_coef > 0)
-    step_fn = make_train_step(state.graphdef, state.rest, state.optimizer, LossConfig(**cfg.loss.to_dict()))
+    step_fn = make_train_step(
+      state.graphdef,
+      state.rest,
+      state.optimizer,
+      LossConfig(**cfg.loss.to_dict()),
+      micro_batch=cfg.train.get("micro_batch", 0),
+      freeze_vision=cfg.optimizer.get("freeze_vision", False),
+    )
     jitted = jit_train_step(
       step_fn,
       shapes.response_len,

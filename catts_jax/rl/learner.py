@@ -122,8 +122,8 @@ SLOT_FIELDS = ("pixel_values", "patch_pos", "patch_image")
 
 def micro_batches(rows: int, micro_batch: int) -> int:
   """How many micro-batches of `micro_batch` rows a batch of `rows` rows makes (1 for 0 or
-  `rows`). Under a mesh each micro-batch's rows must spread over data x fsdp."""
-  if not micro_batch or micro_batch == rows:
+  `micro_batch` >= `rows`). Under a mesh each micro-batch's rows must spread over data x fsdp."""
+  if not micro_batch or micro_batch >= rows:
     return 1
   if micro_batch < 0 or rows % micro_batch:
     raise ValueError(f"train.micro_batch={micro_batch} must divide the train batch's {rows} rows")

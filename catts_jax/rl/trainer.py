@@ -77,7 +77,9 @@ def train(cfg, out: pathlib.Path) -> dict:
     sharding.rearrange_mesh(mesh, sharding.parse_mesh(cfg.rollout_mesh)) if cfg.get("rollout_mesh") else mesh
   )
   policy = Policy(model, Processor(cfg.model.ckpt, model_cfg, **processor_kwargs), mesh=rollout_mesh)
-  learner = Learner(model, loss_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh)
+  learner = Learner(
+    model, loss_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh, micro_batch=t.get("micro_batch", 0)
+  )
   # The frozen reference for the KL term: the starting weights, loaded once more, kept in the
   # compute dtype (only the scorer reads it, and computes in that dtype) and in the trainer's
   # compact layout: on a rollout mesh the scoring pass gathers it layer by layer.

@@ -91,6 +91,9 @@ class ModelConfig:
   # entry such as "dots_with_no_batch_dims_saveable"; "" keeps nothing).
   remat: bool = False
   remat_policy: str = ""
+  # Run the stacked decoder layers as one lax.scan (one layer body to compile); False unrolls
+  # them into straight-line code (same arithmetic; XLA's cost analysis then counts every layer).
+  scan_layers: bool = True
   # Response positions whose logits are computed at a time when scoring and training
   # (scoring.chunked_statistics); 0 = all at once, i.e. [rows, length, vocab] float32 logits.
   logits_chunk: int = 512

@@ -92,13 +92,13 @@ def weight_map(cfg: ModelConfig) -> dict[tuple, Entry]:
   def norm(into, path, hf):
     into[(*path, "weight")] = (f"{hf}.weight", "vector", 0)
 
-  def vision_block(into, p=(), h=""):
-    norm(into, (*p, "norm1"), f"{h}norm1")
-    norm(into, (*p, "norm2"), f"{h}norm2")
-    linear(into, (*p, "attn", "qkv"), f"{h}attn.qkv")
-    linear(into, (*p, "attn", "proj"), f"{h}attn.proj", n_in=2)
+  def vision_block(into):
+    norm(into, ("norm1",), "norm1")
+    norm(into, ("norm2",), "norm2")
+    linear(into, ("attn", "qkv"), "attn.qkv")
+    linear(into, ("attn", "proj"), "attn.proj", n_in=2)
     for proj in ("gate_proj", "up_proj", "down_proj"):
-      linear(into, (*p, "mlp", proj), f"{h}mlp.{proj}")
+      linear(into, ("mlp", proj), f"mlp.{proj}")
 
   def decoder_layer(into):
     norm(into, ("input_layernorm",), "input_layernorm")
@@ -111,8 +111,7 @@ def weight_map(cfg: ModelConfig) -> dict[tuple, Entry]:
 
   v = "model.visual"
   m[("visual", "patch_embed", "kernel")] = (f"{v}.patch_embed.proj.weight", "conv", 1)
-  for i in range(cfg.vision.depth):
-    vision_block(m, ("visual", "blocks", i), f"{v}.blocks.{i}.")
+  stacked(("visual", "blocks"), f"{v}.blocks", cfg.vision.depth, vision_block)
   norm(m, ("visual", "merger", "ln_q"), f"{v}.merger.ln_q")
   linear(m, ("visual", "merger", "fc1"), f"{v}.merger.mlp.0")
   linear(m, ("visual", "merger", "fc2"), f"{v}.merger.mlp.2")

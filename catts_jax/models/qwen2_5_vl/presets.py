@@ -263,7 +263,7 @@ def scratch_shape(name: str) -> dict:
 def resolve(model: Mapping) -> ModelConfig:
   """The ModelConfig a run builds from its config's `model` section: the checkpoint's
   config.json when `model.ckpt` is a directory with one, else the preset `model.preset`
-  names, with the run's `dtype`, `param_dtype`, `remat` and `remat_policy`, and its
+  names, with the run's `dtype`, `param_dtype`, `remat`, `remat_policy` and `scan_layers`, and its
   `logits_chunk` when it sets one."""
   ckpt, preset = model.get("ckpt", ""), model.get("preset", None)
   if ckpt and (pathlib.Path(ckpt) / "config.json").is_file():
@@ -280,5 +280,6 @@ def resolve(model: Mapping) -> ModelConfig:
     param_dtype=model.get("param_dtype", "float32"),
     remat=bool(model.get("remat", False)),
     remat_policy=str(model.get("remat_policy", "")),
+    scan_layers=bool(model.get("scan_layers", True)),
     logits_chunk=int(model.get("logits_chunk", base.logits_chunk)),
   )

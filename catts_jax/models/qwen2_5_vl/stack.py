@@ -2,8 +2,9 @@
 
 A stack of n identical layers is one module whose params carry a leading "layers" axis (never
 sharded: every device holds its shard of every layer). The forward pass scans over it, so a
-model compiles one layer body whatever its depth; the cached (sampling) path indexes one layer
-at a time instead, so that each layer's KV cache stays its own buffer, updated in place.
+model compiles one layer body whatever its depth; the cached (sampling) path runs the layers
+one by one instead (`unstack`), so that each layer's KV cache stays its own buffer, updated in
+place.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def layer(layers: nnx.Module, i: int) -> nnx.Module:
   return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
 
 
+def unstack(layers: nnx.Module) -> nnx.List:
+  """Every layer of a stack as its own module, sliced once (a decode loop that indexed the stack
+  at every step would copy each layer's weights at every step)."""
+  return nnx.List([layer(layers, i) for i in range(depth(layers))])
+
+
 def remat_policy(name: str):
   """A `jax.checkpoint_policies` entry by name ("" = save nothing: recompute the whole layer)."""
   if not name:
@@ -52,9 +59,19 @@ def remat_policy(name: str):
   return policy
 
 
-def scan(layers: nnx.Module, body: Callable, carry, xs=None, *, remat: bool = False, policy: str = ""):
-  """`carry = body(layer_i, carry, xs_i)` for each layer i of the stack, as one `lax.scan`;
-  with `remat`, each layer's activations are recomputed in the backward pass (as `policy` says)."""
+def scan(
+  layers: nnx.Module,
+  body: Callable,
+  carry,
+  xs=None,
+  *,
+  remat: bool = False,
+  policy: str = "",
+  unroll: bool = False,
+):
+  """`carry = body(layer_i, carry, xs_i)` for each layer i of the stack, as one `lax.scan`
+  (`unroll`: as straight-line code); with `remat`, each layer's activations are recomputed in
+  the backward pass (as `policy` says)."""
   graphdef, state = nnx.split(layers)
 
   def step(carry, per_layer):
@@ -63,5 +80,5 @@ def scan(layers: nnx.Module, body: Callable, carry, xs=None, *, remat: bool = Fa
 
   if remat:
     step = jax.checkpoint(step, policy=remat_policy(policy), prevent_cse=False)
-  carry, _ = jax.lax.scan(step, carry, (state, xs))
+  carry, _ = jax.lax.scan(step, carry, (state, xs), unroll=unroll)
   return carry

@@ -116,7 +116,7 @@ class TextModel(nnx.Module):
     dtype, param_dtype = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     self.cfg = t
     self.dtype = dtype
-    self.remat, self.remat_policy = cfg.remat, cfg.remat_policy
+    self.remat, self.remat_policy, self.scan_layers = cfg.remat, cfg.remat_policy, cfg.scan_layers
     self.embed_tokens = param(
       rngs, default_init, (t.vocab_size, t.hidden_size), ("vocab", "embed"), param_dtype
     )
@@ -125,6 +125,12 @@ class TextModel(nnx.Module):
       lambda rngs: DecoderLayer(t, dtype=dtype, param_dtype=param_dtype, rngs=rngs), t.num_layers, rngs
     )
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def unstack_layers(self) -> None:
+    """Hold the decoder layers as separate modules, for a KV-cached decode loop traced after
+    this call: each layer's weights are sliced out of the stack once, not at every step."""
+    if not isinstance(self.layers, nnx.List):
+      self.layers = stack.unstack(self.layers)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
@@ -136,15 +142,20 @@ class TextModel(nnx.Module):
     if cache is None:
       mask = attention_mask(token_valid, 0, x.shape[1])
       run = lambda layer, x, _: layer(x, cos, sin, mask)[0]  # noqa: E731
-      x = stack.scan(self.layers, run, x, remat=self.remat, policy=self.remat_policy)
+      x = stack.scan(
+        self.layers, run, x, remat=self.remat, policy=self.remat_policy, unroll=not self.scan_layers
+      )
       return self.norm(x), None
 
     end = cache["end_index"]
     valid = jax.lax.dynamic_update_slice(cache["valid"], token_valid, (0, end))
     mask = attention_mask(valid, end, x.shape[1])
+    # A decode loop unstacks the layers before it starts (`unstack_layers`); a prefill slices
+    # them here, once.
+    layers = self.layers if isinstance(self.layers, nnx.List) else stack.unstack(self.layers)
     new_layers = []
-    for i, layer_cache in enumerate(cache["layers"]):
-      x, layer_cache = stack.layer(self.layers, i)(x, cos, sin, mask, layer_cache, end)
+    for layer, layer_cache in zip(layers, cache["layers"], strict=True):
+      x, layer_cache = layer(x, cos, sin, mask, layer_cache, end)
       new_layers.append(layer_cache)
     new_cache = {"layers": new_layers, "valid": valid, "end_index": end + x.shape[1]}
     return self.norm(x), new_cache

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from catts_jax.models.qwen2_5_vl import stack
 from catts_jax.models.qwen2_5_vl.config import ModelConfig, VisionConfig
 from catts_jax.models.qwen2_5_vl.layers import (
   Dense,
@@ -156,9 +157,10 @@ class VisionTransformer(nnx.Module):
     dtype, param_dtype = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.cfg = v
-    self.remat = cfg.remat
+    self.remat, self.remat_policy, self.scan_layers = cfg.remat, cfg.remat_policy, cfg.scan_layers
     self.patch_embed = Dense((v.patch_dim,), (v.hidden_size,), (None, "embed"), use_bias=False, **kw)
-    self.blocks = nnx.List([VisionBlock(v, **kw) for _ in range(v.depth)])
+    # One module, params stacked on a leading "layers" axis (models/qwen2_5_vl/stack.py).
+    self.blocks = stack.stack(lambda rngs: VisionBlock(v, **{**kw, "rngs": rngs}), v.depth, rngs)
     self.merger = PatchMerger(v, **kw)
 
   def __call__(self, pixel_values, patch_pos, patch_image):
@@ -174,12 +176,23 @@ class VisionTransformer(nnx.Module):
     patch_pos, patch_image = gather_patches(patch_pos, order), gather_patches(patch_image, order)
     cos, sin = vision_cos_sin(patch_pos, self.cfg)
     full_mask = (patch_image[:, :, None] == patch_image[:, None, :])[:, None]
-    run_full = lambda block, x: block(x, cos, sin, mask=full_mask)  # noqa: E731
-    run_window = lambda block, x: block(x, cos, sin, segments=segments)  # noqa: E731
-    if self.remat:
-      run_full, run_window = nnx.remat(run_full), nnx.remat(run_window)
+
+    def run(block, x, full):
+      """One block: full attention within each image where `full`, else window attention."""
+      attend_full = lambda x: block(x, cos, sin, mask=full_mask)  # noqa: E731
+      attend_windows = lambda x: block(x, cos, sin, segments=segments)  # noqa: E731
+      if isinstance(full, bool):  # known while tracing: only that form is compiled
+        x = attend_full(x) if full else attend_windows(x)
+      else:
+        x = jax.lax.cond(full, attend_full, attend_windows, x)
+      return constrain(x, SLOTS)
+
+    full = [i in self.cfg.fullatt_block_indexes for i in range(self.cfg.depth)]
     x = constrain(gather_patches(self.patch_embed(pixel_values), order), SLOTS)
-    for i, block in enumerate(self.blocks):
-      run = run_full if i in self.cfg.fullatt_block_indexes else run_window
-      x = constrain(run(block, x), SLOTS)
+    if self.scan_layers:  # one block body (both forms, chosen by each block's flag)
+      x = stack.scan(self.blocks, run, x, jnp.asarray(full), remat=self.remat, policy=self.remat_policy)
+    else:  # straight-line code, each block compiled with its own form
+      for block, block_full in zip(stack.unstack(self.blocks), full, strict=True):
+        one = lambda block, x, full=block_full: run(block, x, full)  # noqa: E731
+        x = (nnx.remat(one, policy=stack.remat_policy(self.remat_policy)) if self.remat else one)(block, x)
     return self.merger(gather_patches(x, jnp.argsort(order, axis=1)))
