@@ -101,7 +101,9 @@ def test_the_library_has_no_import_cycle():
   }
   # A package's __init__ importing its own submodules is not a cycle of the design.
   for name in graph:
-    graph[name] = {m for m in graph[name] if not (modules[m].name == "__init__.py" and name.startswith(m + "."))}
+    graph[name] = {
+      m for m in graph[name] if not (modules[m].name == "__init__.py" and name.startswith(m + "."))
+    }
 
   assert not import_cycles(graph), import_cycles(graph)
 
@@ -153,7 +155,9 @@ def test_long_files_say_why():
 def test_the_checks_can_fail():
   """The walker resolves what a bad module imports, and a cycle is found."""
   bad = ROOT / "catts_jax" / "tts" / "probe.py"
-  names = imports(bad, "from train import cdrl\nfrom ..eval import report\n\ndef f():\n  import configs.catts\n")
+  names = imports(
+    bad, "from train import cdrl\nfrom ..eval import report\n\ndef f():\n  import configs.catts\n"
+  )
   assert {"train", "train.cdrl", "catts_jax.eval", "catts_jax.eval.report", "configs.catts"} <= names
   assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
   assert import_cycles({"a": {"b"}, "b": set()}) == []

@@ -99,9 +99,7 @@ def test_confidence_gradient_adds_the_perturbed_rows(setup):
   inputs = {k: jax.numpy.asarray(v) for k, v in batch.model_inputs().items()}
   logp = np.asarray(response_logprobs(policy.model, inputs, r))
   np.testing.assert_allclose(batch.old_logp[mask], logp[mask], atol=1e-4)
-  np.testing.assert_allclose(
-    batch.ref_logp[:n][mask[:n]], logp[:n][mask[:n]], atol=1e-4
-  )  # ref = policy here
+  np.testing.assert_allclose(batch.ref_logp[:n][mask[:n]], logp[:n][mask[:n]], atol=1e-4)  # ref = policy here
   noisy = slice(n, 2 * n)
   conf_noisy = np.exp((logp[noisy] * mask[noisy]).sum(1) / np.maximum(mask[noisy].sum(1), 1))
   conf = np.exp((logp[:n] * mask[:n]).sum(1) / mask[:n].sum(1))
@@ -119,7 +117,9 @@ def test_confidence_gradient_adds_the_perturbed_rows(setup):
 
   # Only the perturbed rows' term: the originals' advantages (which move the same responses
   # on their clean images) are zeroed here.
-  only_noisy = batch.replace(advantages=np.concatenate([np.zeros(n), batch.advantages[n:]]).astype(np.float32))
+  only_noisy = batch.replace(
+    advantages=np.concatenate([np.zeros(n), batch.advantages[n:]]).astype(np.float32)
+  )
   learner = Learner(load_hf(policy.processor.path), LossConfig(), OptimizerConfig(learning_rate=1e-3))
   for _ in range(3):
     learner.step(only_noisy, r)

@@ -111,7 +111,9 @@ def solve(ops, expert, cfg, ns=(4,), methods=tts_methods.METHODS, example=None):
   problem = ops.prepare(0, example)
   drawn = ops.draw([problem], max(ns), 0)[0]
   greedy, vcd = ops.decode([problem])[0], ops.decode([problem], vcd=True)[0]
-  return tts_methods.solve(problem, drawn, greedy, vcd, ns=ns, methods=methods, expert=expert, ops=ops, cfg=cfg)
+  return tts_methods.solve(
+    problem, drawn, greedy, vcd, ns=ns, methods=methods, expert=expert, ops=ops, cfg=cfg
+  )
 
 
 def test_default_order_without_expert_by_hand_totals():

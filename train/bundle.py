@@ -36,7 +36,11 @@ def main(argv=None) -> int:
   dest = pathlib.Path(args.dest)
   try:
     sft_summary, cdrl_summary = bundle.rebuild(
-      synthetic_tiny.get_config(), synthetic_tiny_cdrl.get_config(), pathlib.Path(args.runs), dest, args.data_dir
+      synthetic_tiny.get_config(),
+      synthetic_tiny_cdrl.get_config(),
+      pathlib.Path(args.runs),
+      dest,
+      args.data_dir,
     )
   except FloatingPointError as e:
     print(e, file=sys.stderr)

@@ -30,7 +30,10 @@ def define(fv: flags.FlagValues) -> None:
     "out", None, "output directory (checkpoints, logs, report.json, final/)", required=True, flag_values=fv
   )
   flags.DEFINE_bool(
-    "distributed", False, "multi-host: jax.distributed.initialize() from the cluster's environment", flag_values=fv
+    "distributed",
+    False,
+    "multi-host: jax.distributed.initialize() from the cluster's environment",
+    flag_values=fv,
   )
 
 

@@ -25,7 +25,11 @@ def define(fv: flags.FlagValues) -> None:
     "config", None, "an SFT config, e.g. configs/synthetic_tiny.py", lock_config=True, flag_values=fv
   )
   flags.DEFINE_string(
-    "out", None, "output directory (checkpoints, train.jsonl, report.json, final/)", required=True, flag_values=fv
+    "out",
+    None,
+    "output directory (checkpoints, train.jsonl, report.json, final/)",
+    required=True,
+    flag_values=fv,
   )
 
 

@@ -57,7 +57,9 @@ def define(fv: flags.FlagValues) -> None:
   )
   flags.DEFINE_integer("image_patches", 256, "image patches unless a shape says", flag_values=fv)
   flags.DEFINE_list("extra", EXTRA, "extra cells model/topology/strategy/PxGxR[xI]", flag_values=fv)
-  flags.DEFINE_list("steps", ["train", "generate"], "steps compiled per cell (generate, score, train)", flag_values=fv)
+  flags.DEFINE_list(
+    "steps", ["train", "generate"], "steps compiled per cell (generate, score, train)", flag_values=fv
+  )
   flags.DEFINE_integer("timeout", 3600, "seconds per cell", flag_values=fv)
   flags.DEFINE_string(
     "render_readme", None, "a Markdown file whose sweep-table block is rewritten", flag_values=fv

@@ -6,9 +6,11 @@ Steps: `generate` (the sampler's prefill and decode loop: G samples of each prom
 weights cast once to the compute dtype), `score` (the scorer's teacher-forced pass of every
 sample under the perturbed images; the reference pass has the same shape) and `train` (the
 Learner's step). Per chip, for each step, the report gives argument / output / alias / temp /
-code bytes from `memory_analysis()`, FLOPs and bytes accessed from `cost_analysis()`, the count
-and result bytes of every collective in the compiled HLO (those inside the decode loop run once
-per token), and whether it fits the chip's HBM together with what stays resident outside the
+code bytes from `memory_analysis()`, FLOPs and bytes accessed from `cost_analysis()` (which
+counts a loop body once: for steps with scanned layers or micro-batches, `counted_loops`, they
+are no step total and the compute floor comes from `model_flops`), the count and result bytes
+of every collective in the compiled HLO (those inside the decode loop run once per token;
+`step_bytes` count scanned loops by their trip counts), and whether it fits the chip's HBM together with what stays resident outside the
 step (master weights, optimizer state, the frozen reference). `model_flops` is the analytic
 work of the whole step (for generate: one decode step), `replication` = flops_per_chip x
 chips / model_flops (1 = no chip repeats another's work), and generate's
@@ -33,7 +35,7 @@ from jax.sharding import NamedSharding
 from catts_jax import roofline, sharding
 from catts_jax.aot.devices import build_mesh, topology_devices
 from catts_jax.aot.hardware import GiB, chip_for
-from catts_jax.aot.hlo import compile_oom, dumped_programs, hlo_collectives
+from catts_jax.aot.hlo import compile_oom, dumped_programs, hlo_collectives, known_trip_counts
 from catts_jax.aot.shapes import Shapes, analytic_train_flops, train_batch, trainer_shapes
 from catts_jax.aot.state import abstract_train_state, per_chip_bytes
 from catts_jax.models.qwen2_5_vl import presets
@@ -65,14 +67,19 @@ def analyze(compiled, hbm_gib: float, resident_bytes: int, dumped: Sequence = ()
     "transcendentals": float(cost.get("transcendentals", 0.0)),
     "resident_outside_bytes": int(resident_bytes),
   }
+  text = None
   try:
-    out["collectives"] = hlo_collectives(compiled.as_text())
+    text = compiled.as_text()
   except Exception as e:  # noqa: BLE001 - XLA cannot always print the HLO it compiled
     if len(dumped) == 1:  # the compiler's own dump of this program (`hlo.dump_compiled_hlo`)
-      out["collectives"] = hlo_collectives(next(iter(dumped)).read_text())
+      text = next(iter(dumped)).read_text()
     else:
       out["collectives"] = None
       out["collectives_error"] = f"XLA could not print the compiled HLO: {str(e).splitlines()[0][:300]}"
+  if text is not None:
+    out["collectives"] = hlo_collectives(text)
+    # XLA's cost analysis counts a loop body once, however often it runs.
+    out["counted_loops"] = known_trip_counts(text)
   if memory:
     total = memory["peak"] + resident_bytes
     out.update(
@@ -354,6 +361,12 @@ def _finish(report: dict, began: float) -> dict:
     if model_flops:
       s["model_flops"] = model_flops
       s["replication"] = s["flops"] * chips / model_flops
+    if s.get("counted_loops") and not name.startswith("generate"):
+      # Scanned layers / micro-batches: XLA's FLOPs and bytes count each loop body once, so
+      # they are no step total; the compute floor is the model's work spread over the chips.
+      # (A decode step runs its layers unscanned; its fixed loops are light, e.g. the RNG's.)
+      s["compute_floor_s"] = model_flops / chips / (chip["bf16_tflops"] * 1e12) if model_flops else None
+      s["memory_floor_s"] = s["flops_per_chip"] = s["replication"] = None
     if name.startswith("generate") and s.get("collectives") is not None:
       s["collectives_per_decode_step"] = sum(c["loop_count"] for c in s["collectives"].values())
     if name.startswith("generate"):
@@ -409,9 +422,11 @@ def format_report(report: dict) -> str:
       lines.append(f"{name:7s} {verdict(r):>13s}: {why}")
   for name, r in report["steps"].items():
     if r.get("collectives"):
+      per_step = bool(r.get("counted_loops"))  # scanned: what one step moves
       parts = [
-        f"{op} {c['count']}x {c['bytes'] / GiB:.2f} GiB"
-        + (f" ({c['loop_count']} per token)" if c["loop_count"] else "")
+        f"{op} {c['step_count'] if per_step else c['count']}x "
+        f"{(c['step_bytes'] if per_step else c['bytes']) / GiB:.2f} GiB"
+        + (f" ({c['loop_count']} per token)" if c["loop_count"] and not per_step else "")
         for op, c in sorted(r["collectives"].items())
       ]
       lines.append(f"{name} collectives: " + ", ".join(parts))

@@ -81,7 +81,7 @@ def summary_row(name: str, cell, report: dict | None, error: str | None = None) 
       peak_gib=r.get("peak_gib"),
       total_gib=r.get("total_gib"),
       compile_s=r.get("compile_s"),
-      tflops=r.get("flops", 0) / 1e12 if r.get("compiled") else None,
+      tflops=r["flops_per_chip"] / 1e12 if r.get("flops_per_chip") is not None else None,
       compute_floor_s=r.get("compute_floor_s"),
       collective_gib=sum(c["bytes"] for c in r["collectives"].values()) / GiB
       if r.get("collectives")
@@ -236,7 +236,7 @@ def plans_markdown(reports: dict[str, dict]) -> str:
         memory = f"{step['peak_gib']:.1f} / {step['total_gib']:.1f}"
       elif (step.get("oom") or {}).get("temp_gib") is not None:
         memory = f"temps {step['oom']['temp_gib']:,.1f}"
-      tflops = f"{step['flops'] / 1e12:.1f}" if step.get("compiled") else "-"
+      tflops = f"{step['flops_per_chip'] / 1e12:.1f}" if step.get("flops_per_chip") is not None else "-"
       lines.append(
         f"| {r['model']['preset']} | {r['topology']} ({r['chips']} chips) "
         f"| {mesh if name != 'train' else '/'.join(str(r['mesh'][a]) for a in ('data', 'fsdp', 'tensor'))} "

@@ -110,7 +110,11 @@ def train(cfg, out: pathlib.Path) -> dict:
     model, Processor(path, model_cfg, buckets_per_octave=cfg.model.get("buckets_per_octave", 1))
   )
   learner = Learner(
-    model, nll, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh, micro_batch=cfg.train.get("micro_batch", 0)
+    model,
+    nll,
+    OptimizerConfig(**cfg.optimizer.to_dict()),
+    mesh=mesh,
+    micro_batch=cfg.train.get("micro_batch", 0),
   )
   ds = data.load(cfg.data.benchmark, config=cfg.data.config, split=cfg.data.split, data_dir=cfg.data.data_dir)
 

@@ -78,7 +78,11 @@ def train(cfg, out: pathlib.Path) -> dict:
   )
   policy = Policy(model, Processor(cfg.model.ckpt, model_cfg, **processor_kwargs), mesh=rollout_mesh)
   learner = Learner(
-    model, loss_cfg, OptimizerConfig(**cfg.optimizer.to_dict()), mesh=mesh, micro_batch=t.get("micro_batch", 0)
+    model,
+    loss_cfg,
+    OptimizerConfig(**cfg.optimizer.to_dict()),
+    mesh=mesh,
+    micro_batch=t.get("micro_batch", 0),
   )
   # The frozen reference for the KL term: the starting weights, loaded once more, kept in the
   # compute dtype (only the scorer reads it, and computes in that dtype) and in the trainer's

@@ -1,0 +1,81 @@
+"""Every config key that `train.compile` plans with is one that `train.cdrl` runs with: a
+setting the plan assumes (remat, dtypes, micro-batches, meshes, ...) can never be silently
+ignored by the real run."""
+
+import contextlib
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from catts_jax.aot import plan
+from catts_jax.rl import trainer
+from configs import cdrl_tiny
+
+SHARED = Path(__file__).parents[2] / "shared/data/math-vision-testmini"
+
+# Read by the plan only, on purpose.
+PLAN_ONLY = {
+  "topology",  # the TPU topology compiled for; the real run has its devices
+  "model.preset",  # the architecture without weights; the run reads model.ckpt's config.json
+}
+
+
+@contextlib.contextmanager
+def recorded_reads(cfg: ml_collections.ConfigDict):
+  """The dotted names of `cfg`'s leaves read inside the block (by attribute, [], get, dict()
+  or to_dict(), which reads a whole section)."""
+  names = {}
+
+  def index(c, prefix):
+    names[id(c)] = prefix
+    for key, value in c.items(preserve_field_references=True):
+      if isinstance(value, ml_collections.ConfigDict):
+        index(value, f"{prefix}{key}.")
+
+  index(cfg, "")
+  reads = set()
+  getitem, to_dict = ml_collections.ConfigDict.__getitem__, ml_collections.ConfigDict.to_dict
+
+  def leaves(c, prefix):
+    for key, value in c.items(preserve_field_references=True):
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from leaves(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}"
+
+  def read_item(self, key):
+    value = getitem(self, key)
+    if id(self) in names and not isinstance(value, ml_collections.ConfigDict):
+      reads.add(names[id(self)] + str(key))
+    return value
+
+  def read_all(self, *args, **kwargs):
+    if id(self) in names:
+      reads.update(leaves(self, names[id(self)]))
+    return to_dict(self, *args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(ml_collections.ConfigDict, "__getitem__", read_item)
+    patch.setattr(ml_collections.ConfigDict, "to_dict", read_all)
+    yield reads
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+def test_train_cdrl_reads_every_key_the_plan_reads(tiny_ckpt, tmp_path):
+  def config():
+    c = cdrl_tiny.get_config()
+    c.model.update(ckpt=str(tiny_ckpt), remat=True)
+    c.data.update(benchmark="mathvision", manual_dir=str(SHARED), split="testmini", limit=2)
+    c.data.data_dir = str(tmp_path / "tfds")
+    c.train.update(steps=1, micro_batch=8)
+    return c
+
+  cfg = config()
+  with recorded_reads(cfg) as planned:
+    plan.plan(cfg, "v5e:2x2", dict(cfg.mesh), ("generate", "score", "train"), prompt_len=64, image_patches=16)
+  cfg = config()
+  with recorded_reads(cfg) as trained:
+    trainer.train(cfg, tmp_path / "run")
+  assert {"model.remat", "train.micro_batch", "model.param_dtype"} <= planned
+  assert planned - trained - PLAN_ONLY == set()
