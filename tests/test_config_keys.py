@@ -24,7 +24,8 @@ PLAN_ONLY = {
 @contextlib.contextmanager
 def recorded_reads(cfg: ml_collections.ConfigDict):
   """The dotted names of `cfg`'s leaves read inside the block (by attribute, [], get, dict()
-  or to_dict(), which reads a whole section)."""
+  or a section's to_dict()), missing ones included; the whole config's to_dict() is a record
+  of it (reports, logs), not a use."""
   names = {}
 
   def index(c, prefix):
@@ -44,14 +45,25 @@ def recorded_reads(cfg: ml_collections.ConfigDict):
       else:
         yield f"{prefix}{key}"
 
+  dumping = []  # inside the whole config's to_dict()
+
   def read_item(self, key):
-    value = getitem(self, key)
-    if id(self) in names and not isinstance(value, ml_collections.ConfigDict):
+    try:
+      value = getitem(self, key)
+    except KeyError:  # a `get` of a key the config lacks is a read too
+      value = None
+    if id(self) in names and not dumping and not isinstance(value, ml_collections.ConfigDict):
       reads.add(names[id(self)] + str(key))
-    return value
+    return getitem(self, key) if value is None else value
 
   def read_all(self, *args, **kwargs):
-    if id(self) in names:
+    if id(self) in names and not names[id(self)]:  # the whole config, its sections included
+      dumping.append(True)
+      try:
+        return to_dict(self, *args, **kwargs)
+      finally:
+        dumping.pop()
+    if id(self) in names and not dumping:  # a section, e.g. loss -> LossConfig
       reads.update(leaves(self, names[id(self)]))
     return to_dict(self, *args, **kwargs)
 
@@ -69,11 +81,12 @@ def test_train_cdrl_reads_every_key_the_plan_reads(tiny_ckpt, tmp_path):
     c.data.update(benchmark="mathvision", manual_dir=str(SHARED), split="testmini", limit=2)
     c.data.data_dir = str(tmp_path / "tfds")
     c.train.update(steps=1, micro_batch=8)
+    c.mesh.update(fsdp=-1)  # the 8 simulated devices
     return c
 
   cfg = config()
   with recorded_reads(cfg) as planned:
-    plan.plan(cfg, "v5e:2x2", dict(cfg.mesh), ("generate", "score", "train"), prompt_len=64, image_patches=16)
+    plan.plan(cfg, "v5e:2x2", {"fsdp": -1}, ("generate", "score", "train"), prompt_len=64, image_patches=16)
   cfg = config()
   with recorded_reads(cfg) as trained:
     trainer.train(cfg, tmp_path / "run")
