@@ -76,6 +76,17 @@ def test_hlo_collectives_counts_bytes_and_loop_bodies():
   got = hlo.hlo_collectives(scanned)
   assert got["all-reduce"] == dict(once(1, ar, 1), step_count=28, step_bytes=28 * ar)
   assert got["reduce-scatter"] == dict(once(1, rs, 0), step_count=1, step_bytes=rs)
+  # TPU states no trip count: a condition that only compares the counter with 12 runs 12 times;
+  # one that reads anything else (a decode loop's "all rows done") has no known count.
+  counted = """  %p = (s32[], f32[8,128]{1,0}) parameter(0)
+  %n = s32[] constant(12)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %c = pred[] compare(s32[] %i, s32[] %n), direction=LT"""
+  tpu = HLO.replace("  ROOT %c = pred[] constant(true)", counted)
+  assert hlo.known_trip_counts(tpu) == {"body": 12}
+  assert hlo.hlo_collectives(tpu)["all-gather"]["step_bytes"] == 12 * ag
+  unknown = tpu.replace("ROOT %c = pred[] compare", "%d = pred[] and(%i, %n)\n  ROOT %c = pred[] compare")
+  assert hlo.known_trip_counts(unknown) == {}
 
 
 def test_compile_oom_message_is_parsed():
