@@ -1,10 +1,20 @@
 """Test setup: 8 simulated CPU devices (set before jax is imported) and tiny HF checkpoints."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# One XLA compilation cache for the whole run, shared by both xdist workers and by the
+# programs the tests start (they inherit the environment): a resumed run, a rerun of the demo
+# or another test's model of the same shapes loads its executables instead of compiling them
+# again (a quarter of the suite's time). Keyed by the program, its options and jax's version.
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR",
+  os.path.join(tempfile.gettempdir(), f"catts_jax_xla_{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

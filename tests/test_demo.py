@@ -90,21 +90,29 @@ def test_a_bad_catts_input_is_an_input_error_before_any_work(tmp_path):
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
-  """The demo as a program on tiny sizes (the bundled checkpoints, a few problems)."""
+  """The demo as a program on tiny sizes (the bundled checkpoints, a few problems), on the
+  validation split (where settings are chosen: it reads validation problems only); a rerun
+  with `--mv_limit 0` reads every finished stage back and leaves Math-Vision out."""
   out = tmp_path / "demo"
-  cmd = [
+  args = [
     sys.executable, "-m", "infer.demo", f"--out={out}", f"--data_dir={tmp_path / 'tfds'}",
-    "--calibration_size=4", "--limit=2", "--n=1,2", "--mv_limit=1", "--max_new_tokens=8",
+    "--split=validation", "--calibration_size=4", "--limit=2", "--n=1,2", "--max_new_tokens=8",
     "--temperature=0.9",
   ]  # fmt: skip
+  # A subprocess, as a user runs it: the demo quiets the Expert's logger for its whole process.
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+  done = subprocess.run(
+    [*args, "--mv_limit=1"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads((out / "report.json").read_text())
+  assert result["split"] == "validation"
   assert result["calibration"]["sft"]["n"] == 4 and result["synthetic"]["problems"] == 2
   assert result["mathvision"]["problems"] == 1
   assert result["synthetic"]["temperature"] == 0.9 and "samples at temperature 0.9" in done.stdout
   assert all(isinstance(t["holds"], bool) for t in result["targets"].values())
+  rows = [json.loads(line) for line in (out / "catts_synthetic" / "results.jsonl").read_text().splitlines()]
+  assert sorted(r["id"] for r in rows) == ["validation-00000", "validation-00001"]
   for png in ("reliability_sft.png", "reliability_cdrl.png", "confidence_under_noise.png"):
     assert (out / png).stat().st_size > 0
   assert (out / "catts_synthetic" / "accuracy_vs_n.png").is_file()
@@ -112,41 +120,25 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     "Targets" in done.stdout and "Single samples:" in done.stdout and "within-problem auroc" in done.stdout
   )
 
-  # A rerun reads every finished stage back: the same figures.
-  again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+  # A rerun reads every finished stage back: the same figures; Math-Vision left out.
+  again = subprocess.run(
+    [*args, "--mv_limit=0"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
+  )
   assert again.returncode == 0, again.stderr[-3000:]
   rerun = json.loads((out / "report.json").read_text())
   assert rerun["calibration"] == result["calibration"] and rerun["synthetic"] == result["synthetic"]
+  assert rerun["mathvision"] is None and "Math-Vision" not in demo.markdown(rerun)
+  assert "synthetic validation split" in demo.markdown(rerun)
   # Its wall time adds to the first run's instead of replacing it with read-back time.
   assert rerun["seconds"] == json.loads((out / "seconds.json").read_text())
-  assert all(rerun["seconds"][k] > v for k, v in result["seconds"].items())
+  assert all(rerun["seconds"][k] > result["seconds"][k] for k in ("calibration", "catts_synthetic", "total"))
+  assert rerun["seconds"]["catts_mathvision"] == result["seconds"]["catts_mathvision"]
 
   readme = tmp_path / "README.md"
   readme.write_text("a\n<!-- demo-table:start -->\nSTALE BLOCK\n<!-- demo-table:end -->\nb\n")
   assert demo_cli.main([f"--out={out}", f"--render_readme={readme}"]) == 0
   text = readme.read_text()
   assert "Targets" in text and "STALE BLOCK" not in text and text.startswith("a\n") and text.endswith("b\n")
-
-
-def test_demo_on_validation_without_mathvision(tmp_path):
-  """`--split validation` (where settings are chosen) reads validation problems only;
-  `--mv_limit 0` leaves the Math-Vision stage out of the run and the report."""
-  out = tmp_path / "demo"
-  # A subprocess, as a user runs it: the demo quiets the Expert's logger for its whole process.
-  cmd = [sys.executable, "-m", "infer.demo", f"--out={out}", f"--data_dir={tmp_path / 'tfds'}",
-         "--split=validation", "--calibration_size=2", "--limit=1", "--n=1,2", "--mv_limit=0",
-         "--max_new_tokens=4"]  # fmt: skip
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
-  assert done.returncode == 0, done.stderr[-3000:]
-  result = json.loads((out / "report.json").read_text())
-  assert result["split"] == "validation" and result["mathvision"] is None
-  assert result["calibration"]["cdrl"]["n"] == 2 and result["synthetic"]["problems"] == 1
-  rows = [json.loads(line) for line in (out / "catts_synthetic" / "results.jsonl").read_text().splitlines()]
-  assert [r["id"] for r in rows] == ["validation-00000"]
-  assert not (out / "catts_mathvision").exists()
-  text = demo.markdown(result)
-  assert "synthetic validation split" in text and "Math-Vision" not in text
 
 
 def test_bundle_copies_the_export_with_its_record(tmp_path):

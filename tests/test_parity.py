@@ -49,22 +49,25 @@ def test_partial_windows_occur(seven_b_ckpt):
 
 
 def test_verify_cli(tiny_ckpt):
-  ok = subprocess.run(
-    [sys.executable, "-m", "catts_jax.verify", "--hf", str(tiny_ckpt), "--json"],
-    capture_output=True,
-    text=True,
-    check=False,
-  )
-  assert ok.returncode == 0, ok.stderr[-2000:]
-  report = json.loads(ok.stdout)
-  assert report["ok"] and report["cases"]["one_image"]["max_abs_logit_diff"] <= TOLERANCE
-
-  # A zero tolerance cannot be met by float arithmetic: the tool must exit nonzero.
+  """The program as users run it: a zero tolerance cannot be met by float arithmetic, so it
+  exits nonzero, while its report shows the port within TOLERANCE (the passing run's exit 0
+  is test_verify_cli_exit_code's)."""
   strict = subprocess.run(
     [sys.executable, "-m", "catts_jax.verify", "--hf", str(tiny_ckpt), "--json", "--tolerance", "0"],
     capture_output=True,
     text=True,
     check=False,
   )
-  assert strict.returncode == 1
-  assert json.loads(strict.stdout)["ok"] is False
+  assert strict.returncode == 1, strict.stderr[-2000:]
+  report = json.loads(strict.stdout)
+  assert report["ok"] is False and report["tolerance"] == 0
+  assert 0 < report["cases"]["one_image"]["max_abs_logit_diff"] <= TOLERANCE
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_verify_cli_exit_code(ok, monkeypatch, capsys):
+  case = {"max_abs_logit_diff": 0.0, "max_abs_logprob_diff": 0.0, "passed": ok}
+  report = {"ok": ok, "cases": {"text_only": case}, "greedy": {"rows": [{"match": ok}]}}
+  monkeypatch.setattr(verify, "verify", lambda *a, **k: report)
+  assert verify.main(["--hf", "unused"]) == (0 if ok else 1)
+  assert ("ok" if ok else "FAIL") in capsys.readouterr().err

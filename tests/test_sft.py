@@ -45,14 +45,16 @@ def test_format_only_learns_the_format_not_the_answers(tmp_path, tfds_dir):
 
 
 def test_sft_resumes_from_its_checkpoint(tmp_path, tfds_dir):
-  c = colour_config(tfds_dir, 10)
+  c = colour_config(tfds_dir, 4)
+  c.train.save_every = 4
+  c.eval.size = 8
   sft.train(c, tmp_path / "run")
-  c.train.steps = 20
-  c.optimizer.total_steps = 20
+  c.train.steps = 8
+  c.optimizer.total_steps = 8
   summary = sft.train(c, tmp_path / "run")
-  assert summary["resumed_from"] == 10
+  assert summary["resumed_from"] == 4
   steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
-  assert steps == list(range(1, 21))
+  assert steps == list(range(1, 9))
 
 
 def test_ablation_runs_every_stage(tmp_path, tfds_dir):

@@ -116,18 +116,21 @@ def test_the_run_builds_its_model_with_the_configs_dtypes_and_remat(tiny_ckpt):
   assert got.text == ModelConfig.from_pretrained(tiny_ckpt).text
 
 
-def test_two_processes_train_on_images_as_one_process(tiny_ckpt, tmp_path):
-  """jax.distributed over two CPU processes (one device each) runs the same training as one
-  process with two devices: Math-Vision images, perturbed copies in the batch, data=2."""
-  from test_distributed import free_port
+def test_two_processes_and_a_rollout_mesh_train_as_one_process(tiny_ckpt, tmp_path):
+  """Math-Vision images, perturbed copies in the batch, data=2 on one process with two devices;
+  the same training (losses, rewards, final weights to 1e-5) from jax.distributed over two CPU
+  processes of one device each, and from a trainer mesh of fsdp 4 whose rollouts run on their
+  own mesh (data 2 x tensor 2 over the same devices, the weights cast and resharded once a
+  step)."""
+  from serving import free_port
 
-  run = ["--config.mesh.data=2", "--config.train.steps=2", "--config.rollout.confidence_gradient=True"]
-  alone = cdrl(tiny_ckpt, tmp_path / "alone", tmp_path, *run, devices=2)  # also builds the tfds cache
-  assert alone.returncode == 0, alone.stderr[-3000:]
+  run = ["--config.train.steps=2", "--config.rollout.confidence_gradient=True"]
+  alone = cdrl(tiny_ckpt, tmp_path / "alone", tmp_path, "--config.mesh.data=2", *run, devices=2)
+  assert alone.returncode == 0, alone.stderr[-3000:]  # it also builds the tfds cache
   coordinator = f"127.0.0.1:{free_port()}"
   procs = [
     subprocess.Popen(
-      cdrl_command(tiny_ckpt, tmp_path / "two", tmp_path, *run),
+      cdrl_command(tiny_ckpt, tmp_path / "two", tmp_path, "--config.mesh.data=2", *run),
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
@@ -139,39 +142,26 @@ def test_two_processes_train_on_images_as_one_process(tiny_ckpt, tmp_path):
   for p in procs:
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
+  mesh = ["--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.rollout_mesh=data=2,tensor=2"]
+  own = cdrl(tiny_ckpt, tmp_path / "own", tmp_path, *mesh, *run, devices=4)
+  assert own.returncode == 0, own.stderr[-3000:]
+  report = json.loads((tmp_path / "own" / "report.json").read_text())
+  assert report["meshes"]["rollout"] == {"data": 2, "fsdp": 1, "tensor": 2}
+  assert report["meshes"]["train"] == {"data": 1, "fsdp": 4, "tensor": 1}
 
   def logged(name):
     return [json.loads(x) for x in (tmp_path / name / "train.jsonl").read_text().splitlines()]
 
-  one, two = logged("alone"), logged("two")
-  assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2]
-  assert all(r["noisy_rows"] > 0 for r in two)
-  for a, b in zip(one, two):
-    for key in ("loss", "reward", "confidence", "confidence_perturbed", "grad_norm"):
-      assert abs(a[key] - b[key]) <= 1e-5, (key, a[key], b[key])
   from safetensors.numpy import load_file
 
-  want, got = (
-    load_file(tmp_path / "alone/final/model.safetensors"),
-    load_file(tmp_path / "two/final/model.safetensors"),
-  )
-  assert want.keys() == got.keys()
-  for name in want:
-    np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
-
-
-def test_rollout_mesh_trains_as_the_trainer_mesh(tiny_ckpt, tmp_path):
-  """Rollouts on their own mesh (data 2 x tensor 2 over the trainer's fsdp 4 devices, the
-  weights cast and resharded once a step) give the same training as rollouts on the
-  trainer's mesh: losses, rewards and final weights to 1e-5."""
-  run = ["--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.train.steps=2"]
-  same = cdrl(tiny_ckpt, tmp_path / "same", tmp_path, *run, devices=4)
-  own = cdrl(tiny_ckpt, tmp_path / "own", tmp_path, *run, "--config.rollout_mesh=data=2,tensor=2", devices=4)
-  assert same.returncode == 0 and own.returncode == 0, (same.stderr[-2000:], own.stderr[-2000:])
-  logged = lambda name: [json.loads(x) for x in (tmp_path / name / "train.jsonl").read_text().splitlines()]  # noqa: E731
-  for a, b in zip(logged("same"), logged("own"), strict=True):
-    for key in ("loss", "reward", "confidence", "confidence_perturbed", "grad_norm"):
-      assert abs(a[key] - b[key]) <= 1e-5, (key, a[key], b[key])
-  report = json.loads((tmp_path / "own" / "report.json").read_text())
-  assert report["meshes"]["rollout"] == {"data": 2, "fsdp": 1, "tensor": 2}
-  assert report["meshes"]["train"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  want = load_file(tmp_path / "alone/final/model.safetensors")
+  for name in ("two", "own"):
+    assert [r["step"] for r in logged(name)] == [1, 2], name
+    assert all(r["noisy_rows"] > 0 for r in logged(name))
+    for a, b in zip(logged("alone"), logged(name), strict=True):
+      for key in ("loss", "reward", "confidence", "confidence_perturbed", "grad_norm"):
+        assert abs(a[key] - b[key]) <= 1e-5, (name, key, a[key], b[key])
+    got = load_file(tmp_path / name / "final/model.safetensors")
+    assert want.keys() == got.keys()
+    for tensor in want:
+      np.testing.assert_allclose(got[tensor], want[tensor], atol=1e-5, err_msg=f"{name}: {tensor}")
