@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 
 # Two workers: the suite is mostly single-threaded XLA compiles (892 s -> 671 s on 2 cores).
 test: install
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 lint: install
 	$(VENV)/bin/ruff check .

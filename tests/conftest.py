@@ -12,7 +12,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # again (a quarter of the suite's time). Keyed by the program, its options and jax's version.
 os.environ.setdefault(
   "JAX_COMPILATION_CACHE_DIR",
-  os.path.join(tempfile.gettempdir(), f"catts_jax_xla_{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"),
+  os.path.join(
+    tempfile.gettempdir(), f"catts_jax_xla_{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"
+  ),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
