@@ -142,6 +142,8 @@ def test_plan_compiles_generate_score_and_train():
     assert s["flops_per_chip"] is None and s["replication"] is None and s["memory_floor_s"] is None
     assert s["compute_floor_s"] == pytest.approx(s["model_flops"] / 4 / peak)
   assert train["model_flops"] == pytest.approx(train["analytic_flops_per_chip"] * 4)
+  assert plan.tflop_per_chip(train, 4) == pytest.approx(train["model_flops"] / 4 / 1e12)  # the table's
+  assert plan.tflop_per_chip(generate, 4) == pytest.approx(generate["flops"] / 1e12)
   gathers = train["collectives"]["all-gather"]
   assert gathers["count"] > 0 and gathers["step_bytes"] > gathers["bytes"]  # per layer, every layer
   assert generate["collectives_per_decode_step"] > 0
@@ -356,3 +358,27 @@ def test_plans_lay_out_batches_as_the_trainer_does():
   for name, s in scorer_inputs.items():
     assert s.is_equivalent_to(planned.fields()[name].sharding, len(planned.fields()[name].shape)), name
   assert "image_index" in run and run["pixel_values"].spec[0] is not None  # slots travel with rows
+
+
+def test_plan_table_takes_a_recompiled_step_from_the_later_report():
+  """--render_readme's table: a later report's step replaces the same step (model, topology,
+  shapes) of an earlier one; a scanned step shows the model's TFLOP a chip and its
+  collectives per step (loop bodies times trip counts)."""
+  chip = {"hbm_gib": 16.0}
+  shapes = {"rows": 16, "seq_len": 64, "prompts": 2, "group": 8, "prompt_len": 32, "max_new_tokens": 32}
+
+  def report(train):
+    generate = {"compiled": True, "fits": True, "flops_per_chip": 2e12, "peak_gib": 1.0, "total_gib": 2.0}
+    steps = {"generate": generate, "train": train}
+    mesh = {"data": 1, "fsdp": 4, "tensor": 1}
+    return {"model": {"preset": "7b"}, "topology": "v5e:2x2", "chips": 4, "chip": chip, "mesh": mesh,
+            "shapes": shapes, "steps": steps}  # fmt: skip
+
+  old = {"compiled": True, "fits": False, "flops_per_chip": 9e12, "peak_gib": 20.0, "total_gib": 21.0}
+  gathers = {"all-gather": {"step_bytes": 3 * GiB}, "all-reduce": {"step_bytes": GiB}}
+  new = {"compiled": True, "fits": True, "flops_per_chip": None, "model_flops": 8e12, "peak_gib": 5.0,
+         "total_gib": 6.0, "counted_loops": {"layers": 2}, "collectives": gathers}  # fmt: skip
+  rows = sweep.plans_markdown({"old.json": report(old), "new.json": {**report(new)}}).splitlines()[2:]
+  train = [r for r in rows if "| train |" in r]
+  assert len(train) == 1 and "`new.json`" in train[0] and "| 2.0 |" in train[0] and "| 4.0 |" in train[0]
+  assert sum("| generate |" in r for r in rows) == 1  # the later report's, too

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from catts_jax import runs
 from catts_jax.aot.hardware import GiB, chip_for
-from catts_jax.aot.plan import verdict
+from catts_jax.aot.plan import tflop_per_chip, verdict
 from catts_jax.sharding import mesh_sizes
 
 
@@ -213,17 +213,35 @@ def sweep_markdown(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def step_collective_gib(step: dict) -> float | None:
+  """GiB a chip's collectives move in one run of a scanned step (loop bodies times their trip
+  counts); None for steps with no counted loops (a decode loop's run once per token)."""
+  if not step.get("counted_loops") or not step.get("collectives"):
+    return None
+  return sum(c["step_bytes"] for c in step["collectives"].values()) / GiB
+
+
 def plans_markdown(reports: dict[str, dict]) -> str:
   """One row per (plan report, step): the per-chip figures of `train.compile` reports, keyed
-  by the path each was read from."""
+  by the path each was read from. A step of a later report replaces the same step of an
+  earlier one for the same model, topology and shapes (a step recompiled on its own)."""
   lines = [
     "| model | topology | mesh (data/fsdp/tensor) | step | rows x tokens | peak / total GiB/chip | HBM GiB "
-    "| verdict | TFLOP/chip | replication | collectives per decode step | predicted tokens/s/chip | report |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| verdict | TFLOP/chip | replication | collectives GiB/chip/step | collectives per decode step "
+    "| predicted tokens/s/chip | report |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
+
+  def key(r, name):
+    shapes = r["steps"][name].get("shapes", r["shapes"])
+    return r["model"]["preset"], r["topology"], name, shapes["rows"], shapes["seq_len"]
+
+  latest = {key(r, name): path for path, r in reports.items() for name in r["steps"]}
   for path, r in reports.items():
     mesh = "/".join(str(r.get("rollout_mesh", r["mesh"])[a]) for a in ("data", "fsdp", "tensor"))
     for name, step in r["steps"].items():
+      if latest[key(r, name)] != path:
+        continue
       shapes = step.get("shapes", r["shapes"])
       if name.startswith("generate"):
         rows = (
@@ -236,12 +254,13 @@ def plans_markdown(reports: dict[str, dict]) -> str:
         memory = f"{step['peak_gib']:.1f} / {step['total_gib']:.1f}"
       elif (step.get("oom") or {}).get("temp_gib") is not None:
         memory = f"temps {step['oom']['temp_gib']:,.1f}"
-      tflops = f"{step['flops_per_chip'] / 1e12:.1f}" if step.get("flops_per_chip") is not None else "-"
+      tflops = f"{tflop_per_chip(step, r['chips']):.1f}" if step.get("compiled") else "-"
       lines.append(
         f"| {r['model']['preset']} | {r['topology']} ({r['chips']} chips) "
         f"| {mesh if name != 'train' else '/'.join(str(r['mesh'][a]) for a in ('data', 'fsdp', 'tensor'))} "
         f"| {name} | {rows} | {memory} | {r['chip']['hbm_gib']:.2f} | **{verdict(step)}** | {tflops} "
-        f"| {_fmt(step.get('replication'), '.2f')} | {_fmt(step.get('collectives_per_decode_step'), 'd')} "
+        f"| {_fmt(step.get('replication'), '.2f')} | {_fmt(step_collective_gib(step), ',.1f')} "
+        f"| {_fmt(step.get('collectives_per_decode_step'), 'd')} "
         f"| {_fmt(step.get('predicted_tokens_per_s_per_chip'), ',.0f')} | `{path}` |"
       )
   return "\n".join(lines)
