@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Two workers: the suite is mostly single-threaded XLA compiles (892 s -> 671 s on 2 cores).
+# Two workers (the suite is mostly single-threaded XLA compiles), each taking tests as it frees up.
 test: install
 	$(PY) -m pytest -q -n 2 --dist worksteal
 

@@ -48,7 +48,7 @@ STRATEGIES = {
   "fsdp_tp": dict(data=1, fsdp=-1, tensor=4),
   "tp": dict(data=1, fsdp=1, tensor=-1),
 }
-MICRO_BATCH = {"v5p-8": 64, "v5e-16": 16}  # train rows per micro-batch, measured (below)
+MICRO_BATCH = {"v5p-8": 64, "v5e-16": 16}  # train rows per micro-batch that fit the 7B step (plans)
 CHIPS = {"v5p-8": 4, "v5p-16": 8, "v5p-128": 64, "v5e-16": 16, "v6e-16": 16, "v4-8": 4, "gpu-8": 8}
 
 SIZES = ("3b", "7b", "72b", "1.5b", "small")  # presets.hf_config names
@@ -80,9 +80,6 @@ def get_config(spec: str = "7b,gpu-8"):
   c.optimizer.learning_rate = 1e-6
   c.loss.kl_coef = 1e-2
   c.train.prompts_per_step = {"3b": 32, "7b": 16}.get(size, 16)
-  # The 128-256 rows of 2560 tokens do not fit in one pass. FSDP gathers the weights once per
-  # micro-batch (forward and backward), so each is as large as fits: for the 7B step, 16 rows
-  # on v5e-16 (13.0 of 15.75 GiB a chip), 64 on v5p-8 (58 of 96 GiB, a quarter of the
-  # gathers of 16); elsewhere at least 16, one a chip (docs/reports/plan_7b_*_train).
+  # FSDP regathers the weights for every micro-batch: as many rows as fit (docs/sharding.md).
   c.train.micro_batch = MICRO_BATCH.get(hardware, max(16, CHIPS.get(hardware, 1)))
   return c

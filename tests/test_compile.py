@@ -144,6 +144,7 @@ def test_plan_compiles_generate_score_and_train():
   assert train["model_flops"] == pytest.approx(train["analytic_flops_per_chip"] * 4)
   assert plan.tflop_per_chip(train, 4) == pytest.approx(train["model_flops"] / 4 / 1e12)  # the table's
   assert plan.tflop_per_chip(generate, 4) == pytest.approx(generate["flops"] / 1e12)
+  assert plan.tflop_per_chip({"flops_per_chip": None}, 4) is None  # unknown, not 0
   gathers = train["collectives"]["all-gather"]
   assert gathers["count"] > 0 and gathers["step_bytes"] > gathers["bytes"]  # per layer, every layer
   assert generate["collectives_per_decode_step"] > 0

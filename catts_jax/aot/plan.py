@@ -390,11 +390,17 @@ def verdict(step: dict) -> str:
   return "OOM"
 
 
-def tflop_per_chip(step: dict, chips: int) -> float:
-  """XLA's FLOPs per chip, or the model's share of them where XLA counts loop bodies once."""
+def tflop_per_chip(step: dict, chips: int) -> float | None:
+  """XLA's FLOPs per chip, or the model's share of them where XLA counts loop bodies once
+  (None when neither is known)."""
   if step.get("flops_per_chip") is not None:
     return step["flops_per_chip"] / 1e12
-  return step.get("model_flops", 0) / chips / 1e12
+  return step["model_flops"] / chips / 1e12 if step.get("model_flops") else None
+
+
+def _tflop_cell(step: dict, chips: int) -> str:
+  t = tflop_per_chip(step, chips)
+  return "-" if t is None else f"{t:.1f}"
 
 
 def format_report(report: dict) -> str:
@@ -422,7 +428,7 @@ def format_report(report: dict) -> str:
       lines.append(
         f"{name:7s} {m['argument']:7.2f} {m['output']:7.2f} {m['alias']:7.2f} {m['temp']:7.2f} {m['code']:6.2f} "
         f"{m['peak']:7.2f} {r['resident_outside_bytes'] / GiB:7.2f} {r['total_gib']:7.2f} {r['hbm_gib']:6.2f} "
-        f"{verdict(r):>13s} {tflop_per_chip(r, report['chips']):7.1f} {r['compile_s']:9.1f}"
+        f"{verdict(r):>13s} {_tflop_cell(r, report['chips']):>7s} {r['compile_s']:9.1f}"
       )
     else:
       why = r.get("reason") or r.get("oom", {}).get("message", "")

@@ -254,7 +254,7 @@ def plans_markdown(reports: dict[str, dict]) -> str:
         memory = f"{step['peak_gib']:.1f} / {step['total_gib']:.1f}"
       elif (step.get("oom") or {}).get("temp_gib") is not None:
         memory = f"temps {step['oom']['temp_gib']:,.1f}"
-      tflops = f"{tflop_per_chip(step, r['chips']):.1f}" if step.get("compiled") else "-"
+      tflops = _fmt(tflop_per_chip(step, r["chips"]) if step.get("compiled") else None)
       lines.append(
         f"| {r['model']['preset']} | {r['topology']} ({r['chips']} chips) "
         f"| {mesh if name != 'train' else '/'.join(str(r['mesh'][a]) for a in ('data', 'fsdp', 'tensor'))} "
