@@ -13,13 +13,13 @@ import logging
 import math
 import pathlib
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from catts_jax import safetensors_io, sharding
 from catts_jax.models.qwen2_5_vl.config import ModelConfig
@@ -189,10 +189,16 @@ def _hf_names(mapping: Mapping[tuple, Entry]) -> Iterator[str]:
     yield from (names,) if isinstance(names, str) else names
 
 
-def _stack(layers: list[jax.Array], target: NamedSharding | None) -> jax.Array:
-  if target is None:
-    return jnp.stack(layers)
-  return jax.jit(lambda *xs: jnp.stack(xs), out_shardings=target)(*layers)
+def _shard_reader(view: np.ndarray, dtype) -> Callable[[tuple], np.ndarray]:
+  """A device shard (an index tuple) of a host tensor, converted to `dtype` (only the shard)."""
+  return lambda idx: np.asarray(view[idx], dtype)
+
+
+def _stacked_shard_reader(layers: list[np.ndarray], dtype) -> Callable[[tuple], np.ndarray]:
+  """A device shard of the stack of `layers` (leading layer axis, unsharded): the shard's
+  slice of every layer, stacked on the host. No device holds a layer twice and nothing is
+  compiled to stack."""
+  return lambda idx: np.stack([np.asarray(layer[idx[1:]], dtype) for layer in layers[idx[0]]])
 
 
 def abstract_model(cfg: ModelConfig) -> nnx.Module:
@@ -223,33 +229,29 @@ def load_hf(
     raise RuntimeError(f"weight map out of date: {sorted(set(flat) ^ set(mapping))}")
   flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
 
-  def read(hf_name, kind, n_in, shape, dtype, target):
-    """One HF tensor as an NNX array of `shape`, placed as `target` says (None: one device)."""
+  def host(hf_name, kind, n_in, shape):
+    """One HF tensor as a memory-mapped host view in the NNX layout of `shape`."""
     raw, file_name = reader.get(hf_name)
     expected = _hf_shape(kind, n_in, shape, cfg)
     if tuple(raw.shape) != expected:
       raise CheckpointError(
         f"{hf_name} in {path / file_name}: shape {tuple(raw.shape)}, but config.json implies {expected}"
       )
-    host = hf_to_nnx(raw, kind, n_in, shape)
-    if target is None:
-      return jnp.asarray(np.asarray(host, dtype))
-    return jax.make_array_from_callback(shape, target, lambda idx: np.asarray(host[idx], dtype))
+    return hf_to_nnx(raw, kind, n_in, shape)
 
   for nnx_path, variable in flat.items():
     hf_names, kind, n_in = mapping[nnx_path]
     abstract = variable.get_value()
     shape, dtype = tuple(abstract.shape), abstract.dtype
-    target = flat_shardings.get(nnx_path)
     if isinstance(hf_names, str):
-      variable.set_value(read(hf_names, kind, n_in, shape, dtype, target))
-      continue
-    # A stacked param: each layer read and placed with the layer's own sharding, then stacked
-    # on device, so neither the host nor one device ever holds the whole stack.
-    layer_target = None if target is None else NamedSharding(target.mesh, PartitionSpec(*target.spec[1:]))
-    layers = [read(name, kind, n_in, shape[1:], dtype, layer_target) for name in hf_names]
-    variable.set_value(_stack(layers, target))
-    del layers
+      shard = _shard_reader(host(hf_names, kind, n_in, shape), dtype)
+    else:
+      shard = _stacked_shard_reader([host(name, kind, n_in, shape[1:]) for name in hf_names], dtype)
+    target = flat_shardings.get(nnx_path)
+    if target is None:
+      variable.set_value(jnp.asarray(shard((slice(None),) * len(shape))))
+    else:
+      variable.set_value(jax.make_array_from_callback(shape, target, shard))
 
   unused = set(reader.location) - set(_hf_names(mapping))
   if unused:
