@@ -3,7 +3,9 @@
 import os
 import tempfile
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+from cpu_env import device_flags
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + device_flags(8)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # One XLA compilation cache for the whole run, shared by both xdist workers and by the
@@ -16,7 +18,7 @@ os.environ.setdefault(
     tempfile.gettempdir(), f"catts_jax_xla_{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"
   ),
 )
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -1,19 +1,19 @@
 """Exact resume: a run SIGKILLed mid-training (and mid-save) and restarted ends bit-identical
 to an uninterrupted run."""
 
-import os
 import pathlib
 import signal
 import subprocess
 import sys
 
 import numpy as np
+from cpu_env import cpu_env
 
 WORKER = pathlib.Path(__file__).with_name("resume_worker.py")
 
 
 def run(*args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = cpu_env(1)
   return subprocess.run(
     [sys.executable, str(WORKER), *map(str, args)], capture_output=True, text=True, env=env, timeout=600
   )

@@ -86,7 +86,9 @@ def test_train_cdrl_reads_every_key_the_plan_reads(tiny_ckpt, tmp_path):
 
   cfg = config()
   with recorded_reads(cfg) as planned:
-    plan.plan(cfg, "v5e:2x2", {"fsdp": -1}, ("generate", "score", "train"), prompt_len=64, image_patches=16)
+    plan.plan(
+      cfg, "v5e:2x2", {"fsdp": -1}, ("generate", "score", "train"), prompt_len=64, image_patches=16, cpu=True
+    )
   cfg = config()
   with recorded_reads(cfg) as trained:
     trainer.train(cfg, tmp_path / "run")

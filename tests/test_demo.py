@@ -3,12 +3,12 @@ are small, safe to load and equal transformers' reference; the demo runs every s
 end, resumes, and checks its targets on the measured figures."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cpu_env import cpu_env
 
 from catts_jax import demo
 from infer import demo as demo_cli
@@ -100,7 +100,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     "--temperature=0.9",
   ]  # fmt: skip
   # A subprocess, as a user runs it: the demo quiets the Expert's logger for its whole process.
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = cpu_env(1)
   done = subprocess.run(
     [*args, "--mv_limit=1"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
   )

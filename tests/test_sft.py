@@ -3,12 +3,12 @@ format-only warm start learns the format but not the answers; the ablation entry
 its stages end to end."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cpu_env import cpu_env
 
 from catts_jax import data
 from catts_jax.rl import sft
@@ -70,7 +70,7 @@ def test_ablation_runs_every_stage(tmp_path, tfds_dir):
     "--config.rl.rollout.group_size=2",
     "--config.eval.size=8",
   ]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = cpu_env(1)
   cmd = [
     sys.executable,
     "-m",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cpu_env import cpu_env
 
 SHARED = Path(__file__).parents[2] / "shared/data/math-vision-testmini"
 if not SHARED.is_dir() and os.environ.get("CI"):
@@ -35,7 +36,7 @@ def cdrl_command(ckpt, out, tmp_path, *overrides):
 
 
 def cdrl_env(devices=1, **extra):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+  return cpu_env(devices, **extra)
 
 
 def cdrl(ckpt, out, tmp_path, *overrides, devices=1):
@@ -124,7 +125,16 @@ def test_two_processes_and_a_rollout_mesh_train_as_one_process(tiny_ckpt, tmp_pa
   step)."""
   from serving import free_port
 
-  run = ["--config.train.steps=2", "--config.rollout.confidence_gradient=True"]
+  # Adam divides each element's step by its gradient's size, so where a gradient nearly
+  # cancels it magnifies the rounding of another reduction order (fsdp 4 against data 2: at
+  # the config's learning rate 1e-3, one embedding element ended 2e-5 apart, its step 0.00093
+  # where its row's others moved +-0.00167). The final weights' gap scales with the rate, and
+  # at 1e-4 the 1e-5 bound below tests the layouts, not that conditioning.
+  run = [
+    "--config.train.steps=2",
+    "--config.rollout.confidence_gradient=True",
+    "--config.optimizer.learning_rate=1e-4",
+  ]
   alone = cdrl(tiny_ckpt, tmp_path / "alone", tmp_path, "--config.mesh.data=2", *run, devices=2)
   assert alone.returncode == 0, alone.stderr[-3000:]  # it also builds the tfds cache
   coordinator = f"127.0.0.1:{free_port()}"
