@@ -1,15 +1,19 @@
-"""Every config key that `train.compile` plans with is one that `train.cdrl` runs with: a
-setting the plan assumes (remat, dtypes, micro-batches, meshes, ...) can never be silently
-ignored by the real run."""
+"""The plan compiles what the run runs: every config key that `train.compile` plans with is
+one that `train.cdrl` runs with (a setting the plan assumes, such as remat, dtypes,
+micro-batches or meshes, can never be silently ignored by the real run), and the plan's train
+state and train batch are laid out as the run's are."""
 
 import contextlib
 from pathlib import Path
 
+import jax
 import ml_collections
 import pytest
 
 from catts_jax.aot import plan
 from catts_jax.rl import trainer
+from catts_jax.rl.batch import batch_shardings
+from catts_jax.rl.learner import Learner
 from configs import cdrl_tiny
 
 SHARED = Path(__file__).parents[2] / "shared/data/math-vision-testmini"
@@ -73,8 +77,27 @@ def recorded_reads(cfg: ml_collections.ConfigDict):
     yield reads
 
 
+def first_result(patch, owner, name: str, box: dict) -> None:
+  """Record in box[name] what `owner.name` returns (or, for a method, its self and
+  arguments) the first time it is called."""
+  original = getattr(owner, name)
+
+  def spy(*args, **kwargs):
+    out = original(*args, **kwargs)
+    box.setdefault(name, args if name == "step" else out)
+    return out
+
+  patch.setattr(owner, name, spy)
+
+
+def specs(tree) -> dict:
+  """Each leaf's PartitionSpec by its path (arrays, sharded ShapeDtypeStructs or shardings)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p): getattr(x, "sharding", x).spec for p, x in leaves}
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
-def test_train_cdrl_reads_every_key_the_plan_reads(tiny_ckpt, tmp_path):
+def test_train_cdrl_runs_what_the_plan_compiles(tiny_ckpt, tmp_path, monkeypatch):
   def config():
     c = cdrl_tiny.get_config()
     c.model.update(ckpt=str(tiny_ckpt), remat=True)
@@ -84,13 +107,26 @@ def test_train_cdrl_reads_every_key_the_plan_reads(tiny_ckpt, tmp_path):
     c.mesh.update(fsdp=-1)  # the 8 simulated devices
     return c
 
+  seen = {}
+  first_result(monkeypatch, plan, "abstract_train_state", seen)
+  first_result(monkeypatch, plan, "train_batch", seen)  # the train step's (compiled first)
+  first_result(monkeypatch, Learner, "step", seen)
   cfg = config()
-  with recorded_reads(cfg) as planned:
+  with recorded_reads(cfg) as planned:  # the 8 CPU devices, as the run has them
     plan.plan(
-      cfg, "v5e:2x2", {"fsdp": -1}, ("generate", "score", "train"), prompt_len=64, image_patches=16, cpu=True
+      cfg, "v5e:2x4", {"fsdp": -1}, ("generate", "score", "train"), prompt_len=64, image_patches=16, cpu=True
     )
   cfg = config()
   with recorded_reads(cfg) as trained:
     trainer.train(cfg, tmp_path / "run")
   assert {"model.remat", "train.micro_batch", "model.param_dtype"} <= planned
   assert planned - trained - PLAN_ONLY == set()
+
+  planned_state, planned_batch = seen["abstract_train_state"], seen["train_batch"]
+  learner, batch, _ = seen["step"]
+  assert specs(planned_state.params) == specs(learner.params)
+  assert specs(planned_state.opt_state) == specs(learner.opt_state)
+  # The same fields, dtypes and ranks (shapes follow the data), laid out alike.
+  real = {k: (v.dtype, v.ndim) for k, v in batch.fields().items()}
+  assert {k: (v.dtype, v.ndim) for k, v in planned_batch.fields().items()} == real
+  assert specs(planned_batch) == specs(batch_shardings(batch, learner.mesh))
