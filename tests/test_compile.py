@@ -383,3 +383,13 @@ def test_plan_table_takes_a_recompiled_step_from_the_later_report():
   train = [r for r in rows if "| train |" in r]
   assert len(train) == 1 and "`new.json`" in train[0] and "| 2.0 |" in train[0] and "| 4.0 |" in train[0]
   assert sum("| generate |" in r for r in rows) == 1  # the later report's, too
+  # The same rows and tokens with images is another shape: both rows stay.
+  imaged = report(new) | {"shapes": shapes | {"images": 2, "image_patches": 256}}
+  rows = sweep.plans_markdown({"text.json": report(new), "imaged.json": imaged}).splitlines()[2:]
+  train = [r for r in rows if "| train |" in r]
+  assert len(train) == 2 and "| 16 x 64 |" in train[0] and "| 16 x 64, 2 x 256 patches |" in train[1]
+  # So is the same step on another rollout mesh.
+  elsewhere = report(new) | {"rollout_mesh": {"data": 2, "fsdp": 1, "tensor": 2}}
+  rows = sweep.plans_markdown({"fsdp.json": report(new), "rollout.json": elsewhere}).splitlines()[2:]
+  generate = [r for r in rows if "| generate |" in r]
+  assert len(generate) == 2 and "| 1/4/1 |" in generate[0] and "| 2/1/2 |" in generate[1]

@@ -224,7 +224,8 @@ def step_collective_gib(step: dict) -> float | None:
 def plans_markdown(reports: dict[str, dict]) -> str:
   """One row per (plan report, step): the per-chip figures of `train.compile` reports, keyed
   by the path each was read from. A step of a later report replaces the same step of an
-  earlier one for the same model, topology and shapes (a step recompiled on its own)."""
+  earlier one for the same model, topology, mesh and shapes, images included (a step
+  recompiled on its own)."""
   lines = [
     "| model | topology | mesh (data/fsdp/tensor) | step | rows x tokens | peak / total GiB/chip | HBM GiB "
     "| verdict | TFLOP/chip | replication | collectives GiB/chip/step | collectives per decode step "
@@ -232,13 +233,25 @@ def plans_markdown(reports: dict[str, dict]) -> str:
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
 
+  def mesh_of(r, name):  # the trainer's mesh for train, the rollout's for the rest
+    mesh = r["mesh"] if name == "train" else r.get("rollout_mesh", r["mesh"])
+    return "/".join(str(mesh[a]) for a in ("data", "fsdp", "tensor"))
+
   def key(r, name):
     shapes = r["steps"][name].get("shapes", r["shapes"])
-    return r["model"]["preset"], r["topology"], name, shapes["rows"], shapes["seq_len"]
+    images = shapes.get("images", 0), shapes.get("image_patches", 0)
+    return (
+      r["model"]["preset"],
+      r["topology"],
+      mesh_of(r, name),
+      name,
+      shapes["rows"],
+      shapes["seq_len"],
+      images,
+    )
 
   latest = {key(r, name): path for path, r in reports.items() for name in r["steps"]}
   for path, r in reports.items():
-    mesh = "/".join(str(r.get("rollout_mesh", r["mesh"])[a]) for a in ("data", "fsdp", "tensor"))
     for name, step in r["steps"].items():
       if latest[key(r, name)] != path:
         continue
@@ -249,6 +262,8 @@ def plans_markdown(reports: dict[str, dict]) -> str:
         )
       else:
         rows = f"{shapes['rows']} x {shapes['seq_len']}"
+        if shapes.get("images"):
+          rows += f", {shapes['images']} x {shapes['image_patches']} patches"
       memory = "-"
       if step.get("peak_gib") is not None:
         memory = f"{step['peak_gib']:.1f} / {step['total_gib']:.1f}"
@@ -257,7 +272,7 @@ def plans_markdown(reports: dict[str, dict]) -> str:
       tflops = _fmt(tflop_per_chip(step, r["chips"]) if step.get("compiled") else None)
       lines.append(
         f"| {r['model']['preset']} | {r['topology']} ({r['chips']} chips) "
-        f"| {mesh if name != 'train' else '/'.join(str(r['mesh'][a]) for a in ('data', 'fsdp', 'tensor'))} "
+        f"| {mesh_of(r, name)} "
         f"| {name} | {rows} | {memory} | {r['chip']['hbm_gib']:.2f} | **{verdict(step)}** | {tflops} "
         f"| {_fmt(step.get('replication'), '.2f')} | {_fmt(step_collective_gib(step), ',.1f')} "
         f"| {_fmt(step.get('collectives_per_decode_step'), 'd')} "
