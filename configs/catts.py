@@ -44,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   )
   c.template = placeholder(str)  # prompt template (catts_jax.data.prompts); None = the benchmark's
   c.batch_size = 4  # problems per sampler call (rows = batch_size * largest N)
-  c.dtype = "float32"  # compute dtype of the policy ("bfloat16" on accelerators)
+  # The policy's compute dtype; auto: bfloat16 on GPU/TPU, float32 on CPU (bf16 is no faster
+  # there). run.json records what it resolved to.
+  c.dtype = "auto"
   c.seed = 0
   return c

@@ -16,7 +16,7 @@ import pytest
 from serving import transformers_serve
 
 from catts_jax.policy import Policy
-from catts_jax.tts import summary
+from catts_jax.tts import run, summary
 from catts_jax.tts.methods import METHODS
 from infer import catts
 
@@ -122,6 +122,7 @@ def test_self_expert_end_to_end(self_run, capsys):
     assert roles == {("planner", "self"), ("voter", "self"), ("critic", "self")}
   report = json.loads((out / "report.json").read_text())
   assert (report["problems"], report["errors"], report["ns"], report["expert"]) == (4, 0, [2, 4], "self")
+  assert json.loads((out / "run.json").read_text())["config"]["dtype"] == "float32"  # auto, on CPU
   assert [t["method"] for t in report["table"]] == list(METHODS)
   for m in METHODS:
     assert all(0 <= a <= 1 for a in report["accuracy"][m].values())
@@ -255,6 +256,7 @@ def test_transformers_serve_as_the_expert(
     (["--config.tts.nope=1"], "unknown config key 'tts.nope'"),
     (["--config.tts.reflection_signal=loudness"], "reflection_signal must be one of"),
     (["--expert", "ftp://x"], "unknown expert spec"),
+    (["--config.dtype=fp8"], "dtype='fp8': expected auto or one of"),
   ],
 )
 def test_bad_input_is_a_clear_error(extra, message, tiny_ckpt, tfds_dir, tmp_path, capsys):
@@ -359,3 +361,8 @@ def test_summary_by_hand():
   assert fit["low"] <= fit["beta"] <= fit["high"]
   assert s["table"][1]["beta 95% CI"] == f"[{fit['low']:.2f}, {fit['high']:.2f}]"
   assert s["table"][2]["beta 95% CI"] == "-"
+
+
+def test_auto_dtype_is_bfloat16_on_accelerators_only():
+  assert [run.compute_dtype("auto", b) for b in ("gpu", "tpu", "cpu")] == ["bfloat16", "bfloat16", "float32"]
+  assert run.compute_dtype("float16", "gpu") == "float16"  # an explicit dtype is kept

@@ -64,6 +64,21 @@ def parse_methods(text: str) -> list[str]:
   return methods
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def compute_dtype(name: str, backend: str | None = None) -> str:
+  """The `dtype` setting as a dtype name: "auto" is bfloat16 on GPU and TPU, float32 on CPU
+  (`backend`: jax's default backend unless given)."""
+  if name == "auto":
+    import jax
+
+    return "bfloat16" if (backend or jax.default_backend()) in ("gpu", "tpu") else "float32"
+  if name not in DTYPES:
+    raise ValueError(f"dtype={name!r}: expected auto or one of {', '.join(DTYPES)}")
+  return name
+
+
 def expert_options(cfg) -> dict[str, Any]:
   """make_expert's keyword arguments from the config's `expert` block."""
   e = cfg.expert
@@ -125,6 +140,7 @@ def prepare(
   """Checks the inputs (ValueError or FileNotFoundError naming the bad one), loads the
   benchmark's first `limit` problems and checks or writes out/run.json."""
   tts = voting.TTSConfig(**cfg.tts)
+  cfg.dtype = compute_dtype(cfg.dtype)  # recorded resolved: a resume elsewhere must match it
   ns_, methods_ = parse_ns(ns), parse_methods(methods)
   ckpt_ = resolve_ckpt(ckpt)
   self_expert = expert.strip().lower() == "self"
