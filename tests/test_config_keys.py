@@ -77,14 +77,13 @@ def recorded_reads(cfg: ml_collections.ConfigDict):
     yield reads
 
 
-def first_result(patch, owner, name: str, box: dict) -> None:
-  """Record in box[name] what `owner.name` returns (or, for a method, its self and
-  arguments) the first time it is called."""
+def first_call(patch, owner, name: str, box: dict) -> None:
+  """Record in box[name] the arguments and result of the first call of `owner.name`."""
   original = getattr(owner, name)
 
   def spy(*args, **kwargs):
     out = original(*args, **kwargs)
-    box.setdefault(name, args if name == "step" else out)
+    box.setdefault(name, (args, out))
     return out
 
   patch.setattr(owner, name, spy)
@@ -108,9 +107,9 @@ def test_train_cdrl_runs_what_the_plan_compiles(tiny_ckpt, tmp_path, monkeypatch
     return c
 
   seen = {}
-  first_result(monkeypatch, plan, "abstract_train_state", seen)
-  first_result(monkeypatch, plan, "train_batch", seen)  # the train step's (compiled first)
-  first_result(monkeypatch, Learner, "step", seen)
+  first_call(monkeypatch, plan, "abstract_train_state", seen)
+  first_call(monkeypatch, plan, "train_batch", seen)  # the train step's (compiled first)
+  first_call(monkeypatch, Learner, "step", seen)
   cfg = config()
   with recorded_reads(cfg) as planned:  # the 8 CPU devices, as the run has them
     plan.plan(
@@ -122,8 +121,8 @@ def test_train_cdrl_runs_what_the_plan_compiles(tiny_ckpt, tmp_path, monkeypatch
   assert {"model.remat", "train.micro_batch", "model.param_dtype"} <= planned
   assert planned - trained - PLAN_ONLY == set()
 
-  planned_state, planned_batch = seen["abstract_train_state"], seen["train_batch"]
-  learner, batch, _ = seen["step"]
+  planned_state, planned_batch = seen["abstract_train_state"][1], seen["train_batch"][1]
+  learner, batch, _ = seen["step"][0]
   assert specs(planned_state.params) == specs(learner.params)
   assert specs(planned_state.opt_state) == specs(learner.opt_state)
   # The same fields, dtypes and ranks (shapes follow the data), laid out alike.

@@ -35,16 +35,12 @@ def cdrl_command(ckpt, out, tmp_path, *overrides):
   ]
 
 
-def cdrl_env(devices=1, **extra):
-  return cpu_env(devices, **extra)
-
-
 def cdrl(ckpt, out, tmp_path, *overrides, devices=1):
   return subprocess.run(
     cdrl_command(ckpt, out, tmp_path, *overrides),
     capture_output=True,
     text=True,
-    env=cdrl_env(devices),
+    env=cpu_env(devices),
     timeout=600,
     cwd=Path(__file__).parents[1],
   )
@@ -144,7 +140,7 @@ def test_two_processes_and_a_rollout_mesh_train_as_one_process(tiny_ckpt, tmp_pa
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
-      env=cdrl_env(JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+      env=cpu_env(1, JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
       cwd=Path(__file__).parents[1],
     )
     for i in range(2)

@@ -398,9 +398,9 @@ def tflop_per_chip(step: dict, chips: int) -> float | None:
   return step["model_flops"] / chips / 1e12 if step.get("model_flops") else None
 
 
-def _tflop_cell(step: dict, chips: int) -> str:
-  t = tflop_per_chip(step, chips)
-  return "-" if t is None else f"{t:.1f}"
+def fmt(x, spec=".1f", missing="-") -> str:
+  """A table cell: `x` formatted, or `missing` when it is unknown (None)."""
+  return missing if x is None else format(x, spec)
 
 
 def format_report(report: dict) -> str:
@@ -428,7 +428,7 @@ def format_report(report: dict) -> str:
       lines.append(
         f"{name:7s} {m['argument']:7.2f} {m['output']:7.2f} {m['alias']:7.2f} {m['temp']:7.2f} {m['code']:6.2f} "
         f"{m['peak']:7.2f} {r['resident_outside_bytes'] / GiB:7.2f} {r['total_gib']:7.2f} {r['hbm_gib']:6.2f} "
-        f"{verdict(r):>13s} {_tflop_cell(r, report['chips']):>7s} {r['compile_s']:9.1f}"
+        f"{verdict(r):>13s} {fmt(tflop_per_chip(r, report['chips'])):>7s} {r['compile_s']:9.1f}"
       )
     else:
       why = r.get("reason") or r.get("oom", {}).get("message", "")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from catts_jax import runs
 from catts_jax.aot.hardware import GiB, chip_for
-from catts_jax.aot.plan import tflop_per_chip, verdict
+from catts_jax.aot.plan import fmt, tflop_per_chip, verdict
 from catts_jax.sharding import mesh_sizes
 
 
@@ -156,10 +156,6 @@ def run_sweep(
   return [done[cell_name(*c)] for c in cells]
 
 
-def _fmt(x, spec=".1f", missing="-") -> str:
-  return missing if x is None else format(x, spec)
-
-
 def _memory_cell(step: dict | None, state_gib: float) -> str:
   """'peak / total' GiB per chip; for a compile-time OOM the compiler's temporaries and a
   lower bound of the total (temporaries + state); for a state OOM the state."""
@@ -208,7 +204,7 @@ def sweep_markdown(rows: list[dict]) -> str:
       f"| {r['model']} | {r['topology']} ({r['chips']} chips) | {r['strategy']} ({mesh}) | {shape}, {r['image_patches']} "
       f"| {r['rows']} x {r['seq_len']} | {r['state_gib']:.1f} | {train_cell} | **{train['verdict'] if train else '-'}** "
       f"| {_memory_cell(decode, r['state_gib'])} | **{decode['verdict'] if decode else '-'}** | {r['hbm_gib']:.2f} "
-      f"| {_fmt(train.get('tflops') if train else None, '.0f')} | {collectives} | {compile_s} |"
+      f"| {fmt(train.get('tflops') if train else None, '.0f')} | {collectives} | {compile_s} |"
     )
   return "\n".join(lines)
 
@@ -269,13 +265,13 @@ def plans_markdown(reports: dict[str, dict]) -> str:
         memory = f"{step['peak_gib']:.1f} / {step['total_gib']:.1f}"
       elif (step.get("oom") or {}).get("temp_gib") is not None:
         memory = f"temps {step['oom']['temp_gib']:,.1f}"
-      tflops = _fmt(tflop_per_chip(step, r["chips"]) if step.get("compiled") else None)
+      tflops = fmt(tflop_per_chip(step, r["chips"]) if step.get("compiled") else None)
       lines.append(
         f"| {r['model']['preset']} | {r['topology']} ({r['chips']} chips) "
         f"| {mesh_of(r, name)} "
         f"| {name} | {rows} | {memory} | {r['chip']['hbm_gib']:.2f} | **{verdict(step)}** | {tflops} "
-        f"| {_fmt(step.get('replication'), '.2f')} | {_fmt(step_collective_gib(step), ',.1f')} "
-        f"| {_fmt(step.get('collectives_per_decode_step'), 'd')} "
-        f"| {_fmt(step.get('predicted_tokens_per_s_per_chip'), ',.0f')} | `{path}` |"
+        f"| {fmt(step.get('replication'), '.2f')} | {fmt(step_collective_gib(step), ',.1f')} "
+        f"| {fmt(step.get('collectives_per_decode_step'), 'd')} "
+        f"| {fmt(step.get('predicted_tokens_per_s_per_chip'), ',.0f')} | `{path}` |"
       )
   return "\n".join(lines)
