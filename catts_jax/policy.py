@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from catts_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL, load_hf, save_hf
 from catts_jax.processing import Processor
-from catts_jax.sampling import SampleOutput, Sampler, SamplingConfig
+from catts_jax.sampling import SampleOutput, Sampler, SamplingConfig, prompt_keys
 from catts_jax.scoring import ConfidenceConfig, Scorer
 
 
@@ -128,17 +128,26 @@ class Policy:
     images: Sequence[Sequence] | None = None,
     *,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     contrast_images: Sequence[Sequence] | None = None,
     config: SamplingConfig | None = None,
     **overrides,
   ) -> Samples:
     """`n` samples per prompt (fields of SamplingConfig as keywords; stop_ids default to the
-    EOS ids). `contrast_images` switches on VCD contrastive decoding against them."""
+    EOS ids). `contrast_images` switches on VCD contrastive decoding against them. `seeds`,
+    one per prompt, make each prompt's samples independent of the rest of the batch (default:
+    `seed` draws the whole batch)."""
     config = config or SamplingConfig(stop_ids=self.stop_ids())
     config = dataclasses.replace(config, **overrides)
     batch = self.processor(prompts, images)
     contrast = None if contrast_images is None else self.processor(prompts, contrast_images)
-    out = self.sampler(batch, config, jax.random.key(seed), contrast=contrast)
+    if seeds is None:
+      key = jax.random.key(seed)
+    elif len(seeds) != len(prompts):
+      raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one per prompt")
+    else:
+      key = prompt_keys(seeds, batch.input_ids.shape[0])
+    out = self.sampler(batch, config, key, contrast=contrast)
     decode = self.processor.tokenizer.decode
     texts = [[decode(t, skip_special_tokens=True) for t in row] for row in out.token_lists()]
     fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}

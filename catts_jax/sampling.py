@@ -11,11 +11,15 @@
   on the same tokens, as extra rows of the same batch; tokens are drawn from
   `(1 + a) l_orig - a l_contrast` restricted to `l_orig >= log(b) + max l_orig`.
 - Deterministic for a given PRNG key: step i uses `fold_in(key, i)`, and the same on one
-  device or many.
+  device or many. With one key per prompt (`prompt_keys`), sample j of a prompt draws from
+  `fold_in(fold_in(key_p, j), i)`: a prompt's samples then do not depend on its batch.
 - With a mesh, every layout is stated (`carry_shardings`): prompt rows, sample rows and the
   KV cache over data x fsdp, KV heads over tensor where they divide, the weights as they lie
   (pass `cast_state`'s compute-dtype copy to decode from bf16 weights cast once, not per token).
 - The image and video placeholder tokens are never sampled.
+- `compact_every` K: the loop stops every K steps and the rows still running continue in a
+  smaller batch (a power of two) once they fit half of it; with a key per row, every row's
+  tokens equal the uncompacted loop's.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class SamplingConfig:
   vcd_alpha: float = 1.0  # contrastive strength a
   vcd_beta: float = 0.1  # plausibility cut b
   confidence: ConfidenceConfig = ConfidenceConfig()
+  # > 0: every this many steps, rows that finished leave the batch once the rest fits half of
+  # it (a batch no longer runs at full width until its longest row ends). Needs a key per
+  # prompt (`prompt_keys`) to leave every row's tokens unchanged; 0: one loop to the end.
+  compact_every: int = 0
 
 
 def filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
@@ -165,6 +173,7 @@ class Sampler:
     self._prefill = jax.jit(self._prefill_impl, static_argnames=("cache_len",))
     self._decode = jax.jit(self._decode_impl, static_argnames=("cfg", "contrastive"), donate_argnums=(1,))
     self._start_jit = jax.jit(self._start_impl, static_argnames=("cfg", "groups"))
+    self._compact_jit = jax.jit(self._compact_impl, static_argnames=("groups",))
 
   def _prefill_impl(self, state, inputs, cache_len: int):
     """Prompt pass: last-position logits [B, V] and the filled cache."""
@@ -200,7 +209,7 @@ class Sampler:
       # Image/video placeholders are never a valid output: emitted, they would be read as
       # image slots when the response is scored or continued.
       sample_logits = sample_logits.at[:, banned].set(-jnp.inf)
-      token = choose_tokens(sample_logits, jax.random.fold_in(c["key"], step), cfg)
+      token = draw_tokens(sample_logits, c["key"], step, cfg)
       token = jnp.where(c["done"], self.pad_id, token)
       token_logp, topk_logp = token_statistics(policy_logits, token, cfg.confidence.top_k)
       c = dict(c)
@@ -223,13 +232,13 @@ class Sampler:
       return record({**c, "cache": cache}, logits[:, 0])
 
     def cond(c):
-      return (c["step"] < cfg.max_new_tokens) & ~jnp.all(c["done"])
+      return (c["step"] < jnp.minimum(cfg.max_new_tokens, c["stop"])) & ~jnp.all(c["done"])
 
     carry = _pin(carry, self.mesh)
     logits = carry.pop("logits")
-    carry = jax.lax.while_loop(
-      cond, lambda c: _pin(body(c), self.mesh), _pin(record(carry, logits), self.mesh)
-    )
+    # The prefill's logits choose token 0; a later segment of a compacted loop starts past it.
+    first = jax.lax.cond(carry["step"] == 0, lambda c: record(c, logits), lambda c: c, carry)
+    carry = jax.lax.while_loop(cond, lambda c: _pin(body(c), self.mesh), _pin(first, self.mesh))
     mask = jnp.arange(cfg.max_new_tokens)[None] < carry["lengths"][:, None]
     scores = response_scores(carry["logprobs"], carry["topk"], mask, cfg.confidence)
     # The whole carry is returned so every donated buffer (the cache above all) is reused
@@ -254,7 +263,8 @@ class Sampler:
       "done": jnp.arange(rows) >= num_rows * n,
       "next_pos": jnp.repeat(jnp.asarray(next_pos, jnp.int32), n),
       "step": jnp.zeros((), jnp.int32),
-      "key": jnp.copy(key),  # the carry is donated; the caller's key stays usable
+      "stop": jnp.asarray(steps, jnp.int32),  # the loop pauses here (compact_every)
+      "key": jnp.copy(key) if key.ndim == 0 else _row_keys(key, n),  # copied: the carry is donated
     }
 
   def _start_impl(self, cache, logits, next_pos, key, num_rows: int, cfg: SamplingConfig, groups: int):
@@ -305,11 +315,10 @@ class Sampler:
         logits, cache = _concat([logits, logits_c]), _concat([cache, cache_c])
       groups = 2 if contrast is not None else 1
       carry = self._start(cache, logits, next_pos, batch.num_rows, cfg, key, groups)
-      out = self._decode(state, carry, cfg=cfg, contrastive=contrast is not None)
+      out = self._run(state, carry, cfg, groups)
     n, b = cfg.n, batch.num_rows
 
     def unflatten(x):
-      x = sharding.to_host(x)
       return x.reshape(-1, n, *x.shape[1:])[:b]
 
     return SampleOutput(
@@ -319,6 +328,100 @@ class Sampler:
       topk_logprobs=unflatten(out["topk"]),
       scores={name: unflatten(v) for name, v in out["scores"].items()},
     )
+
+  def _run(self, state, carry, cfg: SamplingConfig, groups: int) -> dict:
+    """The decode loop from `carry` to the end, compacted every cfg.compact_every steps; the
+    rows' outputs (tokens, lengths, logprobs, topk, scores) as numpy, in carry row order."""
+    contrastive = groups == 2
+    if not cfg.compact_every:
+      return _outputs(self._decode(state, carry, cfg=cfg, contrastive=contrastive))
+    rows = carry["tokens"].shape[0]
+    where = np.arange(rows)  # each carry row's row in the output; -1: padding
+    outputs = None
+    while True:
+      carry = {k: v for k, v in carry.items() if k != "scores"}  # the loop's input has none
+      carry["stop"] = carry["step"] + cfg.compact_every
+      carry = self._decode(state, carry, cfg=cfg, contrastive=contrastive)
+      done, step = np.asarray(carry["done"]), int(carry["step"])
+      finished = done.all() or step >= cfg.max_new_tokens
+      alive = np.flatnonzero(~done & (where >= 0))
+      width = 1 << max(len(alive) - 1, 0).bit_length()  # the next power of two
+      if not finished and width > len(where) // 2:
+        continue
+      got = _outputs(carry)
+      if outputs is None:
+        outputs = {k: np.zeros((rows, *v.shape[1:]), v.dtype) for k, v in _flat(got).items()}
+      keep = where >= 0
+      for k, v in _flat(got).items():
+        outputs[k][where[keep]] = v[keep]
+      if finished:
+        return _unflat(outputs)
+      # The rows still running, padded with a finished row marked done, in a smaller batch.
+      pad = np.flatnonzero(done)[:1].repeat(width - len(alive))
+      index = np.concatenate([alive, pad]).astype(np.int32)
+      carry = self._compact(carry, index, len(alive), groups)
+      where = np.concatenate([where[alive], np.full(len(pad), -1)])
+
+  def _compact(self, carry, index, live: int, groups: int):
+    """The carry's rows `index` (the first `live` still running, the rest padding, marked done)."""
+    carry = {k: v for k, v in carry.items() if k != "scores"}
+    return self._compact_jit(carry, jnp.asarray(index), np.int32(live), groups=groups)
+
+  def _compact_impl(self, carry, index, live, groups: int):
+    rows = carry["tokens"].shape[0]
+
+    def take(x):
+      if x.ndim == 0:
+        return x
+      if x.shape[0] == rows:
+        return x[index]
+      g = x.reshape(groups, rows, *x.shape[1:])  # the cache and logits: rows per image condition
+      return g[:, index].reshape(-1, *x.shape[1:])
+
+    out = jax.tree.map(take, carry)
+    out["done"] = out["done"] | (jnp.arange(index.shape[0]) >= live)
+    return _pin(out, self.mesh)
+
+
+def _outputs(carry) -> dict:
+  """A decode result's per-row outputs on the host."""
+  host = sharding.to_host
+  keys = ("tokens", "lengths", "logprobs", "topk")
+  return {**{k: host(carry[k]) for k in keys}, "scores": {k: host(v) for k, v in carry["scores"].items()}}
+
+
+def _flat(outputs: dict) -> dict:
+  return {
+    **{k: v for k, v in outputs.items() if k != "scores"},
+    **{f"scores/{k}": v for k, v in outputs["scores"].items()},
+  }
+
+
+def _unflat(flat: dict) -> dict:
+  scores = {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("scores/")}
+  return {**{k: v for k, v in flat.items() if not k.startswith("scores/")}, "scores": scores}
+
+
+def prompt_keys(seeds, rows: int) -> jax.Array:
+  """One PRNG key per prompt row from its seed; rows past the seeds (bucket padding) get 0."""
+  seeds = (np.asarray(seeds, np.int64).reshape(-1) & 0xFFFFFFFF).astype(np.uint32)
+  seeds = np.pad(seeds, (0, rows - len(seeds)))
+  return jax.vmap(jax.random.key)(jnp.asarray(seeds))
+
+
+def _row_keys(keys: jax.Array, n: int) -> jax.Array:
+  """Prompt keys [B] -> sample-row keys [B * n]: sample j of prompt p gets fold_in(key_p, j)."""
+  repeated = jnp.repeat(keys, n)
+  return jax.vmap(jax.random.fold_in)(repeated, jnp.tile(jnp.arange(n), keys.shape[0]))
+
+
+def draw_tokens(logits: jax.Array, key: jax.Array, step, cfg: SamplingConfig) -> jax.Array:
+  """Step `step`'s tokens [B] from logits [B, V]: with one key, fold_in(key, step) draws the
+  batch; with a key per row, each row draws from its own fold_in(key_r, step)."""
+  if key.ndim == 0:
+    return choose_tokens(logits, jax.random.fold_in(key, step), cfg)
+  keys = jax.vmap(jax.random.fold_in, (0, None))(key, step)
+  return jax.vmap(lambda k, row: choose_tokens(row[None], k, cfg)[0])(keys, logits)
 
 
 def _concat(trees):

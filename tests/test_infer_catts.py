@@ -18,6 +18,7 @@ from serving import transformers_serve
 from catts_jax.policy import Policy
 from catts_jax.tts import run, summary
 from catts_jax.tts.methods import METHODS
+from configs import catts as catts_config
 from infer import catts
 
 SHARED = Path(__file__).parents[2] / "shared/data/math-vision-testmini"
@@ -81,6 +82,20 @@ def read_jsonl(path):
   return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def diff_rows(a, b, path="row"):
+  """The paths at which two JSON values differ: texts, answers, verdicts and counts exactly,
+  floats to float32 rounding (a problem's scores may come from a batch of other shapes):
+  relative 1e-5, and absolute 1e-7 for the self-check's drops, differences of two
+  confidences of ~1e-2 that agree to float32's ~1e-9 there."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    return [d for k in sorted(set(a) | set(b)) for d in diff_rows(a.get(k), b.get(k), f"{path}.{k}")]
+  if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+    return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff_rows(x, y, f"{path}[{i}]")]
+  if type(a) is float and type(b) is float and math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7):
+    return []
+  return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
 def strip(rows):
   """Rows without what varies from run to run (timings, latencies)."""
   out = []
@@ -95,7 +110,9 @@ def strip(rows):
 def self_run(tiny_ckpt, tfds_dir, tmp_path_factory):
   """One uninterrupted run with the policy as its own expert (no server anywhere)."""
   out = tmp_path_factory.mktemp("self") / "run"
-  args = args_for(tiny_ckpt, out, tfds_dir, "--expert", "self")
+  # module_batch: the round's re-answers, self-checks and self-Expert prompts batched (on CPU
+  # the default takes them one at a time).
+  args = args_for(tiny_ckpt, out, tfds_dir, "--expert", "self", "--config.module_batch=8")
   with pytest.MonkeyPatch.context() as mp:
     share_policies(mp)
     assert catts.main(args) == 0
@@ -163,10 +180,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
   written = results.read_text().count("\n")
   assert 1 <= written < 4, f"killed after {written} rows"
   assert catts.main(args) == 0
-  rows = read_jsonl(results)
-  expected = read_jsonl(self_run[0] / "results.jsonl")
+  by_index = lambda rows: sorted(rows, key=lambda r: r["index"])  # noqa: E731 - rows land as problems finish
+  rows = by_index(read_jsonl(results))
+  expected = by_index(read_jsonl(self_run[0] / "results.jsonl"))
   assert [r["id"] for r in rows] == [r["id"] for r in expected]
-  assert strip(rows) == strip(expected)
+  differences = diff_rows(strip(rows), strip(expected))
+  assert not differences, "\n".join(differences[:20])
 
 
 def poll_lines(path, count, then, stop):
@@ -187,8 +206,9 @@ def test_faulty_expert_server_killed_mid_run(tiny_ckpt, tfds_dir, tmp_path, shar
     port = int(server.stdout.readline())
     watcher = threading.Thread(target=poll_lines, args=(log, 16, server.kill, stop), daemon=True)
     watcher.start()
+    # One call at a time, so each call's attempts meet the script's faults in a row.
     faults = ["--config.expert.timeout_s=0.5", "--config.expert.max_retries=1", "--config.expert.backoff_s=0.01",
-              "--config.expert.max_backoff_s=0.02"]  # fmt: skip
+              "--config.expert.max_backoff_s=0.02", "--config.expert.concurrency=1"]  # fmt: skip
     out = tmp_path / "run"
     args = args_for(tiny_ckpt, out, tfds_dir, "--expert", f"http://127.0.0.1:{port}/v1", *faults)
     assert catts.main(args) == 0
@@ -366,3 +386,28 @@ def test_summary_by_hand():
 def test_auto_dtype_is_bfloat16_on_accelerators_only():
   assert [run.compute_dtype("auto", b) for b in ("gpu", "tpu", "cpu")] == ["bfloat16", "bfloat16", "float32"]
   assert run.compute_dtype("float16", "gpu") == "float16"  # an explicit dtype is kept
+
+
+def test_module_batch_auto_batches_on_accelerators_only():
+  cfg = catts_config.get_config()
+  assert [run.module_batch(cfg, b) for b in ("gpu", "tpu", "cpu")] == [cfg.solve_batch, cfg.solve_batch, 1]
+  cfg.module_batch = 5
+  assert run.module_batch(cfg, "cpu") == 5  # an explicit limit is kept
+  cfg.module_batch = -1
+  with pytest.raises(ValueError, match="module_batch=-1"):
+    run.module_batch(cfg, "gpu")
+
+
+def test_batched_engine_equals_serial(self_run, tmp_path, shared_policy):
+  """The batched engine (the 4 problems' modules together: batched self-Expert decodes,
+  re-answers and self-checks) writes the rows of the one-problem-at-a-time reference."""
+  _, args = self_run
+  out = tmp_path / "serial"
+  args = [*args[: args.index("--out")], "--out", str(out), *args[args.index("--out") + 2 :]]
+  assert catts.main([*args, "--config.serial=True"]) == 0
+  by_index = lambda rows: sorted(rows, key=lambda r: r["index"])  # noqa: E731
+  serial = strip(by_index(read_jsonl(out / "results.jsonl")))
+  batched = strip(by_index(read_jsonl(self_run[0] / "results.jsonl")))
+  assert [r["id"] for r in serial] == [r["id"] for r in batched]
+  differences = diff_rows(serial, batched)
+  assert not differences, "\n".join(differences[:20])

@@ -123,6 +123,22 @@ def test_deterministic_for_a_key(policy, cases):
   )
 
 
+def test_seeds_per_prompt_make_samples_batch_independent(policy, cases):
+  """With one seed per prompt, a prompt's samples are the same alone or in any batch (what
+  lets CA-TTS batch the re-answers of many problems and equal its one-by-one run)."""
+  prompts, images = cases["padded_batch"]
+  kw = dict(n=2, max_new_tokens=10, temperature=1.0, stop_ids=())
+  batch = policy.sample(prompts, images, seeds=[11, 12, 13], **kw)
+  for i, seed in enumerate([11, 12, 13]):
+    alone = policy.sample([prompts[i]], [images[i]], seeds=[seed], **kw)
+    np.testing.assert_array_equal(alone.tokens[0], batch.tokens[i])
+  swapped = policy.sample(prompts, images, seeds=[12, 11, 13], **kw)
+  assert not np.array_equal(swapped.tokens[0], batch.tokens[0])  # the seed, not the row, decides
+  assert not np.array_equal(batch.tokens[:, 0], batch.tokens[:, 1])  # samples of a prompt differ
+  with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+    policy.sample(prompts, images, seeds=[1, 2], **kw)
+
+
 def test_n_samples_share_prefill(policy, cases):
   """Greedy with n=4 gives 4 copies of the n=1 greedy answer for every prompt."""
   prompts, images = cases["padded_batch"]
@@ -197,3 +213,29 @@ def test_image_placeholders_are_never_sampled(policy):
   emitted = set(out.tokens.ravel().tolist())
   assert cfg.image_token_id not in emitted and cfg.video_token_id not in emitted
   assert len(emitted) > 500  # it really sampled nearly everything else
+
+
+@pytest.mark.parametrize("contrast", [False, True])
+def test_compacted_decode_equals_the_full_loop(policy, cases, contrast):
+  """Rows that finish leave the batch every K steps; with a key per prompt every row's tokens,
+  log-probs and scores equal the uncompacted loop's (greedy stops at different lengths)."""
+  prompts, images = cases["padded_batch"]
+  stop = policy.stop_ids()
+  first = policy.sample(
+    prompts, images, seeds=[1, 2, 3], n=4, max_new_tokens=24, temperature=1.0, stop_ids=()
+  )
+  # Stop on tokens the rows draw early, so that rows end at different steps.
+  stop_ids = tuple(sorted({int(t) for t in first.tokens[:, :, 2:6].reshape(-1)}))[:6] + stop
+  kw = dict(seeds=[1, 2, 3], n=4, max_new_tokens=24, temperature=1.0, stop_ids=stop_ids)
+  if contrast:
+    kw["contrast_images"] = [[im.rotate(90) for im in ims] for ims in images]
+  full = policy.sample(prompts, images, **kw)
+  compact = policy.sample(prompts, images, compact_every=3, **kw)
+  assert len(set(full.lengths.reshape(-1).tolist())) > 2  # rows end at different steps
+  np.testing.assert_array_equal(compact.tokens, full.tokens)
+  np.testing.assert_array_equal(compact.lengths, full.lengths)
+  np.testing.assert_allclose(compact.logprobs, full.logprobs, atol=1e-5)
+  np.testing.assert_allclose(compact.topk_logprobs, full.topk_logprobs, atol=1e-5)
+  for name in full.scores:
+    np.testing.assert_allclose(compact.scores[name], full.scores[name], atol=1e-5, err_msg=name)
+  assert compact.texts == full.texts

@@ -1,6 +1,7 @@
 """The CA-TTS Expert's client: specs, retries against a real local HTTP server, secrets, the
 policy as its own expert, and the roles run against `transformers serve`."""
 
+import dataclasses
 import json
 import logging
 import socket
@@ -17,6 +18,8 @@ from tiny_hf import random_image
 from catts_jax.tts import expert as ex
 from catts_jax.tts import planner
 from catts_jax.tts.critic import critique
+from catts_jax.tts.expert_spec import make_expert
+from catts_jax.tts.self_expert import SelfExpert
 from catts_jax.tts.voter import vote
 
 FAKE_TOKEN = "hf_FAKEsecret0123456789abcdef"
@@ -111,7 +114,7 @@ class Sleeps(list):
 
 
 def remote(url, sleeps=None, **options):
-  return ex.make_expert(url + "/v1", sleep=sleeps if sleeps is not None else Sleeps(), **options)
+  return make_expert(url + "/v1", sleep=sleeps if sleeps is not None else Sleeps(), **options)
 
 
 MESSAGES = [ex.system_message("be brief"), ex.user_message("What colour is it?", [IMAGE])]
@@ -236,7 +239,7 @@ def test_hf_token_never_leaks(serve, monkeypatch, caplog):
   echo = f'{{"error": "invalid token Bearer {FAKE_TOKEN}"}}'
   server = serve(("status", 502, echo), ("ok", "fine"), ("status", 401, echo))
   monkeypatch.setattr(_providers.CONVERSATIONAL_AUTO_ROUTER, "base_url", server.url)
-  expert = ex.make_expert("hf:org/some-vlm", sleep=Sleeps())
+  expert = make_expert("hf:org/some-vlm", sleep=Sleeps())
   text, call = expert.complete(MESSAGES)
   assert (text, call.attempts, call.expert) == ("fine", 2, "hf:org/some-vlm")
   path, auth, body = server.requests[-1]
@@ -269,7 +272,7 @@ def test_http_api_key_is_sent_and_redacted(serve, monkeypatch, caplog):
   caplog.set_level(logging.DEBUG)
   monkeypatch.setenv("MY_SERVER_KEY", "sk-local-secret-42")
   server = serve(("status", 403, "key sk-local-secret-42 is not allowed"))
-  expert = ex.make_expert(server.url + "/v1", api_key_env="MY_SERVER_KEY", sleep=Sleeps())
+  expert = make_expert(server.url + "/v1", api_key_env="MY_SERVER_KEY", sleep=Sleeps())
   with pytest.raises(ex.ExpertError) as info:
     expert.chat(MESSAGES)
   assert server.requests[-1][1] == "Bearer sk-local-secret-42"
@@ -279,7 +282,7 @@ def test_http_api_key_is_sent_and_redacted(serve, monkeypatch, caplog):
 
 
 def test_credentials_in_the_url_stay_out_of_the_name():
-  expert = ex.make_expert("https://user:pw-secret@example.com:8443/v1")
+  expert = make_expert("https://user:pw-secret@example.com:8443/v1")
   assert expert.name == "https://example.com:8443/v1" and "pw-secret" not in repr(expert)
 
 
@@ -287,19 +290,19 @@ def test_credentials_in_the_url_stay_out_of_the_name():
 
 
 def test_specs(monkeypatch):
-  assert ex.make_expert("none") is None and ex.make_expert(" None ") is None
+  assert make_expert("none") is None and make_expert(" None ") is None
   for bad in ["gpt4", "hf:", "ftp://host/v1", "http://", "", "hf:a b"]:
     with pytest.raises(ValueError, match="unknown expert spec"):
-      ex.make_expert(bad)
+      make_expert(bad)
   with pytest.raises(ValueError, match="needs the policy"):
-    ex.make_expert("self")
+    make_expert("self")
   monkeypatch.delenv("HF_TOKEN", raising=False)
   with pytest.raises(ValueError, match="HF_TOKEN"):
-    ex.make_expert("hf:org/model")
+    make_expert("hf:org/model")
   with pytest.raises(ValueError, match="NOPE_KEY"):
-    ex.make_expert("http://127.0.0.1:1/v1", api_key_env="NOPE_KEY")
+    make_expert("http://127.0.0.1:1/v1", api_key_env="NOPE_KEY")
   monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-  expert = ex.make_expert("hf:org/model", timeout_s=5, max_retries=1)
+  expert = make_expert("hf:org/model", timeout_s=5, max_retries=1)
   assert isinstance(expert, ex.RemoteExpert) and expert.retry.max_retries == 1
   assert FAKE_TOKEN not in repr(expert) and FAKE_TOKEN not in repr(expert.client)
 
@@ -336,8 +339,8 @@ def policy(tiny_ckpt):
 
 
 def test_self_expert(policy):
-  expert = ex.make_expert("self", policy)
-  assert isinstance(expert, ex.SelfExpert) and expert.name == "self"
+  expert = make_expert("self", policy)
+  assert isinstance(expert, SelfExpert) and expert.name == "self"
   image = random_image(np.random.default_rng(1), 56, 56)
   messages = [ex.system_message("Be brief."), ex.user_message("Describe it.", [image])]
   prompt, images = expert.render(messages)
@@ -354,8 +357,45 @@ def test_self_expert(policy):
   assert order == list(planner.DEFAULT_ORDER) and call.ok and call.fallback
 
 
+def test_self_expert_answers_a_round_in_one_batch(policy):
+  """ask_many decodes the round together (a sampled ask among greedy ones, a bad one among
+  good ones) and every ask gets what it gets alone."""
+  from catts_jax.tts.critic import critique_ask
+  from catts_jax.tts.voter import vote_ask
+
+  expert = make_expert("self", policy)
+  image = random_image(np.random.default_rng(3), 56, 56)
+  bad = dataclasses.replace(vote_ask("How many?", [image], ["3"], max_tokens=6), messages=[
+    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}])  # fmt: skip
+  asks = [
+    planner.plan_ask("How many?", [image], max_tokens=6),
+    critique_ask("How many?", [image], "It is 3.", max_tokens=6, temperature=1.0),
+    bad,
+    critique_ask("How many bricks?", [image], "I count 4.", max_tokens=3),  # a shorter budget
+    critique_ask("How many?", [image], "It is 3.", max_tokens=6, temperature=1.0),
+    critique_ask("How many?", [image], "It is 3.", max_tokens=2, temperature=1.0),
+  ]
+
+  def outcome(got):
+    if isinstance(got, ex.ExpertError):
+      return ("error", got.record.role, got.record.error, got.record.output)
+    result, call = got
+    return (result, call.role, call.ok, call.fallback)
+
+  decodes = []
+  original = expert._decode
+  expert._decode = lambda rendered, *a: decodes.append(len(rendered)) or original(rendered, *a)
+  together = [outcome(g) for g in expert.ask_many(asks)]
+  assert decodes == [2, 3]  # the greedy and the sampled asks: one batch each; the bad one fails alone
+  alone = [outcome(expert.ask_many([a])[0]) for a in asks]
+  assert together == alone
+  assert together[2][0] == "error" and "data URL" in together[2][2]
+  assert together[1] == together[4]  # a prompt's seed is its text: the same request, the same reply
+  assert together[1][0].startswith(together[5][0])  # a smaller budget: the same reply, cut shorter
+
+
 def test_self_expert_failure_is_recorded(policy):
-  expert = ex.make_expert("self", policy)
+  expert = make_expert("self", policy)
   bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}]
   with pytest.raises(ex.ExpertError, match="data URL") as info:
     expert.chat(bad)
@@ -376,7 +416,7 @@ def test_roles_through_transformers_serve(transformers_server, tiny_ckpt, monkey
   import huggingface_hub.constants
 
   monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-  expert = ex.make_expert(transformers_server + "/v1", timeout_s=30, max_retries=1)
+  expert = make_expert(transformers_server + "/v1", timeout_s=30, max_retries=1)
   image = random_image(np.random.default_rng(2), 56, 56)
   # Planner: the HTTP call works; the random model writes no plan, so the default is used.
   order, call = planner.plan(expert, "How many bricks?", [image], "answers: 3 (5 of 8)", max_tokens=12)
@@ -395,7 +435,7 @@ def test_roles_through_transformers_serve(transformers_server, tiny_ckpt, monkey
   except ex.ExpertError as e:
     assert e.record.error == "empty critique" and e.record.attempts == 1
   # A request naming another model is a 400 from the pinned server: not retried.
-  other = ex.make_expert(transformers_server + "/v1", model="someone/else", sleep=Sleeps())
+  other = make_expert(transformers_server + "/v1", model="someone/else", sleep=Sleeps())
   with pytest.raises(ex.ExpertError, match="HTTP 400") as info:
     other.chat([ex.user_message("hi")], max_tokens=4)
   assert info.value.record.attempts == 1

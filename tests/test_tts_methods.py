@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from catts_jax.tts import engine
 from catts_jax.tts import expert as ex
 from catts_jax.tts import methods as tts_methods
 from catts_jax.tts.context import SCORE_KEYS, Drawn, Problem, Response
@@ -33,7 +34,7 @@ class FakeOps:
   def __init__(self, samples, selfcheck=None, reanswer=("4", 0.7), fail_draw=(), fail_selfcheck=False):
     self.samples, self.selfcheck, self.reanswer_with = samples, selfcheck or {}, reanswer
     self.fail_draw, self.fail_selfcheck = set(fail_draw), fail_selfcheck
-    self.draws, self.scored, self.reanswers = [], [], []
+    self.draws, self.scored, self.reanswers, self.batches = [], [], [], []
 
   def prepare(self, index, example):
     if example.get("bad"):
@@ -61,18 +62,26 @@ class FakeOps:
       for p in problems
     ]
 
-  def reanswer(self, problem, target, critique_text, seed):
-    self.reanswers.append((target.source, critique_text, seed))
-    answer, conf = self.reanswer_with
-    return response("reflection", answer, conf, 99, problem.example["answer"])
+  def reanswer_all(self, requests):
+    self.batches.append(("reanswer", len(requests)))
+    out = []
+    for r in requests:
+      self.reanswers.append((r.target.source, r.critique, r.seed))
+      answer, conf = self.reanswer_with
+      out.append(response("reflection", answer, conf, 99, r.problem.example["answer"]))
+    return out
 
-  def selfcheck_scores(self, problem, token_lists):
+  def selfcheck_all(self, requests):
+    self.batches.append(("selfcheck", len(requests)))
     if self.fail_selfcheck:
       raise RuntimeError("scorer out of memory")
-    self.scored.append(token_lists)
-    answers = ["".join(chr(t) for t in tokens[1:]) for tokens in token_lists]
-    pairs = [self.selfcheck.get(a, (0.5, 0.5)) for a in answers]
-    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    out = []
+    for r in requests:
+      self.scored.append(r.responses)
+      answers = ["".join(chr(t) for t in tokens[1:]) for tokens in r.responses]
+      pairs = [self.selfcheck.get(a, (0.5, 0.5)) for a in answers]
+      out.append((np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])))
+    return out
 
 
 class RoleExpert(ex.Expert):
@@ -111,9 +120,8 @@ def solve(ops, expert, cfg, ns=(4,), methods=tts_methods.METHODS, example=None):
   problem = ops.prepare(0, example)
   drawn = ops.draw([problem], max(ns), 0)[0]
   greedy, vcd = ops.decode([problem])[0], ops.decode([problem], vcd=True)[0]
-  return tts_methods.solve(
-    problem, drawn, greedy, vcd, ns=ns, methods=methods, expert=expert, ops=ops, cfg=cfg
-  )
+  steps = tts_methods.solve(problem, drawn, greedy, vcd, ns=ns, methods=methods, cfg=cfg, expert=expert)
+  return engine.serial(steps, ops, expert)
 
 
 def test_default_order_without_expert_by_hand_totals():

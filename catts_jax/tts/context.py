@@ -1,9 +1,11 @@
-"""What CA-TTS works on: one problem, its graded responses, its drawn samples, and the Context
-the modules (methods.py, reflection.py, selfcheck.py) read and write at one N.
+"""What CA-TTS works on: one problem, its graded responses, its drawn samples, the Context the
+modules (methods.py, reflection.py, selfcheck.py) read and write at one N, and the requests
+they yield for what only the Expert or the policy can answer (engine.py answers them, many
+problems' at a time).
 
-  ctx = Context(problem, drawn, n, expert, ops, cfg, tts, memo, calls)
+  ctx = Context(problem, drawn, n, expert, cfg, tts, memo, calls)
   ctx.answers(), ctx.confidences()       # the first n samples'
-  probs = ctx.ask(("voter", cands), lambda: vote(...))  # answered from the memo at a later N
+  probs = yield from ctx.ask(("voter", cands), vote_ask(...))  # from the memo at a later N
 
 Expert calls repeat at every N, but an identical request (same role, same candidates or
 response) is answered from the problem's `Memo`, and so are re-answers and self-check scores:
@@ -16,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from catts_jax.tts import voting
-from catts_jax.tts.expert import Expert, ExpertError
+from catts_jax.tts.expert import Ask, Expert, ExpertError
 
 # The sampler's scores each Response carries (catts_jax.scoring / sampling names).
 SCORE_KEYS = ("confidence", "nmlp", "conf_mean", "conf_tail", "conf_bottom", "conf_min_window")
@@ -83,14 +85,45 @@ class Drawn:
     return np.array([s.scores[key] for s in self.samples[:n]], np.float64)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertRequest:
+  """An Expert call; answered with (result, call record), or its ExpertError thrown in."""
+
+  ask: Ask
+
+
+@dataclasses.dataclass(frozen=True)
+class Reanswer:
+  """The policy answers `problem` again after `critique` of `target`; answered with a Response."""
+
+  problem: Problem
+  target: Response
+  critique: str
+  seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfcheckScores:
+  """exp(-NMLP) of each response (token ids) under the problem's image and a perturbed copy;
+  answered with (conf_orig [K], conf_noisy [K])."""
+
+  problem: Problem
+  responses: list[list[int]]
+
+
+Request = ExpertRequest | Reanswer | SelfcheckScores
+# A module's work on one problem: a generator that yields Requests, is sent their answers and
+# returns its result (drive it with engine.py).
+Steps = Generator[Request, Any, Any]
+
+
 class Ops(Protocol):
-  """What a Context asks of the policy (policy_ops.PolicyOps, or a test's scripted stand-in)."""
+  """What a Context asks of the policy, many problems at a time (policy_ops.PolicyOps, or a
+  test's scripted stand-in)."""
 
-  def reanswer(self, problem: Problem, target: Response, critique_text: str, seed: int) -> Response: ...
+  def reanswer_all(self, requests: Sequence[Reanswer]) -> list[Response]: ...
 
-  def selfcheck_scores(
-    self, problem: Problem, responses: Sequence[Sequence[int]]
-  ) -> tuple[np.ndarray, np.ndarray]: ...
+  def selfcheck_all(self, requests: Sequence[SelfcheckScores]) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
 
 @dataclasses.dataclass
@@ -118,7 +151,6 @@ class Context:
   drawn: Drawn
   n: int
   expert: Expert | None
-  ops: Ops
   cfg: Any
   tts: voting.TTSConfig
   memo: Memo
@@ -144,7 +176,7 @@ class Context:
     candidates = [r for r in self.pool if answer is None or r.answer == answer]
     return max(candidates, key=lambda r: r.confidence)
 
-  def ask(self, key: tuple, call: Callable[[], tuple[Any, Any]]) -> Any:
+  def ask(self, key: tuple, ask: Ask) -> Steps:
     """An expert result, from the memo when the same request was made at an earlier N.
     Failed calls raise ExpertError; an unusable reply (the call worked, its output did not
     parse) is remembered too, transport failures are not (the next N tries again)."""
@@ -156,7 +188,7 @@ class Context:
         raise found
       return found[0]
     try:
-      result, record = call()
+      result, record = yield ExpertRequest(ask)
     except ExpertError as e:
       self.calls.append({**e.record.to_dict(), "n": self.n, "cached": False})
       if e.record.output is not None:
@@ -166,23 +198,23 @@ class Context:
     self.calls.append({**record.to_dict(), "n": self.n, "cached": False})
     return result
 
-  def reanswer(self, target: Response, critique_text: str) -> Response:
+  def reanswer(self, target: Response, critique_text: str) -> Steps:
     key = (tuple(target.tokens), critique_text)
     if key not in self.memo.reanswers:
       seed = stable_seed(self.cfg.seed, self.problem.id, "reanswer", target.source, critique_text)
-      new = self.ops.reanswer(self.problem, target, critique_text, seed)
+      new = yield Reanswer(self.problem, target, critique_text, seed)
       self.memo.judge(new)
       self.memo.reanswers[key] = new
     new = self.memo.reanswers[key]
     self.pool.append(new)
     return new
 
-  def selfcheck_scores(self, responses: Sequence[Response]) -> tuple[np.ndarray, np.ndarray]:
+  def selfcheck_scores(self, responses: Sequence[Response]) -> Steps:
     """(conf_orig, conf_noisy) per response; new ones scored in one pass, empty ones 0."""
     todo = list(dict.fromkeys(tuple(r.tokens) for r in responses if r.tokens))
     todo = [t for t in todo if t not in self.memo.selfcheck]
     if todo:
-      orig, noisy = self.ops.selfcheck_scores(self.problem, [list(t) for t in todo])
+      orig, noisy = yield SelfcheckScores(self.problem, [list(t) for t in todo])
       self.memo.selfcheck.update({t: (float(o), float(z)) for t, o, z in zip(todo, orig, noisy)})
     pairs = [self.memo.selfcheck.get(tuple(r.tokens), (0.0, 0.0)) for r in responses]
     return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])

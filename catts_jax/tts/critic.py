@@ -1,6 +1,7 @@
 """The Expert as Critic: a short critique of one policy response, for Self-Reflection.
 
   text, call = critique(expert, question, images, response)
+  ask = critique_ask(question, images, response)   # the same request, for Expert.ask_many
 
 The response's tail is sent when it is long (the answer is at its end); the critique comes
 back without code fences or a leading "Critique:" label, cut to `max_chars`. An empty
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from catts_jax.tts.expert import Expert, ExpertCall, system_message, user_message
+from catts_jax.tts.expert import Ask, Expert, ExpertCall, system_message, user_message
 from catts_jax.tts.replies import without_fences
 
 CRITIC_SYSTEM = "You are a careful expert who reviews answers to questions about images."
@@ -36,8 +37,7 @@ def clean_critique(text: str, max_chars: int = CRITIQUE_MAX_CHARS) -> str:
   return text if len(text) <= max_chars else text[:max_chars].rstrip()
 
 
-def critique(
-  expert: Expert,
+def critique_ask(
   question: str,
   images: Sequence[Image.Image],
   response: str,
@@ -45,15 +45,23 @@ def critique(
   max_chars: int = CRITIQUE_MAX_CHARS,
   max_tokens: int = 1024,
   temperature: float = 0.0,
-) -> tuple[str, ExpertCall]:
-  """The expert's critique of one response (reasoning + answer), at most max_chars long.
-  ExpertError when the call fails or the critique is empty."""
+) -> Ask:
+  """The Critic's request: a critique of one response (reasoning + answer), at most max_chars
+  long; an empty critique is an ExpertError."""
   if len(response) > RESPONSE_MAX_CHARS:
     response = "..." + response[-RESPONSE_MAX_CHARS:]
   prompt = CRITIC_PROMPT.format(question=question, response=response)
+
+  def read(expert: Expert, text: str, call: ExpertCall) -> tuple[str, ExpertCall]:
+    cleaned = clean_critique(text, max_chars)
+    if not cleaned:
+      raise expert.unusable(call, "empty critique", text)
+    return cleaned, call
+
   messages = [system_message(CRITIC_SYSTEM), user_message(prompt, images)]
-  text, call = expert.complete(messages, max_tokens, temperature, role="critic")
-  cleaned = clean_critique(text, max_chars)
-  if not cleaned:
-    raise expert.unusable(call, "empty critique", text)
-  return cleaned, call
+  return Ask("critic", messages, max_tokens, temperature, read)
+
+
+def critique(expert: Expert, *args, **kwargs) -> tuple[str, ExpertCall]:
+  """`critique_ask`'s request, answered by `expert`."""
+  return expert.ask(critique_ask(*args, **kwargs))

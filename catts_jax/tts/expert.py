@@ -3,13 +3,17 @@ The roles it plays are planner.py, voter.py and critic.py.
 
   expert = make_expert("hf:Qwen/Qwen2.5-VL-72B-Instruct")  # HF Inference Providers, HF_TOKEN
   expert = make_expert("http://127.0.0.1:8000/v1")          # vLLM, TGI, `transformers serve`
-  expert = make_expert("self", policy)                       # the policy itself, greedy
+  expert = make_expert("self", policy)                       # the policy itself (self_expert.py)
+  # (make_expert: expert_spec.py)
   text, call = expert.complete([system_message(...), user_message(text, images)], role="voter")
+  results = expert.ask_many([voter.vote_ask(...), critic.critique_ask(...)], concurrency=8)
 
 Messages are OpenAI chat messages, images as PNG data URLs (`user_message`). Remote calls
 time out, retry 429 / 5xx / connection errors / timeouts / garbled bodies with exponential
 backoff and jitter, and fail as one `ExpertError` carrying the call's record; every
-`ExpertCall` is a flat dict for results.jsonl. Secrets (HF_TOKEN, API keys) never reach
+`ExpertCall` is a flat dict for results.jsonl. A role's request is an `Ask` (messages, decoding
+settings and how to read the reply); `ask_many` answers many at once: remote experts from a
+bounded pool of threads, the `self` expert in one batched decode. Secrets (HF_TOKEN, API keys) never reach
 records, messages or logs: error texts are redacted and exceptions are not chained.
 """
 
@@ -20,12 +24,12 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import random
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from PIL import Image
@@ -141,6 +145,19 @@ class RetryPolicy:
     return min(base, self.max_backoff_s) * (1 + self.jitter * self.rng.random())
 
 
+@dataclasses.dataclass(frozen=True)
+class Ask:
+  """One role's request: the messages, how to decode, and how to read the reply:
+  `read(expert, text, call)` -> (result, call), raising `expert.unusable(...)` when the reply
+  cannot be used."""
+
+  role: str
+  messages: list[dict]
+  max_tokens: int
+  temperature: float
+  read: Callable[[Expert, str, ExpertCall], tuple[Any, ExpertCall]]
+
+
 def shorten(text: str, limit: int = ERROR_MAX_CHARS) -> str:
   text = " ".join(str(text).split())
   return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -186,8 +203,9 @@ class Expert:
       attempt += 1
       try:
         text = self._send(list(messages), max_tokens, temperature)
-        self.last_call = ExpertCall(role, True, time.monotonic() - start, attempt, expert=self.name)
-        return text, self.last_call
+        call = ExpertCall(role, True, time.monotonic() - start, attempt, expert=self.name)
+        self.last_call = call  # a local first: calls on other threads set it too
+        return text, call
       except Exception as e:  # noqa: BLE001 - every failure becomes a record
         failure = e
       # Handled outside the except block, so no error chains to one that may quote secrets.
@@ -195,14 +213,37 @@ class Expert:
       # Redact before shortening: a cut could leave part of a secret.
       error = shorten(self.redact(str(failure) if known else f"{type(failure).__name__}: {failure}"))
       if not isinstance(failure, Retryable) or attempt > self.retry.max_retries:
-        self.last_call = ExpertCall(role, False, time.monotonic() - start, attempt, error, self.name)
+        call = ExpertCall(role, False, time.monotonic() - start, attempt, error, self.name)
+        self.last_call = call
         logger.warning("expert %s: %s call failed after %d attempt(s): %s", self.name, role, attempt, error)
-        raise ExpertError(self.last_call)
+        raise ExpertError(call)
       wait = self.retry.delay(attempt, failure.wait_s)
       logger.warning(
         "expert %s: %s attempt %d failed (%s); retrying in %.1f s", self.name, role, attempt, error, wait
       )
       self.retry.sleep(wait)
+
+  def ask(self, ask: Ask) -> tuple[Any, ExpertCall]:
+    """A role's result and the call's record; ExpertError when the call fails or its reply is
+    unusable."""
+    text, call = self.complete(ask.messages, ask.max_tokens, ask.temperature, role=ask.role)
+    return ask.read(self, text, call)
+
+  def ask_many(self, asks: Sequence[Ask], concurrency: int = 1) -> list[tuple[Any, ExpertCall] | Exception]:
+    """Each ask's (result, call), or the exception it raised (an ExpertError when the call
+    failed or its reply was unusable), in order; up to `concurrency` calls in flight at once
+    (a slow or failing call holds up no other)."""
+
+    def one(ask: Ask):
+      try:
+        return self.ask(ask)
+      except Exception as e:  # noqa: BLE001 - returned to the problem that asked
+        return e
+
+    if len(asks) <= 1 or concurrency <= 1:
+      return [one(a) for a in asks]
+    with ThreadPoolExecutor(min(concurrency, len(asks)), thread_name_prefix="expert") as pool:
+      return list(pool.map(one, asks))
 
   def chat(self, messages: Sequence[Mapping], max_tokens: int = 512, temperature: float = 0.0) -> str:
     """The reply text; the record is in `last_call` (also on ExpertError)."""
@@ -300,106 +341,3 @@ class RemoteExpert(Expert):
     if isinstance(content, list):  # some servers answer in content parts
       content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return content or ""
-
-
-class SelfExpert(Expert):
-  """The policy as its own expert: the same messages rendered with its chat template,
-  greedy at temperature 0. Failures (e.g. a prompt over the length limit) are not retried."""
-
-  name = "self"
-
-  def __init__(self, policy, seed: int = 0):
-    super().__init__(RetryPolicy(max_retries=0))
-    self.policy = policy
-    self._seed = seed  # advanced per call so that sampled calls differ
-
-  def render(self, messages: Sequence[Mapping]) -> tuple[str, list[Image.Image]]:
-    """The chat prompt and its images in order."""
-    turns, images = [], []
-    for message in messages:
-      content = message["content"]
-      if isinstance(content, str):
-        content = [{"type": "text", "text": content}]
-      items = []
-      for part in content:
-        if part["type"] == "text":
-          items.append({"type": "text", "text": part["text"]})
-        elif part["type"] == "image_url":
-          images.append(decode_image_url(part["image_url"]["url"]))
-          items.append({"type": "image"})
-        else:
-          raise ValueError(f"unsupported content part type {part['type']!r}")
-      turns.append({"role": message["role"], "content": items})
-    prompt = self.policy.processor.hf.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    return prompt, images
-
-  def _send(self, messages: list[dict], max_tokens: int, temperature: float) -> str:
-    prompt, images = self.render(messages)
-    seed, self._seed = self._seed, self._seed + 1
-    out = self.policy.sample(
-      [prompt], [images], n=1, max_new_tokens=max_tokens, temperature=float(temperature), seed=seed
-    )
-    return out.texts[0][0]
-
-
-def _public_url(url: str) -> str:
-  """The URL without user:password@ (a name that goes into records and logs)."""
-  parts = urllib.parse.urlsplit(url)
-  host = parts.hostname or ""
-  netloc = host + (f":{parts.port}" if parts.port else "")
-  return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
-def make_expert(
-  spec: str,
-  policy=None,
-  *,
-  timeout_s: float = 60.0,
-  max_retries: int = 3,
-  backoff_s: float = 1.0,
-  max_backoff_s: float = 30.0,
-  jitter: float = 0.1,
-  sleep: Callable[[float], None] = time.sleep,
-  model: str | None = None,
-  provider: str | None = None,
-  api_key_env: str | None = None,
-  seed: int = 0,
-) -> Expert | None:
-  """An expert from its spec:
-  - "hf:<model-id>": Hugging Face Inference Providers with HF_TOKEN (`provider` picks one,
-    default the router's choice);
-  - "http(s)://host[:port]/v1": any OpenAI-compatible server; `model` names the served model
-    (default: the one GET /v1/models lists), `api_key_env` the variable holding its API key;
-  - "self": `policy` answers as the expert;
-  - "none": None (CA-TTS runs without expert roles).
-  """
-  text = str(spec).strip()
-  retry = RetryPolicy(max_retries, backoff_s, max_backoff_s, jitter, sleep)
-  if text.lower() == "none":
-    return None
-  if text.lower() == "self":
-    if policy is None:
-      raise ValueError("expert spec 'self' needs the policy")
-    return SelfExpert(policy, seed)
-  from huggingface_hub import InferenceClient
-
-  if text.startswith("hf:") and len(text) > 3 and " " not in text:
-    token = os.environ.get("HF_TOKEN")
-    if not token:
-      raise ValueError(f"expert spec {text!r} needs the HF_TOKEN environment variable")
-    client = InferenceClient(model=text[3:], token=token, timeout=timeout_s, provider=provider)
-    return RemoteExpert(text, client, api_key=token, timeout_s=timeout_s, retry=retry)
-  if text.startswith(("http://", "https://")) and urllib.parse.urlsplit(text).hostname:
-    api_key = None
-    if api_key_env:
-      api_key = os.environ.get(api_key_env)
-      if not api_key:
-        raise ValueError(f"expert spec {text!r}: environment variable {api_key_env} is not set")
-    base = text.rstrip("/")
-    models_url = (base if base.endswith("/v1") else base + "/v1") + "/models"
-    client = InferenceClient(base_url=base, token=api_key or NO_API_KEY, timeout=timeout_s)
-    name = _public_url(text)
-    return RemoteExpert(
-      name, client, model=model, models_url=models_url, api_key=api_key, timeout_s=timeout_s, retry=retry
-    )
-  raise ValueError(f"unknown expert spec {spec!r}: use hf:<model-id>, http(s)://host[:port]/v1, self or none")

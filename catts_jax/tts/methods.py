@@ -1,6 +1,7 @@
 """CA-TTS and its baselines on one problem: every method at every N, judged on the same samples.
 
-  row = solve(problem, drawn, greedy, vcd, ns=(1, 2, 4), methods=METHODS, expert=expert, ops=ops, cfg=cfg)
+  steps = solve(problem, drawn, greedy, vcd, ns=(1, 2, 4), methods=METHODS, cfg=cfg, expert=expert)
+  row = engine.serial(steps, ops, expert)   # or many problems' steps at once: engine.run
 
 N < max uses the first N of the drawn samples, so methods and N compare on the same samples.
 At each N:
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from catts_jax.tts import deepconf, voting
-from catts_jax.tts.context import Context, Drawn, Memo, Ops, Problem, Response
+from catts_jax.tts.context import Context, Drawn, Memo, Problem, Response, Steps
 from catts_jax.tts.expert import Expert, ExpertError
 from catts_jax.tts.planner import (
   DEFAULT_ORDER,
@@ -30,17 +31,17 @@ from catts_jax.tts.planner import (
   SELF_REFLECTION,
   VISUAL_SELF_CHECK,
   candidate_summary,
-  plan,
+  plan_ask,
 )
 from catts_jax.tts.reflection import self_reflection
 from catts_jax.tts.selfcheck import visual_self_check
-from catts_jax.tts.voter import vote
+from catts_jax.tts.voter import vote_ask
 
 METHODS = ("catts", "majority", "deepconf", "deepconf-online", "best-of-n", "greedy", "vcd")
 SAMPLED = ("catts", "majority", "deepconf", "deepconf-online", "best-of-n")  # use the N samples
 
 
-def self_consistency(ctx: Context, table: voting.VoteTable) -> dict[str, Any]:
+def self_consistency(ctx: Context, table: voting.VoteTable) -> Steps:
   """Confidence-weighted votes of the N samples, then the Expert as Voter over the table's
   candidates (tau * N, split by its probabilities)."""
   voting.confidence_weighted(ctx.answers(), ctx.confidences(), table)
@@ -54,10 +55,10 @@ def self_consistency(ctx: Context, table: voting.VoteTable) -> dict[str, Any]:
     return record
   e = ctx.cfg.expert
   try:
-    probs = ctx.ask(
+    probs = yield from ctx.ask(
       ("voter", tuple(candidates)),
-      lambda: vote(
-        ctx.expert, ctx.problem.question, ctx.problem.images, candidates,
+      vote_ask(
+        ctx.problem.question, ctx.problem.images, candidates,
         max_tokens=e.voter_max_tokens, temperature=e.temperature,
       ),
     )  # fmt: skip
@@ -76,17 +77,17 @@ MODULES = {
 }
 
 
-def plan_order(ctx: Context) -> tuple[list[str], dict[str, Any]]:
+def plan_order(ctx: Context) -> Steps:
   """The module order and how it was chosen ("expert" or "default", with the reason)."""
   if ctx.expert is None:
     return list(DEFAULT_ORDER), {"by": "default", "reason": "no expert"}
   summary = candidate_summary(ctx.answers(), ctx.confidences())
   e = ctx.cfg.expert
   try:
-    order = ctx.ask(
+    order = yield from ctx.ask(
       ("planner", summary),
-      lambda: plan(
-        ctx.expert, ctx.problem.question, ctx.problem.images, summary,
+      plan_ask(
+        ctx.problem.question, ctx.problem.images, summary,
         max_tokens=e.planner_max_tokens, temperature=e.temperature,
       ),
     )  # fmt: skip
@@ -98,14 +99,16 @@ def plan_order(ctx: Context) -> tuple[list[str], dict[str, Any]]:
   return list(order), {"by": "expert"}
 
 
-def run_catts(ctx: Context) -> dict[str, Any]:
+def run_catts(ctx: Context) -> Steps:
   """CA-TTS on one problem at one N: its answer, correctness, confidence (the winner's share
   of the final vote), the plan, each module's record and the final table."""
-  order, how = plan_order(ctx)
+  order, how = yield from plan_order(ctx)
   table = voting.VoteTable()
-  modules = [MODULES[m](ctx, table) for m in order]
+  modules = []
+  for m in order:
+    modules.append((yield from MODULES[m](ctx, table)))
   if table.winner() is None and SELF_CONSISTENCY not in order:
-    record = self_consistency(ctx, table)
+    record = yield from self_consistency(ctx, table)
     modules.append({**record, "reason": "the plan left no answer"})
   winner = table.winner()
   return {
@@ -167,12 +170,12 @@ def solve(
   *,
   ns: Sequence[int],
   methods: Sequence[str],
-  expert: Expert | None,
-  ops: Ops,
   cfg,
-) -> dict[str, Any]:
+  expert: Expert | None,
+) -> Steps:
   """The results.jsonl row of one problem: its samples, every method at every N, and every
-  expert call."""
+  expert call. A generator of the Expert calls, re-answers and self-check scores it needs
+  (engine.py answers them)."""
   start = time.monotonic()
   tts = voting.TTSConfig(**cfg.tts)
   memo, calls = Memo(), []
@@ -182,8 +185,8 @@ def solve(
   out: dict[str, Any] = {m: {} for m in methods if m in SAMPLED}
   for n in ns if drawn is not None else ():
     for method in out:
-      ctx = Context(problem, drawn, n, expert, ops, cfg, tts, memo, calls, vcd)
-      out[method][str(n)] = run_catts(ctx) if method == "catts" else baseline(method, ctx)
+      ctx = Context(problem, drawn, n, expert, cfg, tts, memo, calls, vcd)
+      out[method][str(n)] = (yield from run_catts(ctx)) if method == "catts" else baseline(method, ctx)
   if "greedy" in methods:
     out["greedy"] = _single(greedy)
   if "vcd" in methods:
@@ -197,5 +200,5 @@ def solve(
     "vcd": vcd.to_json() if vcd else None,
     "methods": out,
     "expert_calls": calls,
-    "timing": {"solve_s": time.monotonic() - start},
+    "timing": {"solve_s": time.monotonic() - start},  # with the waits for other problems
   }

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from catts_jax.tts.expert import Expert, ExpertCall, shorten, system_message, user_message
+from catts_jax.tts.expert import Ask, Expert, ExpertCall, shorten, system_message, user_message
 from catts_jax.tts.replies import extract_json
 
 SELF_CONSISTENCY = "self_consistency"
@@ -150,25 +150,32 @@ def candidate_summary(
   return "\n".join(lines)
 
 
-def plan(
-  expert: Expert,
+def plan_ask(
   question: str,
   images: Sequence[Image.Image],
   summary: str = "",
   *,
   max_tokens: int = 256,
   temperature: float = 0.0,
-) -> tuple[list[str], ExpertCall]:
-  """The module order for one problem; DEFAULT_ORDER with call.fallback=True when the reply
-  has none. ExpertError (from the call) when the expert cannot be reached."""
+) -> Ask:
+  """The Planner's request: the module order for one problem; DEFAULT_ORDER with
+  call.fallback=True when the reply has none."""
   prompt = PLANNER_PROMPT.format(question=question, summary=f"\n{summary}\n" if summary else "")
+
+  def read(expert: Expert, text: str, call: ExpertCall) -> tuple[list[str], ExpertCall]:
+    order, note = parse_order(text)
+    if order is None:
+      call = dataclasses.replace(call, fallback=True, reason=note, output=expert.excerpt(text))
+      order = list(DEFAULT_ORDER)
+    elif note:
+      call = dataclasses.replace(call, reason=note)
+    expert.last_call = call
+    return order, call
+
   messages = [system_message(PLANNER_SYSTEM), user_message(prompt, images)]
-  text, call = expert.complete(messages, max_tokens, temperature, role="planner")
-  order, note = parse_order(text)
-  if order is None:
-    call = dataclasses.replace(call, fallback=True, reason=note, output=expert.excerpt(text))
-    order = list(DEFAULT_ORDER)
-  elif note:
-    call = dataclasses.replace(call, reason=note)
-  expert.last_call = call
-  return order, call
+  return Ask("planner", messages, max_tokens, temperature, read)
+
+
+def plan(expert: Expert, *args, **kwargs) -> tuple[list[str], ExpertCall]:
+  """`plan_ask`'s request, answered by `expert`; ExpertError when it cannot be reached."""
+  return expert.ask(plan_ask(*args, **kwargs))

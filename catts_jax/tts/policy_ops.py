@@ -1,5 +1,5 @@
 """What CA-TTS asks of the policy, in one place: prompts, N samples per problem, greedy and VCD
-decodes, re-answers after a critique and self-check scores, each graded on the benchmark.
+decodes, re-answers after a critique and self-check scores (many problems' in one call), each graded on the benchmark.
 
   ops = PolicyOps(policy, "mathvision", cfg)   # cfg: configs/catts.py
   problems = [ops.prepare(i, example) for i, example in enumerate(examples)]
@@ -16,7 +16,7 @@ import numpy as np
 from catts_jax import data
 from catts_jax.eval import answers as grading
 from catts_jax.sampling import SamplingConfig
-from catts_jax.tts.context import SCORE_KEYS, Drawn, Problem, Response, stable_seed
+from catts_jax.tts.context import SCORE_KEYS, Drawn, Problem, Reanswer, Response, SelfcheckScores, stable_seed
 from catts_jax.tts.reflection import reanswer_prompt
 from catts_jax.tts.selfcheck import perturbed_images, score_pairs
 
@@ -34,6 +34,7 @@ class PolicyOps:
       vcd_alpha=cfg.vcd.alpha,
       vcd_beta=cfg.vcd.beta,
       confidence=policy.confidence,
+      compact_every=cfg.compact_every,
     )
     self.sampling = dataclasses.replace(base, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
     self.greedy = dataclasses.replace(base, temperature=0.0)
@@ -67,8 +68,10 @@ class PolicyOps:
     return rows
 
   def draw(self, problems: Sequence[Problem], n: int, seed: int) -> list[Drawn]:
+    """n samples of each problem, seeded by `seed` and its id (not by its batch)."""
+    seeds = [stable_seed(seed, p.id) for p in problems]
     out = self.policy.sample(
-      [p.prompt for p in problems], [p.images for p in problems], seed=seed, config=self.sampling, n=n
+      [p.prompt for p in problems], [p.images for p in problems], seeds=seeds, config=self.sampling, n=n
     )
     rows = self._responses(problems, out, lambda j: f"sample {j}")
     return [
@@ -91,18 +94,25 @@ class PolicyOps:
     name = "vcd" if vcd else "greedy"
     return [row[0] for row in self._responses(problems, out, lambda j: name)]
 
-  def reanswer(self, problem: Problem, target: Response, critique_text: str, seed: int) -> Response:
-    prompt = reanswer_prompt(
-      self.policy.processor, problem.example, target.text, critique_text, self.cfg.template
+  def reanswer_all(self, requests: Sequence[Reanswer]) -> list[Response]:
+    """Every re-answer in one decode, each seeded on its own (batch-independent)."""
+    prompts = [
+      reanswer_prompt(self.policy.processor, r.problem.example, r.target.text, r.critique, self.cfg.template)
+      for r in requests
+    ]
+    out = self.policy.sample(
+      prompts, [r.problem.images for r in requests], seeds=[r.seed for r in requests], config=self.reflection
     )
-    out = self.policy.sample([prompt], [problem.images], seed=seed, config=self.reflection)
-    return self._responses([problem], out, lambda j: "reflection")[0][0]
+    rows = self._responses([r.problem for r in requests], out, lambda j: "reflection")
+    return [row[0] for row in rows]
 
-  def selfcheck_scores(
-    self, problem: Problem, responses: Sequence[Sequence[int]]
-  ) -> tuple[np.ndarray, np.ndarray]:
+  def selfcheck_all(self, requests: Sequence[SelfcheckScores]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every request's responses under the original and the perturbed images, in one pass."""
     s = self.cfg.selfcheck
-    noisy = perturbed_images(
-      problem.images, s.perturbation, s.strength, stable_seed(self.cfg.seed, problem.id, "selfcheck")
-    )
-    return score_pairs(self.policy, problem.prompt, problem.images, noisy, responses)
+    noisy = [
+      perturbed_images(
+        r.problem.images, s.perturbation, s.strength, stable_seed(self.cfg.seed, r.problem.id, "selfcheck")
+      )
+      for r in requests
+    ]
+    return score_pairs(self.policy, [(r.problem, z, r.responses) for r, z in zip(requests, noisy)])

@@ -15,8 +15,8 @@ from typing import Any
 
 from catts_jax import data
 from catts_jax.tts import voting
-from catts_jax.tts.context import Context
-from catts_jax.tts.critic import critique
+from catts_jax.tts.context import Context, Steps
+from catts_jax.tts.critic import critique_ask
 from catts_jax.tts.expert import ExpertError
 from catts_jax.tts.planner import SELF_REFLECTION
 
@@ -45,7 +45,7 @@ def reanswer_prompt(
   return processor.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def self_reflection(ctx: Context, table: voting.VoteTable) -> dict[str, Any]:
+def self_reflection(ctx: Context, table: voting.VoteTable) -> Steps:
   """Runs the module on one problem at one N; returns its record for results.jsonl."""
   tts = ctx.tts
   signal = voting.reflection_signal(table, tts.reflection_signal, ctx.answers(), ctx.confidences())
@@ -58,10 +58,9 @@ def self_reflection(ctx: Context, table: voting.VoteTable) -> dict[str, Any]:
   target = ctx.representative(table.winner())
   expert_cfg = ctx.cfg.expert
   try:
-    text = ctx.ask(
+    text = yield from ctx.ask(
       ("critic", target.text),
-      lambda: critique(
-        ctx.expert,
+      critique_ask(
         ctx.problem.question,
         ctx.problem.images,
         target.text,
@@ -71,7 +70,7 @@ def self_reflection(ctx: Context, table: voting.VoteTable) -> dict[str, Any]:
     )
   except ExpertError as e:
     return {**record, "ran": False, "reason": f"critic failed: {e.record.error}"}
-  new = ctx.reanswer(target, text)
+  new = yield from ctx.reanswer(target, text)
   added = voting.reflection_boost(table, new.answer, ctx.n, tts.reflection_boost)
   return {
     **record,

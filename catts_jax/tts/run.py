@@ -23,7 +23,8 @@ from catts_jax.policy import Policy
 from catts_jax.scoring import ConfidenceConfig
 from catts_jax.tts import summary as summaries
 from catts_jax.tts import voting
-from catts_jax.tts.expert import Expert, RemoteExpert, make_expert
+from catts_jax.tts.expert import Expert, RemoteExpert
+from catts_jax.tts.expert_spec import make_expert
 from catts_jax.tts.methods import METHODS
 from catts_jax.tts.policy_ops import PolicyOps
 from catts_jax.tts.runner import Runner
@@ -79,6 +80,21 @@ def compute_dtype(name: str, backend: str | None = None) -> str:
   return name
 
 
+def module_batch(cfg, backend: str | None = None) -> int:
+  """The `module_batch` setting resolved: 0 (auto) is `solve_batch` (a whole round per policy
+  call) on GPU and TPU and 1 on CPU, where a small policy's batched decode is no faster (its
+  weights stay in cache, so a step costs about rows x a one-row step) and waits for its
+  longest row."""
+  value = cfg.module_batch
+  if value < 0:
+    raise ValueError(f"module_batch={value}: expected 0 (auto) or a positive number of requests")
+  if value:
+    return value
+  import jax
+
+  return cfg.solve_batch if (backend or jax.default_backend()) in ("gpu", "tpu") else 1
+
+
 def expert_options(cfg) -> dict[str, Any]:
   """make_expert's keyword arguments from the config's `expert` block."""
   e = cfg.expert
@@ -111,7 +127,10 @@ class Job:
     policy = Policy.from_pretrained(self.ckpt, dtype=self.cfg.dtype, confidence=confidence)
     expert = self.expert
     if self.self_expert:
-      expert = make_expert("self", policy, **expert_options(self.cfg))
+      expert = make_expert(
+        "self", policy, compact_every=self.cfg.compact_every, batch=self.cfg.module_batch,
+        **expert_options(self.cfg),
+      )  # fmt: skip
     ops = PolicyOps(policy, self.benchmark, self.cfg)
     runner = Runner(ops, self.examples, ns=self.ns, methods=self.methods, expert=expert, cfg=self.cfg)
     rows = runner.run(self.out, progress=progress)
@@ -141,6 +160,7 @@ def prepare(
   benchmark's first `limit` problems and checks or writes out/run.json."""
   tts = voting.TTSConfig(**cfg.tts)
   cfg.dtype = compute_dtype(cfg.dtype)  # recorded resolved: a resume elsewhere must match it
+  cfg.module_batch = module_batch(cfg)
   ns_, methods_ = parse_ns(ns), parse_methods(methods)
   ckpt_ = resolve_ckpt(ckpt)
   self_expert = expert.strip().lower() == "self"

@@ -5,14 +5,19 @@ them (methods.solve), one row per problem streamed to results.jsonl.
   runner = Runner(ops, examples, ns=(1, 2, 4), methods=METHODS, expert=expert, cfg=cfg)
   rows = runner.run(pathlib.Path("runs/catts"))          # a rerun skips finished problems
 
-Per problem the largest N is sampled once (several problems per sampler call). An expert
-failure costs that module its vote, never the problem; any other exception fails the problem,
-recorded with its error on its row, and the run goes on.
+Per problem the largest N is sampled once (`batch_size` problems per sampler call). Then the
+problems of a wave (`solve_batch` problems, whole draw chunks) go through the modules together
+(engine.run: concurrent Expert calls, batched re-answers and self-checks); `serial` solves them
+one at a time instead, the reference the batched engine equals. An expert failure costs that
+module its vote, never the problem; any other exception fails the problem, recorded with its
+error on its row, and the run goes on. Rows are written as problems finish; `run` returns them
+in benchmark order.
 
 Resume: rows are keyed by problem id. Problems are drawn in fixed chunks of `batch_size` by
-position, seeded by the chunk's ids, and a chunk with any unfinished problem is drawn again
-whole, so a killed and resumed run writes the same rows as an uninterrupted one (latencies and
-timings aside).
+position, and a chunk with any unfinished problem is drawn again whole (the same shapes, so the
+same float rounding). Every draw and every later request is seeded by its problem and content,
+never by its batch, so a killed and resumed run writes the same rows as an uninterrupted one
+(latencies and timings aside; floats to float32 rounding where a problem's batch differs).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from catts_jax import runs
+from catts_jax.tts import engine
 from catts_jax.tts.context import stable_seed
 from catts_jax.tts.expert import Expert
 from catts_jax.tts.methods import METHODS, SAMPLED, solve
@@ -67,58 +73,74 @@ class Runner:
     self.ops, self.examples, self.expert, self.cfg = ops, list(examples), expert, cfg
     self.ns, self.methods = sorted(set(ns)), list(dict.fromkeys(methods))
 
-  def _chunk(self, chunk: list[tuple[int, dict]], pending: set[int]) -> Iterator[dict[str, Any]]:
-    problems, failed = [], {}
+  def _draw(self, chunk: list[tuple[int, dict]]) -> dict[int, tuple | BaseException]:
+    """Per problem of a chunk: (problem, drawn, greedy, vcd), or what failed it."""
+    problems, out = [], {}
     for i, example in chunk:
       try:
         problems.append(self.ops.prepare(i, example))
       except Exception as e:  # noqa: BLE001 - recorded on the item
-        failed[i] = e
+        out[i] = e
     drawn = greedy = vcd = [None] * len(problems)
     if any(m in SAMPLED for m in self.methods):
       nmax = self.ns[-1]
-      drawn = _each(
-        problems, lambda ps: self.ops.draw(ps, nmax, stable_seed(self.cfg.seed, "draw", [p.id for p in ps]))
-      )
+      drawn = _each(problems, lambda ps: self.ops.draw(ps, nmax, stable_seed(self.cfg.seed, "draw")))
     if "greedy" in self.methods:
       greedy = _each(problems, lambda ps: self.ops.decode(ps))
     if "vcd" in self.methods or ("catts" in self.methods and self.cfg.selfcheck.vcd_weight > 0):
       vcd = _each(problems, lambda ps: self.ops.decode(ps, vcd=True))
-    by_index = {p.index: (p, d, g, v) for p, d, g, v in zip(problems, drawn, greedy, vcd)}
-    for i, example in chunk:
-      if i not in pending:
+    for p, *parts in zip(problems, drawn, greedy, vcd):
+      out[p.index] = next((x for x in parts if isinstance(x, BaseException)), (p, *parts))
+    return out
+
+  def _wave(self, chunks: list[list[tuple[int, dict]]], pending: set[int]) -> Iterator[dict[str, Any]]:
+    """The rows of a wave's pending problems, as they finish."""
+    ids = {i: str(example.get("id", i)) for chunk in chunks for i, example in chunk}
+    steps, errors = {}, {}
+    for chunk in chunks:
+      if not pending & {i for i, _ in chunk}:
         continue
-      problem_id = str(example.get("id", i))
-      error = failed.get(i)
-      if error is None:
-        problem, *parts = by_index[i]
-        error = next((x for x in parts if isinstance(x, BaseException)), None)
-      if error is None:
-        try:
-          kwargs = dict(ns=self.ns, methods=self.methods, expert=self.expert, ops=self.ops, cfg=self.cfg)
-          yield solve(problem, *parts, **kwargs)
+      for i, got in self._draw(chunk).items():
+        if i not in pending:
           continue
-        except Exception as e:  # noqa: BLE001 - recorded on the item
-          error = e
-      yield {"id": problem_id, "index": i, "error": error_message(problem_id, error)}
+        if isinstance(got, BaseException):
+          errors[i] = got
+        else:
+          kwargs = dict(ns=self.ns, methods=self.methods, cfg=self.cfg, expert=self.expert)
+          steps[i] = solve(*got, **kwargs)
+    if self.cfg.serial:
+      results = ((i, r) for i, one in steps.items() for _, r in engine.run({i: one}, self.ops, self.expert))
+    else:
+      results = engine.run(steps, self.ops, self.expert, self.cfg.expert.concurrency, self.cfg.module_batch)
+    for i, error in errors.items():
+      yield {"id": ids[i], "index": i, "error": error_message(ids[i], error)}
+    for i, result in results:
+      if isinstance(result, BaseException):
+        yield {"id": ids[i], "index": i, "error": error_message(ids[i], result)}
+      else:
+        yield result
 
   def run(self, out_dir: pathlib.Path, progress: Callable[[int], Any] | None = None) -> list[dict[str, Any]]:
-    """Streams one row per unfinished problem to out_dir/results.jsonl; returns all rows."""
+    """Streams one row per unfinished problem to out_dir/results.jsonl; returns all rows, in
+    benchmark order."""
     path = pathlib.Path(out_dir) / "results.jsonl"
     size = max(1, int(self.cfg.batch_size))
+    per_wave = max(1, int(self.cfg.solve_batch) // size)  # draw chunks per wave
     indexed = list(enumerate(self.examples))
+    chunks = [indexed[start : start + size] for start in range(0, len(indexed), size)]
     with runs.appending(path) as write:  # trims a line cut off by a kill before the rows are read
       done = {str(r["id"]) for r in runs.read_rows(path)}
       if progress:
         progress(sum(str(ex.get("id")) in done for ex in self.examples))
-      for start in range(0, len(indexed), size):
-        chunk = indexed[start : start + size]
-        pending = {i for i, ex in chunk if str(ex.get("id", i)) not in done}
+      for start in range(0, len(chunks), per_wave):
+        wave = chunks[start : start + per_wave]
+        pending = {i for chunk in wave for i, ex in chunk if str(ex.get("id", i)) not in done}
         if not pending:
           continue
-        for row in self._chunk(chunk, pending):
+        for row in self._wave(wave, pending):
           write(row)
           done.add(str(row["id"]))
           if progress:
             progress(1)
-    return runs.read_rows(path)
+    order = {str(ex.get("id", i)): i for i, ex in enumerate(self.examples)}
+    return sorted(runs.read_rows(path), key=lambda r: order.get(str(r["id"]), len(order)))

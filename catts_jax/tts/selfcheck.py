@@ -27,7 +27,7 @@ from PIL import Image
 
 from catts_jax import perturb
 from catts_jax.tts import voting
-from catts_jax.tts.context import Context
+from catts_jax.tts.context import Context, Problem, Steps
 from catts_jax.tts.planner import VISUAL_SELF_CHECK
 
 if TYPE_CHECKING:
@@ -41,21 +41,26 @@ def perturbed_images(
 
 
 def score_pairs(
-  policy: Policy,
-  prompt: str,
-  images: Sequence[Image.Image],
-  noisy: Sequence[Image.Image],
-  responses: Sequence[Sequence[int]],
-) -> tuple[np.ndarray, np.ndarray]:
-  """exp(-NMLP) of each response (token ids) under the original and the perturbed images, in
-  one scoring pass: ([K], [K])."""
-  k = len(responses)
-  scores = policy.score([prompt] * (2 * k), [*responses, *responses], [list(images)] * k + [list(noisy)] * k)
-  conf = np.asarray(scores["confidence"], np.float64)
-  return conf[:k], conf[k:]
+  policy: Policy, items: Sequence[tuple[Problem, Sequence[Image.Image], Sequence[Sequence[int]]]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+  """exp(-NMLP) of each (problem, perturbed images, responses)'s responses (token ids) under
+  the problem's images and the perturbed ones, all in one scoring pass: ([K], [K]) each."""
+  prompts, responses, images = [], [], []
+  for problem, noisy, rows in items:
+    for condition in (problem.images, noisy):
+      prompts += [problem.prompt] * len(rows)
+      responses += list(rows)
+      images += [list(condition)] * len(rows)
+  conf = np.asarray(policy.score(prompts, responses, images)["confidence"], np.float64)
+  out, start = [], 0
+  for _, _, rows in items:
+    k = len(rows)
+    out.append((conf[start : start + k], conf[start + k : start + 2 * k]))
+    start += 2 * k
+  return out
 
 
-def visual_self_check(ctx: Context, table: voting.VoteTable) -> dict[str, Any]:
+def visual_self_check(ctx: Context, table: voting.VoteTable) -> Steps:
   """Runs the module on one problem at one N; returns its record for results.jsonl."""
   tts = ctx.tts
   margin = table.margin()
@@ -66,7 +71,7 @@ def visual_self_check(ctx: Context, table: voting.VoteTable) -> dict[str, Any]:
   if not candidates:
     return {**record, "ran": False, "reason": "no candidate answers"}
   reps = [ctx.representative(a) for a in candidates]
-  orig, noisy = ctx.selfcheck_scores(reps)
+  orig, noisy = yield from ctx.selfcheck_scores(reps)
   drops = voting.selfcheck_support(orig, noisy)
   added = voting.selfcheck_boost(table, candidates, drops, ctx.n, tts.selfcheck_weight)
   record.update(

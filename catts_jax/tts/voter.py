@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from catts_jax.tts.expert import Expert, ExpertCall, shorten, system_message, user_message
+from catts_jax.tts.expert import Ask, Expert, ExpertCall, shorten, system_message, user_message
 from catts_jax.tts.replies import extract_json, without_fences
 
 VOTER_SYSTEM = "You are a careful expert who checks answers to questions about images."
@@ -137,17 +137,16 @@ def parse_votes(text: str, candidates: Sequence[str]) -> dict[str, float] | None
   return None if probs is None else dict(zip(candidates, probs))
 
 
-def vote(
-  expert: Expert,
+def vote_ask(
   question: str,
   images: Sequence[Image.Image],
   candidates: Sequence[str],
   *,
   max_tokens: int = 512,
   temperature: float = 0.0,
-) -> tuple[dict[str, float], ExpertCall]:
-  """The expert's probability that each unique candidate answer is right (sums to 1).
-  ExpertError when the call fails or the reply holds no usable probabilities."""
+) -> Ask:
+  """The Voter's request: the probability that each unique candidate answer is right (sums
+  to 1); a reply with no usable probabilities is an ExpertError."""
   candidates = list(dict.fromkeys(str(c) for c in candidates))
   if not candidates:
     raise ValueError("vote needs at least one candidate answer")
@@ -156,9 +155,19 @@ def vote(
   )
   example = json.dumps({label: round(1 / len(candidates), 2) for label in labels(min(len(candidates), 3))})
   prompt = VOTER_PROMPT.format(question=question, candidates=listed, example=example)
+
+  def read(expert: Expert, text: str, call: ExpertCall) -> tuple[dict[str, float], ExpertCall]:
+    probs = parse_votes(text, candidates)
+    if probs is None:
+      raise expert.unusable(
+        call, "unparseable voter output (no positive probability for any candidate)", text
+      )
+    return probs, call
+
   messages = [system_message(VOTER_SYSTEM), user_message(prompt, images)]
-  text, call = expert.complete(messages, max_tokens, temperature, role="voter")
-  probs = parse_votes(text, candidates)
-  if probs is None:
-    raise expert.unusable(call, "unparseable voter output (no positive probability for any candidate)", text)
-  return probs, call
+  return Ask("voter", messages, max_tokens, temperature, read)
+
+
+def vote(expert: Expert, *args, **kwargs) -> tuple[dict[str, float], ExpertCall]:
+  """`vote_ask`'s request, answered by `expert`."""
+  return expert.ask(vote_ask(*args, **kwargs))

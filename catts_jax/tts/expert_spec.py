@@ -1,0 +1,77 @@
+"""An Expert from its spec: `make_expert("hf:<model-id>" | "http(s)://host/v1" | "self" | "none")`."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.parse
+from collections.abc import Callable
+
+from catts_jax.tts.expert import NO_API_KEY, Expert, RemoteExpert, RetryPolicy
+from catts_jax.tts.self_expert import SelfExpert
+
+
+def _public_url(url: str) -> str:
+  """The URL without user:password@ (a name that goes into records and logs)."""
+  parts = urllib.parse.urlsplit(url)
+  host = parts.hostname or ""
+  netloc = host + (f":{parts.port}" if parts.port else "")
+  return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def make_expert(
+  spec: str,
+  policy=None,
+  *,
+  timeout_s: float = 60.0,
+  max_retries: int = 3,
+  backoff_s: float = 1.0,
+  max_backoff_s: float = 30.0,
+  jitter: float = 0.1,
+  sleep: Callable[[float], None] = time.sleep,
+  model: str | None = None,
+  provider: str | None = None,
+  api_key_env: str | None = None,
+  seed: int = 0,
+  compact_every: int = 0,
+  batch: int = 0,
+) -> Expert | None:
+  """An expert from its spec:
+  - "hf:<model-id>": Hugging Face Inference Providers with HF_TOKEN (`provider` picks one,
+    default the router's choice);
+  - "http(s)://host[:port]/v1": any OpenAI-compatible server; `model` names the served model
+    (default: the one GET /v1/models lists), `api_key_env` the variable holding its API key;
+  - "self": `policy` answers as the expert (decoding with `compact_every`, `batch` prompts at
+    most per decode);
+  - "none": None (CA-TTS runs without expert roles).
+  """
+  text = str(spec).strip()
+  retry = RetryPolicy(max_retries, backoff_s, max_backoff_s, jitter, sleep)
+  if text.lower() == "none":
+    return None
+  if text.lower() == "self":
+    if policy is None:
+      raise ValueError("expert spec 'self' needs the policy")
+    return SelfExpert(policy, seed, compact_every, batch)
+  from huggingface_hub import InferenceClient
+
+  if text.startswith("hf:") and len(text) > 3 and " " not in text:
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+      raise ValueError(f"expert spec {text!r} needs the HF_TOKEN environment variable")
+    client = InferenceClient(model=text[3:], token=token, timeout=timeout_s, provider=provider)
+    return RemoteExpert(text, client, api_key=token, timeout_s=timeout_s, retry=retry)
+  if text.startswith(("http://", "https://")) and urllib.parse.urlsplit(text).hostname:
+    api_key = None
+    if api_key_env:
+      api_key = os.environ.get(api_key_env)
+      if not api_key:
+        raise ValueError(f"expert spec {text!r}: environment variable {api_key_env} is not set")
+    base = text.rstrip("/")
+    models_url = (base if base.endswith("/v1") else base + "/v1") + "/models"
+    client = InferenceClient(base_url=base, token=api_key or NO_API_KEY, timeout=timeout_s)
+    name = _public_url(text)
+    return RemoteExpert(
+      name, client, model=model, models_url=models_url, api_key=api_key, timeout_s=timeout_s, retry=retry
+    )
+  raise ValueError(f"unknown expert spec {spec!r}: use hf:<model-id>, http(s)://host[:port]/v1, self or none")
