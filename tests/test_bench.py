@@ -77,3 +77,29 @@ def test_synthetic_rows_hold_one_image_after_eight_tokens():
   assert rows.image_grid_thw.tolist() == [[1, 8, 8]] * 2 and (rows.patch_image >= 0).sum() == 2 * 64
   text = bench.synthetic_rows(np.random.default_rng(0), cfg, 2, 16, 0, high=100)
   assert text.pixel_values is None and (text.positions == np.arange(16)).all()
+
+
+def test_catts_bench_smoke(tmp_path):
+  """`infer.bench --catts` (tiny settings): the three engines run the same problems, every
+  batched answer is the serial one's, and the report holds the speedups."""
+  from catts_jax.tts import bench as catts_bench
+  from configs import catts as catts_config
+
+  settings = catts_bench.Settings(
+    ckpt=str(ROOT / "checkpoints" / "synthetic_cdrl"), problems=2, n=2, max_new_tokens=8, solve_batch=2,
+    data_dir=str(tmp_path / "tfds"),
+  )  # fmt: skip
+  report = catts_bench.run(settings, catts_config.get_config(), tmp_path / "out")
+  for mode in catts_bench.MODES:
+    assert report[mode]["errors"] == 0 and report[mode]["problems_per_s"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / mode / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(json.loads(line)["id"] for line in
+                                                   (tmp_path / "out" / "serial" / "results.jsonl").read_text().splitlines())  # fmt: skip
+  for mode in ("batched", "batched_rounds"):
+    same = report[mode]["same_answers"]
+    assert same["of"] == 2 * 4 * 2 and same["equal"] == same["of"]  # problems x methods x N
+  speed = {m: report[m]["problems_per_s"] for m in catts_bench.MODES}
+  assert report["catts_speedup"] == speed["batched"] / speed["serial"]
+  assert report["rounds_speedup"] == speed["batched_rounds"] / speed["serial"]
+  catts_bench.write(tmp_path / "out", report)
+  assert "catts_speedup" in (tmp_path / "out" / "report.md").read_text()
