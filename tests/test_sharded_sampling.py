@@ -32,17 +32,22 @@ def single(tiny_ckpt, batch):
 
 
 @pytest.mark.parametrize("shape", MESHES, ids=["data2_fsdp2_tensor2", "fsdp8"])
-def test_sharded_sampling_equals_one_device(tiny_ckpt, batch, single, shape):
-  mesh = sharding.make_mesh(shape)
-  sampler = Sampler(load_hf(tiny_ckpt, mesh=mesh), mesh=mesh)
-  got = sampler(batch, CFG, jax.random.key(3))
-  want = single[1]
+def assert_same_samples(got, want):
+  """The same tokens and lengths; log-probs and scores to float32 rounding."""
   np.testing.assert_array_equal(got.tokens, want.tokens)
   np.testing.assert_array_equal(got.lengths, want.lengths)
   np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
   np.testing.assert_allclose(got.topk_logprobs, want.topk_logprobs, atol=1e-5)
   for name in want.scores:
     np.testing.assert_allclose(got.scores[name], want.scores[name], atol=1e-5, err_msg=name)
+
+
+def test_sharded_sampling_equals_one_device(tiny_ckpt, batch, single, shape):
+  mesh = sharding.make_mesh(shape)
+  sampler = Sampler(load_hf(tiny_ckpt, mesh=mesh), mesh=mesh)
+  got = sampler(batch, CFG, jax.random.key(3))
+  want = single[1]
+  assert_same_samples(got, want)
 
 
 def _decode_flops(sampler, batch) -> float:

@@ -32,18 +32,20 @@ class _Failed:
     self.error = error
 
 
-def _each(fn: Callable[[list], list], requests: list) -> list:
-  """fn over a batch of requests; if the batch fails, request by request, so an error lands
-  (as a _Failed answer) on the request that caused it."""
+def each(items: list, fn: Callable[[list], list]) -> list:
+  """fn over a batch; if the batch fails, item by item, so an error lands on the item that
+  caused it (as that item's result)."""
+  if not items:
+    return []
   try:
-    answers = list(fn(requests))
-  except Exception as e:  # noqa: BLE001 - handed to the problem that asked
-    if len(requests) == 1:
-      return [_Failed(e)]
-    return [a for r in requests for a in _each(fn, [r])]
-  if len(answers) != len(requests):
-    raise RuntimeError(f"{len(answers)} answers for {len(requests)} requests")
-  return answers
+    results = list(fn(items))
+  except Exception as e:  # noqa: BLE001 - handed to the item that caused it
+    if len(items) == 1:
+      return [e]
+    return [r for item in items for r in each([item], fn)]
+  if len(results) != len(items):
+    raise RuntimeError(f"{len(results)} results for {len(items)} items")
+  return results
 
 
 def _answer_policy(requests: Sequence[Request], ops: Ops, batch: int) -> list:
@@ -55,8 +57,8 @@ def _answer_policy(requests: Sequence[Request], ops: Ops, batch: int) -> list:
     size = batch or max(len(index), 1)
     for start in range(0, len(index), size):
       part = index[start : start + size]
-      for i, answer in zip(part, _each(fn, [requests[i] for i in part])):
-        answers[i] = answer
+      for i, answer in zip(part, each([requests[i] for i in part], fn)):
+        answers[i] = _Failed(answer) if isinstance(answer, BaseException) else answer
   return answers
 
 

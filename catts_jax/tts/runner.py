@@ -41,19 +41,6 @@ def error_message(problem_id: str, error: BaseException) -> str:
   return text if problem_id in text else f"{problem_id}: {text}"
 
 
-def _each(items: list, fn: Callable[[list], list]) -> list:
-  """fn over a batch; if the batch fails, item by item, so an error lands on the item that
-  caused it (as that item's result)."""
-  if not items:
-    return []
-  try:
-    return list(fn(items))
-  except Exception as e:  # noqa: BLE001 - recorded on the item
-    if len(items) == 1:
-      return [e]
-    return [r for item in items for r in _each([item], fn)]
-
-
 class Runner:
   def __init__(
     self,
@@ -84,11 +71,11 @@ class Runner:
     drawn = greedy = vcd = [None] * len(problems)
     if any(m in SAMPLED for m in self.methods):
       nmax = self.ns[-1]
-      drawn = _each(problems, lambda ps: self.ops.draw(ps, nmax, stable_seed(self.cfg.seed, "draw")))
+      drawn = engine.each(problems, lambda ps: self.ops.draw(ps, nmax, stable_seed(self.cfg.seed, "draw")))
     if "greedy" in self.methods:
-      greedy = _each(problems, lambda ps: self.ops.decode(ps))
+      greedy = engine.each(problems, lambda ps: self.ops.decode(ps))
     if "vcd" in self.methods or ("catts" in self.methods and self.cfg.selfcheck.vcd_weight > 0):
-      vcd = _each(problems, lambda ps: self.ops.decode(ps, vcd=True))
+      vcd = engine.each(problems, lambda ps: self.ops.decode(ps, vcd=True))
     for p, *parts in zip(problems, drawn, greedy, vcd):
       out[p.index] = next((x for x in parts if isinstance(x, BaseException)), (p, *parts))
     return out

@@ -4,13 +4,13 @@ rendered with its chat template and decoded by the policy, a round of calls in o
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PIL import Image
 
+from catts_jax.tts.context import stable_seed
 from catts_jax.tts.expert import Ask, Expert, ExpertCall, RetryPolicy, decode_image_url
 
 
@@ -56,7 +56,7 @@ class SelfExpert(Expert):
     largest budget, each reply cut to its own (a reply's first k tokens do not depend on the
     budget: greedy, or drawn with its own seeded key per step)."""
     prompts = [prompt for prompt, _ in rendered]
-    seeds = [_text_seed(self.seed, prompt) for prompt in prompts]
+    seeds = [stable_seed(self.seed, prompt) for prompt in prompts]
     out = self.policy.sample(
       prompts, [images for _, images in rendered], seeds=seeds, max_new_tokens=max(max_tokens),
       temperature=float(temperature), compact_every=self.compact_every,
@@ -100,8 +100,3 @@ class SelfExpert(Expert):
         except Exception as e:  # noqa: BLE001 - returned to the problem that asked
           out[i] = e
     return out
-
-
-def _text_seed(seed: int, text: str) -> int:
-  digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
-  return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
