@@ -31,7 +31,6 @@ def single(tiny_ckpt, batch):
   return Sampler(load_hf(tiny_ckpt)), Sampler(load_hf(tiny_ckpt))(batch, CFG, jax.random.key(3))
 
 
-@pytest.mark.parametrize("shape", MESHES, ids=["data2_fsdp2_tensor2", "fsdp8"])
 def assert_same_samples(got, want):
   """The same tokens and lengths; log-probs and scores to float32 rounding."""
   np.testing.assert_array_equal(got.tokens, want.tokens)
@@ -42,6 +41,7 @@ def assert_same_samples(got, want):
     np.testing.assert_allclose(got.scores[name], want.scores[name], atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("shape", MESHES, ids=["data2_fsdp2_tensor2", "fsdp8"])
 def test_sharded_sampling_equals_one_device(tiny_ckpt, batch, single, shape):
   mesh = sharding.make_mesh(shape)
   sampler = Sampler(load_hf(tiny_ckpt, mesh=mesh), mesh=mesh)
