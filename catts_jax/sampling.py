@@ -319,7 +319,7 @@ class Sampler:
     n, b = cfg.n, batch.num_rows
 
     def unflatten(x):
-      return x.reshape(-1, n, *x.shape[1:])[:b]
+      return x.reshape(x.shape[0] // n, n, *x.shape[1:])[:b]
 
     return SampleOutput(
       tokens=unflatten(out["tokens"]),

@@ -150,6 +150,16 @@ def test_n_samples_share_prefill(policy, cases):
   np.testing.assert_allclose(four.scores["nmlp"], np.repeat(one.scores["nmlp"], 4, axis=1), atol=1e-6)
 
 
+def test_no_top_k_confidences(policy, cases):
+  """confidence.top_k = 0 (no DeepConf token confidences): empty top-k log-probs, the same tokens."""
+  prompts, images = cases["padded_batch"]
+  config = dataclasses.replace(GREEDY, max_new_tokens=4, n=2)
+  none = dataclasses.replace(config, confidence=dataclasses.replace(config.confidence, top_k=0))
+  out, out_none = policy.sample(prompts, images, config=config), policy.sample(prompts, images, config=none)
+  assert out_none.topk_logprobs.shape == (3, 2, 4, 0)
+  np.testing.assert_array_equal(out_none.tokens, out.tokens)
+
+
 def test_stops_on_stop_ids(policy, cases):
   prompts, images = cases["padded_batch"]
   free = policy.sample(prompts, images, config=dataclasses.replace(GREEDY, max_new_tokens=10))
