@@ -49,45 +49,41 @@ class SelfExpert(Expert):
     prompt = self.policy.processor.hf.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     return prompt, images
 
-  def _decode(
-    self, rendered: Sequence[tuple[str, list]], max_tokens: Sequence[int], temperature: float
-  ) -> list[str]:
-    """The replies to rendered prompts, reply r at most max_tokens[r] tokens: one decode to the
-    largest budget, each reply cut to its own (a reply's first k tokens do not depend on the
-    budget: greedy, or drawn with its own seeded key per step)."""
+  def _decode(self, rendered: Sequence[tuple[str, list]], max_tokens: int, temperature: float) -> list[str]:
+    """The replies to rendered prompts, in one decode of at most `max_tokens` tokens."""
     prompts = [prompt for prompt, _ in rendered]
     seeds = [stable_seed(self.seed, prompt) for prompt in prompts]
     out = self.policy.sample(
-      prompts, [images for _, images in rendered], seeds=seeds, max_new_tokens=max(max_tokens),
+      prompts, [images for _, images in rendered], seeds=seeds, max_new_tokens=max_tokens,
       temperature=float(temperature), compact_every=self.compact_every,
     )  # fmt: skip
     decode = self.policy.processor.tokenizer.decode
-    return [decode(row[0][:k], skip_special_tokens=True) for row, k in zip(out.token_lists(), max_tokens)]
+    return [decode(row[0], skip_special_tokens=True) for row in out.token_lists()]
 
   def _send(self, messages: list[dict], max_tokens: int, temperature: float) -> str:
-    return self._decode([self.render(messages)], [max_tokens], temperature)[0]
+    return self._decode([self.render(messages)], max_tokens, temperature)[0]
 
   def ask_many(self, asks: Sequence[Ask], concurrency: int = 1) -> list[tuple[Any, ExpertCall] | Exception]:
-    """One batched decode per temperature (of at most `batch` prompts); replies equal `ask`'s one
-    by one. An ask that
-    cannot be rendered fails alone; if a decode fails, its asks run one by one, so an error
+    """One batched decode per temperature and budget (of at most `batch` prompts); replies equal
+    `ask`'s one by one. An ask that cannot be rendered fails alone; if a decode fails, its asks run one by one, so an error
     lands on the ask that caused it."""
     out: list = [None] * len(asks)
-    groups: dict[float, list[tuple[int, tuple[str, list]]]] = {}
+    # One decode per (temperature, budget): a decode runs until its longest row ends, so a
+    # planner's short reply is not held for a critic's long one.
+    groups: dict[tuple[float, int], list[tuple[int, tuple[str, list]]]] = {}
     for i, a in enumerate(asks):
       try:
         rendered = self.render(a.messages)
       except Exception:  # noqa: BLE001 - answered alone below, which records the failure
         out[i] = super().ask_many([a])[0]
         continue
-      groups.setdefault(float(a.temperature), []).append((i, rendered))
+      groups.setdefault((float(a.temperature), a.max_tokens), []).append((i, rendered))
     size = self.batch or len(asks)
-    parts = [(t, g[k : k + size]) for t, g in groups.items() for k in range(0, len(g), size)]
-    for temperature, group in parts:
+    parts = [(key, g[k : k + size]) for key, g in groups.items() for k in range(0, len(g), size)]
+    for (temperature, budget), group in parts:
       start = time.monotonic()
-      budgets = [asks[i].max_tokens for i, _ in group]
       try:
-        texts = self._decode([rendered for _, rendered in group], budgets, temperature)
+        texts = self._decode([rendered for _, rendered in group], budget, temperature)
       except Exception:  # noqa: BLE001 - retried one by one, each failure on its own ask
         for i, _ in group:
           out[i] = super().ask_many([asks[i]])[0]
