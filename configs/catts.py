@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
   # VCD decoding (baseline and self-check vote): logits (1 + alpha) l - alpha l_noisy where
   # l >= log(beta) + max l; VCD's own noise is 500 of 1000 diffusion steps (strength 0.5).
   c.vcd = dict(alpha=1.0, beta=0.1, perturbation="vcd_noise", strength=0.5)
+  # The Planner. paper: as the paper and the release, it sees image + question only (one call
+  # per problem, before sampling in effect) and orders all three modules; adaptive (ours): it
+  # also sees the sampled answers, plans again at each N and may skip modules.
+  c.planner = dict(mode="paper")
   c.expert = dict(
     timeout_s=60.0,
     max_retries=3,
@@ -50,8 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.solve_batch = 32
   c.serial = False  # True: one problem at a time after the draw (the reference; slower)
   # Requests per policy call in the modules (re-answers, self-checks, the self Expert's
-  # decodes). 0 = auto: solve_batch on GPU/TPU, 1 on CPU, where the bundled policy's batched
-  # decodes were slower (32 problems: 136 s against 80 s one by one).
+  # decodes). 0 = auto: solve_batch on GPU/TPU, 1 on CPU, where batching was slower
+  # (docs/reports/bench_catts: prefills are compute-bound at one row; a batch waits for its
+  # longest reply).
   c.module_batch = 0
   # Every decode: each K steps, rows that finished leave the batch once the rest fits half of
   # it (0: a batch runs until its longest row ends). Off: on CPU its extra compiles cost more

@@ -105,9 +105,10 @@ class RoleExpert(ex.Expert):
     return reply
 
 
-def config(**tts):
+def config(planner="paper", **tts):
   cfg = catts_config.get_config()
   cfg.tts.update(tts)
+  cfg.planner.mode = planner
   return cfg
 
 
@@ -160,7 +161,7 @@ def test_planner_order_voter_and_critic():
     critic=["Look again at the left bar."],
   )
   ops = FakeOps({"p1": SAMPLES}, SELFCHECK, reanswer=("4", 0.7))
-  row = solve(ops, expert, config(reflection_threshold=0.85))
+  row = solve(ops, expert, config("adaptive", reflection_threshold=0.85))
   r = row["methods"]["catts"]["4"]
   assert r["order"] == [SC, SR] and r["plan"] == {"by": "expert"}
   sc, sr = r["modules"]
@@ -177,6 +178,27 @@ def test_planner_order_voter_and_critic():
   assert roles == [("planner", True, 4, False), ("voter", True, 4, False), ("critic", True, 4, False)]
   assert "so the answer is 4" in expert.sent[2][1]  # the critic read the critiqued response
   assert all(c["latency_s"] >= 0 and c["attempts"] == 1 for c in row["expert_calls"])
+
+
+def test_paper_planner_plans_once_from_image_and_question_and_orders_every_module():
+  """The paper's planner: one call serves every N, its prompt holds no sampled answer, and a
+  reply naming only SR runs SR first and then the rest in the default order."""
+  samples = [("3", 0.9), ("4", 0.8), ("3", 0.7), ("4", 0.1)]
+  expert = RoleExpert(planner=['{"order": ["SR"]}'], voter=['{"A1": 1}'], critic=["Recount."])
+  row = solve(FakeOps({"p1": samples}, SELFCHECK, reanswer=("5", 0.5)), expert, config(), ns=(2, 4))
+  planner_calls = [(c["n"], c["cached"]) for c in row["expert_calls"] if c["role"] == "planner"]
+  assert planner_calls == [(2, False), (4, True)]
+  prompt = next(text for role, text in expert.sent if role == "planner")
+  assert "The model's" not in prompt and "all three modules" in prompt and "skip" not in prompt
+  for n in ("2", "4"):
+    r = row["methods"]["catts"][n]
+    assert r["order"] == [SR, SC, SCK] and r["plan"] == {"by": "expert"}
+  assert row["expert_calls"][0]["reason"] == f"completed with {SC}, {SCK}"
+  # The adaptive planner sees the answers and keeps the reply's order as given.
+  expert = RoleExpert(planner=['{"order": ["SR"]}'], voter=['{"A1": 1}'], critic=["Recount."])
+  row = solve(FakeOps({"p1": samples}, SELFCHECK, reanswer=("5", 0.5)), expert, config("adaptive"), ns=(2, 4))
+  assert row["methods"]["catts"]["4"]["order"] == [SR]
+  assert "The model's 2 sampled answers" in next(text for role, text in expert.sent if role == "planner")
 
 
 def test_expert_failures_cost_the_module_not_the_problem():
@@ -201,7 +223,7 @@ def test_memo_reuses_identical_requests_across_n():
   samples = [("3", 0.9), ("4", 0.8), ("3", 0.7), ("4", 0.1)]  # N=2 and N=4 see the same candidates
   expert = RoleExpert(planner=["nothing useful"], voter=['{"A1": 1}'], critic=["Recount."])
   ops = FakeOps({"p1": samples}, SELFCHECK, reanswer=("5", 0.5))
-  row = solve(ops, expert, config(reflection_threshold=1.01), ns=(2, 4))
+  row = solve(ops, expert, config("adaptive", reflection_threshold=1.01), ns=(2, 4))
   calls = [(c["role"], c["n"], c["cached"]) for c in row["expert_calls"]]
   assert calls == [
     ("planner", 2, False), ("voter", 2, False), ("critic", 2, False),
@@ -219,7 +241,7 @@ def test_memo_reuses_identical_requests_across_n():
 
 def test_a_plan_without_sc_that_leaves_no_answer_gets_the_sc_votes():
   expert = RoleExpert(planner=['{"order": ["SCk"]}'], voter=['{"A1": 1}'])
-  row = solve(FakeOps({"p1": SAMPLES}, SELFCHECK), expert, config())
+  row = solve(FakeOps({"p1": SAMPLES}, SELFCHECK), expert, config("adaptive"))
   r = row["methods"]["catts"]["4"]
   assert r["order"] == [SCK]
   assert r["modules"][0] == {"module": SCK, "margin": 0.0, "ran": False, "reason": "no candidate answers"}

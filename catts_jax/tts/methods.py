@@ -5,8 +5,10 @@
 
 N < max uses the first N of the drawn samples, so methods and N compare on the same samples.
 At each N:
-- CA-TTS (`run_catts`): the Expert as Planner picks the module order (no expert, a failed call
-  or an unparseable plan: SC -> SR -> SCk); the modules write into one VoteTable:
+- CA-TTS (`run_catts`): the Expert as Planner gives the module order (the paper's: once per
+  problem from image + question, all three modules; the adaptive one: per N, from the samples
+  too, may skip modules; no expert, a failed call or an unparseable plan: SC -> SR -> SCk);
+  the modules write into one VoteTable:
   Self-Consistency (confidence-weighted votes, then the Expert as Voter adds tau * N),
   Self-Reflection (reflection.py) and Visual Self-Check (selfcheck.py). A plan that skips SC
   and leaves the table without an answer gets the SC votes after all (recorded).
@@ -78,17 +80,20 @@ MODULES = {
 
 
 def plan_order(ctx: Context) -> Steps:
-  """The module order and how it was chosen ("expert" or "default", with the reason)."""
+  """The module order and how it was chosen ("expert" or "default", with the reason). The
+  paper's planner (planner.mode "paper") sees image + question only, so its one call serves
+  every N; the adaptive one also sees the N samples' answers."""
   if ctx.expert is None:
     return list(DEFAULT_ORDER), {"by": "default", "reason": "no expert"}
-  summary = candidate_summary(ctx.answers(), ctx.confidences())
+  paper = ctx.cfg.planner.mode == "paper"
+  summary = "" if paper else candidate_summary(ctx.answers(), ctx.confidences())
   e = ctx.cfg.expert
   try:
     order = yield from ctx.ask(
       ("planner", summary),
       plan_ask(
         ctx.problem.question, ctx.problem.images, summary,
-        max_tokens=e.planner_max_tokens, temperature=e.temperature,
+        max_tokens=e.planner_max_tokens, temperature=e.temperature, order_all=paper,
       ),
     )  # fmt: skip
   except ExpertError as err:

@@ -1,7 +1,14 @@
 """The Expert as Planner: which CA-TTS modules to run on a problem, and in what order.
 
+  order, call = plan(expert, question, images)   # the paper's: all three modules, ordered
   order, call = plan(expert, question, images, candidate_summary(answers, confidences))
   order  # e.g. ["self_consistency", "visual_self_check"]; DEFAULT_ORDER when unparseable
+
+Two planners (`planner.mode` in configs/catts.py): the paper's (and the release's) sees image +
+question only, so it plans once per problem before any sampling, and orders all three modules
+(a reply that names fewer is completed in DEFAULT_ORDER, noted in `call.reason`); the adaptive
+one (ours) also sees a summary of the sampled answers, plans again at each N and may skip
+modules.
 
 The reply is read leniently (code fences, prose around the JSON, single quotes, bare words,
 aliases such as "SC" / "SR" / "SCk" / "self-check", an arrow list "SC -> SR"); duplicates
@@ -57,8 +64,13 @@ PLANNER_PROMPT = """Modules that can check a model's answer:
 Question:
 {question}
 {summary}
-Choose the modules that will help on this problem and the order to run them; skip any that will not.
+{instruction}
 Reply with JSON only, e.g. {{"order": ["self_consistency", "self_reflection", "visual_self_check"]}}"""
+ORDER_ALL = "Give the order in which to run all three modules on this problem."
+CHOOSE = (
+  "Choose the modules that will help on this problem and the order to run them; skip any that will not."
+)
+PLANNER_MODES = ("paper", "adaptive")
 _ORDER_KEYS = ("order", "modules", "plan", "sequence", "steps", "pipeline")
 _SEPARATORS = re.compile(r"->|=>|\u2192|>|,|;|\band then\b|\bthen\b", re.IGNORECASE)
 _LEAD = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s*")
@@ -157,18 +169,29 @@ def plan_ask(
   *,
   max_tokens: int = 256,
   temperature: float = 0.0,
+  order_all: bool = False,
 ) -> Ask:
   """The Planner's request: the module order for one problem; DEFAULT_ORDER with
-  call.fallback=True when the reply has none."""
-  prompt = PLANNER_PROMPT.format(question=question, summary=f"\n{summary}\n" if summary else "")
+  call.fallback=True when the reply has none. `order_all` (the paper's planner): every module
+  runs, those the reply leaves out after the rest in DEFAULT_ORDER."""
+  prompt = PLANNER_PROMPT.format(
+    question=question,
+    summary=f"\n{summary}\n" if summary else "",
+    instruction=ORDER_ALL if order_all else CHOOSE,
+  )
 
   def read(expert: Expert, text: str, call: ExpertCall) -> tuple[list[str], ExpertCall]:
     order, note = parse_order(text)
     if order is None:
       call = dataclasses.replace(call, fallback=True, reason=note, output=expert.excerpt(text))
       order = list(DEFAULT_ORDER)
-    elif note:
-      call = dataclasses.replace(call, reason=note)
+    else:
+      missing = [m for m in DEFAULT_ORDER if m not in order] if order_all else []
+      order = order + missing
+      if missing:
+        note = "; ".join(filter(None, [note, f"completed with {', '.join(missing)}"]))
+      if note:
+        call = dataclasses.replace(call, reason=note)
     expert.last_call = call
     return order, call
 
