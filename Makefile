@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint demo demo-readme checkpoints verify catts ablation plan train-bench gpu-wheels gpu-check bench bench-readme clean
+.PHONY: install test lint demo demo-readme checkpoints verify catts ablation plan train-bench gpu-wheels gpu-check gpu-catts bench bench-readme clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,12 @@ gpu-check:
 	  --rows 16 --prompt_len 512 --response_len 512 --out docs/reports/gpu_1p5b_train
 	PYTHONPATH=. python3 -m train.bench --part rollout --device gpu --config configs/cdrl_qwen2_5_vl.py:1.5b,gpu-1 \
 	  --rows 128 --prompt_len 512 --response_len 256 --out docs/reports/gpu_1p5b_rollout
+
+# CA-TTS end to end on a 1.5B-shaped random-weight policy in bf16 (cold and warm, serial against
+# batched): needs the device's torch plus transformers and tensorflow-datasets (too large to
+# carry); not yet run on a device.
+gpu-catts:
+	PYTHONPATH=. python3 -m infer.bench --catts --shape 1.5b --max_new_tokens 512 --out docs/reports/gpu_1p5b_catts
 
 # Scoring/generation throughput against transformers on this machine (docs/reports/bench_cpu/report.json);
 # bench-readme rewrites docs/results.md's tables from the committed report.json files.

@@ -4,6 +4,7 @@
     python -m infer.bench --out runs/bench_gpu --device gpu   # one GPU, float32 and bfloat16
     python -m infer.bench --render_readme docs/results.md --reports runs/bench/report.json,...
     python -m infer.bench --catts --out runs/bench_catts   # CA-TTS end to end: batched vs serial
+    python -m infer.bench --catts --shape 1.5b --out runs/bench_catts_1p5b   # a 1.5B-shaped policy (GPU)
 
 One fixed model with random weights (preset "bench"); both sides get the same weights and
 inputs, alternating; the first call of each shape is reported apart, times are medians over
@@ -47,6 +48,13 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_string(
     "ckpt", str(ROOT / "checkpoints" / "synthetic_cdrl"), "--catts: the policy", flag_values=fv
   )
+  flags.DEFINE_string(
+    "shape",
+    None,
+    "--catts: time a random-weight checkpoint of this preset's shape (e.g. 1.5b) that speaks --ckpt's "
+    "tokenizer, built into OUT/checkpoint, instead of --ckpt itself",
+    flag_values=fv,
+  )
   flags.DEFINE_integer("problems", 64, "--catts: synthetic test problems", flag_values=fv)
   flags.DEFINE_integer("n", 16, "--catts: the largest N (runs N = 1, 2, 4, ..., n)", flag_values=fv)
   flags.DEFINE_integer("max_new_tokens", 64, "--catts: samples' and re-answers' budget", flag_values=fv)
@@ -66,8 +74,11 @@ def main(argv=None) -> int:
     print("error: --out is required", file=sys.stderr)
     return 2
   if args.catts:
+    ckpt = args.ckpt
+    if args.shape:
+      ckpt = str(catts_bench.shaped_checkpoint(pathlib.Path(args.out) / "checkpoint", args.shape, args.ckpt))
     settings = catts_bench.Settings(
-      ckpt=args.ckpt, problems=args.problems, n=args.n, max_new_tokens=args.max_new_tokens,
+      ckpt=ckpt, problems=args.problems, n=args.n, max_new_tokens=args.max_new_tokens,
       solve_batch=args.solve_batch, data_dir=args.data_dir,
     )  # fmt: skip
     report = catts_bench.run(settings, catts_config.get_config(), pathlib.Path(args.out))

@@ -80,8 +80,9 @@ def test_synthetic_rows_hold_one_image_after_eight_tokens():
 
 
 def test_catts_bench_smoke(tmp_path):
-  """`infer.bench --catts` (tiny settings): the three engines run the same problems, every
-  batched answer is the serial one's, and the report holds the speedups."""
+  """`infer.bench --catts` (tiny settings): the three engines run the same problems, cold and
+  warm, every batched answer is the serial one's, the warm run repeats the cold one's answers
+  without compiling, and the report holds the speedups."""
   from catts_jax.tts import bench as catts_bench
   from configs import catts as catts_config
 
@@ -90,16 +91,42 @@ def test_catts_bench_smoke(tmp_path):
     data_dir=str(tmp_path / "tfds"),
   )  # fmt: skip
   report = catts_bench.run(settings, catts_config.get_config(), tmp_path / "out")
+
+  def ids(path):
+    return sorted(json.loads(line)["id"] for line in path.read_text().splitlines())
+
   for mode in catts_bench.MODES:
-    assert report[mode]["errors"] == 0 and report[mode]["problems_per_s"] > 0
-    rows = [json.loads(line) for line in (tmp_path / "out" / mode / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["id"] for r in rows) == sorted(json.loads(line)["id"] for line in
-                                                   (tmp_path / "out" / "serial" / "results.jsonl").read_text().splitlines())  # fmt: skip
+    cold, warm = report[mode]["cold"], report[mode]["warm"]
+    assert cold["errors"] == warm["errors"] == 0 and cold["problems_per_s"] > 0
+    assert cold["compile_s"] > 0 and warm["compile_s"] == 0 and warm["same_answers_as_cold"]
+    for phase in ("cold", "warm"):
+      assert ids(tmp_path / "out" / mode / phase / "results.jsonl") == ids(
+        tmp_path / "out" / "serial" / "cold" / "results.jsonl"
+      )
   for mode in ("batched", "batched_rounds"):
     same = report[mode]["same_answers"]
     assert same["of"] == 2 * 4 * 2 and same["equal"] == same["of"]  # problems x methods x N
-  speed = {m: report[m]["problems_per_s"] for m in catts_bench.MODES}
-  assert report["catts_speedup"] == speed["batched"] / speed["serial"]
-  assert report["rounds_speedup"] == speed["batched_rounds"] / speed["serial"]
+  for phase, suffix in (("cold", ""), ("warm", "_warm")):
+    speed = {m: report[m][phase]["problems_per_s"] for m in catts_bench.MODES}
+    assert report["catts_speedup" + suffix] == speed["batched"] / speed["serial"]
+    assert report["rounds_speedup" + suffix] == speed["batched_rounds"] / speed["serial"]
   catts_bench.write(tmp_path / "out", report)
   assert "catts_speedup" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_shaped_checkpoint_speaks_the_tokenizer(tmp_path):
+  """`--shape`: a random-weight checkpoint of a preset's dimensions with the bundled policy's
+  tokenizer and special ids loads as a Policy and decodes."""
+  from catts_jax.policy import Policy
+  from catts_jax.tts import bench as catts_bench
+
+  like = ROOT / "checkpoints" / "synthetic_cdrl"
+  path = catts_bench.shaped_checkpoint(tmp_path / "ckpt", "bench", like)
+  policy = Policy.from_pretrained(path)
+  shape = presets.hf_config("bench")["text_config"]
+  assert (policy.cfg.text.hidden_size, policy.cfg.text.num_layers) == (shape["hidden_size"], shape["num_hidden_layers"])
+  tokenizer = policy.processor.tokenizer
+  assert policy.cfg.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+  assert policy.stop_ids() == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+  out = policy.sample([policy.prompt("How many?")], max_new_tokens=4, temperature=0.0)
+  assert out.tokens.shape == (1, 1, 4)

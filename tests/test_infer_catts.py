@@ -277,6 +277,7 @@ def test_transformers_serve_as_the_expert(
     (["--config.tts.reflection_signal=loudness"], "reflection_signal must be one of"),
     (["--expert", "ftp://x"], "unknown expert spec"),
     (["--config.dtype=fp8"], "dtype='fp8': expected auto or one of"),
+    (["--config.planner.mode=later"], "planner.mode='later': expected one of paper, adaptive"),
   ],
 )
 def test_bad_input_is_a_clear_error(extra, message, tiny_ckpt, tfds_dir, tmp_path, capsys):
@@ -411,3 +412,21 @@ def test_batched_engine_equals_serial(self_run, tmp_path, shared_policy):
   assert [r["id"] for r in serial] == [r["id"] for r in batched]
   differences = diff_rows(serial, batched)
   assert not differences, "\n".join(differences[:20])
+
+
+def test_run_refuses_a_policy_loaded_for_other_settings(tiny_ckpt, tfds_dir, tmp_path):
+  """Job.run(policy=) takes only a policy loaded as the job would load it (job.load_policy)."""
+  from types import SimpleNamespace
+
+  from catts_jax.scoring import ConfidenceConfig
+
+  job = run.prepare(
+    catts_config.get_config(), ckpt=tiny_ckpt, benchmark="mathvision", data_path=str(SHARED), split="testmini",
+    data_dir=str(tfds_dir), out=tmp_path, limit=1, ns="1", expert="none",
+  )  # fmt: skip
+  window = ConfidenceConfig(window=job.tts.deepconf_window)
+  for dtype, confidence in (("bfloat16", window), (job.cfg.dtype, ConfidenceConfig(window=7))):
+    other = SimpleNamespace(cfg=SimpleNamespace(dtype=dtype), confidence=confidence)
+    with pytest.raises(ValueError, match="a policy loaded for other settings"):
+      job.run(policy=other)
+  assert not (tmp_path / "results.jsonl").exists()

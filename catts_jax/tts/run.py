@@ -26,6 +26,7 @@ from catts_jax.tts import voting
 from catts_jax.tts.expert import Expert, RemoteExpert
 from catts_jax.tts.expert_spec import make_expert
 from catts_jax.tts.methods import METHODS
+from catts_jax.tts.planner import PLANNER_MODES
 from catts_jax.tts.policy_ops import PolicyOps
 from catts_jax.tts.runner import Runner
 
@@ -82,9 +83,8 @@ def compute_dtype(name: str, backend: str | None = None) -> str:
 
 def module_batch(cfg, backend: str | None = None) -> int:
   """The `module_batch` setting resolved: 0 (auto) is `solve_batch` (a whole round per policy
-  call) on GPU and TPU and 1 on CPU, where a small policy's batched decode is no faster (its
-  weights stay in cache, so a step costs about rows x a one-row step) and waits for its
-  longest row."""
+  call) on GPU and TPU and 1 on CPU, where batching is no faster (the Expert's image prompts'
+  prefills are compute-bound at one row) and a batched decode waits for its longest row."""
   value = cfg.module_batch
   if value < 0:
     raise ValueError(f"module_batch={value}: expected 0 (auto) or a positive number of requests")
@@ -120,11 +120,25 @@ class Job:
   examples: list[dict]
   settings: dict[str, Any]
 
-  def run(self, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
-    """Loads the policy, streams the rows, writes the report; returns report.json's content
-    (settings and `summary.summarize`). `progress(k)`: k more problems are done."""
+  def load_policy(self) -> Policy:
+    """The checkpoint as this run decodes and scores it."""
     confidence = ConfidenceConfig(window=self.tts.deepconf_window)
-    policy = Policy.from_pretrained(self.ckpt, dtype=self.cfg.dtype, confidence=confidence)
+    return Policy.from_pretrained(self.ckpt, dtype=self.cfg.dtype, confidence=confidence)
+
+  def run(self, progress: Callable[[int], Any] | None = None, policy: Policy | None = None) -> dict[str, Any]:
+    """Loads the policy (or takes `policy`, from `load_policy` of a job with the same checkpoint
+    and config, whose compiled programs it reuses), streams the rows, writes the report;
+    returns report.json's content (settings and `summary.summarize`). `progress(k)`: k more
+    problems are done."""
+    if policy is None:
+      policy = self.load_policy()
+    elif (policy.cfg.dtype, policy.confidence) != (
+      self.cfg.dtype,
+      ConfidenceConfig(window=self.tts.deepconf_window),
+    ):
+      raise ValueError(
+        f"run(policy=): a policy loaded for other settings (dtype {policy.cfg.dtype}); use job.load_policy()"
+      )
     expert = self.expert
     if self.self_expert:
       expert = make_expert(
@@ -159,6 +173,8 @@ def prepare(
   """Checks the inputs (ValueError or FileNotFoundError naming the bad one), loads the
   benchmark's first `limit` problems and checks or writes out/run.json."""
   tts = voting.TTSConfig(**cfg.tts)
+  if cfg.planner.mode not in PLANNER_MODES:
+    raise ValueError(f"planner.mode={cfg.planner.mode!r}: expected one of {', '.join(PLANNER_MODES)}")
   cfg.dtype = compute_dtype(cfg.dtype)  # recorded resolved: a resume elsewhere must match it
   cfg.module_batch = module_batch(cfg)
   ns_, methods_ = parse_ns(ns), parse_methods(methods)
