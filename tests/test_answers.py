@@ -207,6 +207,35 @@ def test_mmmu_open_answers():
   )
 
 
+# The MMMU open-answer family: (form, response, reference, our verdict, the official parser's).
+# Where they differ, ours is the one a reader would give: the official parser accepts any
+# number of a sentence (intermediate quantities, the 2 of "m^2", a number the response rejects),
+# splits "3 x 10^8" into 3, 10 and 8, and skips a number followed by a comma ("24.5, not 25").
+MMMU_OPEN_FAMILY = [
+  ("answer word, unit power", "Therefore, the area is 24.5 cm^2.", "24.5", True, True),
+  ("answer word, the unit's power", "So the area is 12 m^2.", "2", False, True),
+  ("no answer word, result last", "Multiplying 3.5 by 7 gives 24.5", "24.5", True, True),
+  ("no answer word, an intermediate quantity", "Multiplying 3.5 by 7 gives 24.5", "3.5", False, True),
+  ("no answer word, unit power first", "A cm^2 area of 12", "12", True, True),
+  ("no answer word, the unit's power", "A cm^2 area of 12", "2", False, True),
+  ("no answer word, several numbers", "We get 7 m^2 for each of 3.5 rows: 24.5 m^2 in all", "24.5", True, True),
+  ("thousands separators", "The population is 1,234,567", "1234567", True, True),
+  ("scientific notation", "The rate is 1.5e-3 per second", "0.0015", True, True),
+  ("times ten to a power", "The speed is 3 × 10^8 m/s", "300000000", True, False),
+  ("times ten to a power, LaTeX", "The charge is $1.6 \\times 10^{-19}$ C", "1.6e-19", True, False),
+  ("several numbers, the answer first", "The answer is 24.5, not 25 or 24", "24.5", True, False),
+  ("several numbers, a rejected one", "The answer is 24.5, not 25 or 24", "25", False, True),
+]
+
+
+@pytest.mark.parametrize("form, response, gold, ours, official", MMMU_OPEN_FAMILY, ids=[f[0] for f in MMMU_OPEN_FAMILY])
+def test_mmmu_open_answer_family(form, response, gold, ours, official):
+  import mmmu_official
+
+  assert answers.grade("mmmu", response, ex("mmmu", gold, accepted_answers=[gold]))[0] is ours
+  assert mmmu_official.correct(response, gold) is official
+
+
 # ---- MMStar ------------------------------------------------------------------------------------
 
 

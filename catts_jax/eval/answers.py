@@ -34,6 +34,11 @@ Where we differ from the official code, and why:
   after an indicator in the last sentence that has one. Its value (or its first number: "is
   24.5 cm^2, not 25" -> 24.5) must equal a numeric reference; a text reference must equal it or
   occur in it as whole words. A response listing several numbers is no longer right by accident.
+  With no indicator anywhere, the last sentence's last number is the answer (a result is stated
+  after the quantities it comes from; the official code then tries every number of the whole
+  response). Numbers are read as stated: "3 x 10^8" is one number, the 2 of "m^2" none, "1,234"
+  one thousand two hundred thirty-four (tests/test_answers.py: the family of forms, each beside
+  the official parser's verdict).
 - MMMU and MathVista never guess: the official MMMU parser picks a random letter when it finds
   none, and MathVista maps any unmatched text to the nearest choice by edit distance. An
   unparseable answer is wrong here, so broken outputs do not score above zero.
@@ -201,40 +206,55 @@ def grade_mathvista(response: str, example: Mapping[str, Any]) -> tuple[bool, st
 # ---- MMMU --------------------------------------------------------------------------------------
 
 
-def _mmmu_key_span(response: str) -> str:
-  """The tail of the last sentence that holds an answer indicator (shortest such tail); the
-  last sentence itself when none does."""
+def _mmmu_key_span(response: str) -> tuple[str, bool]:
+  """(span, found): the tail of the last sentence that holds an answer indicator (shortest
+  such tail) and True; the last sentence itself and False when none does."""
   text = response.strip().strip(".").lower()
   sentences = [s for s in re.split(r"\.\s+|\n", text) if s.strip()]
   if not sentences:
-    return ""
+    return "", False
   for k in range(len(sentences) - 1, -1, -1):
     indicators = _INDICATORS + (("=",) if k == len(sentences) - 1 else ())
     tails = [sentences[k].split(ind)[-1].strip() for ind in indicators if ind in sentences[k]]
     tails = [t for t in tails if t and t not in ":,.!?;'"]
     if tails:
-      return min(tails, key=len)
-  return sentences[-1].strip()
+      return min(tails, key=len), True
+  return sentences[-1].strip(), False
 
 
-def _mmmu_number(span: str) -> float | None:
-  """The span's value, or the first number in it ("24.5 square units, not 25" -> 24.5)."""
+# "3 x 10^8", "1.2 \times 10^{-3}": one number. "m^2", "s^{-1}", "cm**3": a unit's power, no number.
+_TIMES_TEN = re.compile(
+  r"([-+]?\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|×|·|\*|x)\s*10\s*(?:\^|\*\*)\s*\{?\s*([-+−]?\d+)\s*\}?"
+)
+_UNIT_POWER = re.compile(r"(?<=[A-Za-z)])\s*(?:\^|\*\*)\s*\{?\s*[-+−]?\d+\s*\}?")
+
+
+def _stated_numbers(span: str) -> list[str]:
+  """The numbers a span states, in reading order: a number times a power of ten counts as
+  one, the powers of units count as none."""
+  span = _TIMES_TEN.sub(lambda m: f"{float(m[1]) * 10.0 ** int(m[2].replace('−', '-')):.10g}", span)
+  return normalize.numbers(_UNIT_POWER.sub("", span))
+
+
+def _mmmu_number(span: str, last: bool = False) -> float | None:
+  """The span's value; else its first stated number ("24.5 square units, not 25" -> 24.5), or
+  with `last` its last one (a sentence with no answer word states its result last: "3.5 rows
+  of 7 m^2 make 24.5 m^2" -> 24.5)."""
   value = normalize.to_number(span)
   if value is None:
-    found = normalize.numbers(span)
-    value = normalize.to_number(found[0]) if found else None
+    found = _stated_numbers(span)
+    value = normalize.to_number(found[-1 if last else 0]) if found else None
   return value
 
 
-def _mmmu_open_equal(pred: str, gold: str) -> bool:
+def _mmmu_open_equal(span: str, value: float | None, gold: str) -> bool:
   g = normalize.to_number(gold, strip_units=False)
   if g is not None:
-    p = _mmmu_number(pred)
-    return p is not None and normalize.numbers_equal(p, g, 2)
-  if normalize.values_equal(pred, gold):
+    return value is not None and normalize.numbers_equal(value, g, 2)
+  if normalize.values_equal(span, gold):
     return True
   want = normalize.strip_latex(gold).lower()
-  have = normalize.strip_latex(pred).lower()
+  have = normalize.strip_latex(span).lower()
   return bool(want) and re.search(r"(?<!\w)" + re.escape(want) + r"(?!\w)", have) is not None
 
 
@@ -243,11 +263,12 @@ def grade_mmmu(response: str, example: Mapping[str, Any]) -> tuple[bool, str]:
   if example.get("options"):
     return _multiple_choice(response, example, rule="last")
   span, how = parsing.final_span(response)
+  indicated = True
   if how == "none":
-    span = _mmmu_key_span(response)
+    span, indicated = _mmmu_key_span(response)
+  value = _mmmu_number(span, last=not indicated)
   accepted = (example.get("metadata") or {}).get("accepted_answers") or [example["answer"]]
-  correct = any(_mmmu_open_equal(span, str(g)) for g in accepted if str(g).strip())
-  value = _mmmu_number(span)
+  correct = any(_mmmu_open_equal(span, value, str(g)) for g in accepted if str(g).strip())
   return correct, normalize.format_number(value) if value is not None else _canonical(span)
 
 
