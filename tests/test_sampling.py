@@ -196,12 +196,16 @@ def test_contrastive_decoding(policy):
 
 
 def test_contrastive_logits_formula():
-  orig = np.array([[2.0, 1.0, -3.0, 0.5]])
-  other = np.array([[0.0, 2.0, -5.0, 0.5]])
-  got = np.asarray(contrastive_logits(jnp.asarray(orig), jnp.asarray(other), 0.5, 0.2))
-  cutoff = np.log(0.2) + 2.0
-  want = np.where(orig < cutoff, -np.inf, 1.5 * orig - 0.5 * other)
-  np.testing.assert_allclose(got, want)
+  """Against a numpy reference, on logits whose two maxima differ (a cutoff taken from the
+  contrast's logits would keep only token 0 of row 0)."""
+  orig = np.array([[2.0, 1.0, -3.0, 0.5], [0.3, -1.5, 0.1, 0.25]], np.float32)
+  other = np.array([[0.0, 3.5, -5.0, 0.5], [1.5, -2.0, 0.0, 0.2]], np.float32)
+  alpha, beta = 0.5, 0.2
+  got = np.asarray(contrastive_logits(jnp.asarray(orig), jnp.asarray(other), alpha, beta))
+  cutoff = np.log(beta) + orig.max(-1, keepdims=True)
+  want = np.where(orig < cutoff, -np.inf, (1 + alpha) * orig - alpha * other)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert np.isfinite(got).tolist() == [[True, True, False, True], [True, False, True, True]]
 
 
 def test_sampler_compiles_once_per_shape(policy):
