@@ -218,7 +218,13 @@ MMMU_OPEN_FAMILY = [
   ("no answer word, an intermediate quantity", "Multiplying 3.5 by 7 gives 24.5", "3.5", False, True),
   ("no answer word, unit power first", "A cm^2 area of 12", "12", True, True),
   ("no answer word, the unit's power", "A cm^2 area of 12", "2", False, True),
-  ("no answer word, several numbers", "We get 7 m^2 for each of 3.5 rows: 24.5 m^2 in all", "24.5", True, True),
+  (
+    "no answer word, several numbers",
+    "We get 7 m^2 for each of 3.5 rows: 24.5 m^2 in all",
+    "24.5",
+    True,
+    True,
+  ),
   ("thousands separators", "The population is 1,234,567", "1234567", True, True),
   ("scientific notation", "The rate is 1.5e-3 per second", "0.0015", True, True),
   ("times ten to a power", "The speed is 3 × 10^8 m/s", "300000000", True, False),
@@ -228,7 +234,9 @@ MMMU_OPEN_FAMILY = [
 ]
 
 
-@pytest.mark.parametrize("form, response, gold, ours, official", MMMU_OPEN_FAMILY, ids=[f[0] for f in MMMU_OPEN_FAMILY])
+@pytest.mark.parametrize(
+  "form, response, gold, ours, official", MMMU_OPEN_FAMILY, ids=[f[0] for f in MMMU_OPEN_FAMILY]
+)
 def test_mmmu_open_answer_family(form, response, gold, ours, official):
   import mmmu_official
 

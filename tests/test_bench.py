@@ -124,7 +124,10 @@ def test_shaped_checkpoint_speaks_the_tokenizer(tmp_path):
   path = catts_bench.shaped_checkpoint(tmp_path / "ckpt", "bench", like)
   policy = Policy.from_pretrained(path)
   shape = presets.hf_config("bench")["text_config"]
-  assert (policy.cfg.text.hidden_size, policy.cfg.text.num_layers) == (shape["hidden_size"], shape["num_hidden_layers"])
+  assert (policy.cfg.text.hidden_size, policy.cfg.text.num_layers) == (
+    shape["hidden_size"],
+    shape["num_hidden_layers"],
+  )
   tokenizer = policy.processor.tokenizer
   assert policy.cfg.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
   assert policy.stop_ids() == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)

@@ -73,7 +73,9 @@ def shaped_checkpoint(out: pathlib.Path, shape: str, like: str | pathlib.Path) -
     raise ValueError(f"--shape: {like}'s tokenizer lacks a Qwen2.5-VL special token ({ids})")
   cfg = ModelConfig.from_hf_dict(presets.hf_config(shape), source=f"preset {shape}").replace(**ids)
   if max(ids.values()) >= cfg.text.vocab_size:
-    raise ValueError(f"--shape {shape}: vocabulary {cfg.text.vocab_size} is smaller than {like}'s special ids")
+    raise ValueError(
+      f"--shape {shape}: vocabulary {cfg.text.vocab_size} is smaller than {like}'s special ids"
+    )
   return save_hf(Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)), out, processor_dir=like)
 
 
