@@ -47,6 +47,9 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_string(
     "expert", "none", "hf:<model-id> | http(s)://host[:port]/v1 | self | none", flag_values=fv
   )
+  flags.DEFINE_bool(
+    "expert_check", True, "a remote --expert answers one probe call before the run starts", flag_values=fv
+  )
   flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
 
 
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
     job = run.prepare(
       args.config, ckpt=args.ckpt, benchmark=args.benchmark, out=args.out, data_path=args.data,
       split=args.split, data_dir=args.data_dir, limit=args.limit, ns=args.n, methods=args.methods,
-      expert=args.expert,
+      expert=args.expert, expert_check=args.expert_check,
     )  # fmt: skip
   except (ValueError, FileNotFoundError) as err:
     print(f"error: {err}", file=sys.stderr)
@@ -67,6 +70,8 @@ def main(argv=None) -> int:
   with tqdm(total=len(job.examples), desc="catts", unit="problem") as bar:
     result = job.run(progress=bar.update)
   print(report.text_table(result["table"], summary.columns(job.ns)))
+  for line in summary.expert_lines(result.get("expert_calls") or {}):
+    print(line)
   if result["errors"]:
     print(f"\n{result['errors']} problem(s) failed: {', '.join(result['error_ids'])}", file=sys.stderr)
   out = job.out

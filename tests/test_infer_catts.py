@@ -196,15 +196,29 @@ def poll_lines(path, count, then, stop):
     time.sleep(0.02)
 
 
-def test_faulty_expert_server_killed_mid_run(tiny_ckpt, tfds_dir, tmp_path, shared_policy, online):
+def test_faulty_expert_server_killed_mid_run(tiny_ckpt, tfds_dir, tmp_path, shared_policy, online, capsys):
   log = tmp_path / "requests.log"
-  script = ["ok", "500", "500", "garbled", "garbled", "sleep", "sleep", "badjson", "badjson", "badjson", "ok"]
+  # The first "ok" answers the start-up probe (--expert_check).
+  script = [
+    "ok",
+    "ok",
+    "500",
+    "500",
+    "garbled",
+    "garbled",
+    "sleep",
+    "sleep",
+    "badjson",
+    "badjson",
+    "badjson",
+    "ok",
+  ]
   server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "expert_server.py"), str(log), *script],
                             stdout=subprocess.PIPE)  # fmt: skip
   stop = threading.Event()
   try:
     port = int(server.stdout.readline())
-    watcher = threading.Thread(target=poll_lines, args=(log, 16, server.kill, stop), daemon=True)
+    watcher = threading.Thread(target=poll_lines, args=(log, 17, server.kill, stop), daemon=True)
     watcher.start()
     # One call at a time, so each call's attempts meet the script's faults in a row.
     faults = ["--config.expert.timeout_s=0.5", "--config.expert.max_retries=1", "--config.expert.backoff_s=0.01",
@@ -230,6 +244,38 @@ def test_faulty_expert_server_killed_mid_run(tiny_ckpt, tfds_dir, tmp_path, shar
   assert rows[-1]["expert_calls"][-1]["error"].startswith("connection error")  # after the kill
   report = json.loads((out / "report.json").read_text())
   assert report["errors"] == 0 and sum(s["failed"] for s in report["expert_calls"].values()) > 0
+  # The failures also show where the run ends: a line per role on stdout.
+  printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("expert ")]
+  assert [line.split(":")[0] for line in printed] == [f"expert {role}" for role in report["expert_calls"]]
+  planner = report["expert_calls"]["planner"]
+  assert (
+    f"expert planner: {planner['calls']} calls, {planner['ok']} ok, {planner['failed']} failed" in printed[0]
+  )
+  assert any("most common error" in line for line in printed)
+
+
+@pytest.mark.parametrize("action,message", [(None, "the probe call failed (connection error"),
+                                            ("badjson", "its reply to a probe is no module plan")])  # fmt: skip
+def test_expert_check_stops_before_the_run(action, message, tiny_ckpt, tfds_dir, tmp_path, capsys, online):
+  """A remote Expert that cannot be reached, or answers the probe with no plan, stops the run
+  before any model is loaded, with one line naming it; --noexpert_check runs anyway."""
+  server, url = None, "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
+  if action:
+    log = tmp_path / "requests.log"
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "expert_server.py"), str(log), action],
+                              stdout=subprocess.PIPE)  # fmt: skip
+    url = f"http://127.0.0.1:{int(server.stdout.readline())}/v1"
+  try:
+    fast = ["--config.expert.max_retries=0", "--config.expert.timeout_s=2"]
+    args = args_for(tiny_ckpt, tmp_path / "run", tfds_dir, "--expert", url, *fast)
+    assert exit_code(args) == 2
+    err = capsys.readouterr().err
+    assert f"--expert {url}: {message}" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+  finally:
+    if server is not None:
+      server.kill()
+      server.wait()
 
 
 @pytest.fixture
@@ -243,8 +289,9 @@ def test_transformers_serve_as_the_expert(
   transformers_server, tiny_ckpt, tfds_dir, tmp_path, shared_policy, online
 ):
   out = tmp_path / "run"
+  # The random model writes no plan, so it would fail the start-up probe: skipped.
   args = args_for(tiny_ckpt, out, tfds_dir, "--expert", transformers_server, "--config.expert.timeout_s=30",
-                  limit=8)  # fmt: skip
+                  "--noexpert_check", limit=8)  # fmt: skip
   assert catts.main(args) == 0
   rows = read_jsonl(out / "results.jsonl")
   assert len(rows) == 8 and not [r for r in rows if "error" in r]

@@ -159,3 +159,25 @@ def test_expert_ask_many_returns_errors_in_place():
   assert got[0][0] == {"3": 0.7, "4": 0.3} and got[1].record.error == "HTTP 400: bad request"
   with pytest.raises(ex.ExpertError):
     expert.ask(asks[1])
+
+
+def test_programming_errors_propagate_other_failures_are_records():
+  """A bug (TypeError, ImportError, ...) in an Expert call stops the run; trouble with the
+  Expert (here a ValueError) is a failed call returned to the problem that asked."""
+
+  class Broken(ex.Expert):
+    name = "broken"
+
+    def __init__(self, error):
+      super().__init__(ex.RetryPolicy(max_retries=0))
+      self.error = error
+
+    def _send(self, messages, max_tokens, temperature):
+      raise self.error
+
+  ask = vote_ask("How many?", [], ["3", "4"], max_tokens=8)
+  for error in (TypeError("bad argument"), ImportError("no module")):
+    with pytest.raises(type(error)):
+      Broken(error).ask_many([ask, ask], concurrency=2)
+  got = Broken(ValueError("refused")).ask_many([ask, ask], concurrency=2)
+  assert all(isinstance(g, ex.ExpertError) and "ValueError: refused" in g.record.error for g in got)

@@ -71,7 +71,8 @@ def shaped_checkpoint(out: pathlib.Path, shape: str, like: str | pathlib.Path) -
   ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL_IDS.items()}
   if any(i is None or i == tokenizer.unk_token_id for i in ids.values()):
     raise ValueError(f"--shape: {like}'s tokenizer lacks a Qwen2.5-VL special token ({ids})")
-  cfg = ModelConfig.from_hf_dict(presets.hf_config(shape), source=f"preset {shape}").replace(**ids)
+  shaped = {"model_type": "qwen2_5_vl", **presets.hf_config(shape)}  # "bench" leaves the type out
+  cfg = ModelConfig.from_hf_dict(shaped, source=f"preset {shape}").replace(**ids)
   if max(ids.values()) >= cfg.text.vocab_size:
     raise ValueError(
       f"--shape {shape}: vocabulary {cfg.text.vocab_size} is smaller than {like}'s special ids"

@@ -114,6 +114,11 @@ class ExpertError(RuntimeError):
     self.record = record
 
 
+# Bugs in this code, not trouble with the Expert: they propagate (the run stops with their
+# traceback) instead of becoming a failed call that costs a vote and leaves the run "done".
+PROGRAMMING_ERRORS = (ImportError, NameError, TypeError, AttributeError, AssertionError, NotImplementedError)
+
+
 class Retryable(Exception):
   """A failed attempt worth repeating (transient server or network trouble)."""
 
@@ -170,7 +175,7 @@ def shorten(text: str, limit: int = ERROR_MAX_CHARS) -> str:
 
 class Expert:
   """A chat model. Subclasses implement `_send` (one attempt) and may raise Retryable or
-  Fatal; any other exception counts as Fatal."""
+  Fatal; PROGRAMMING_ERRORS propagate; any other exception counts as Fatal."""
 
   name = "expert"
 
@@ -206,7 +211,9 @@ class Expert:
         call = ExpertCall(role, True, time.monotonic() - start, attempt, expert=self.name)
         self.last_call = call  # a local first: calls on other threads set it too
         return text, call
-      except Exception as e:  # noqa: BLE001 - every failure becomes a record
+      except PROGRAMMING_ERRORS:
+        raise
+      except Exception as e:  # noqa: BLE001 - every other failure becomes a record
         failure = e
       # Handled outside the except block, so no error chains to one that may quote secrets.
       known = isinstance(failure, Retryable | Fatal)
@@ -232,11 +239,13 @@ class Expert:
   def ask_many(self, asks: Sequence[Ask], concurrency: int = 1) -> list[tuple[Any, ExpertCall] | Exception]:
     """Each ask's (result, call), or the exception it raised (an ExpertError when the call
     failed or its reply was unusable), in order; up to `concurrency` calls in flight at once
-    (a slow or failing call holds up no other)."""
+    (a slow or failing call holds up no other). PROGRAMMING_ERRORS propagate."""
 
     def one(ask: Ask):
       try:
         return self.ask(ask)
+      except PROGRAMMING_ERRORS:
+        raise
       except Exception as e:  # noqa: BLE001 - returned to the problem that asked
         return e
 

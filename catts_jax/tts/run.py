@@ -23,10 +23,10 @@ from catts_jax.policy import Policy
 from catts_jax.scoring import ConfidenceConfig
 from catts_jax.tts import summary as summaries
 from catts_jax.tts import voting
-from catts_jax.tts.expert import Expert, RemoteExpert
+from catts_jax.tts.expert import Expert, ExpertError, RemoteExpert
 from catts_jax.tts.expert_spec import make_expert
 from catts_jax.tts.methods import METHODS
-from catts_jax.tts.planner import PLANNER_MODES
+from catts_jax.tts.planner import PLANNER_MODES, plan_ask
 from catts_jax.tts.policy_ops import PolicyOps
 from catts_jax.tts.runner import Runner
 
@@ -93,6 +93,20 @@ def module_batch(cfg, backend: str | None = None) -> int:
   import jax
 
   return cfg.solve_batch if (backend or jax.default_backend()) in ("gpu", "tpu") else 1
+
+
+def probe(expert: Expert) -> None:
+  """One planner call on a text-only question: ValueError when the Expert cannot be reached or
+  its reply is not a plan (a model that answers nonsense would only cost votes, silently)."""
+  skip = "--noexpert_check skips this probe"
+  try:
+    _, call = expert.ask(plan_ask("What is 2 + 3?", [], order_all=True))
+  except ExpertError as e:
+    raise ValueError(f"--expert {expert.name}: the probe call failed ({e.record.error}); {skip}") from None
+  if call.fallback:
+    raise ValueError(
+      f"--expert {expert.name}: its reply to a probe is no module plan ({call.output!r}); {skip}"
+    )
 
 
 def expert_options(cfg) -> dict[str, Any]:
@@ -169,9 +183,11 @@ def prepare(
   ns: str = "1,2,4,8,16,32",
   methods: str = ",".join(METHODS),
   expert: str = "none",
+  expert_check: bool = True,
 ) -> Job:
   """Checks the inputs (ValueError or FileNotFoundError naming the bad one), loads the
-  benchmark's first `limit` problems and checks or writes out/run.json."""
+  benchmark's first `limit` problems and checks or writes out/run.json. With `expert_check`,
+  a remote Expert answers one probe call first (`probe`)."""
   tts = voting.TTSConfig(**cfg.tts)
   if cfg.planner.mode not in PLANNER_MODES:
     raise ValueError(f"planner.mode={cfg.planner.mode!r}: expected one of {', '.join(PLANNER_MODES)}")
@@ -186,6 +202,8 @@ def prepare(
 
     if huggingface_hub.constants.HF_HUB_OFFLINE:
       raise ValueError("HF_HUB_OFFLINE is set, which blocks huggingface_hub's client: unset it for --expert")
+    if expert_check:
+      probe(remote)
   dataset = data.load(benchmark, manual_dir=data_path, data_dir=data_dir, split=split)
   examples = dataset[: min(len(dataset), limit or len(dataset))]
   settings = {

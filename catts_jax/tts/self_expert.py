@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from catts_jax.tts.context import stable_seed
-from catts_jax.tts.expert import Ask, Expert, ExpertCall, RetryPolicy, decode_image_url
+from catts_jax.tts.expert import PROGRAMMING_ERRORS, Ask, Expert, ExpertCall, RetryPolicy, decode_image_url
 
 
 class SelfExpert(Expert):
@@ -93,6 +93,8 @@ class SelfExpert(Expert):
         call = ExpertCall(asks[i].role, True, latency, 1, expert=self.name)
         try:
           out[i] = asks[i].read(self, text, call)
+        except PROGRAMMING_ERRORS:
+          raise
         except Exception as e:  # noqa: BLE001 - returned to the problem that asked
           out[i] = e
     return out

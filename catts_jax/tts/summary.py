@@ -50,6 +50,19 @@ def adaptive_points(rows: list[dict], ns: list[int], tts: voting.TTSConfig) -> l
   return points
 
 
+def expert_lines(calls: dict[str, dict[str, Any]]) -> list[str]:
+  """One line per Expert role from `expert_summary`: calls, ok, failed, fallbacks and the most
+  common error, so failures show where a run ends, not only inside report.json."""
+  lines = []
+  for role, s in calls.items():
+    line = f"expert {role}: {s['calls']} calls, {s['ok']} ok, {s['failed']} failed, {s['fallback']} fell back"
+    if s["errors"]:
+      error, count = next(iter(s["errors"].items()))
+      line += f"; most common error ({count}x): {error}"
+    lines.append(line)
+  return lines
+
+
 def expert_summary(rows: list[dict]) -> dict[str, dict[str, Any]]:
   out: dict[str, dict[str, Any]] = {}
   for r in rows:
