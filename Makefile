@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint demo demo-readme checkpoints verify catts ablation plan train-bench gpu-wheels gpu-check gpu-catts bench bench-readme clean
+.PHONY: install test lint demo demo-readme checkpoints verify catts ablation plan train-bench gpu-wheels gpu-check gpu-catts bench bench-decode bench-readme clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,8 +85,12 @@ gpu-catts:
 bench: install
 	$(PY) -m infer.bench --out docs/reports/bench_cpu
 
+# Decode at batch 32 and 128 with 512-token responses (docs/reports/bench_cpu_decode512).
+bench-decode: install
+	$(PY) -m infer.bench --gen_batches 32,128 --new_tokens 512 --repeats 3 --out docs/reports/bench_cpu_decode512
+
 bench-readme: install
-	$(PY) -m infer.bench --render_readme docs/results.md --reports docs/reports/bench_cpu/report.json,docs/reports/bench_gpu_h100/report.json
+	$(PY) -m infer.bench --render_readme docs/results.md --reports docs/reports/bench_cpu/report.json,docs/reports/bench_cpu_decode512/report.json,docs/reports/bench_gpu_h100/report.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache
