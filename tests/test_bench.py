@@ -121,9 +121,9 @@ def test_shaped_checkpoint_speaks_the_tokenizer(tmp_path):
   from catts_jax.tts import bench as catts_bench
 
   like = ROOT / "checkpoints" / "synthetic_cdrl"
-  path = catts_bench.shaped_checkpoint(tmp_path / "ckpt", "bench", like)
+  path = catts_bench.shaped_checkpoint(tmp_path / "ckpt", "small", like)
   policy = Policy.from_pretrained(path)
-  shape = presets.hf_config("bench")["text_config"]
+  shape = presets.hf_config("small")
   assert (policy.cfg.text.hidden_size, policy.cfg.text.num_layers) == (
     shape["hidden_size"],
     shape["num_hidden_layers"],
