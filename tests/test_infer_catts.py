@@ -143,7 +143,9 @@ def test_self_expert_end_to_end(self_run, capsys):
   assert [t["method"] for t in report["table"]] == list(METHODS)
   for m in ("catts", "majority", "deepconf", "best-of-n"):  # each N's accuracy is its rows' mean
     for n in ("2", "4"):
-      assert report["accuracy"][m][n] == pytest.approx(sum(r["methods"][m][n]["correct"] for r in rows) / len(rows))
+      assert report["accuracy"][m][n] == pytest.approx(
+        sum(r["methods"][m][n]["correct"] for r in rows) / len(rows)
+      )
   assert set(report["slope"]) == {"catts", "majority", "deepconf", "deepconf-online", "best-of-n"}
   assert [p["cap"] for p in report["adaptive"]["points"]] == [2, 4]
   assert set(report["expert_calls"]) == {"planner", "voter", "critic"}

@@ -80,7 +80,7 @@ def test_posterior_clips_negative_totals_and_is_uniform_without_support():
 
 def test_json_round_trip():
   t = voting.confidence_weighted(["A", None, "B"], [0.5, 0.25, 0.75])
-  voting.voter_boost(t, {"A": 1.0}, n=3)
+  voting.voter_boost(t, {"A": 1.0}, total=1.5)
   t.add("selfcheck", "B", -0.5)
   record = json.loads(json.dumps(t.to_json()))
   assert record["totals"] == {"A": 2.0, "B": 0.25}
@@ -134,26 +134,26 @@ def test_voter_boost_flips_the_winner_by_hand_totals():
   t = voting.confidence_weighted(["A", "A", "B", "B", "B"], [0.9, 0.9, 0.7, 0.7, 0.7])
   assert t.winner() == "B"  # A 1.8 < B 2.1
   # Unknown "Z" is dropped: A 0.6 / 0.8 = 0.75, B 0.25; tau * N = 2.5.
-  added = voting.voter_boost(t, {"A": 0.6, "B": 0.2, "Z": 0.2}, n=5, tau=0.5)
+  added = voting.voter_boost(t, {"A": 0.6, "B": 0.2, "Z": 0.2}, total=2.5)
   assert added == pytest.approx({"A": 1.875, "B": 0.625})
   assert t.weights() == pytest.approx({"A": 3.675, "B": 2.725}) and t.winner() == "A"
 
 
 def test_voter_boost_even_split_keeps_the_winner():
   t = voting.confidence_weighted(["A", "A", "B", "B", "B"], [0.9, 0.9, 0.7, 0.7, 0.7])
-  voting.voter_boost(t, {"A": 3.0, "B": 3.0}, n=5)  # renormalised to 0.5 / 0.5
+  voting.voter_boost(t, {"A": 3.0, "B": 3.0}, total=2.5)  # renormalised to 0.5 / 0.5
   assert t.weights() == pytest.approx({"A": 3.05, "B": 3.35}) and t.winner() == "B"
 
 
 def test_voter_boost_adds_nothing_without_usable_probabilities():
   t = table_of(("A", 1.0))
-  assert voting.voter_boost(t, {"Z": 1.0, "": 1.0}, n=4) == {}
-  assert voting.voter_boost(t, {"A": 0.0}, n=4) == {}
-  assert voting.voter_boost(t, {"A": -1.0, "Z": 1.0}, n=4) == {}
-  assert voting.voter_boost(t, None, n=4) == {}  # the Expert's reply did not parse
+  assert voting.voter_boost(t, {"Z": 1.0, "": 1.0}, total=2) == {}
+  assert voting.voter_boost(t, {"A": 0.0}, total=2) == {}
+  assert voting.voter_boost(t, {"A": -1.0, "Z": 1.0}, total=2) == {}
+  assert voting.voter_boost(t, None, total=2) == {}  # the Expert's reply did not parse
   assert t.weights() == {"A": 1.0} and len(t.entries) == 1
   with pytest.raises(ValueError):
-    voting.voter_boost(t, {"A": float("nan")}, n=4)
+    voting.voter_boost(t, {"A": float("nan")}, total=2)
 
 
 # --- Self-Reflection ----------------------------------------------------------------------
@@ -183,14 +183,16 @@ def test_reflection_gate_on_posterior_and_margin():
 
 def test_reflection_boost_changes_the_winner_exactly_when_it_exceeds_the_gap():
   t = voting.majority(["A", "A", "A", "B", "B"])  # A 3, B 2, N = 5
-  assert voting.reflection_boost(t, "B", n=5, boost=0.5) == 2.5
+  assert voting.reflection_boost(t, "B", total=2.5) == 2.5
   assert t.weights() == {"A": 3.0, "B": 4.5} and t.winner() == "B"
   t = voting.majority(["A", "A", "A", "B", "B"])
-  voting.reflection_boost(t, "C", n=5, boost=0.5)  # a new answer: 2.5 < 3
+  voting.reflection_boost(t, "C", total=2.5)  # a new answer: 2.5 < 3
   assert t.weights() == {"A": 3.0, "B": 2.0, "C": 2.5} and t.winner() == "A"
-  voting.reflection_boost(t, "C", n=5, boost=0.1)  # 3.0 ties A: A was added first
+  voting.reflection_boost(t, "C", total=0.5)  # 3.0 ties A: A was added first
   assert t.winner() == "A"
-  assert voting.reflection_boost(t, None, n=5) == 0.0 and voting.reflection_boost(t, "", n=5) == 0.0
+  assert (
+    voting.reflection_boost(t, None, total=2.5) == 0.0 and voting.reflection_boost(t, "", total=2.5) == 0.0
+  )
 
 
 # --- Visual Self-Check ----------------------------------------------------------------------
@@ -206,30 +208,30 @@ def test_selfcheck_support_is_the_clipped_drop():
 def test_selfcheck_boost_by_hand_totals():
   t = table_of(("A", 2.0), ("B", 1.8))  # N = 4, weight 0.5: the self-check is worth <= 2 votes
   # The drops sum to 0.4 < 1: each answer gets 2 * its drop, 0.8 votes in all.
-  added = voting.selfcheck_boost(t, ["A", "B"], [0.1, 0.3], n=4, weight=0.5)
+  added = voting.selfcheck_boost(t, ["A", "B"], [0.1, 0.3], total=2.0)
   assert added == pytest.approx({"A": 0.2, "B": 0.6})
   assert t.weights() == pytest.approx({"A": 2.2, "B": 2.4}) and t.winner() == "B"
   # The drops sum to 1.5 > 1: the 2 votes are split 0.9 : 0.6.
   t = table_of(("A", 2.0), ("B", 1.8))
-  assert voting.selfcheck_boost(t, ["A", "B"], [0.9, 0.6], n=4) == pytest.approx({"A": 1.2, "B": 0.8})
+  assert voting.selfcheck_boost(t, ["A", "B"], [0.9, 0.6], total=2.0) == pytest.approx({"A": 1.2, "B": 0.8})
 
 
 def test_selfcheck_boost_of_noise_sized_drops_is_noise_sized():
   t = table_of(("A", 2.0), ("B", 1.8))
-  added = voting.selfcheck_boost(t, ["A", "B"], [0.001, 0.004], n=4)
+  added = voting.selfcheck_boost(t, ["A", "B"], [0.001, 0.004], total=2.0)
   assert added == pytest.approx({"A": 0.002, "B": 0.008}) and t.winner() == "A"
 
 
 def test_selfcheck_boost_ignores_unknown_candidates_and_zero_drops():
   t = table_of(("A", 2.0), ("B", 1.8))
   # "C" is not in the table: its drop counts for nothing; B gets 2 * 0.3 and overtakes A.
-  assert voting.selfcheck_boost(t, ["A", "B", "C"], [0.0, 0.3, 0.9], n=4) == pytest.approx({"B": 0.6})
+  assert voting.selfcheck_boost(t, ["A", "B", "C"], [0.0, 0.3, 0.9], total=2.0) == pytest.approx({"B": 0.6})
   assert t.winner() == "B"
   t = table_of(("A", 2.0), ("B", 1.8))
-  assert voting.selfcheck_boost(t, ["A", "B"], [0.0, 0.0], n=4) == {}
+  assert voting.selfcheck_boost(t, ["A", "B"], [0.0, 0.0], total=2.0) == {}
   assert t.winner() == "A" and len(t.entries) == 2
   with pytest.raises(ValueError, match="unique"):
-    voting.selfcheck_boost(t, ["A", "A"], [0.1, 0.2], n=4)
+    voting.selfcheck_boost(t, ["A", "A"], [0.1, 0.2], total=2.0)
 
 
 def test_selfcheck_gate_both_sides():
@@ -282,4 +284,31 @@ def test_config_defaults_and_ml_collections_round_trip():
     cfg.tau = 1.0  # type: ignore[misc]
   for bad in (dict(reflection_signal="entropy"), dict(deepconf_keep=0.0), dict(deepconf_warmup=0)):
     with pytest.raises(ValueError):
+      voting.TTSConfig(**bad)
+
+
+@pytest.mark.parametrize(
+  "settings, total",
+  [
+    ({}, 0.5 * 5),  # the paper: tau * N, every sample counted
+    ({"boost_count": "answered"}, 0.5 * 4),  # the release counts answered samples only
+    ({"boost_round": True}, 2.0),  # int(0.5 * 5)
+    ({"boost_count": "answered", "boost_round": True}, 2.0),
+    ({"boost_unit": "mean_weight"}, 0.5 * (0.9 + 0.5 + 0.2 + 0.4 + 0.1)),  # N x mean weight
+    ({"boost_unit": "mean_weight", "boost_count": "answered"}, 0.5 * (0.9 + 0.5 + 0.4 + 0.1)),
+  ],
+)
+def test_boost_total_by_hand(settings, total):
+  answers, weights = ["3", "4", "", "3", "5"], [0.9, 0.5, 0.2, 0.4, 0.1]
+  assert voting.boost_total(0.5, answers, weights, voting.TTSConfig(**settings)) == pytest.approx(total)
+
+
+def test_boost_settings_are_checked():
+  for bad in (
+    {"boost_count": "some"},
+    {"boost_unit": "votes"},
+    {"sc_confidence": "nmlp"},
+    {"deepconf_confidence": "x"},
+  ):
+    with pytest.raises(ValueError, match=next(iter(bad))):
       voting.TTSConfig(**bad)

@@ -67,7 +67,7 @@ def self_consistency(ctx: Context, table: voting.VoteTable) -> Steps:
   except ExpertError as err:
     record["voter"] = {"ran": False, "reason": f"voter failed: {err.record.error}"}
     return record
-  added = voting.voter_boost(table, probs, ctx.n, ctx.tts.tau)
+  added = voting.voter_boost(table, probs, ctx.boost(ctx.tts.tau))
   record["voter"] = {"ran": True, "probs": probs, "added": added}
   return record
 

@@ -71,7 +71,7 @@ def self_reflection(ctx: Context, table: voting.VoteTable) -> Steps:
   except ExpertError as e:
     return {**record, "ran": False, "reason": f"critic failed: {e.record.error}"}
   new = yield from ctx.reanswer(target, text)
-  added = voting.reflection_boost(table, new.answer, ctx.n, tts.reflection_boost)
+  added = voting.reflection_boost(table, new.answer, ctx.boost(tts.reflection_boost))
   return {
     **record,
     "ran": True,

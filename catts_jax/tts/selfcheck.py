@@ -73,7 +73,7 @@ def visual_self_check(ctx: Context, table: voting.VoteTable) -> Steps:
   reps = [ctx.representative(a) for a in candidates]
   orig, noisy = yield from ctx.selfcheck_scores(reps)
   drops = voting.selfcheck_support(orig, noisy)
-  added = voting.selfcheck_boost(table, candidates, drops, ctx.n, tts.selfcheck_weight)
+  added = voting.selfcheck_boost(table, candidates, drops, ctx.boost(tts.selfcheck_weight))
   record.update(
     ran=True,
     candidates=candidates,
@@ -85,6 +85,7 @@ def visual_self_check(ctx: Context, table: voting.VoteTable) -> Steps:
   )
   weight = ctx.cfg.selfcheck.vcd_weight
   if weight > 0 and ctx.vcd is not None and voting.answered(ctx.vcd.answer):
-    table.add("vcd", ctx.vcd.answer, weight * ctx.n)
-    record["vcd"] = {"answer": ctx.vcd.answer, "added": weight * ctx.n}
+    added = ctx.boost(weight)
+    table.add("vcd", ctx.vcd.answer, added)
+    record["vcd"] = {"answer": ctx.vcd.answer, "added": added}
   return record

@@ -3,11 +3,11 @@
 Every module adds weighted entries for canonical answer strings (`catts_jax.eval.answers`):
 
   table = confidence_weighted(answers, confidences)   # Self-Consistency, weight = confidence
-  voter_boost(table, expert_probs, n=N, tau=0.5)       # Expert as Voter, tau * N * p(answer)
+  voter_boost(table, expert_probs, total=0.5 * N)      # Expert as Voter, tau * N * p(answer)
   if needs_reflection(table, 0.8, answers=answers, confidences=confidences):
-    reflection_boost(table, new_answer, n=N)           # Self-Reflection, 0.5 * N
+    reflection_boost(table, new_answer, total=0.5 * N) # Self-Reflection, 0.5 * N
   if needs_selfcheck(table, margin_threshold=1.0):
-    selfcheck_boost(table, cands, selfcheck_support(conf_orig, conf_noisy), n=N, weight=0.5)
+    selfcheck_boost(table, cands, selfcheck_support(conf_orig, conf_noisy), total=0.5 * N)
   table.winner()
 
 N is the number of Self-Consistency samples, unanswered ones included. A sample whose answer
@@ -28,6 +28,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 SIGNALS = ("confidence", "posterior", "margin")
+# Per-sample scores a vote can weigh by (scoring.response_scores): "confidence" exp(-NMLP), the
+# paper's text; "conf_mean" the mean top-k token confidence, as the release votes; DeepConf's
+# "conf_bottom" (bottom-10% group mean) and "conf_tail" (the last tokens' mean).
+VOTE_WEIGHTS = ("confidence", "conf_mean", "conf_bottom", "conf_tail")
 _TIE_DIGITS = 9  # totals equal to 9 decimals tie: 0.1 + 0.2 and 0.3 are the same vote
 
 
@@ -35,7 +39,7 @@ _TIE_DIGITS = 9  # totals equal to 9 decimals tie: 0.1 + 0.2 and 0.3 are the sam
 class TTSConfig:
   """Defaults for every weight and threshold of CA-TTS and its baselines (configs/catts.py)."""
 
-  sc_confidence: str = "confidence"  # sampler score used as the vote weight (exp(-NMLP))
+  sc_confidence: str = "confidence"  # the vote weight, one of VOTE_WEIGHTS (the paper's exp(-NMLP))
   tau: float = 0.5  # Expert as Voter: total boost tau * N, split by the Expert's probabilities
   reflection_boost: float = 0.5  # the re-answer gets reflection_boost * N
   reflection_signal: str = "confidence"  # one of SIGNALS; see `reflection_signal`
@@ -46,6 +50,12 @@ class TTSConfig:
   deepconf_keep: float = 0.9  # eta: keep the top 90% (DeepConf-high) or 0.1 (DeepConf-low)
   deepconf_window: int = 2048  # group (sliding window) size in tokens
   deepconf_warmup: int = 16  # online DeepConf warm-up traces
+  # How big a boost of fraction f is (`boost_total`): f * N with N every sample ("all", the
+  # paper's text) or the answered ones ("answered", the release); in samples ("samples", the
+  # paper) or in mean vote weights ("mean_weight"); rounded down (True, the release's int()).
+  boost_count: str = "all"
+  boost_unit: str = "samples"
+  boost_round: bool = False
   adaptive: bool = False  # sample in rounds and stop early (`should_stop`)
   adaptive_margin: float = 0.6  # stop once the posterior margin reaches this (untuned)
   adaptive_min_samples: int = 8  # never stop before this many samples
@@ -55,6 +65,13 @@ class TTSConfig:
       raise ValueError(f"reflection_signal must be one of {SIGNALS}, got {self.reflection_signal!r}")
     if not 0 < self.deepconf_keep <= 1:
       raise ValueError(f"deepconf_keep must be in (0, 1], got {self.deepconf_keep}")
+    for name in ("sc_confidence", "deepconf_confidence"):
+      if getattr(self, name) not in VOTE_WEIGHTS:
+        raise ValueError(f"{name} must be one of {VOTE_WEIGHTS}, got {getattr(self, name)!r}")
+    if self.boost_count not in ("all", "answered"):
+      raise ValueError(f"boost_count must be 'all' or 'answered', got {self.boost_count!r}")
+    if self.boost_unit not in ("samples", "mean_weight"):
+      raise ValueError(f"boost_unit must be 'samples' or 'mean_weight', got {self.boost_unit!r}")
     if self.deepconf_window < 1 or self.deepconf_warmup < 1:
       raise ValueError("deepconf_window and deepconf_warmup must be >= 1")
 
@@ -216,14 +233,28 @@ def _split(
   return added
 
 
+def boost_total(fraction: float, answers: Sequence[str | None], weights, tts: TTSConfig) -> float:
+  """A module's whole boost, `fraction` of N as `tts` counts it: N is every sample (the
+  paper's text) or the answered ones (`boost_count="answered"`, the release); in samples
+  (`boost_unit="samples"`, the paper) or in sample weights (`"mean_weight"`: N times the mean
+  vote weight, so a boost weighs the same against the samples whatever their weight's scale);
+  rounded down to a whole number with `boost_round` (the release's int(tau * N))."""
+  w = _weights(weights, len(answers))
+  counted = [x for a, x in zip(answers, w) if tts.boost_count == "all" or answered(a)]
+  unit = float(sum(counted)) if tts.boost_unit == "mean_weight" else float(len(counted))
+  total = fraction * unit
+  return float(math.floor(total + 1e-9)) if tts.boost_round else total
+
+
 def voter_boost(
-  table: VoteTable, probs: Mapping[str, float] | None, n: int, tau: float = 0.5, source: str = "voter"
+  table: VoteTable, probs: Mapping[str, float] | None, total: float, source: str = "voter"
 ) -> dict[str, float]:
-  """Expert as Voter: adds `tau * n * p(a)` to each candidate a, with the Expert's
+  """Expert as Voter: adds `total * p(a)` to each candidate a (the paper: total = tau * N,
+  `boost_total`), with the Expert's
   probabilities renormalised over the candidates in the table (unknown answers, empty answers
   and negative probabilities dropped). Returns what was added; {} if the Expert gave no
   candidate positive probability or no answer at all (probs None: its reply did not parse)."""
-  return _split(table, source, probs or {}, tau * n)
+  return _split(table, source, probs or {}, total)
 
 
 # --- Self-Reflection ----------------------------------------------------------------------
@@ -267,15 +298,13 @@ def needs_reflection(
   return reflection_signal(table, signal, answers, confidences) < threshold
 
 
-def reflection_boost(
-  table: VoteTable, answer: str | None, n: int, boost: float = 0.5, source: str = "reflection"
-) -> float:
-  """Adds `boost * n` to the re-answer (a new answer joins the table); an unextractable
-  re-answer adds nothing. Returns the weight added."""
+def reflection_boost(table: VoteTable, answer: str | None, total: float, source: str = "reflection") -> float:
+  """Adds `total` (the paper: 0.5 * N) to the re-answer (a new answer joins the table); an
+  unextractable re-answer adds nothing. Returns the weight added."""
   if not answered(answer):
     return 0.0
-  table.add(source, answer, boost * n)
-  return boost * n
+  table.add(source, answer, total)
+  return total
 
 
 # --- Visual Self-Check --------------------------------------------------------------------
@@ -301,13 +330,13 @@ def selfcheck_boost(
   table: VoteTable,
   answers: Sequence[str],
   drops,
-  n: int,
-  weight: float = 0.5,
+  total: float,
   source: str = "selfcheck",
 ) -> dict[str, float]:
-  """Adds `weight * n * drop_a / max(1, sum_b drop_b)` to each candidate a in the table: an
-  answer gets votes in proportion to the support it loses under noise (all of it, with
-  confidences in (0, 1]: `weight * n`), and the whole self-check is worth at most `weight * n`.
+  """Adds `total * drop_a / max(1, sum_b drop_b)` to each candidate a in the table (the
+  paper's scale: total = 0.5 * N): an answer gets votes in proportion to the support it loses
+  under noise (all of it, with confidences in (0, 1]: `total`), and the whole self-check is
+  worth at most `total`.
   Drops of a few thousandths thus add a few thousandths of `weight * n`, not a share of it
   (a plain split would give noise-sized differences full weight). Candidates not in the table
   are ignored and the sum runs over the rest. Returns what was added."""
@@ -316,7 +345,7 @@ def selfcheck_boost(
     raise ValueError(f"{len(answers)} candidates but {d.shape[0]} drops")
   if len(set(answers)) != len(answers):
     raise ValueError(f"candidate answers must be unique, got {list(answers)}")
-  return _split(table, source, dict(zip(answers, d.tolist())), weight * n, floor=1.0)
+  return _split(table, source, dict(zip(answers, d.tolist())), total, floor=1.0)
 
 
 def needs_selfcheck(table: VoteTable, margin_threshold: float) -> bool:
