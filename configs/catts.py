@@ -23,9 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling = dict(temperature=0.7, top_p=1.0, top_k=0, max_new_tokens=1024)  # untuned
   # Self-Reflection: the policy re-answers with the critique in context, greedily.
   c.reflection = dict(temperature=0.0, max_new_tokens=1024)
-  # Visual Self-Check: each candidate's response scored under the original and this image;
-  # vcd_weight > 0 also adds the VCD decode's answer with vcd_weight * N votes.
-  c.selfcheck = dict(perturbation="vcd_noise", strength=0.5, vcd_weight=0.0)
+  # Visual Self-Check (catts_jax/tts/selfcheck.py). contrastive: the paper's, the VCD decode's
+  # answer (the vcd block below) joins the vote; drop: ours, each candidate's response scored
+  # under the image and under this perturbation of it; both.
+  c.selfcheck = dict(mode="contrastive", perturbation="vcd_noise", strength=0.5)
   # VCD decoding (baseline and self-check vote): logits (1 + alpha) l - alpha l_noisy where
   # l >= log(beta) + max l; VCD's own noise is 500 of 1000 diffusion steps (strength 0.5).
   c.vcd = dict(alpha=1.0, beta=0.1, perturbation="vcd_noise", strength=0.5)

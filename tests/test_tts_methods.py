@@ -105,10 +105,13 @@ class RoleExpert(ex.Expert):
     return reply
 
 
-def config(planner="paper", **tts):
+def config(planner="paper", selfcheck="drop", **tts):
+  """configs/catts.py with `tts` overrides; the self-check by confidence drop unless told (the
+  hand totals below are the drop rule's)."""
   cfg = catts_config.get_config()
   cfg.tts.update(tts)
   cfg.planner.mode = planner
+  cfg.selfcheck.mode = selfcheck
   return cfg
 
 
@@ -244,7 +247,9 @@ def test_a_plan_without_sc_that_leaves_no_answer_gets_the_sc_votes():
   row = solve(FakeOps({"p1": SAMPLES}, SELFCHECK), expert, config("adaptive"))
   r = row["methods"]["catts"]["4"]
   assert r["order"] == [SCK]
-  assert r["modules"][0] == {"module": SCK, "margin": 0.0, "ran": False, "reason": "no candidate answers"}
+  assert r["modules"][0] == {
+    "module": SCK, "mode": "drop", "margin": 0.0, "ran": False, "reason": "no candidate answers"
+  }  # fmt: skip
   assert r["modules"][1]["module"] == SC and r["modules"][1]["reason"] == "the plan left no answer"
   assert r["answer"] == "3"  # SC 1.1 + voter 0.5 * 4 * 1 on "3"
 
@@ -260,15 +265,35 @@ def test_reflection_gate_and_selfcheck_gate_skip_with_reasons():
     "ran": False,
     "reason": "confidence 0.950 >= threshold 0.9",
   }
-  assert sck == {"module": SCK, "margin": 1.0, "ran": False, "reason": "margin 1.000 >= threshold 1"}
+  assert sck == {
+    "module": SCK,
+    "mode": "drop",
+    "margin": 1.0,
+    "ran": False,
+    "reason": "margin 1.000 >= threshold 1",
+  }
 
 
-def test_optional_vcd_vote_in_the_selfcheck():
-  cfg = config()
-  cfg.selfcheck.vcd_weight = 0.25
-  row = solve(FakeOps({"p1": SAMPLES}, SELFCHECK), None, cfg)
-  sck = row["methods"]["catts"]["4"]["modules"][2]
-  assert sck["vcd"] == {"answer": "3", "added": 1.0}  # the fake VCD decode answers sample 0's "3"
+def test_contrastive_selfcheck_changes_the_vote_in_one_case_not_another():
+  """The paper's self-check: the VCD decode's answer (the fake decodes sample 0's) joins the
+  vote with selfcheck_weight * N = 2. Here it overturns the samples' "3" for "4" ..."""
+  flipped = [("4", 0.9), ("3", 0.8), ("3", 0.2), ("5", 0.6)]  # SC: 3 -> 1.0, 4 -> 0.9, 5 -> 0.6
+  row = solve(FakeOps({"p1": flipped}, SELFCHECK), None, config(selfcheck="contrastive"))
+  r = row["methods"]["catts"]["4"]
+  sck = r["modules"][2]
+  assert sck["ran"] and sck["contrastive"] == {"answer": "4", "added": 2.0} and "drops" not in sck
+  assert r["table"]["totals"] == pytest.approx({"4": 0.9 + 2.0, "3": 1.0, "5": 0.6})
+  assert r["answer"] == "4" and row["methods"]["majority"]["4"]["answer"] == "3"
+  # ... and here it backs the samples' winner, which stays.
+  row = solve(FakeOps({"p1": SAMPLES}, SELFCHECK), None, config(selfcheck="contrastive"))
+  r = row["methods"]["catts"]["4"]
+  assert r["modules"][2]["contrastive"] == {"answer": "3", "added": 2.0}
+  assert r["table"]["totals"] == pytest.approx({"3": 1.1 + 2.0, "4": 0.8, "5": 0.6}) and r["answer"] == "3"
+  # "both": the drops (by hand, as in the default-order test) and the contrastive answer.
+  row = solve(FakeOps({"p1": SAMPLES}, SELFCHECK), None, config(selfcheck="both"))
+  r = row["methods"]["catts"]["4"]
+  assert r["modules"][2]["added"] == pytest.approx({"3": 2 * 0.05, "4": 2 * 0.6})
+  assert r["table"]["totals"] == pytest.approx({"3": 1.1 + 2 * 0.05 + 2.0, "4": 0.8 + 2 * 0.6, "5": 0.6})
 
 
 def test_baselines_on_nested_prefixes():

@@ -29,6 +29,7 @@ from catts_jax.tts.methods import METHODS
 from catts_jax.tts.planner import PLANNER_MODES, plan_ask
 from catts_jax.tts.policy_ops import PolicyOps
 from catts_jax.tts.runner import Runner
+from catts_jax.tts.selfcheck import SELFCHECK_MODES
 
 # What a resumed run must share with the rows already written (--limit may grow).
 SETTINGS = ("checkpoint", "benchmark", "split", "ns", "methods", "expert", "config")
@@ -189,6 +190,8 @@ def prepare(
   benchmark's first `limit` problems and checks or writes out/run.json. With `expert_check`,
   a remote Expert answers one probe call first (`probe`)."""
   tts = voting.TTSConfig(**cfg.tts)
+  if cfg.selfcheck.mode not in SELFCHECK_MODES:
+    raise ValueError(f"selfcheck.mode={cfg.selfcheck.mode!r}: expected one of {', '.join(SELFCHECK_MODES)}")
   if cfg.planner.mode not in PLANNER_MODES:
     raise ValueError(f"planner.mode={cfg.planner.mode!r}: expected one of {', '.join(PLANNER_MODES)}")
   cfg.dtype = compute_dtype(cfg.dtype)  # recorded resolved: a resume elsewhere must match it

@@ -74,7 +74,7 @@ class Runner:
       drawn = engine.each(problems, lambda ps: self.ops.draw(ps, nmax, stable_seed(self.cfg.seed, "draw")))
     if "greedy" in self.methods:
       greedy = engine.each(problems, lambda ps: self.ops.decode(ps))
-    if "vcd" in self.methods or ("catts" in self.methods and self.cfg.selfcheck.vcd_weight > 0):
+    if "vcd" in self.methods or ("catts" in self.methods and self.cfg.selfcheck.mode != "drop"):
       vcd = engine.each(problems, lambda ps: self.ops.decode(ps, vcd=True))
     for p, *parts in zip(problems, drawn, greedy, vcd):
       out[p.index] = next((x for x in parts if isinstance(x, BaseException)), (p, *parts))

@@ -1,15 +1,20 @@
-"""Visual Self-Check: does each candidate answer lean on the image?
+"""Visual Self-Check: does the answer lean on the image? Two checks (`selfcheck.mode`):
 
-Each candidate answer in the table is represented by its most confident response; that
-response is scored teacher-forced (exp(-NMLP)) under the original image and under a perturbed
-copy, all candidates in one batched pass (2 rows each). The support drop
-`max(conf_orig - conf_noisy, 0)` earns each candidate `selfcheck_weight * N * drop` votes,
-scaled down when the drops sum past 1 (`voting.selfcheck_boost`): an answer that truly
-depends on the image loses support under noise. Gated by `voting.needs_selfcheck` (a
-contested table). Optionally the VCD decode's answer (contrastive decoding against the same
-kind of noise) joins with `vcd_weight * N`.
+- "contrastive" (the paper's module, the default): the problem's VCD decode, drawn from
+  `(1 + a) l_orig - a l_noisy` under the plausibility cut `l_orig >= log(b) + max l_orig`
+  (`sampling.contrastive_logits`, `vcd.alpha` / `vcd.beta`, one decode per problem), joins the
+  vote with `selfcheck_weight * N`: an answer the image supports gains, one the model gives
+  whatever it sees does not.
+- "drop" (ours): each candidate answer in the table is represented by its most confident
+  response; that response is scored teacher-forced (exp(-NMLP)) under the original image and
+  under a perturbed copy, all candidates in one batched pass (2 rows each). The support drop
+  `max(conf_orig - conf_noisy, 0)` earns each candidate `selfcheck_weight * N * drop` votes,
+  scaled down when the drops sum past 1 (`voting.selfcheck_boost`).
+- "both": the two, each worth up to `selfcheck_weight * N`.
 
-The rule was chosen on 512 synthetic validation problems with an earlier build of the bundled
+Gated by `voting.needs_selfcheck` (a contested table).
+
+The drop rule was chosen on 512 synthetic validation problems with an earlier build of the bundled
 CDRL checkpoint (`infer.catts --split validation --expert self`, the rules replayed on the
 recorded drops).
 Accuracy % at N = 1..16 and slope: this rule 56.1, 58.2, 55.9, 60.0, 60.2 (beta 1.00); the
@@ -60,32 +65,35 @@ def score_pairs(
   return out
 
 
+SELFCHECK_MODES = ("contrastive", "drop", "both")
+
+
 def visual_self_check(ctx: Context, table: voting.VoteTable) -> Steps:
   """Runs the module on one problem at one N; returns its record for results.jsonl."""
-  tts = ctx.tts
+  tts, mode = ctx.tts, ctx.cfg.selfcheck.mode
   margin = table.margin()
-  record: dict[str, Any] = {"module": VISUAL_SELF_CHECK, "margin": margin}
+  record: dict[str, Any] = {"module": VISUAL_SELF_CHECK, "mode": mode, "margin": margin}
   if not voting.needs_selfcheck(table, tts.selfcheck_margin):
     return {**record, "ran": False, "reason": f"margin {margin:.3f} >= threshold {tts.selfcheck_margin:g}"}
   candidates = list(table.weights())
-  if not candidates:
-    return {**record, "ran": False, "reason": "no candidate answers"}
-  reps = [ctx.representative(a) for a in candidates]
-  orig, noisy = yield from ctx.selfcheck_scores(reps)
-  drops = voting.selfcheck_support(orig, noisy)
-  added = voting.selfcheck_boost(table, candidates, drops, ctx.boost(tts.selfcheck_weight))
-  record.update(
-    ran=True,
-    candidates=candidates,
-    scored=[r.source for r in reps],
-    conf_orig=orig.tolist(),
-    conf_noisy=noisy.tolist(),
-    drops=drops.tolist(),
-    added=added,
-  )
-  weight = ctx.cfg.selfcheck.vcd_weight
-  if weight > 0 and ctx.vcd is not None and voting.answered(ctx.vcd.answer):
-    added = ctx.boost(weight)
-    table.add("vcd", ctx.vcd.answer, added)
-    record["vcd"] = {"answer": ctx.vcd.answer, "added": added}
-  return record
+  if mode in ("drop", "both") and candidates:
+    reps = [ctx.representative(a) for a in candidates]
+    orig, noisy = yield from ctx.selfcheck_scores(reps)
+    drops = voting.selfcheck_support(orig, noisy)
+    added = voting.selfcheck_boost(table, candidates, drops, ctx.boost(tts.selfcheck_weight))
+    record.update(
+      candidates=candidates,
+      scored=[r.source for r in reps],
+      conf_orig=orig.tolist(),
+      conf_noisy=noisy.tolist(),
+      drops=drops.tolist(),
+      added=added,
+    )
+  if mode in ("contrastive", "both") and ctx.vcd is not None and voting.answered(ctx.vcd.answer):
+    added = ctx.boost(tts.selfcheck_weight)
+    table.add("selfcheck_vcd", ctx.vcd.answer, added)
+    record["contrastive"] = {"answer": ctx.vcd.answer, "added": added}
+  if "added" not in record and "contrastive" not in record:
+    why = "no candidate answers" if mode == "drop" else "no answer from the contrastive decode"
+    return {**record, "ran": False, "reason": why}
+  return {**record, "ran": True}
