@@ -1,0 +1,147 @@
+"""Mutation run over catts_jax/tts: each mutant applied alone, the tts tests run, the file restored.
+
+python docs/experiments/mutate_tts.py OUT.json   # from the repository root, .venv built
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MUTANTS = [
+  (
+    "voting.py",
+    "  return _split(table, source, probs or {}, total)",
+    "  return _split(table, source, probs or {}, -total)",
+    "voter boost sign flipped",
+  ),
+  (
+    "voting.py",
+    "  table.add(source, answer, total)\n  return total",
+    "  return total",
+    "reflection boost dropped",
+  ),
+  (
+    "voting.py",
+    "  return _split(table, source, dict(zip(answers, d.tolist())), total, floor=1.0)",
+    "  return _split(table, source, dict(zip(answers, d.tolist())), total, floor=0.0)",
+    "self-check split floor dropped",
+  ),
+  (
+    "voting.py",
+    "  return table.margin() < margin_threshold\n",
+    "  return table.margin() <= margin_threshold\n",
+    "self-check gate off by one (<=)",
+  ),
+  (
+    "voting.py",
+    "  return reflection_signal(table, signal, answers, confidences) < threshold",
+    "  return reflection_signal(table, signal, answers, confidences) > threshold",
+    "reflection gate inverted",
+  ),
+  (
+    "voting.py",
+    "  return float(math.floor(total + 1e-9)) if tts.boost_round else total",
+    "  return float(math.ceil(total - 1e-9)) if tts.boost_round else total",
+    "boost rounding up instead of down",
+  ),
+  (
+    "voting.py",
+    '  counted = [x for a, x in zip(answers, w) if tts.boost_count == "all" or answered(a)]',
+    "  counted = [x for a, x in zip(answers, w)]",
+    "answered-only count dropped",
+  ),
+  (
+    "voting.py",
+    '  unit = float(sum(counted)) if tts.boost_unit == "mean_weight" else float(len(counted))',
+    "  unit = float(len(counted))",
+    "mean-weight unit dropped",
+  ),
+  (
+    "voting.py",
+    "    return p[0] - (p[1] if len(p) > 1 else 0.0)",
+    "    return p[0] - (p[1] if len(p) > 1 else 1.0)",
+    "margin of a single answer wrong",
+  ),
+  (
+    "voting.py",
+    "  o, z = np.asarray(conf_orig, np.float64), np.asarray(conf_noisy, np.float64)",
+    "  z, o = np.asarray(conf_orig, np.float64), np.asarray(conf_noisy, np.float64)",
+    "self-check images swapped (drop sign)",
+  ),
+  (
+    "methods.py",
+    "  added = voting.voter_boost(table, probs, ctx.boost(ctx.tts.tau))",
+    "  added = voting.voter_boost(table, probs, 2 * ctx.boost(ctx.tts.tau))",
+    "voter boost doubled",
+  ),
+  (
+    "methods.py",
+    '  summary = "" if paper else candidate_summary(ctx.answers(), ctx.confidences())',
+    "  summary = candidate_summary(ctx.answers(), ctx.confidences())",
+    "paper planner sees the samples",
+  ),
+  (
+    "methods.py",
+    "  if table.winner() is None and SELF_CONSISTENCY not in order:",
+    "  if table.winner() is None and SELF_CONSISTENCY in order:",
+    "no-answer SC fallback inverted",
+  ),
+  (
+    "selfcheck.py",
+    '    added = ctx.boost(tts.selfcheck_weight)\n    table.add("selfcheck_vcd", ctx.vcd.answer, added)',
+    '    added = ctx.boost(tts.selfcheck_weight)\n    table.add("selfcheck_vcd", ctx.vcd.answer, -added)',
+    "contrastive boost sign flipped",
+  ),
+  (
+    "selfcheck.py",
+    "    for condition in (problem.images, noisy):",
+    "    for condition in (problem.images, problem.images):",
+    "self-check scores the clean image twice",
+  ),
+  (
+    "selfcheck.py",
+    '  if mode in ("drop", "both") and candidates:',
+    '  if mode in ("drop",) and candidates:',
+    "both mode skips the drops",
+  ),
+  ("planner.py", "      order = order + missing", "      order = order", "paper planner not completed"),
+  (
+    "context.py",
+    "    return voting.boost_total(fraction, self.answers(), self.confidences(), self.tts)",
+    "    return voting.boost_total(fraction, self.answers()[:-1], self.confidences()[:-1], self.tts)",
+    "boost N off by one",
+  ),
+]
+TESTS = [
+  "tests/test_tts_voting.py",
+  "tests/test_tts_methods.py",
+  "tests/test_tts_engine.py",
+  "tests/test_tts_runner.py",
+  "tests/test_tts_planner.py",
+  "tests/test_tts_context.py",
+  "tests/test_tts_selfcheck.py",
+]
+results = []
+for name, old, new, what in MUTANTS:
+  path = ROOT / "catts_jax" / "tts" / name
+  text = path.read_text()
+  assert text.count(old) == 1, (name, what)
+  path.write_text(text.replace(old, new))
+  try:
+    done = subprocess.run(
+      [str(ROOT / ".venv/bin/python"), "-m", "pytest", "-q", "-x", *TESTS],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+    )
+  finally:
+    path.write_text(text)
+  caught = done.returncode != 0
+  failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED")][:1]
+  results.append({"file": name, "mutant": what, "caught": caught, "by": failed[0][7:] if failed else None})
+  print(("caught  " if caught else "SURVIVED"), name, what, failed[:1], flush=True)
+print(json.dumps({"caught": sum(r["caught"] for r in results), "of": len(results)}))
+json.dump(results, open(sys.argv[1], "w"), indent=1)
