@@ -67,7 +67,7 @@ def test_rollout_batch_is_consistent_and_trains(setup):
   )
   before = learner.step(batch, r)["loss"]
   after = learner.step(batch, r)["loss"]
-  assert np.isfinite(before) and after != before
+  assert np.isfinite(before) and after < before  # a step on this batch lowers its loss
 
 
 def test_dynamic_filter_drops_zero_variance_groups(setup):
