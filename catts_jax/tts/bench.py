@@ -57,6 +57,17 @@ MODES = {
 }
 
 
+SPECIAL_IDS = {
+  "image_token_id": "<|image_pad|>",
+  "video_token_id": "<|video_pad|>",
+  "vision_start_token_id": "<|vision_start|>",
+  "vision_end_token_id": "<|vision_end|>",
+  "bos_token_id": "<|endoftext|>",
+  "eos_token_id": "<|im_end|>",
+  "pad_token_id": "<|endoftext|>",
+}
+
+
 def shaped_checkpoint(out: pathlib.Path, shape: str, like: str | pathlib.Path) -> pathlib.Path:
   """A checkpoint of preset `shape`'s dimensions with random weights that speaks `like`'s
   tokenizer and processor (their special ids; the vocabulary keeps the shape's size, and ids
@@ -78,17 +89,6 @@ def shaped_checkpoint(out: pathlib.Path, shape: str, like: str | pathlib.Path) -
       f"--shape {shape}: vocabulary {cfg.text.vocab_size} is smaller than {like}'s special ids"
     )
   return save_hf(Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)), out, processor_dir=like)
-
-
-SPECIAL_IDS = {
-  "image_token_id": "<|image_pad|>",
-  "video_token_id": "<|video_pad|>",
-  "vision_start_token_id": "<|vision_start|>",
-  "vision_end_token_id": "<|vision_end|>",
-  "bos_token_id": "<|endoftext|>",
-  "eos_token_id": "<|im_end|>",
-  "pad_token_id": "<|endoftext|>",
-}
 
 
 class _CompileClock:
