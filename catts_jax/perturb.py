@@ -27,11 +27,11 @@ image, kind, strength, seed and regions -> the same bytes), leave the image alon
 - `blur`: Gaussian blur (PIL `GaussianBlur`) with radius strength * max(1, short side / 16).
   Deterministic; the seed is ignored.
 
-Input in any PIL mode is converted to RGB first (see `_to_rgb`): modes with alpha (RGBA, LA,
-La, PA, RGBa, P / L / RGB with a transparency key) are composited over white, 16-bit and
-32-bit integer greyscale (I;16*, I) is scaled from 0-65535 to 0-255 (PIL's own conversion
-clips at 255, which turns most 16-bit images white), float greyscale (F) is read on the 0-255
-scale and clipped, and everything else goes through PIL's `convert("RGB")`.
+Input in any PIL mode is converted to RGB first by the project's one converter,
+`catts_jax.images.to_rgb` (its module docstring has the rules): EXIF orientation applied,
+alpha (RGBA, LA, La, PA, RGBa, a transparency key) composited over white as transformers does,
+16-bit and 32-bit integer greyscale scaled from 0-65535 to 0-255, float greyscale read on the
+0-255 scale and clipped, everything else through PIL's `convert("RGB")`.
 
 `regions` (a bool mask [H, W], e.g. from `boxes_to_mask` on key regions) targets the
 perturbation: the whole image is perturbed, then only pixels inside the mask take the
@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFilter
 
+from catts_jax.images import to_rgb
+
 if TYPE_CHECKING:
   import jax
 
@@ -61,7 +63,6 @@ VIEWPOINT_MAX_SHIFT = 0.3  # fraction of width / height a corner moves at streng
 BLUR_RADIUS_DIVISOR = 16  # radius at strength 1 = short side / this
 OCCLUSION_FILL = (128, 128, 128)
 VIEWPOINT_FILL = (0, 0, 0)
-WHITE = 255
 
 
 def _check_kind(kind: str) -> None:
@@ -77,28 +78,6 @@ def _check_strength(strength: float) -> float:
   if not 0.0 <= s <= 1.0:  # also rejects NaN
     raise ValueError(f"strength must be in [0, 1], got {strength!r}")
   return s
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-  """An RGB copy; the mode rules are in the module docstring."""
-  if not isinstance(image, Image.Image):
-    raise ValueError(f"expected a PIL image, got {type(image).__name__}")
-  mode = image.mode
-  if mode == "RGB" and "transparency" not in image.info:
-    return image.copy()
-  if mode == "F" or mode == "I" or mode.startswith("I;16"):
-    a = np.asarray(image).astype(np.float64)
-    if mode != "F":
-      a = np.clip(a, 0, 65535) / 257.0
-    grey = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
-    return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
-  bands = image.getbands()
-  if "A" in bands or "a" in bands or "transparency" in image.info:
-    rgba = np.asarray((image.convert("LA") if mode == "La" else image).convert("RGBA")).astype(np.uint32)
-    rgb, alpha = rgba[..., :3], rgba[..., 3:]
-    out = (rgb * alpha + WHITE * (255 - alpha) + 127) // 255
-    return Image.fromarray(out.astype(np.uint8), "RGB")
-  return image.convert("RGB")
 
 
 def _check_regions(regions: np.ndarray | None, height: int, width: int) -> np.ndarray | None:
@@ -271,7 +250,9 @@ def perturb(
   of the wrong shape."""
   _check_kind(kind)
   s = _check_strength(strength)
-  rgb = _to_rgb(image)
+  rgb = to_rgb(image, name="perturb input")
+  if rgb is image:
+    rgb = rgb.copy()  # the result is always a new image
   mask = _check_regions(regions, rgb.height, rgb.width)
   if s == 0.0:
     return rgb

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from catts_jax import images as images_lib
 from catts_jax.models.qwen2_5_vl.config import ModelConfig
 from catts_jax.models.qwen2_5_vl.model import get_rope_index
 
@@ -77,15 +78,12 @@ def image_key(image: Image.Image | str | pathlib.Path) -> tuple[str, object]:
   return ("path", str(image))
 
 
-def load_image(image: Image.Image | str | pathlib.Path) -> Image.Image:
-  """An RGB PIL image from a PIL image or a path; errors name the file."""
+def load_image(image: Image.Image | str | pathlib.Path, name: str | None = None) -> Image.Image:
+  """An RGB PIL image from a PIL image or a path, by `catts_jax.images`' rules (EXIF
+  orientation, alpha over white, 16-bit scaled); errors name the file, else `name`."""
   if isinstance(image, Image.Image):
-    return image if image.mode == "RGB" else image.convert("RGB")
-  try:
-    with Image.open(image) as im:
-      return im.convert("RGB")
-  except (OSError, ValueError) as e:
-    raise ValueError(f"{image}: cannot read image ({e})") from e
+    return images_lib.to_rgb(image, name=name or "image")
+  return images_lib.open_image(image)
 
 
 @dataclasses.dataclass
@@ -295,7 +293,7 @@ class Processor:
     flat_images, first_image = [], []
     for i in firsts:
       first_image.append(len(flat_images))
-      flat_images += [load_image(im) for im in images[i]]
+      flat_images += [load_image(im, f"prompt {i} image {j}") for j, im in enumerate(images[i])]
     kwargs = dict(text=[prompts[i] for i in firsts], return_tensors="np", padding=True)
     if flat_images:
       kwargs["images"] = flat_images

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from catts_jax.images import to_rgb
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -74,7 +76,8 @@ class ClipSaliency:
 
     size = self.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    x = np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.BICUBIC), np.float32) / 255
+    rgb = to_rgb(image, name="saliency input")
+    x = np.asarray(rgb.resize((size[1], size[0]), Image.BICUBIC), np.float32) / 255
     x = (x - self.mean) / self.std
     return torch.from_numpy(x.transpose(2, 0, 1)[None].copy())
 

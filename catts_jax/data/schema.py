@@ -30,6 +30,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from catts_jax import images as images_lib
+
 MULTIPLE_CHOICE = "multiple_choice"
 OPEN = "open"
 QUESTION_TYPES = (MULTIPLE_CHOICE, OPEN)
@@ -64,12 +66,17 @@ def letters(n: int) -> list[str]:
 
 
 def check_image(data: bytes, where: str) -> bytes:
-  """The bytes unchanged if PIL recognises them as an image; else an error naming `where`."""
+  """The bytes unchanged if PIL recognises them as an image within `images.MAX_PIXELS`
+  (header and structure only; pixels are decoded by `decode_images`); else an error naming `where`."""
   try:
     with Image.open(io.BytesIO(data)) as im:
+      size = im.size
       im.verify()
   except Exception as e:  # PIL raises many types for bad files
     raise ValueError(f"{where}: not a readable image ({type(e).__name__}: {e})") from e
+  w, h = size
+  if w * h > images_lib.MAX_PIXELS:
+    raise ValueError(f"{where}: image of {w}x{h} pixels exceeds the limit of {images_lib.MAX_PIXELS} pixels")
   return data
 
 
@@ -128,14 +135,15 @@ def from_record(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def decode_images(example: Mapping[str, Any]) -> list[Image.Image]:
-  """RGB PIL images of an example; errors name the example and image index."""
+  """RGB PIL images of an example (`catts_jax.images.open_image`: EXIF orientation, alpha over
+  white, 16-bit scaled); errors name the example and image index."""
   out = []
   for i, data in enumerate(example["images"]):
+    where = f"{example.get('id')}: image {i}"
     try:
-      with Image.open(io.BytesIO(data)) as im:
-        out.append(im.convert("RGB"))
-    except Exception as e:
-      raise ValueError(f"{example.get('id')}: image {i} cannot be decoded ({e})") from e
+      out.append(images_lib.open_image(data, name=where))
+    except images_lib.ImageError as e:
+      raise images_lib.ImageError(f"{where} cannot be decoded ({str(e).removeprefix(where + ': ')})") from e
   return out
 
 

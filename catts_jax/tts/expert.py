@@ -34,6 +34,8 @@ from typing import Any
 
 from PIL import Image
 
+from catts_jax.images import open_image, to_rgb
+
 logger = logging.getLogger(__name__)
 
 # Sent as the bearer token to OpenAI-compatible servers that need none: without it
@@ -51,8 +53,7 @@ OUTPUT_MAX_CHARS = 300  # raw output kept in a record when it could not be parse
 
 def image_url(image: Image.Image, max_side: int = IMAGE_MAX_SIDE) -> str:
   """A PNG data URL of `image`, shrunk so that its longer side is at most `max_side`."""
-  if image.mode not in ("RGB", "RGBA", "L", "LA"):
-    image = image.convert("RGB")
+  image = to_rgb(image, name="expert image")  # what the policy sees: alpha over white, 16-bit scaled
   if max(image.size) > max_side:
     image = image.copy()
     image.thumbnail((max_side, max_side))
@@ -66,8 +67,7 @@ def decode_image_url(url: str) -> Image.Image:
   head, sep, data = url.partition(",")
   if not (url.startswith("data:") and sep and head.endswith(";base64")):
     raise ValueError(f"only base64 data URLs can be read locally, got {url[:40]!r}")
-  with Image.open(io.BytesIO(base64.b64decode(data))) as im:
-    return im.convert("RGB")
+  return open_image(base64.b64decode(data), name="image data URL")
 
 
 def user_message(text: str, images: Sequence[Image.Image] = ()) -> dict:
