@@ -1,7 +1,15 @@
-"""CA-TTS and its baselines: `python -m infer.catts --config configs/catts.py [--config.tts.tau=0.3]`.
+"""CA-TTS and its baselines: `python -m infer.catts --config configs/catts.py[:PRESET] [--config.tts.tau=0.3]`.
 
 Every weight, threshold and gate of the vote (`tts`, see catts_jax/tts/voting.py), how the N
 samples are drawn, the self-check's and VCD's perturbed image, and how the Expert is called.
+Presets (docs/fidelity.md compares them setting by setting, with the reason for each difference):
+- `ours` (the default): what this project measures with (the demo, the bench, the README).
+- `paper`: the paper's text; where it is silent, the authors' release (their prompts and
+  sampling), with our thresholds for the gates the paper describes but does not quantify.
+- `release`: the official release (alibaba/CA-TTS) as it runs: its prompts, sampling, top-20
+  confidence votes, int(tau * N) Voter boost, a = 0.1, no Planner and no gates. Its bugs are not
+  reproduced (the self-check's vote ignores the contrastive logits; Self-Reflection is commented
+  out; a substring grader).
 Values the paper does not give are ours and untuned; the comments say which.
 """
 
@@ -14,8 +22,12 @@ from ml_collections.config_dict import placeholder
 
 from catts_jax.tts.voting import TTSConfig
 
+PRESETS = ("ours", "paper", "release")
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(preset: str = "ours") -> ml_collections.ConfigDict:
+  if preset not in PRESETS:
+    raise ValueError(f"configs/catts.py:{preset}: unknown preset; expected one of {', '.join(PRESETS)}")
   c = ml_collections.ConfigDict()
   c.tts = dataclasses.asdict(TTSConfig(adaptive=True))  # adaptive: report catts-adaptive too
   # The N samples per problem (drawn once at the largest N; smaller N use their prefix);
@@ -34,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   # per problem, before sampling in effect) and orders all three modules; adaptive (ours): it
   # also sees the sampled answers, plans again at each N and may skip modules.
   c.planner = dict(mode="paper")
+  # The Expert's and the re-answer's prompts: ours (catts_jax/tts/voter.py, critic.py,
+  # planner.py, reflection.py) or the release's word for word (catts_jax/tts/release_prompts.py).
+  c.prompts = "ours"
   c.expert = dict(
     timeout_s=60.0,
     max_retries=3,
@@ -67,4 +82,22 @@ def get_config() -> ml_collections.ConfigDict:
   # there). run.json records what it resolved to.
   c.dtype = "auto"
   c.seed = 0
+  if preset == "paper":
+    _authors_settings(c)
+  elif preset == "release":
+    _authors_settings(c)
+    c.tts.update(sc_confidence="conf_mean", voter_count="answered", voter_round=True, gated=False)
+    c.tts.update(deepconf_keep=0.1, deepconf_window=20)  # its top10_*_filtered rows, 20-token windows
+    c.vcd.update(alpha=0.1, beta=0.1)  # its self_check(contrastive_alpha=0.1), cd_beta 0.1
+    c.planner.mode = "off"  # its pipeline never calls the Planner (planner.enabled: false)
+    for role in ("planner", "voter", "critic"):
+      c.expert[f"{role}_max_tokens"] = 2048  # one max_tokens for every Expert call
   return c
+
+
+def _authors_settings(c: ml_collections.ConfigDict) -> None:
+  """What the paper leaves unsaid, as the authors' release has it."""
+  c.prompts = "release"
+  c.template = "release"  # the bare question for Math-Vision/MathVista, its boxed wording elsewhere
+  c.sampling.update(temperature=1.0, top_p=1.0, top_k=40, max_new_tokens=8192)
+  c.reflection.max_new_tokens = 8192  # the re-answer decodes greedily with the same budget

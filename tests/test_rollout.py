@@ -13,7 +13,7 @@ from catts_jax.models.qwen2_5_vl import load_hf
 from catts_jax.policy import Policy
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig, response_logprobs
-from catts_jax.rl.rollout import RolloutConfig, rollout
+from catts_jax.rl.rollout import RolloutConfig, perturb_images, rollout
 
 
 def png(image: Image.Image) -> bytes:
@@ -61,7 +61,16 @@ def test_rollout_batch_is_consistent_and_trains(setup):
   assert metrics["reward_calibration"] == -1.0
   adv = batch.advantages[:n].reshape(3, 4)
   np.testing.assert_allclose(adv.mean(1), 0, atol=1e-5)
-  assert metrics["confidence"] != metrics["confidence_perturbed"]
+  # conf(y|x) and conf(y|x_noisy) by value: the same responses scored again under the
+  # original and under the perturbed images (the same seeds), and the two differ.
+  prompts = perturb_images(policy, examples, cfg, seed=0)
+  tokens = [np.asarray(batch.input_ids)[i, -r:][mask[i]] for i in range(n)]  # responses: the last r
+  rows = [p for p in prompts.prompts for _ in range(4)]
+  clean = policy.score(rows, tokens, [x for x in prompts.originals for _ in range(4)])["confidence"]
+  noisy = policy.score(rows, tokens, [x for x in prompts.perturbed for _ in range(4)])["confidence"]
+  assert metrics["confidence"] == pytest.approx(float(np.mean(clean)), abs=1e-5)
+  assert metrics["confidence_perturbed"] == pytest.approx(float(np.mean(noisy)), abs=1e-5)
+  assert abs(np.mean(clean) - np.mean(noisy)) > 1e-4
   learner = Learner(
     load_hf(policy.processor.path), LossConfig(kl_coef=0.01), OptimizerConfig(learning_rate=1e-3)
   )

@@ -288,24 +288,28 @@ def test_config_defaults_and_ml_collections_round_trip():
 
 
 @pytest.mark.parametrize(
-  "settings, total",
+  "settings, voter, total",
   [
-    ({}, 0.5 * 5),  # the paper: tau * N, every sample counted
-    ({"boost_count": "answered"}, 0.5 * 4),  # the release counts answered samples only
-    ({"boost_round": True}, 2.0),  # int(0.5 * 5)
-    ({"boost_count": "answered", "boost_round": True}, 2.0),
-    ({"boost_unit": "mean_weight"}, 0.5 * (0.9 + 0.5 + 0.2 + 0.4 + 0.1)),  # N x mean weight
-    ({"boost_unit": "mean_weight", "boost_count": "answered"}, 0.5 * (0.9 + 0.5 + 0.4 + 0.1)),
+    ({}, True, 0.5 * 5),  # the paper: tau * N, every sample counted
+    ({"voter_count": "answered"}, True, 0.5 * 4),  # the release's Voter counts answered samples only
+    ({"voter_round": True}, True, 2.0),  # int(0.5 * 5)
+    ({"voter_count": "answered", "voter_round": True}, True, 2.0),
+    ({"boost_unit": "mean_weight"}, True, 0.5 * (0.9 + 0.5 + 0.2 + 0.4 + 0.1)),  # N x mean weight
+    ({"boost_unit": "mean_weight", "voter_count": "answered"}, True, 0.5 * (0.9 + 0.5 + 0.4 + 0.1)),
+    # Reflection and self-check boosts: 0.5 * N of every sample, unrounded, in the release too.
+    ({"voter_count": "answered", "voter_round": True}, False, 0.5 * 5),
+    ({"boost_unit": "mean_weight", "voter_count": "answered"}, False, 0.5 * (0.9 + 0.5 + 0.2 + 0.4 + 0.1)),
   ],
 )
-def test_boost_total_by_hand(settings, total):
+def test_boost_total_by_hand(settings, voter, total):
   answers, weights = ["3", "4", "", "3", "5"], [0.9, 0.5, 0.2, 0.4, 0.1]
-  assert voting.boost_total(0.5, answers, weights, voting.TTSConfig(**settings)) == pytest.approx(total)
+  tts = voting.TTSConfig(**settings)
+  assert voting.boost_total(0.5, answers, weights, tts, voter=voter) == pytest.approx(total)
 
 
 def test_boost_settings_are_checked():
   for bad in (
-    {"boost_count": "some"},
+    {"voter_count": "some"},
     {"boost_unit": "votes"},
     {"sc_confidence": "nmlp"},
     {"deepconf_confidence": "x"},

@@ -2,7 +2,8 @@
 
 The paper prompts MathVista and Math-Vision with the bare question and MMStar and MMMU with a
 "solve step by step, one \\boxed{}" instruction; those are the defaults. Choose another by name
-("bare", "boxed", "query" = MathVista's official prompt) or pass a format string with any of
+("bare", "boxed", "query" = MathVista's official prompt, "release" = the official CA-TTS release's
+wording per benchmark) or pass a format string with any of
 {question}, {options} (the lettered block, empty when none or already in the question),
 {letters} ("A, B, C") and {instruction} (the boxed instruction for the question type).
 `chat_content` turns a prompt into chat-template content with the images where its tags are.
@@ -21,9 +22,15 @@ BOXED_CHOICE = (
   "Solve the problem step by step, and put your final answer in one \\boxed{}. "
   "Only the letter of the correct option goes in the \\boxed{}."
 )
+# The release's instruction comes first, one sentence for both question types.
+RELEASE_BOXED = (
+  "Please solve the problem step by step and put your answer in one '\\boxed{{}}'. "
+  "If it is a multiple choice question, only one letter is allowed in the '\\boxed{{}}'.\n"
+)
 TEMPLATES = {
   "bare": "{question}{options}",
   "boxed": "{question}{options}\n\n{instruction}",
+  "release_boxed": RELEASE_BOXED + "{question}{options}",
 }
 DEFAULT_TEMPLATE = {
   "mathvision": "bare",
@@ -46,6 +53,8 @@ def prompt_for(example: Mapping[str, Any], template: str | None = None, *, image
   """The user-turn text for an example. `image_tags`: "keep" the release's <image n> tags in
   the text, or "strip" them (the images themselves are passed separately, in order)."""
   name = template or DEFAULT_TEMPLATE.get(example.get("benchmark", ""), "bare")
+  if name == "release":  # the release's: bare where ours is, its own boxed wording elsewhere
+    name = {"boxed": "release_boxed"}.get(DEFAULT_TEMPLATE.get(example.get("benchmark", ""), "bare"), "bare")
   meta = example.get("metadata") or {}
   question = example["question"]
   if image_tags == "strip":

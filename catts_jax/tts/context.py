@@ -167,9 +167,9 @@ class Context:
   def confidences(self) -> np.ndarray:
     return np.array([s.confidence for s in self.drawn.samples[: self.n]], np.float64)
 
-  def boost(self, fraction: float) -> float:
+  def boost(self, fraction: float, voter: bool = False) -> float:
     """A module's whole boost: `fraction` of N, as the config sizes boosts (`voting.boost_total`)."""
-    return voting.boost_total(fraction, self.answers(), self.confidences(), self.tts)
+    return voting.boost_total(fraction, self.answers(), self.confidences(), self.tts, voter=voter)
 
   def correct(self, answer: str | None) -> bool:
     return bool(answer) and self.memo.verdicts.get(answer, False)

@@ -61,13 +61,13 @@ def self_consistency(ctx: Context, table: voting.VoteTable) -> Steps:
       ("voter", tuple(candidates)),
       vote_ask(
         ctx.problem.question, ctx.problem.images, candidates,
-        max_tokens=e.voter_max_tokens, temperature=e.temperature,
+        max_tokens=e.voter_max_tokens, temperature=e.temperature, style=ctx.cfg.prompts,
       ),
     )  # fmt: skip
   except ExpertError as err:
     record["voter"] = {"ran": False, "reason": f"voter failed: {err.record.error}"}
     return record
-  added = voting.voter_boost(table, probs, ctx.boost(ctx.tts.tau))
+  added = voting.voter_boost(table, probs, ctx.boost(ctx.tts.tau, voter=True))
   record["voter"] = {"ran": True, "probs": probs, "added": added}
   return record
 
@@ -82,7 +82,10 @@ MODULES = {
 def plan_order(ctx: Context) -> Steps:
   """The module order and how it was chosen ("expert" or "default", with the reason). The
   paper's planner (planner.mode "paper") sees image + question only, so its one call serves
-  every N; the adaptive one also sees the N samples' answers."""
+  every N; the adaptive one also sees the N samples' answers; "off" (the release's pipeline)
+  makes no call and runs DEFAULT_ORDER."""
+  if ctx.cfg.planner.mode == "off":
+    return list(DEFAULT_ORDER), {"by": "default", "reason": "planner off"}
   if ctx.expert is None:
     return list(DEFAULT_ORDER), {"by": "default", "reason": "no expert"}
   paper = ctx.cfg.planner.mode == "paper"
@@ -94,6 +97,7 @@ def plan_order(ctx: Context) -> Steps:
       plan_ask(
         ctx.problem.question, ctx.problem.images, summary,
         max_tokens=e.planner_max_tokens, temperature=e.temperature, order_all=paper,
+        style=ctx.cfg.prompts,
       ),
     )  # fmt: skip
   except ExpertError as err:

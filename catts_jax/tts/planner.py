@@ -25,7 +25,9 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from catts_jax.tts import release_prompts
 from catts_jax.tts.expert import Ask, Expert, ExpertCall, shorten, system_message, user_message
+from catts_jax.tts.release_prompts import check_style
 from catts_jax.tts.replies import extract_json
 
 SELF_CONSISTENCY = "self_consistency"
@@ -70,7 +72,7 @@ ORDER_ALL = "Give the order in which to run all three modules on this problem."
 CHOOSE = (
   "Choose the modules that will help on this problem and the order to run them; skip any that will not."
 )
-PLANNER_MODES = ("paper", "adaptive")
+PLANNER_MODES = ("paper", "adaptive", "off")
 _ORDER_KEYS = ("order", "modules", "plan", "sequence", "steps", "pipeline")
 _SEPARATORS = re.compile(r"->|=>|\u2192|>|,|;|\band then\b|\bthen\b", re.IGNORECASE)
 _LEAD = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s*")
@@ -170,15 +172,22 @@ def plan_ask(
   max_tokens: int = 256,
   temperature: float = 0.0,
   order_all: bool = False,
+  style: str = "ours",
 ) -> Ask:
   """The Planner's request: the module order for one problem; DEFAULT_ORDER with
   call.fallback=True when the reply has none. `order_all` (the paper's planner): every module
-  runs, those the reply leaves out after the rest in DEFAULT_ORDER."""
-  prompt = PLANNER_PROMPT.format(
-    question=question,
-    summary=f"\n{summary}\n" if summary else "",
-    instruction=ORDER_ALL if order_all else CHOOSE,
-  )
+  runs, those the reply leaves out after the rest in DEFAULT_ORDER. `style` "release": the
+  release's prompt (image + question, all three modules; no summary)."""
+  if check_style(style) == "release":
+    order_all = True  # its prompt asks for all three
+    messages = [user_message(release_prompts.PLANNER.format(question=question), images)]
+  else:
+    prompt = PLANNER_PROMPT.format(
+      question=question,
+      summary=f"\n{summary}\n" if summary else "",
+      instruction=ORDER_ALL if order_all else CHOOSE,
+    )
+    messages = [system_message(PLANNER_SYSTEM), user_message(prompt, images)]
 
   def read(expert: Expert, text: str, call: ExpertCall) -> tuple[list[str], ExpertCall]:
     order, note = parse_order(text)
@@ -195,7 +204,6 @@ def plan_ask(
     expert.last_call = call
     return order, call
 
-  messages = [system_message(PLANNER_SYSTEM), user_message(prompt, images)]
   return Ask("planner", messages, max_tokens, temperature, read)
 
 

@@ -97,7 +97,15 @@ class PolicyOps:
   def reanswer_all(self, requests: Sequence[Reanswer]) -> list[Response]:
     """Every re-answer in one decode, each seeded on its own (batch-independent)."""
     prompts = [
-      reanswer_prompt(self.policy.processor, r.problem.example, r.target.text, r.critique, self.cfg.template)
+      reanswer_prompt(
+        self.policy.processor,
+        r.problem.example,
+        r.target.text,
+        r.critique,
+        self.cfg.template,
+        answer=r.target.answer,
+        style=self.cfg.prompts,
+      )  # fmt: skip
       for r in requests
     ]
     out = self.policy.sample(

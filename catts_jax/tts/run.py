@@ -22,14 +22,13 @@ from catts_jax import data, runs
 from catts_jax.policy import Policy
 from catts_jax.scoring import ConfidenceConfig
 from catts_jax.tts import summary as summaries
-from catts_jax.tts import voting
+from catts_jax.tts import validate, voting
 from catts_jax.tts.expert import Expert, ExpertError, RemoteExpert
 from catts_jax.tts.expert_spec import make_expert
 from catts_jax.tts.methods import METHODS
-from catts_jax.tts.planner import PLANNER_MODES, plan_ask
+from catts_jax.tts.planner import plan_ask
 from catts_jax.tts.policy_ops import PolicyOps
 from catts_jax.tts.runner import Runner
-from catts_jax.tts.selfcheck import SELFCHECK_MODES
 
 # What a resumed run must share with the rows already written (--limit may grow).
 SETTINGS = ("checkpoint", "benchmark", "split", "ns", "methods", "expert", "config")
@@ -189,11 +188,7 @@ def prepare(
   """Checks the inputs (ValueError or FileNotFoundError naming the bad one), loads the
   benchmark's first `limit` problems and checks or writes out/run.json. With `expert_check`,
   a remote Expert answers one probe call first (`probe`)."""
-  tts = voting.TTSConfig(**cfg.tts)
-  if cfg.selfcheck.mode not in SELFCHECK_MODES:
-    raise ValueError(f"selfcheck.mode={cfg.selfcheck.mode!r}: expected one of {', '.join(SELFCHECK_MODES)}")
-  if cfg.planner.mode not in PLANNER_MODES:
-    raise ValueError(f"planner.mode={cfg.planner.mode!r}: expected one of {', '.join(PLANNER_MODES)}")
+  tts = validate.config(cfg, limit)
   cfg.dtype = compute_dtype(cfg.dtype)  # recorded resolved: a resume elsewhere must match it
   cfg.module_batch = module_batch(cfg)
   ns_, methods_ = parse_ns(ns), parse_methods(methods)
@@ -208,7 +203,7 @@ def prepare(
     if expert_check:
       probe(remote)
   dataset = data.load(benchmark, manual_dir=data_path, data_dir=data_dir, split=split)
-  examples = dataset[: min(len(dataset), limit or len(dataset))]
+  examples = dataset[: len(dataset) if limit is None else limit]
   settings = {
     "checkpoint": str(ckpt_),
     "benchmark": benchmark,

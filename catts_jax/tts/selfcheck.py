@@ -12,7 +12,7 @@
   scaled down when the drops sum past 1 (`voting.selfcheck_boost`).
 - "both": the two, each worth up to `selfcheck_weight * N`.
 
-Gated by `voting.needs_selfcheck` (a contested table).
+Gated by `voting.needs_selfcheck` (a contested table) unless `tts.gated` is False.
 
 The drop rule was chosen on 512 synthetic validation problems with an earlier build of the bundled
 CDRL checkpoint (`infer.catts --split validation --expert self`, the rules replayed on the
@@ -73,7 +73,7 @@ def visual_self_check(ctx: Context, table: voting.VoteTable) -> Steps:
   tts, mode = ctx.tts, ctx.cfg.selfcheck.mode
   margin = table.margin()
   record: dict[str, Any] = {"module": VISUAL_SELF_CHECK, "mode": mode, "margin": margin}
-  if not voting.needs_selfcheck(table, tts.selfcheck_margin):
+  if tts.gated and not voting.needs_selfcheck(table, tts.selfcheck_margin):
     return {**record, "ran": False, "reason": f"margin {margin:.3f} >= threshold {tts.selfcheck_margin:g}"}
   candidates = list(table.weights())
   if mode in ("drop", "both") and candidates:

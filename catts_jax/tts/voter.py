@@ -19,7 +19,9 @@ from typing import Any
 
 from PIL import Image
 
+from catts_jax.tts import release_prompts
 from catts_jax.tts.expert import Ask, Expert, ExpertCall, shorten, system_message, user_message
+from catts_jax.tts.release_prompts import check_style
 from catts_jax.tts.replies import extract_json, without_fences
 
 VOTER_SYSTEM = "You are a careful expert who checks answers to questions about images."
@@ -144,17 +146,16 @@ def vote_ask(
   *,
   max_tokens: int = 512,
   temperature: float = 0.0,
+  style: str = "ours",
 ) -> Ask:
   """The Voter's request: the probability that each unique candidate answer is right (sums
-  to 1); a reply with no usable probabilities is an ExpertError."""
+  to 1); a reply with no usable probabilities is an ExpertError. `style` "release": the
+  release's prompt (candidates as a list, a bare probability list back)."""
   candidates = list(dict.fromkeys(str(c) for c in candidates))
   if not candidates:
     raise ValueError("vote needs at least one candidate answer")
-  listed = "\n".join(
-    f"{label}: {shorten(c, CANDIDATE_MAX_CHARS)}" for label, c in zip(labels(len(candidates)), candidates)
-  )
-  example = json.dumps({label: round(1 / len(candidates), 2) for label in labels(min(len(candidates), 3))})
-  prompt = VOTER_PROMPT.format(question=question, candidates=listed, example=example)
+  if check_style(style) == "release":
+    candidates.sort()  # the release lists sorted(set(answers)); a bare list reply follows it
 
   def read(expert: Expert, text: str, call: ExpertCall) -> tuple[dict[str, float], ExpertCall]:
     probs = parse_votes(text, candidates)
@@ -164,7 +165,16 @@ def vote_ask(
       )
     return probs, call
 
-  messages = [system_message(VOTER_SYSTEM), user_message(prompt, images)]
+  if style == "release":
+    text = release_prompts.VOTER.format(options_list=str(candidates))
+    messages = [user_message(f"{text}\n\n{release_prompts.VOTER_QUESTION.format(question=question)}", images)]
+  else:
+    listed = "\n".join(
+      f"{label}: {shorten(c, CANDIDATE_MAX_CHARS)}" for label, c in zip(labels(len(candidates)), candidates)
+    )
+    example = json.dumps({label: round(1 / len(candidates), 2) for label in labels(min(len(candidates), 3))})
+    prompt = VOTER_PROMPT.format(question=question, candidates=listed, example=example)
+    messages = [system_message(VOTER_SYSTEM), user_message(prompt, images)]
   return Ask("voter", messages, max_tokens, temperature, read)
 
 

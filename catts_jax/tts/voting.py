@@ -50,12 +50,16 @@ class TTSConfig:
   deepconf_keep: float = 0.9  # eta: keep the top 90% (DeepConf-high) or 0.1 (DeepConf-low)
   deepconf_window: int = 2048  # group (sliding window) size in tokens
   deepconf_warmup: int = 16  # online DeepConf warm-up traces
-  # How big a boost of fraction f is (`boost_total`): f * N with N every sample ("all", the
-  # paper's text) or the answered ones ("answered", the release); in samples ("samples", the
-  # paper) or in mean vote weights ("mean_weight"); rounded down (True, the release's int()).
-  boost_count: str = "all"
+  # How big a boost of fraction f is (`boost_total`): f * N in samples ("samples", the paper and
+  # the release) or in mean vote weights ("mean_weight", ours), N every sample. The Voter's
+  # tau * N alone may count the answered samples only and round down, as the release's
+  # int(tau * N) does (its reflection and self-check boosts are 0.5 * N, neither).
   boost_unit: str = "samples"
-  boost_round: bool = False
+  voter_count: str = "all"  # "all" (the paper's text) or "answered" (the release)
+  voter_round: bool = False  # True: rounded down (the release)
+  # False: Self-Reflection and the Visual Self-Check run whatever the table says, as in the
+  # release; True: only below their thresholds (the paper's "low-confidence answer").
+  gated: bool = True
   adaptive: bool = False  # sample in rounds and stop early (`should_stop`)
   adaptive_margin: float = 0.6  # stop once the posterior margin reaches this (untuned)
   adaptive_min_samples: int = 8  # never stop before this many samples
@@ -68,8 +72,8 @@ class TTSConfig:
     for name in ("sc_confidence", "deepconf_confidence"):
       if getattr(self, name) not in VOTE_WEIGHTS:
         raise ValueError(f"{name} must be one of {VOTE_WEIGHTS}, got {getattr(self, name)!r}")
-    if self.boost_count not in ("all", "answered"):
-      raise ValueError(f"boost_count must be 'all' or 'answered', got {self.boost_count!r}")
+    if self.voter_count not in ("all", "answered"):
+      raise ValueError(f"voter_count must be 'all' or 'answered', got {self.voter_count!r}")
     if self.boost_unit not in ("samples", "mean_weight"):
       raise ValueError(f"boost_unit must be 'samples' or 'mean_weight', got {self.boost_unit!r}")
     if self.deepconf_window < 1 or self.deepconf_warmup < 1:
@@ -233,17 +237,20 @@ def _split(
   return added
 
 
-def boost_total(fraction: float, answers: Sequence[str | None], weights, tts: TTSConfig) -> float:
-  """A module's whole boost, `fraction` of N as `tts` counts it: N is every sample (the
-  paper's text) or the answered ones (`boost_count="answered"`, the release); in samples
-  (`boost_unit="samples"`, the paper) or in sample weights (`"mean_weight"`: N times the mean
-  vote weight, so a boost weighs the same against the samples whatever their weight's scale);
-  rounded down to a whole number with `boost_round` (the release's int(tau * N))."""
+def boost_total(
+  fraction: float, answers: Sequence[str | None], weights, tts: TTSConfig, *, voter: bool = False
+) -> float:
+  """A module's whole boost, `fraction` of N: in samples (`boost_unit="samples"`, the paper and
+  the release) or in sample weights (`"mean_weight"`: N times the mean vote weight, so a boost
+  weighs the same against the samples whatever their weight's scale). N is every sample, except
+  that the Voter's (`voter=True`) counts the answered ones with `voter_count="answered"` and is
+  rounded down with `voter_round` (the release's int(tau * N))."""
   w = _weights(weights, len(answers))
-  counted = [x for a, x in zip(answers, w) if tts.boost_count == "all" or answered(a)]
+  every = not voter or tts.voter_count == "all"
+  counted = [x for a, x in zip(answers, w) if every or answered(a)]
   unit = float(sum(counted)) if tts.boost_unit == "mean_weight" else float(len(counted))
   total = fraction * unit
-  return float(math.floor(total + 1e-9)) if tts.boost_round else total
+  return float(math.floor(total + 1e-9)) if voter and tts.voter_round else total
 
 
 def voter_boost(

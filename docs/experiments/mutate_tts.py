@@ -42,14 +42,14 @@ MUTANTS = [
   ),
   (
     "voting.py",
-    "  return float(math.floor(total + 1e-9)) if tts.boost_round else total",
-    "  return float(math.ceil(total - 1e-9)) if tts.boost_round else total",
+    "  return float(math.floor(total + 1e-9)) if voter and tts.voter_round else total",
+    "  return float(math.ceil(total - 1e-9)) if voter and tts.voter_round else total",
     "boost rounding up instead of down",
   ),
   (
     "voting.py",
-    '  counted = [x for a, x in zip(answers, w) if tts.boost_count == "all" or answered(a)]',
-    "  counted = [x for a, x in zip(answers, w)]",
+    '  every = not voter or tts.voter_count == "all"',
+    "  every = True",
     "answered-only count dropped",
   ),
   (
@@ -109,9 +109,52 @@ MUTANTS = [
   ("planner.py", "      order = order + missing", "      order = order", "paper planner not completed"),
   (
     "context.py",
-    "    return voting.boost_total(fraction, self.answers(), self.confidences(), self.tts)",
-    "    return voting.boost_total(fraction, self.answers()[:-1], self.confidences()[:-1], self.tts)",
+    "    return voting.boost_total(fraction, self.answers(), self.confidences(), self.tts, voter=voter)",
+    "    return voting.boost_total(fraction, self.answers()[:-1], self.confidences()[:-1], self.tts, voter=voter)",
     "boost N off by one",
+  ),
+  # The release's settings (configs/catts.py:release).
+  (
+    "reflection.py",
+    "  if tts.gated and not signal < tts.reflection_threshold:",
+    "  if not signal < tts.reflection_threshold:",
+    "ungated reflection still gated",
+  ),
+  (
+    "selfcheck.py",
+    "  if tts.gated and not voting.needs_selfcheck(table, tts.selfcheck_margin):",
+    "  if not voting.needs_selfcheck(table, tts.selfcheck_margin):",
+    "ungated self-check still gated",
+  ),
+  (
+    "methods.py",
+    "ctx.boost(ctx.tts.tau, voter=True))",
+    "ctx.boost(ctx.tts.tau))",
+    "Voter boost sized as the others",
+  ),
+  (
+    "methods.py",
+    '  if ctx.cfg.planner.mode == "off":',
+    '  if ctx.cfg.planner.mode == "of":',
+    "planner off still calls the Planner",
+  ),
+  (
+    "voter.py",
+    "    candidates.sort()  # the release lists sorted(set(answers)); a bare list reply follows it",
+    "    pass",
+    "release Voter candidates unsorted",
+  ),
+  (
+    "critic.py",
+    "release_prompts.CRITIC.format(question=question, model_answer=answer)",
+    "release_prompts.CRITIC.format(question=question, model_answer=response)",
+    "release Critic shown the response",
+  ),
+  (
+    "reflection.py",
+    '  if style == "ours":\n    messages += [',
+    "  if True:\n    messages += [",
+    "release re-answer keeps the chat turns",
   ),
 ]
 TESTS = [
@@ -122,6 +165,7 @@ TESTS = [
   "tests/test_tts_planner.py",
   "tests/test_tts_context.py",
   "tests/test_tts_selfcheck.py",
+  "tests/test_tts_presets.py",
 ]
 results = []
 for name, old, new, what in MUTANTS:
