@@ -159,6 +159,38 @@ def test_always_500_fails_after_retries_with_exponential_backoff(serve):
   assert json.loads(json.dumps(record.to_dict()))["attempts"] == 4
 
 
+def test_a_call_stops_retrying_before_its_budget_passes(serve):
+  server = serve(("status", 503, "overloaded"))
+  sleeps = Sleeps()
+  expert = remote(server.url, sleeps, max_retries=3, backoff_s=1.0, jitter=0.0, budget_s=2.5)
+  with pytest.raises(ex.ExpertError) as info:
+    expert.complete(MESSAGES, role="voter")
+  # Waits 1 and 2 fit in 2.5 s; the third (4 s) would not: 3 attempts, not 4.
+  assert sleeps == [1.0, 2.0] and info.value.record.attempts == 3 and len(server.requests) == 3
+  assert "no retry: the call's 2.5 s budget would pass" in info.value.record.error
+
+
+def test_a_dead_expert_fails_at_once_after_its_failure_budget(serve):
+  """A dead Expert costs at most failure_budget_s of the run: later calls fail at once, each
+  recorded, and the server sees no more requests."""
+  server = serve(("status", 503, "overloaded"))
+  expert = remote(server.url, max_retries=1, failure_budget_s=1e-9)
+  with pytest.raises(ex.ExpertError):
+    expert.complete(MESSAGES, role="voter")
+  assert len(server.requests) == 2 and expert.failed_s > 0
+  for role in ("critic", "planner"):
+    with pytest.raises(ex.ExpertError) as info:
+      expert.complete(MESSAGES, role=role)
+    record = info.value.record
+    assert (record.role, record.ok, record.attempts) == (role, False, 0)
+    assert record.error.startswith("expert taken for dead: failed calls used its 1e-09 s failure budget")
+  assert len(server.requests) == 2
+  # A working call costs nothing of the budget.
+  ok = serve(("ok", "red"))
+  expert = remote(ok.url, failure_budget_s=1e-9)
+  assert [expert.chat(MESSAGES) for _ in range(3)] == ["red"] * 3 and expert.failed_s == 0
+
+
 def test_429_honours_retry_after_and_caps_the_wait(serve):
   server = serve(("status", 429, "slow down", [("Retry-After", "7")]), ("ok", "fine"))
   sleeps = Sleeps()
@@ -281,9 +313,17 @@ def test_http_api_key_is_sent_and_redacted(serve, monkeypatch, caplog):
   )
 
 
-def test_credentials_in_the_url_stay_out_of_the_name():
-  expert = make_expert("https://user:pw-secret@example.com:8443/v1")
-  assert expert.name == "https://example.com:8443/v1" and "pw-secret" not in repr(expert)
+def test_credentials_in_the_url_are_refused_without_being_shown():
+  """A URL's user:password would go out as Basic auth and could come back in an echoed error:
+  refused, and no message repeats them."""
+  for url in ("https://user:pw-secret@example.com:8443/v1", "https://pw-secret@example.com/v1"):
+    with pytest.raises(ValueError) as info:
+      make_expert(url)
+    assert "carries credentials" in str(info.value) and "api_key_env" in str(info.value)
+    assert "pw-secret" not in str(info.value) and "example.com" in str(info.value)
+  with pytest.raises(ValueError, match="unknown expert spec") as info:
+    make_expert("ftp://user:pw-secret@example.com/v1")
+  assert "pw-secret" not in str(info.value)
 
 
 # --- specs ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import random
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -134,7 +135,10 @@ class Fatal(Exception):
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
   """Attempt k (1-based) that fails transiently waits backoff_s * 2**(k-1), at least the
-  server's Retry-After, at most max_backoff_s, times a random factor in [1, 1 + jitter)."""
+  server's Retry-After, at most max_backoff_s, times a random factor in [1, 1 + jitter).
+  A call stops retrying when the next wait would take it past `budget_s` seconds; once failed
+  calls have cost `failure_budget_s` seconds in all, the Expert is taken for dead and every
+  later call fails at once (None: no limit)."""
 
   max_retries: int = 3
   backoff_s: float = 1.0
@@ -142,6 +146,8 @@ class RetryPolicy:
   jitter: float = 0.1
   sleep: Callable[[float], None] = time.sleep
   rng: random.Random = dataclasses.field(default_factory=random.Random)
+  budget_s: float | None = None
+  failure_budget_s: float | None = None
 
   def delay(self, attempt: int, wait_s: float | None = None) -> float:
     base = self.backoff_s * 2 ** (attempt - 1)
@@ -183,6 +189,8 @@ class Expert:
     self.retry = retry or RetryPolicy()
     self._secrets = tuple(s for s in secrets if s)
     self.last_call: ExpertCall | None = None
+    self.failed_s = 0.0  # seconds spent on calls that failed (`RetryPolicy.failure_budget_s`)
+    self._failed_lock = threading.Lock()
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.name!r})"
@@ -204,6 +212,11 @@ class Expert:
   ) -> tuple[str, ExpertCall]:
     """The reply text and the call's record; ExpertError (with the record) on failure."""
     start, attempt = time.monotonic(), 0
+    limit = self.retry.failure_budget_s
+    if limit is not None and self.failed_s >= limit:
+      error = f"expert taken for dead: failed calls used its {limit:g} s failure budget"
+      self.last_call = call = ExpertCall(role, False, 0.0, 0, error, self.name)
+      raise ExpertError(call)
     while True:
       attempt += 1
       try:
@@ -219,12 +232,18 @@ class Expert:
       known = isinstance(failure, Retryable | Fatal)
       # Redact before shortening: a cut could leave part of a secret.
       error = shorten(self.redact(str(failure) if known else f"{type(failure).__name__}: {failure}"))
-      if not isinstance(failure, Retryable) or attempt > self.retry.max_retries:
+      wait = self.retry.delay(attempt, failure.wait_s) if isinstance(failure, Retryable) else 0.0
+      budget = self.retry.budget_s
+      over = budget is not None and time.monotonic() - start + wait > budget
+      if not isinstance(failure, Retryable) or attempt > self.retry.max_retries or over:
+        if over and isinstance(failure, Retryable) and attempt <= self.retry.max_retries:
+          error = shorten(f"{error} (no retry: the call's {budget:g} s budget would pass)")
         call = ExpertCall(role, False, time.monotonic() - start, attempt, error, self.name)
+        with self._failed_lock:
+          self.failed_s += call.latency_s
         self.last_call = call
         logger.warning("expert %s: %s call failed after %d attempt(s): %s", self.name, role, attempt, error)
         raise ExpertError(call)
-      wait = self.retry.delay(attempt, failure.wait_s)
       logger.warning(
         "expert %s: %s attempt %d failed (%s); retrying in %.1f s", self.name, role, attempt, error, wait
       )

@@ -12,11 +12,13 @@ from catts_jax.tts.self_expert import SelfExpert
 
 
 def _public_url(url: str) -> str:
-  """The URL without user:password@ (a name that goes into records and logs)."""
-  parts = urllib.parse.urlsplit(url)
-  host = parts.hostname or ""
-  netloc = host + (f":{parts.port}" if parts.port else "")
-  return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+  """The URL without user:password@ (a name that goes into records, logs and errors)."""
+  try:
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+  except ValueError:  # not a URL that parses: show no part of it that could hold a secret
+    return "<an unparseable URL>"
 
 
 def make_expert(
@@ -27,6 +29,8 @@ def make_expert(
   max_retries: int = 3,
   backoff_s: float = 1.0,
   max_backoff_s: float = 30.0,
+  budget_s: float | None = None,
+  failure_budget_s: float | None = None,
   jitter: float = 0.1,
   sleep: Callable[[float], None] = time.sleep,
   model: str | None = None,
@@ -46,7 +50,9 @@ def make_expert(
   - "none": None (CA-TTS runs without expert roles).
   """
   text = str(spec).strip()
-  retry = RetryPolicy(max_retries, backoff_s, max_backoff_s, jitter, sleep)
+  retry = RetryPolicy(
+    max_retries, backoff_s, max_backoff_s, jitter, sleep, budget_s=budget_s, failure_budget_s=failure_budget_s
+  )
   if text.lower() == "none":
     return None
   if text.lower() == "self":
@@ -62,6 +68,11 @@ def make_expert(
     client = InferenceClient(model=text[3:], token=token, timeout=timeout_s, provider=provider)
     return RemoteExpert(text, client, api_key=token, timeout_s=timeout_s, retry=retry)
   if text.startswith(("http://", "https://")) and urllib.parse.urlsplit(text).hostname:
+    if "@" in urllib.parse.urlsplit(text).netloc:
+      raise ValueError(
+        f"expert URL {_public_url(text)} carries credentials: put the key in an environment variable "
+        "and name it with --config.expert.api_key_env (a URL's credentials would be sent and logged)"
+      )
     api_key = None
     if api_key_env:
       api_key = os.environ.get(api_key_env)
@@ -74,4 +85,6 @@ def make_expert(
     return RemoteExpert(
       name, client, model=model, models_url=models_url, api_key=api_key, timeout_s=timeout_s, retry=retry
     )
-  raise ValueError(f"unknown expert spec {spec!r}: use hf:<model-id>, http(s)://host[:port]/v1, self or none")
+  raise ValueError(
+    f"unknown expert spec {_public_url(text)!r}: use hf:<model-id>, http(s)://host[:port]/v1, self or none"
+  )

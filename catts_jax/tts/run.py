@@ -114,6 +114,7 @@ def expert_options(cfg) -> dict[str, Any]:
   e = cfg.expert
   return dict(
     timeout_s=e.timeout_s, max_retries=e.max_retries, backoff_s=e.backoff_s, max_backoff_s=e.max_backoff_s,
+    budget_s=e.budget_s, failure_budget_s=e.failure_budget_s,
     model=e.model, provider=e.provider, api_key_env=e.api_key_env, seed=cfg.seed,
   )  # fmt: skip
 

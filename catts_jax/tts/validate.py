@@ -51,6 +51,8 @@ RULES = (
   ("expert.max_retries", _at_least(0, True)),
   ("expert.backoff_s", _at_least(0)),
   ("expert.max_backoff_s", _at_least(0)),
+  ("expert.budget_s", _above(0)),
+  ("expert.failure_budget_s", _at_least(0)),
   ("expert.temperature", _at_least(0)),
   ("expert.planner_max_tokens", _at_least(1, True)),
   ("expert.voter_max_tokens", _at_least(1, True)),
