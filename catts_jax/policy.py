@@ -54,11 +54,14 @@ class Policy:
     dtype: str = "float32",
     mesh: Mesh | None = None,
     confidence: ConfidenceConfig = ConfidenceConfig(),
+    allow_partial: bool = False,
     **processor_kwargs,
   ) -> Policy:
-    """From an HF checkpoint directory; `dtype` is the compute dtype (params stay float32)."""
+    """From an HF checkpoint directory; `dtype` is the compute dtype (params stay float32).
+    `allow_partial`: tensors config.json does not describe are ignored instead of an error."""
     cfg = ModelConfig.from_pretrained(path).replace(dtype=dtype)
-    return cls(load_hf(path, cfg, mesh=mesh), Processor(path, cfg, **processor_kwargs), confidence, mesh)
+    model = load_hf(path, cfg, mesh=mesh, allow_partial=allow_partial)
+    return cls(model, Processor(path, cfg, **processor_kwargs), confidence, mesh)
 
   @property
   def cfg(self) -> ModelConfig:

@@ -50,6 +50,12 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_bool(
     "expert_check", True, "a remote --expert answers one probe call before the run starts", flag_values=fv
   )
+  flags.DEFINE_bool(
+    "allow_partial",
+    False,
+    "load a checkpoint holding tensors its config.json does not describe",
+    flag_values=fv,
+  )
   flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
 
 
@@ -59,7 +65,7 @@ def main(argv=None) -> int:
     job = run.prepare(
       args.config, ckpt=args.ckpt, benchmark=args.benchmark, out=args.out, data_path=args.data,
       split=args.split, data_dir=args.data_dir, limit=args.limit, ns=args.n, methods=args.methods,
-      expert=args.expert, expert_check=args.expert_check,
+      expert=args.expert, expert_check=args.expert_check, allow_partial=args.allow_partial,
     )  # fmt: skip
   except (ValueError, FileNotFoundError) as err:
     print(f"error: {err}", file=sys.stderr)

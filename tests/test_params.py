@@ -12,7 +12,7 @@ from flax import nnx
 from tiny_hf import TINY, build_tiny_checkpoint
 
 from catts_jax import safetensors_io
-from catts_jax.models.qwen2_5_vl import CheckpointError, ConfigError, load_hf, save_hf
+from catts_jax.models.qwen2_5_vl import CheckpointError, ConfigError, check_weights, load_hf, save_hf
 from catts_jax.processing import Processor
 from catts_jax.verify import Reference, make_cases
 
@@ -142,6 +142,29 @@ def test_missing_weight_names_tensor(tiny_ckpt, tmp_path):
     CheckpointError, match=r"model\.visual\.blocks\.2\.attn\.qkv\.bias: missing weight.*model\.safetensors"
   ):
     load_hf(d)
+
+
+def test_weights_config_json_does_not_describe_are_an_error(tiny_ckpt, tmp_path):
+  """A config.json with fewer layers than the weights would load a different model."""
+  d = copy_ckpt(tiny_ckpt, tmp_path / "c")
+  config = json.loads((d / "config.json").read_text())
+  text = config.get("text_config", config)
+  text["num_hidden_layers"] -= 1
+  if "layer_types" in text:
+    text["layer_types"] = text["layer_types"][:-1]
+  (d / "config.json").write_text(json.dumps(config))
+  layers = text["num_hidden_layers"]
+  for load in (load_hf, check_weights):
+    with pytest.raises(CheckpointError) as e:
+      load(d)
+    assert "checkpoint tensors are not part of the model config.json describes" in str(e.value)
+    assert f"model.language_model.layers.{layers}." in str(e.value)
+  model = load_hf(d, allow_partial=True)
+  assert model.language_model.layers.self_attn.q_proj.kernel.get_value().shape[0] == layers
+  check_weights(d, allow_partial=True)
+  rewrite_weights(d, lambda t: t.pop("visual.blocks.2.attn.qkv.bias"))
+  with pytest.raises(CheckpointError, match="missing weight"):
+    check_weights(d, allow_partial=True)  # a missing tensor is never allowed
 
 
 def test_pickle_weights_are_refused(tiny_ckpt, tmp_path):

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from catts_jax import data, runs
+from catts_jax.models.qwen2_5_vl import check_weights
 from catts_jax.policy import Policy
 from catts_jax.scoring import ConfidenceConfig
 from catts_jax.tts import summary as summaries
@@ -134,11 +135,14 @@ class Job:
   self_expert: bool  # the policy is its own Expert (built once it is loaded)
   examples: list[dict]
   settings: dict[str, Any]
+  allow_partial: bool = False  # checkpoint tensors config.json does not describe are ignored
 
   def load_policy(self) -> Policy:
     """The checkpoint as this run decodes and scores it."""
     confidence = ConfidenceConfig(window=self.tts.deepconf_window)
-    return Policy.from_pretrained(self.ckpt, dtype=self.cfg.dtype, confidence=confidence)
+    return Policy.from_pretrained(
+      self.ckpt, dtype=self.cfg.dtype, confidence=confidence, allow_partial=self.allow_partial
+    )
 
   def run(self, progress: Callable[[int], Any] | None = None, policy: Policy | None = None) -> dict[str, Any]:
     """Loads the policy (or takes `policy`, from `load_policy` of a job with the same checkpoint
@@ -185,15 +189,18 @@ def prepare(
   methods: str = ",".join(METHODS),
   expert: str = "none",
   expert_check: bool = True,
+  allow_partial: bool = False,
 ) -> Job:
   """Checks the inputs (ValueError or FileNotFoundError naming the bad one), loads the
   benchmark's first `limit` problems and checks or writes out/run.json. With `expert_check`,
-  a remote Expert answers one probe call first (`probe`)."""
+  a remote Expert answers one probe call first (`probe`). The checkpoint's tensors must be
+  those its config.json describes (`allow_partial`: extra ones are ignored)."""
   tts = validate.config(cfg, limit)
   cfg.dtype = compute_dtype(cfg.dtype)  # recorded resolved: a resume elsewhere must match it
   cfg.module_batch = module_batch(cfg)
   ns_, methods_ = parse_ns(ns), parse_methods(methods)
   ckpt_ = resolve_ckpt(ckpt)
+  check_weights(ckpt_, allow_partial=allow_partial)
   self_expert = expert.strip().lower() == "self"
   remote = None if self_expert else make_expert(expert, **expert_options(cfg))
   if isinstance(remote, RemoteExpert):
@@ -216,4 +223,6 @@ def prepare(
   }
   out = pathlib.Path(out)
   runs.check_settings(out, settings, SETTINGS)
-  return Job(cfg, tts, ckpt_, benchmark, out, ns_, methods_, remote, self_expert, examples, settings)
+  return Job(
+    cfg, tts, ckpt_, benchmark, out, ns_, methods_, remote, self_expert, examples, settings, allow_partial
+  )

@@ -3,7 +3,7 @@
 
 from catts_jax.models.qwen2_5_vl.config import ConfigError, ModelConfig, TextConfig, VisionConfig
 from catts_jax.models.qwen2_5_vl.model import Qwen2_5_VL, get_rope_index
-from catts_jax.models.qwen2_5_vl.params import CheckpointError, load_hf, save_hf
+from catts_jax.models.qwen2_5_vl.params import CheckpointError, check_weights, load_hf, save_hf
 from catts_jax.models.qwen2_5_vl.text import init_cache
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
   "ModelConfig",
   "Qwen2_5_VL",
   "TextConfig",
+  "check_weights",
   "VisionConfig",
   "get_rope_index",
   "init_cache",

@@ -9,7 +9,6 @@ streams one tensor at a time into safetensors files that transformers loads as
 from __future__ import annotations
 
 import json
-import logging
 import math
 import pathlib
 import shutil
@@ -24,8 +23,6 @@ from jax.sharding import Mesh
 from catts_jax import safetensors_io, sharding
 from catts_jax.models.qwen2_5_vl.config import ModelConfig
 from catts_jax.models.qwen2_5_vl.model import Qwen2_5_VL
-
-log = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -206,16 +203,43 @@ def abstract_model(cfg: ModelConfig) -> nnx.Module:
   return nnx.eval_shape(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)))
 
 
+def check_weights(
+  path: str | pathlib.Path, cfg: ModelConfig | None = None, *, allow_partial: bool = False
+) -> None:
+  """CheckpointError unless the checkpoint's tensors are exactly those its config.json (or
+  `cfg`) describes: a config with fewer layers than the weights would otherwise load a
+  different model. Reads the safetensors headers only. `allow_partial`: extra tensors are
+  allowed (missing ones never are)."""
+  path = pathlib.Path(path)
+  cfg = cfg or ModelConfig.from_pretrained(path)
+  _check_names(path, _CheckpointReader(path), weight_map(cfg), allow_partial)
+
+
+def _check_names(path: pathlib.Path, reader: _CheckpointReader, mapping, allow_partial: bool) -> None:
+  wanted = set(_hf_names(mapping))
+  missing = sorted(wanted - set(reader.location))
+  unused = sorted(set(reader.location) - wanted)
+  if missing:
+    reader.get(missing[0])  # the error naming it and the files looked in
+  if unused and not allow_partial:
+    raise CheckpointError(
+      f"{path}: {len(unused)} checkpoint tensors are not part of the model config.json describes, "
+      f"e.g. {unused[:3]}: config.json and the weights disagree (allow_partial loads it anyway)"
+    )
+
+
 def load_hf(
   path: str | pathlib.Path,
   cfg: ModelConfig | None = None,
   *,
   mesh: Mesh | None = None,
   rules: Mapping | None = None,
+  allow_partial: bool = False,
 ) -> Qwen2_5_VL:
   """Build the NNX model from an HF checkpoint directory, sharded over `mesh` if given.
 
-  `cfg` defaults to the directory's config.json; pass one to change dtypes.
+  `cfg` defaults to the directory's config.json; pass one to change dtypes. Every tensor must
+  be one the config implies (`check_weights`; `allow_partial` ignores extra ones).
   """
   path = pathlib.Path(path)
   cfg = cfg or ModelConfig.from_pretrained(path)
@@ -227,6 +251,7 @@ def load_hf(
   flat = dict(nnx.to_flat_state(state))
   if set(flat) != set(mapping):
     raise RuntimeError(f"weight map out of date: {sorted(set(flat) ^ set(mapping))}")
+  _check_names(path, reader, mapping, allow_partial)
   flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
 
   def host(hf_name, kind, n_in, shape):
@@ -253,9 +278,6 @@ def load_hf(
     else:
       variable.set_value(jax.make_array_from_callback(shape, target, shard))
 
-  unused = set(reader.location) - set(_hf_names(mapping))
-  if unused:
-    log.warning("%s: %d checkpoint tensors not used, e.g. %s", path, len(unused), sorted(unused)[:3])
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
