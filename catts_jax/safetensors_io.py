@@ -31,18 +31,42 @@ NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
 
 
 def read_header(path: pathlib.Path) -> tuple[dict, int]:
-  """(tensor entries, byte offset where tensor data starts)."""
+  """(tensor entries, byte offset where tensor data starts). A file that is not safetensors,
+  or is cut short, is a one-line ValueError naming the file (and the tensor)."""
+  size = pathlib.Path(path).stat().st_size
   with open(path, "rb") as f:
     raw = f.read(8)
     if len(raw) != 8:
       raise ValueError(f"{path}: not a safetensors file (truncated header)")
     (n,) = struct.unpack("<Q", raw)
+    if n > size - 8:
+      raise ValueError(f"{path}: not a safetensors file (header of {n} bytes in a {size}-byte file)")
     try:
       header = json.loads(f.read(n))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ValueError(f"{path}: not a safetensors file ({e})") from e
+  if not isinstance(header, dict):
+    raise ValueError(f"{path}: not a safetensors file (its header is not a JSON object)")
   header.pop("__metadata__", None)
+  for name, entry in header.items():
+    _check_entry(path, name, entry, size - 8 - n)
   return header, 8 + n
+
+
+def _check_entry(path, name: str, entry, data_bytes: int) -> None:
+  try:
+    dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+    count = int(np.prod(shape, dtype=np.int64)) if all(int(d) >= 0 for d in shape) else -1
+  except (KeyError, TypeError, ValueError):
+    raise ValueError(f"{path}: tensor {name}: malformed header entry {entry!r:.200}") from None
+  if dtype not in DTYPES:
+    raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+  if count < 0 or not 0 <= start <= end or end - start != count * np.dtype(DTYPES[dtype]).itemsize:
+    raise ValueError(f"{path}: tensor {name}: offsets {start}..{end} do not fit shape {shape} of {dtype}")
+  if end > data_bytes:
+    raise ValueError(
+      f"{path}: truncated: tensor {name} ends at byte {end} of the data, which holds {data_bytes}"
+    )
 
 
 class SafetensorsFile:

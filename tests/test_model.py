@@ -182,6 +182,32 @@ def test_config_errors():
     )
 
 
+@pytest.mark.parametrize(
+  "edit, words",
+  [
+    ({"hidden_size": 3585}, "hidden_size 3585, num_attention_heads 28 and num_key_value_heads 4 must divide"),
+    ({"num_key_value_heads": 5}, "num_key_value_heads 5 must divide"),
+    ({"num_hidden_layers": 2.5}, "num_layers must be a positive integer, got 2.5"),
+    ({"vocab_size": "152064"}, "vocab_size must be a positive integer, got '152064'"),
+    ({"intermediate_size": 0}, "intermediate_size must be a positive integer, got 0"),
+    ({"rms_norm_eps": "tiny"}, "rms_norm_eps must be a positive number"),
+    (
+      {"vision_config": {"hidden_size": 1280, "num_heads": 3}},
+      "vision_config.hidden_size 1280 is not a multiple",
+    ),
+    ({"vision_config": {"depth": True}}, "vision_config.depth must be a positive integer, got True"),
+  ],
+)
+def test_a_bad_config_value_is_named(edit, words):
+  """Each bad value is named as itself, not as a later symptom (a wrong hidden_size was
+  reported as an mrope_section error)."""
+  d = presets.hf_config("7b")
+  d = {**d, **edit, "vision_config": {**d["vision_config"], **edit.get("vision_config", {})}}
+  with pytest.raises(ConfigError) as e:
+    ModelConfig.from_hf_dict(d, source="ckpt/config.json")
+  assert str(e.value).startswith("ckpt/config.json: ") and words in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("preset", sorted(presets.RELEASED))
 def test_presets_have_transformers_param_counts(preset):
   """Each preset builds (abstractly) a model with exactly transformers' parameter count."""

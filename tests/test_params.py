@@ -167,6 +167,26 @@ def test_weights_config_json_does_not_describe_are_an_error(tiny_ckpt, tmp_path)
     check_weights(d, allow_partial=True)  # a missing tensor is never allowed
 
 
+@pytest.mark.parametrize(
+  "damage, words",
+  [
+    (lambda b: b[: len(b) // 2], "truncated: tensor"),
+    (lambda b: b[:5], "not a safetensors file (truncated header)"),
+    (lambda b: bytes(range(256)) * 8, "not a safetensors file (header of"),
+    (lambda b: b"\x02\x00\x00\x00\x00\x00\x00\x00[]" + b, "header is not a JSON object"),
+  ],
+)
+def test_a_damaged_safetensors_file_is_one_line_naming_it(tiny_ckpt, tmp_path, damage, words):
+  """Cut short or random bytes: a sentence naming the file, not a reshape or overflow error."""
+  d = copy_ckpt(tiny_ckpt, tmp_path / "c")
+  weights = d / "model.safetensors"
+  weights.write_bytes(damage(weights.read_bytes()))
+  for load in (load_hf, check_weights):
+    with pytest.raises(ValueError) as e:
+      load(d)
+    assert str(weights) in str(e.value) and words in str(e.value) and "\n" not in str(e.value)
+
+
 def test_pickle_weights_are_refused(tiny_ckpt, tmp_path):
   d = copy_ckpt(tiny_ckpt, tmp_path / "c")
   (d / "model.safetensors").rename(d / "pytorch_model.bin")

@@ -71,6 +71,23 @@ class TextConfig:
     return self.hidden_size // self.num_heads
 
 
+def _check_shape(source: str, prefix: str, cfg) -> None:
+  """Every int field of `cfg` a positive integer (not 1.5, "64" or true) and every float one a
+  positive number, named on failure."""
+  for field in dataclasses.fields(cfg):
+    value = getattr(cfg, field.name)
+    if field.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise ConfigError(f"{source}: {prefix}{field.name} must be a positive integer, got {value!r}")
+    if field.type == "float" and (
+      isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+    ):
+      raise ConfigError(f"{source}: {prefix}{field.name} must be a positive number, got {value!r}")
+    if field.type.startswith("tuple[int") and not all(
+      isinstance(x, int) and not isinstance(x, bool) for x in value
+    ):
+      raise ConfigError(f"{source}: {prefix}{field.name} must hold integers, got {list(value)!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   text: TextConfig = TextConfig()
@@ -137,6 +154,12 @@ class ModelConfig:
       max_position_embeddings=text.get("max_position_embeddings", t_default.max_position_embeddings),
       hidden_act=text.get("hidden_act", t_default.hidden_act),
     )
+    _check_shape(source, "", text_cfg)
+    if text_cfg.hidden_size % text_cfg.num_heads or text_cfg.num_heads % text_cfg.num_kv_heads:
+      raise ConfigError(
+        f"{source}: hidden_size {text_cfg.hidden_size}, num_attention_heads {text_cfg.num_heads} and "
+        f"num_key_value_heads {text_cfg.num_kv_heads} must divide one another"
+      )
     if sum(text_cfg.mrope_section) * 2 != text_cfg.head_dim:
       raise ConfigError(
         f"{source}: mrope_section {list(text_cfg.mrope_section)} must sum to head_dim/2 = "
@@ -156,6 +179,12 @@ class ModelConfig:
     if "fullatt_block_indexes" in vision_kwargs:
       vision_kwargs["fullatt_block_indexes"] = tuple(vision_kwargs["fullatt_block_indexes"])
     vision_cfg = VisionConfig(**vision_kwargs)
+    _check_shape(source, "vision_config.", vision_cfg)
+    if vision_cfg.hidden_size % vision_cfg.num_heads:
+      raise ConfigError(
+        f"{source}: vision_config.hidden_size {vision_cfg.hidden_size} is not a multiple of its "
+        f"num_heads {vision_cfg.num_heads}"
+      )
     if vision_cfg.out_hidden_size != text_cfg.hidden_size:
       raise ConfigError(
         f"{source}: vision_config.out_hidden_size {vision_cfg.out_hidden_size} != text "
