@@ -174,12 +174,14 @@ def test_release_runs_every_module_without_a_planner_and_rounds_the_voter_boost(
   )
   cfg = release_config()
   cfg.selfcheck.mode = "drop"
-  row = solve(FakeOps({"p1": samples}, SELFCHECK, reanswer=("5", 0.5)), expert, cfg)
+  # The re-answer agrees, so the table stays unanimous (margin 1) when the self-check comes.
+  row = solve(FakeOps({"p1": samples}, SELFCHECK, reanswer=("4", 0.5)), expert, cfg)
   r = row["methods"]["catts"]["4"]
   assert r["order"] == [SC, SR, SCK] and r["plan"] == {"by": "default", "reason": "planner off"}
   sc, sr, sck = r["modules"]
   assert sc["voter"]["added"] == {"4": 1.0}
-  assert sr["ran"] and sr["critique"] == "recount." and sr["added"] == 2.0 and sck["ran"]
+  assert sr["ran"] and sr["critique"] == "recount." and sr["added"] == 2.0
+  assert sck["ran"] and sck["margin"] == 1.0
   assert [role for role, _ in expert.sent] == ["voter", "critic"]
   # The same problem under the paper's preset: gated, so neither module runs.
   paper = catts_config.get_config("paper")
@@ -195,3 +197,25 @@ def test_release_template_wording():
   assert text.startswith("Please solve the problem step by step and put your answer in one '\\boxed{}'.")
   assert text.endswith("Which?\nChoices:\n(A) 1\n(B) 2")
   assert prompts.prompt_for({**mc, "benchmark": "mathvision"}, "release") == "Which?\nChoices:\n(A) 1\n(B) 2"
+
+
+class TopKWeights(FakeOps):
+  """Samples whose vote weight is the release's top-20 confidence (~5-20), exp(-NMLP) 0.4."""
+
+  def draw(self, problems, n, seed):
+    drawn = super().draw(problems, n, seed)
+    for d in drawn:
+      for s in d.samples:
+        s.scores["confidence"] = 0.4
+    return drawn
+
+
+def test_reported_confidences_stay_probabilities_when_votes_weigh_by_topk_confidence():
+  """ECE needs probabilities: best-of-n, greedy and VCD report exp(-NMLP), not the vote weight
+  (a release-preset run over Math-Vision stopped at its report on a confidence of 7)."""
+  samples = [("4", 7.0), ("3", 9.0), ("4", 6.0)]
+  row = solve(TopKWeights({"p1": samples}, SELFCHECK), None, release_config(), ns=(3,))
+  methods = row["methods"]
+  assert methods["best-of-n"]["3"] == {"answer": "3", "correct": False, "confidence": 0.4}
+  assert methods["majority"]["3"]["answer"] == "4"
+  assert all(0 <= methods[m]["3"]["confidence"] <= 1 for m in ("majority", "deepconf", "catts"))

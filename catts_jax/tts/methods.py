@@ -163,12 +163,18 @@ def baseline(method: str, ctx: Context) -> dict[str, Any]:
     if not answered:
       return {"answer": "", "correct": False, "confidence": 0.0}
     best = max(answered, key=lambda s: s.confidence)
-    return {"answer": best.answer, "correct": ctx.correct(best.answer), "confidence": best.confidence}
+    return {"answer": best.answer, "correct": ctx.correct(best.answer), "confidence": _probability(best)}
   raise ValueError(f"unknown sampled method {method!r}; known: {SAMPLED}")
 
 
+def _probability(response: Response) -> float:
+  """A response's confidence as a probability for ECE and AUROC: exp(-NMLP), whatever the vote
+  weighs by (the release's top-20 confidence runs ~5-20)."""
+  return response.scores["confidence"]
+
+
 def _single(response: Response) -> dict[str, Any]:
-  return {"answer": response.answer, "correct": response.correct, "confidence": response.confidence}
+  return {"answer": response.answer, "correct": response.correct, "confidence": _probability(response)}
 
 
 def solve(
