@@ -72,8 +72,8 @@ MUTANTS = [
   ),
   (
     "methods.py",
-    "  added = voting.voter_boost(table, probs, ctx.boost(ctx.tts.tau))",
-    "  added = voting.voter_boost(table, probs, 2 * ctx.boost(ctx.tts.tau))",
+    "  added = voting.voter_boost(table, probs, ctx.boost(ctx.tts.tau, voter=True))",
+    "  added = voting.voter_boost(table, probs, 2 * ctx.boost(ctx.tts.tau, voter=True))",
     "voter boost doubled",
   ),
   (
