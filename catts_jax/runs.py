@@ -1,7 +1,13 @@
 """The `--out DIR` contract every entry point keeps.
 
+- One run at a time per directory: `with runs.locked(out):` holds an exclusive lock on
+  OUT/.lock (which names the holder's pid) for the whole run; a second run on the same --out
+  fails at once with `OutDirError` naming that pid, and so does an --out that cannot be created
+  or written. Entry points print it as one line and exit 2.
 - `report.json` (and any other summary) is written atomically: a killed run never leaves a
-  half-written file in place of an earlier good one.
+  half-written file in place of an earlier good one. `write_text`, `write_json`,
+  `write_lines` (JSONL written whole, e.g. graded.jsonl) and `replacing` (any writer, e.g. a
+  plot) all go through a temporary file beside the target and a rename.
 - Results stream to JSONL, one row per finished item, flushed as they come: a killed run
   resumes from the rows already there (`read_rows`; a line cut off by the kill is dropped).
 - `run.json` holds the settings a run's rows depend on; a resume with other settings is
@@ -13,11 +19,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
 import pathlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,13 +43,95 @@ def _clean(value: Any) -> Any:
   return value
 
 
+class OutDirError(ValueError):
+  """An --out directory that cannot be used: held by another run, or not creatable or not
+  writable. Its message is one line naming the directory."""
+
+
+LOCK_FILE = ".lock"
+_held: dict[pathlib.Path, list] = {}  # resolved directory -> [open lock file, depth]
+
+
+@contextlib.contextmanager
+def locked(out: str | pathlib.Path) -> Iterator[pathlib.Path]:
+  """`with runs.locked(out):` creates `out` if needed and holds an exclusive, non-blocking
+  `fcntl.flock` on out/.lock (holding this process's pid) until the block ends. Raises
+  OutDirError at once when another process holds it ("... in use by another run (pid N) ...")
+  or when `out` cannot be created or written. Re-entrant within one process (a library
+  function may lock the directory its entry point already locked). The lock file stays; the
+  kernel drops the lock when its holder exits, however it ends."""
+  out = pathlib.Path(out)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise OutDirError(f"cannot create {out} ({e.strerror or e}); choose another --out") from None
+  key = out.resolve()
+  if key in _held:
+    _held[key][1] += 1
+    try:
+      yield out
+    finally:
+      _held[key][1] -= 1
+    return
+  try:
+    f = open(key / LOCK_FILE, "a+", encoding="utf-8")
+  except OSError as e:
+    raise OutDirError(f"{out} is not writable ({e.strerror or e}); choose another --out") from None
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    pid = f.read().strip() or "unknown"
+    f.close()
+    raise OutDirError(
+      f"{out} is in use by another run (pid {pid}); wait for it or choose another --out"
+    ) from None
+  try:
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+  except OSError as e:
+    f.close()
+    raise OutDirError(f"{out} is not writable ({e.strerror or e}); choose another --out") from None
+  _held[key] = [f, 1]
+  try:
+    yield out
+  finally:
+    del _held[key]
+    f.close()  # releases the lock
+
+
+@contextlib.contextmanager
+def replacing(path: str | pathlib.Path) -> Iterator[pathlib.Path]:
+  """`with replacing(path) as tmp:` write `tmp` (same suffix, beside `path`) by any means; on
+  success it replaces `path` in one rename, on an exception it is removed and `path` is left as
+  it was."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
 def write_text(path: str | pathlib.Path, text: str) -> pathlib.Path:
   """Write `text` to `path` atomically (a temporary file beside it, then a rename)."""
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, path)
+  with replacing(path) as tmp:
+    tmp.write_text(text, encoding="utf-8")
+  return path
+
+
+def write_lines(path: str | pathlib.Path, rows: Iterable[Mapping[str, Any]]) -> pathlib.Path:
+  """`rows` as JSONL (one JSON object a line), atomically: the old file stays whole until
+  every row is written."""
+  path = pathlib.Path(path)
+  with replacing(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
   return path
 
 

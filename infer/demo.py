@@ -30,7 +30,7 @@ import sys
 
 from absl import flags
 
-from catts_jax import cli, demo
+from catts_jax import cli, demo, runs
 from configs import catts
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -73,13 +73,14 @@ def main(argv=None) -> int:
   # line per call. A process-wide setting, so it belongs to the program, not to demo.run().
   logging.getLogger("catts_jax.tts.expert").setLevel(logging.ERROR)
   try:
-    result = demo.run(
-      catts.get_config(), out=args.out, sft=args.sft, cdrl=args.cdrl, data_dir=args.data_dir,
-      split=args.split, calibration_size=args.calibration_size, limit=args.limit, ns=args.n,
-      max_new_tokens=args.max_new_tokens, temperature=args.temperature, mathvision=args.mathvision,
-      mv_limit=args.mv_limit,
-    )  # fmt: skip
-  except demo.InputError as err:  # a bad input; anything else keeps its traceback
+    with runs.locked(args.out):  # one demo at a time in --out
+      result = demo.run(
+        catts.get_config(), out=args.out, sft=args.sft, cdrl=args.cdrl, data_dir=args.data_dir,
+        split=args.split, calibration_size=args.calibration_size, limit=args.limit, ns=args.n,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, mathvision=args.mathvision,
+        mv_limit=args.mv_limit,
+      )  # fmt: skip
+  except (demo.InputError, runs.OutDirError) as err:  # a bad input; anything else keeps its traceback
     raise SystemExit(f"error: {err}") from None
   print(demo.markdown(result))
   print(f"\nwrote {pathlib.Path(args.out) / 'report.json'}")

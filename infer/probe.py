@@ -43,6 +43,7 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("dtype", "float32", "compute dtype of the policy", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "seed of the perturbations", flag_values=fv)
   flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
+  flags.DEFINE_bool("rebuild", False, "build the benchmark's cache again from --data", flag_values=fv)
 
 
 def main(argv=None) -> int:
@@ -62,32 +63,15 @@ def main(argv=None) -> int:
     batch_size=args.batch_size,
     seed=args.seed,
   )
-  saliency = None
-  if args.targeted:
-    if args.clip_pretrained is None:
-      print(
-        "--targeted needs --clip_pretrained (an open_clip tag, a weights file, or 'none')", file=sys.stderr
-      )
-      return 2
-    from catts_jax.saliency import ClipSaliency
-
-    pretrained = None if args.clip_pretrained == "none" else args.clip_pretrained
-    saliency = ClipSaliency.from_pretrained(args.clip_model, pretrained)
-
-  dataset = data.load(args.benchmark, manual_dir=args.data, data_dir=args.data_dir, split=args.split)
-  examples = [dataset[i] for i in range(min(len(dataset), args.limit or len(dataset)))]
-  policy = Policy.from_pretrained(args.ckpt, dtype=args.dtype)
-  probe = Probe(policy, examples, args.benchmark, cfg, saliency)
-
-  from tqdm import tqdm
-
-  out = pathlib.Path(args.out)
-  with tqdm(total=len(examples) * len(conditions(cfg)), desc="probe", unit="answer") as bar:
-    summary = probe.run(out, progress=bar.update)
-  summary.update(
-    checkpoint=str(args.ckpt), benchmark=args.benchmark, split=dataset.split, problems=len(examples)
-  )
-  runs.write_json(out / "report.json", summary)
+  if args.targeted and args.clip_pretrained is None:
+    print("--targeted needs --clip_pretrained (an open_clip tag, a weights file, or 'none')", file=sys.stderr)
+    return 2
+  try:
+    with runs.locked(args.out):  # one run at a time in --out: fails at once naming the holder
+      summary = _probe(args, cfg)
+  except runs.OutDirError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   columns = [
     "kind",
     "level",
@@ -102,6 +86,33 @@ def main(argv=None) -> int:
   ]
   print(report.text_table(summary["conditions"], columns))
   return 0
+
+
+def _probe(args, cfg: ProbeConfig) -> dict:
+  saliency = None
+  if args.targeted:
+    from catts_jax.saliency import ClipSaliency
+
+    pretrained = None if args.clip_pretrained == "none" else args.clip_pretrained
+    saliency = ClipSaliency.from_pretrained(args.clip_model, pretrained)
+
+  dataset = data.load(
+    args.benchmark, manual_dir=args.data, data_dir=args.data_dir, split=args.split, rebuild=args.rebuild
+  )
+  examples = [dataset[i] for i in range(min(len(dataset), args.limit or len(dataset)))]
+  policy = Policy.from_pretrained(args.ckpt, dtype=args.dtype)
+  probe = Probe(policy, examples, args.benchmark, cfg, saliency)
+
+  from tqdm import tqdm
+
+  out = pathlib.Path(args.out)
+  with tqdm(total=len(examples) * len(conditions(cfg)), desc="probe", unit="answer") as bar:
+    summary = probe.run(out, progress=bar.update)
+  summary.update(
+    checkpoint=str(args.ckpt), benchmark=args.benchmark, split=dataset.split, problems=len(examples)
+  )
+  runs.write_json(out / "report.json", summary)
+  return summary
 
 
 if __name__ == "__main__":

@@ -121,12 +121,40 @@ def test_jsonl_user_data(tmp_path):
   assert q1["answer"] == "B" and q1["options"] == ["red", "blue"] and q1["metadata"] == {"source": "mine"}
   assert q2["answer_type"] == "integer" and q2["level"] == "2" and q2["metadata"] == {"difficulty": "easy"}
   assert len(q3["images"]) == 2 and q3["metadata"]["precision"] == 2
-  # A split added to the release after the first build needs rebuild=True.
-  (root / "extra.jsonl").write_text(json.dumps({"id": "e1", "question": "q", "answer": "1"}) + "\n")
-  with pytest.raises(ValueError, match="rebuild=True"):
+  # A split that is not there names the flag that forces a new build; one added to the release
+  # after the first build is seen without it (the cache follows the folder's content).
+  with pytest.raises(ValueError, match="split 'extra' not built .*--rebuild"):
     data.load("jsonl", manual_dir=root, data_dir=tmp_path / "tfds", split="extra")
+  (root / "extra.jsonl").write_text(json.dumps({"id": "e1", "question": "q", "answer": "1"}) + "\n")
+  extra = data.load("jsonl", manual_dir=root, data_dir=tmp_path / "tfds", split="extra")
+  assert [ex["id"] for ex in extra] == ["e1"]
   extra = data.load("jsonl", manual_dir=root, data_dir=tmp_path / "tfds", split="extra", rebuild=True)
   assert [ex["id"] for ex in extra] == ["e1"]
+
+
+def test_the_cache_follows_the_folders_content(tmp_path):
+  """An answer edited and a problem added after the first build are seen without rebuild; an
+  unchanged folder reuses its build; a tfds cache inside the folder does not count as content."""
+  root = releases.write_jsonl(tmp_path / "mine")
+  tfds_dir = root / ".." / "mine" / "tfds"  # inside the release folder
+  first = data.load("jsonl", manual_dir=root, data_dir=tfds_dir, split="train")
+  assert first.by_id("q2")["answer"] == "3" and len(first) == 3
+  name = data.builder("jsonl", root, tfds_dir).builder_config.name
+  again = data.builder("jsonl", root, tfds_dir)
+  assert again.builder_config.name == name and again.data_path.exists()  # built once, reused
+  path = root / "train.jsonl"
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  rows[1]["answer"] = "4"  # the file keeps its size: its modification time tells
+  size = path.stat().st_size
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert path.stat().st_size == size
+  edited = data.load("jsonl", manual_dir=root, data_dir=tfds_dir, split="train")
+  assert edited.by_id("q2")["answer"] == "4" and len(edited) == 3
+  rows.append({"id": "q4", "question": "One more?", "answer": "7"})
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  added = data.load("jsonl", manual_dir=root, data_dir=tfds_dir, split="train")
+  assert added.by_id("q2")["answer"] == "4" and added.by_id("q4")["answer"] == "7" and len(added) == 4
+  assert data.builder("jsonl", root, tfds_dir).builder_config.name != name
 
 
 def test_bad_releases_name_the_item(tmp_path):

@@ -1,14 +1,20 @@
-"""The `--out` contract (catts_jax.runs): strict atomic JSON, JSONL append/read/trim after a
+"""The `--out` contract (catts_jax.runs): the run lock, strict atomic JSON and JSONL, JSONL append/read/trim after a
 kill, the run.json settings check, README blocks."""
 
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from catts_jax import runs
+
+ROOT = pathlib.Path(__file__).parents[1]
 
 
 def test_json_is_strict(tmp_path):
@@ -68,3 +74,41 @@ def test_readme_blocks(tmp_path):
   assert readme.read_text() == "a\n<!-- t:start -->\n`runs/demo/report.json`\n\n| y |\n<!-- t:end -->\nb\n"
   with pytest.raises(ValueError, match="no <!-- other:start --> ... <!-- other:end --> block"):
     runs.replace_block(readme, "other", "text")
+
+
+def test_locked_names_the_holder_and_lets_go(tmp_path):
+  out = tmp_path / "runs" / "x"
+  with runs.locked(out) as held:  # creates the directory
+    assert held == out and (out / ".lock").read_text() == f"{os.getpid()}\n"
+    with runs.locked(out):  # re-entrant in one process (an entry point, then its library)
+      pass
+    code = "import sys\nfrom catts_jax import runs\ntry:\n  with runs.locked(sys.argv[1]): pass\nexcept runs.OutDirError as e:\n  print(e)"
+    other = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert other.stdout.strip() == (
+      f"{out} is in use by another run (pid {os.getpid()}); wait for it or choose another --out"
+    )
+  with pytest.raises(RuntimeError), runs.locked(out):  # let go however the block ends ...
+    raise RuntimeError("a failed run")
+  assert (
+    subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, capture_output=True, text=True).stdout
+    == ""
+  )
+  (tmp_path / "file").write_text("")
+  with (
+    pytest.raises(runs.OutDirError, match="cannot create .*file/out"),
+    runs.locked(tmp_path / "file" / "out"),
+  ):
+    pass
+
+
+def test_replacing_keeps_the_old_file_on_failure(tmp_path):
+  path = runs.write_lines(tmp_path / "graded.jsonl", [{"id": "a"}, {"id": "é"}])
+  assert path.read_text(encoding="utf-8") == '{"id": "a"}\n{"id": "é"}\n'
+  with pytest.raises(TypeError):
+    runs.write_lines(path, [{"id": "b"}, {"id": object()}])  # fails after the first row
+  assert path.read_text(encoding="utf-8") == '{"id": "a"}\n{"id": "é"}\n'
+  with pytest.raises(OSError), runs.replacing(tmp_path / "plot.png") as tmp:
+    assert tmp.suffix == ".png" and tmp.parent == tmp_path
+    tmp.write_bytes(b"half")
+    raise OSError("killed")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["graded.jsonl"]  # no temporary file left

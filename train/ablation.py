@@ -47,7 +47,11 @@ def main(argv=None) -> int:
     return 2
   logging.set_verbosity(logging.WARNING)
   try:
-    result = ablation.run(args.config, out)
+    with runs.locked(out):  # one run at a time in --out
+      result = ablation.run(args.config, out)
+  except runs.OutDirError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except FloatingPointError as e:
     print(e, file=sys.stderr)
     return 3

@@ -19,7 +19,7 @@ import sys
 
 from absl import flags, logging
 
-from catts_jax import cli
+from catts_jax import cli, runs
 from catts_jax.rl import bundle
 from configs import synthetic_tiny, synthetic_tiny_cdrl
 
@@ -42,6 +42,9 @@ def main(argv=None) -> int:
       dest,
       args.data_dir,
     )
+  except runs.OutDirError as e:  # a run directory under --runs held by another run, or not writable
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except FloatingPointError as e:
     print(e, file=sys.stderr)
     return 3

@@ -18,7 +18,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from catts_jax import cli
+from catts_jax import cli, runs
 from catts_jax.rl import trainer
 
 
@@ -35,6 +35,12 @@ def define(fv: flags.FlagValues) -> None:
     "multi-host: jax.distributed.initialize() from the cluster's environment",
     flag_values=fv,
   )
+  flags.DEFINE_bool(
+    "rebuild",
+    False,
+    "build the dataset's cache again (a changed data folder is rebuilt anyway)",
+    flag_values=fv,
+  )
 
 
 def main(argv=None) -> int:
@@ -45,7 +51,10 @@ def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   trainer.initialize_distributed(args.distributed)
   try:
-    trainer.train(args.config, pathlib.Path(args.out))
+    trainer.train(args.config, pathlib.Path(args.out), rebuild=args.rebuild)
+  except runs.OutDirError as e:  # --out held by another run, or not writable
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except FloatingPointError as e:
     print(f"{e}; stopping", file=sys.stderr)
     return 3

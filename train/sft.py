@@ -15,7 +15,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from catts_jax import cli
+from catts_jax import cli, runs
 from catts_jax.eval import report
 from catts_jax.rl import sft
 
@@ -31,6 +31,12 @@ def define(fv: flags.FlagValues) -> None:
     required=True,
     flag_values=fv,
   )
+  flags.DEFINE_bool(
+    "rebuild",
+    False,
+    "build the dataset's cache again (a changed data folder is rebuilt anyway)",
+    flag_values=fv,
+  )
 
 
 def main(argv=None) -> int:
@@ -40,7 +46,10 @@ def main(argv=None) -> int:
     return 2
   logging.set_verbosity(logging.WARNING)
   try:
-    summary = sft.train(args.config, pathlib.Path(args.out))
+    summary = sft.train(args.config, pathlib.Path(args.out), rebuild=args.rebuild)
+  except runs.OutDirError as e:  # --out held by another run, or not writable
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except FloatingPointError as e:
     print(f"{e}; stopping", file=sys.stderr)
     return 3

@@ -74,6 +74,17 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  try:
+    with runs.locked(out):  # one sweep at a time in --out
+      table = _sweep(args, out, cells)
+  except runs.OutDirError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(table)
+  return 0
+
+
+def _sweep(args, out: pathlib.Path, cells) -> str:
   rows = sweep.run_sweep(
     out,
     cells,
@@ -90,8 +101,7 @@ def main(argv=None) -> int:
   runs.write_json(out / "report.json", {"cells": rows})
   if args.render_readme:
     runs.replace_block(args.render_readme, "sweep-table", table)
-  print(table)
-  return 0
+  return table
 
 
 if __name__ == "__main__":

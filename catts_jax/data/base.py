@@ -2,7 +2,10 @@
 
 Every benchmark is read from a local copy of its official release (users download it; tfds calls
 this a manual download) given as `source_dir`. The builder config name is derived from that
-directory (name + path hash), so building from two different copies never reuses the wrong cache.
+directory and its content (name + a hash of its path and of every file's relative name, size
+and modification time, see `fingerprint`), so building from two different copies, or from one
+folder after an answer was edited or a problem added, never reuses the wrong cache: a changed
+folder is built again on the next load, under a new name (the old build stays on disk).
 Splits are written in release order (no shuffling), one array_record file set per split.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import pathlib
 import re
 from collections.abc import Iterator
@@ -23,10 +27,37 @@ from catts_jax.data import schema
 FILE_FORMAT = "array_record"
 
 
-def config_for(source_dir: str | pathlib.Path) -> tfds.core.BuilderConfig:
+def fingerprint(root: pathlib.Path, exclude: pathlib.Path | None = None) -> str:
+  """A hash of every file under `root` (relative name, size, modification time in ns),
+  following links; dot files and folders, and `exclude` (a tfds cache inside the release), are
+  left out. Cheap: one stat per file, no file is read."""
+  root = pathlib.Path(root).expanduser().resolve()
+  exclude = pathlib.Path(exclude).expanduser().resolve() if exclude else None
+  digest = hashlib.sha1()
+  for folder, dirs, files in os.walk(root, followlinks=True):
+    here = pathlib.Path(folder)
+    dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != exclude)
+    for name in sorted(files):
+      if name.startswith("."):
+        continue
+      try:
+        st = (here / name).stat()
+      except OSError:  # a broken link: no content to key on
+        continue
+      digest.update(
+        f"{(here / name).relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+      )
+  return digest.hexdigest()
+
+
+def config_for(
+  source_dir: str | pathlib.Path, data_dir: str | pathlib.Path | None = None
+) -> tfds.core.BuilderConfig:
+  """The builder config of a release folder: its name says which folder and which content."""
   path = pathlib.Path(source_dir).expanduser().resolve()
   stem = re.sub(r"[^a-z0-9]+", "_", path.name.lower()).strip("_") or "data"
-  digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+  content = fingerprint(path, exclude=data_dir) if path.is_dir() else ""
+  digest = hashlib.sha1(f"{path}\0{content}".encode()).hexdigest()[:10]
   return tfds.core.BuilderConfig(name=f"{stem[:40]}_{digest}", description=f"built from {path}")
 
 
@@ -61,7 +92,7 @@ class ReleaseBuilder(SchemaBuilder, skip_registration=True):
 
   def __init__(self, *, source_dir: str | pathlib.Path, **kwargs):
     self.source_dir = pathlib.Path(source_dir).expanduser()
-    kwargs.setdefault("config", config_for(self.source_dir))
+    kwargs.setdefault("config", config_for(self.source_dir, kwargs.get("data_dir")))
     super().__init__(**kwargs)
 
   def _split_generators(self, dl_manager) -> dict[str, Iterator]:

@@ -90,8 +90,10 @@ def load(
   config: str | None = None,
 ) -> Dataset:
   """The split of `benchmark` built from the release in `manual_dir`, cached under `data_dir`
-  (default ~/tensorflow_datasets). The first call builds it; `rebuild=True` builds again (after
-  the release files changed). "synthetic" needs no release: `config` picks its task set."""
+  (default ~/tensorflow_datasets). The cache is keyed by the folder's content (base.fingerprint:
+  every file's name, size and modification time), so the first load after an edit builds it
+  again; `rebuild=True` (the entry points' `--rebuild`) forces a new build all the same.
+  "synthetic" needs no release: `config` picks its task set."""
   b = builder(benchmark, manual_dir, data_dir, config)
   mode = tfds.download.GenerateMode
   config = tfds.download.DownloadConfig(
@@ -104,8 +106,8 @@ def load(
   split = split or DEFAULT_SPLIT.get(benchmark) or (splits[0] if splits else None)
   if split not in splits:
     raise ValueError(
-      f"{benchmark}: split {split!r} not built from {manual_dir} (built: {splits}); "
-      "add its files and pass rebuild=True"
+      f"{benchmark}: split {split!r} not built from {manual_dir} (built: {splits}); add its files "
+      "(a changed folder is built again on the next load; --rebuild, or rebuild=True, forces it)"
     )
   return Dataset(b.as_data_source(split), benchmark, split)
 

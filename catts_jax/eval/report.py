@@ -11,6 +11,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from catts_jax import runs
 from catts_jax.eval import metrics
 
 
@@ -131,9 +132,9 @@ def plot_perturbation(
 
 def _save(fig, path) -> pathlib.Path:
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path)
+  with runs.replacing(path) as tmp:  # a killed run leaves the earlier plot whole
+    fig.savefig(tmp)
   fig.clf()
   import matplotlib.pyplot as plt
 

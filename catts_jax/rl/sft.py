@@ -97,9 +97,17 @@ def evaluate(policy: Policy, params, cfg) -> dict:
   return greedy.summary(rows)
 
 
-def train(cfg, out: pathlib.Path) -> dict:
-  """Run (or resume) the supervised warm start of `cfg` into `out`; the summary written to
-  out/report.json. A non-finite loss raises FloatingPointError (the update is not applied)."""
+def train(cfg, out: pathlib.Path, rebuild: bool = False) -> dict:
+  """Run (or resume) the supervised warm start of `cfg` into `out`, holding its lock (another
+  run on it: runs.OutDirError at once); the summary written to out/report.json. A non-finite
+  loss raises FloatingPointError (the update is not applied). `rebuild` builds the dataset's
+  cache again."""
+  out = pathlib.Path(out)
+  with runs.locked(out):
+    return _train(cfg, out, rebuild)
+
+
+def _train(cfg, out: pathlib.Path, rebuild: bool) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   began = time.perf_counter()
   path = model_dir(cfg, out)
@@ -116,7 +124,13 @@ def train(cfg, out: pathlib.Path) -> dict:
     mesh=mesh,
     micro_batch=cfg.train.get("micro_batch", 0),
   )
-  ds = data.load(cfg.data.benchmark, config=cfg.data.config, split=cfg.data.split, data_dir=cfg.data.data_dir)
+  ds = data.load(
+    cfg.data.benchmark,
+    config=cfg.data.config,
+    split=cfg.data.split,
+    data_dir=cfg.data.data_dir,
+    rebuild=rebuild,
+  )
 
   t = cfg.train
   checkpoints = Checkpointer(out / "checkpoints", keep=2, every=t.save_every)

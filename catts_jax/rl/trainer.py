@@ -54,10 +54,18 @@ def initialize_distributed(detect: bool) -> None:
     jax.distributed.initialize()
 
 
-def train(cfg, out: pathlib.Path) -> dict:
+def train(cfg, out: pathlib.Path, rebuild: bool = False) -> dict:
   """Run (or resume) the CDRL run of `cfg` into `out`; the summary (written to out/report.json
   by process 0). A non-finite loss or gradient raises FloatingPointError (the update is not
-  applied; the last checkpoint is intact)."""
+  applied; the last checkpoint is intact). Process 0 holds `out`'s lock for the run (another
+  run on it: runs.OutDirError at once); `rebuild` builds the dataset's cache again."""
+  out = pathlib.Path(out)
+  # Every process of a multi-host run writes the same `out` (checkpoints): one lock for them all.
+  with runs.locked(out) if jax.process_index() == 0 else contextlib.nullcontext():
+    return _train(cfg, out, rebuild)
+
+
+def _train(cfg, out: pathlib.Path, rebuild: bool) -> dict:
   started = time.perf_counter()
   main_process = jax.process_index() == 0
   out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +112,7 @@ def train(cfg, out: pathlib.Path) -> dict:
     split=cfg.data.split,
     data_dir=cfg.data.data_dir,
     config=cfg.data.config,
+    rebuild=rebuild,
   )
   num = min(len(dataset), cfg.data.limit or len(dataset))
 

@@ -1,0 +1,274 @@
+"""Bad input, one parametrized row per case, so that a regression names its case.
+
+Each row: the case's name, the call (an entry point's `main([...])` in this process, or a
+library function), the exit code or exception it must end with, the words its one-line message
+must hold, and the files of an earlier good run in --out that must stay byte-identical. The
+cases: an --out held by another process (the second run fails at once, naming the holder's
+pid, for every entry point that writes a run directory), an --out that is read-only or cannot
+be created, a predictions file that breaks the format (a byte that is not UTF-8, not JSON,
+`{}`, no id, a duplicate id, a confidence of true / 1.5 / "x" / NaN), a failure while the
+outputs are being written, and a data folder edited after its first build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+from fixtures import releases
+
+from catts_jax import data
+from catts_jax.eval import report
+from infer import evaluate
+
+ROOT = pathlib.Path(__file__).parents[1]
+KEPT = ("graded.jsonl", "report.json", "report.md", "reliability.png")  # an earlier good run's files
+GOOD = [
+  {"id": "q1", "response": "The answer is B", "confidence": 0.9},
+  {"id": "q2", "response": "\\boxed{3}", "confidence": 0.4},
+]
+
+
+def jsonl(rows) -> bytes:
+  return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+  """A small jsonl benchmark (split train: q1 B, q2 3, q3 0.5) and its built cache."""
+  root = releases.write_jsonl(tmp_path_factory.mktemp("release") / "mine")
+  tfds_dir = tmp_path_factory.mktemp("tfds")
+  data.load("jsonl", manual_dir=root, data_dir=tfds_dir, split="train")
+  return root, tfds_dir
+
+
+@pytest.fixture(scope="module")
+def good_run(release, tmp_path_factory):
+  """An --out holding a good evaluation (graded.jsonl, report.json, report.md, reliability.png)."""
+  root, tfds_dir = release
+  tmp = tmp_path_factory.mktemp("good")
+  (tmp / "preds.jsonl").write_bytes(jsonl(GOOD))
+  out = tmp / "out"
+  argv = ["--benchmark", "jsonl", "--data", str(root), "--data_dir", str(tfds_dir), "--split", "train"]
+  assert evaluate.main([*argv, "--predictions", str(tmp / "preds.jsonl"), "--out", str(out)]) == 0
+  assert all((out / name).is_file() for name in KEPT)
+  return out
+
+
+@contextlib.contextmanager
+def held_by_another_process(out: pathlib.Path):
+  """Another process holding `out` (runs.locked) until the block ends; yields its pid."""
+  code = "import sys\nfrom catts_jax import runs\nwith runs.locked(sys.argv[1]):\n  print('held', flush=True)\n  sys.stdin.read()"
+  proc = subprocess.Popen(
+    [sys.executable, "-c", code, str(out)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+  )
+  try:
+    assert proc.stdout.readline().strip() == "held"
+    yield proc.pid
+  finally:
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+def unwritable_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+  """An existing directory this process cannot write: a read-only folder, or for root (who
+  writes any folder) one of sysfs, which takes no new files."""
+  if os.geteuid() != 0:
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    ro.chmod(0o555)
+    return ro
+  for candidate in (pathlib.Path("/sys/kernel"), pathlib.Path("/sys")):
+    try:
+      (candidate / ".lock").open("a").close()
+    except OSError:
+      return candidate
+  pytest.skip("no directory that root cannot write")
+
+
+@dataclasses.dataclass
+class Ctx:
+  """What a row's call gets: the release, an --out holding a good run, a predictions path."""
+
+  root: pathlib.Path
+  tfds_dir: pathlib.Path
+  out: pathlib.Path
+  preds: pathlib.Path
+  tmp: pathlib.Path
+
+  def evaluate(self, *extra: str, out: pathlib.Path | None = None, root: pathlib.Path | None = None) -> int:
+    argv = ["--benchmark", "jsonl", "--data", str(root or self.root), "--data_dir", str(self.tfds_dir)]
+    argv += ["--split", "train", "--predictions", str(self.preds), "--out", str(out or self.out), *extra]
+    return evaluate.main(argv)
+
+
+@dataclasses.dataclass
+class Case:
+  name: str
+  call: Callable[[Ctx], int]
+  code: int | type[BaseException] = 2
+  # In the message (stderr's last line, or the exception): "{pid}", "{out}", "{preds}" filled in.
+  words: tuple[str, ...] = ()
+  preds: bytes = jsonl(GOOD)
+  held: bool = False  # another process holds --out during the call
+  kept: tuple[str, ...] = KEPT  # files of the earlier run that stay byte-identical
+  stdout: tuple[str, ...] = ()  # words on stdout
+  setup: Callable[[Ctx, pytest.MonkeyPatch], None] | None = None
+
+
+# The held cases name a checkpoint that does not exist (or a one-second compile timeout): past
+# the lock they would fail at once, never train.
+
+
+def _train_main(module: str, config: str, ckpt_key: str) -> Callable[[Ctx], int]:
+  def call(ctx: Ctx) -> int:
+    import importlib
+
+    argv = [
+      "--config",
+      str(ROOT / config),
+      f"--config.{ckpt_key}={ctx.tmp / 'no_ckpt'}",
+      "--out",
+      str(ctx.out),
+    ]
+    return importlib.import_module(module).main(argv)
+
+  return call
+
+
+def _probe(ctx: Ctx) -> int:
+  from infer import probe
+
+  argv = ["--ckpt", str(ctx.tmp / "no_ckpt"), "--benchmark", "jsonl", "--data", str(ctx.root)]
+  return probe.main([*argv, "--split", "train", "--out", str(ctx.out)])
+
+
+def _sweep(ctx: Ctx) -> int:
+  from train import sweep
+
+  argv = ["--models", "3b", "--topologies", "v4:2x2x1", "--strategies", "dp", "--shapes", "1x1x8", "--extra="]
+  return sweep.main(["--out", str(ctx.out), *argv, "--timeout", "1"])
+
+
+def _read_only(ctx: Ctx) -> int:
+  ctx.out = unwritable_dir(ctx.tmp)
+  return ctx.evaluate()
+
+
+def _uncreatable(ctx: Ctx) -> int:
+  (ctx.tmp / "a_file").write_text("x")
+  ctx.out = ctx.tmp / "a_file" / "out"
+  return ctx.evaluate()
+
+
+def _fail_while_writing(ctx: Ctx, monkeypatch: pytest.MonkeyPatch) -> None:
+  def broken(*args, **kwargs):
+    raise RuntimeError("disk full while writing report.md")
+
+  monkeypatch.setattr(report, "markdown_report", broken)
+
+
+def _edit_release(ctx: Ctx, monkeypatch: pytest.MonkeyPatch) -> None:
+  """A copy of the release, built once, then q2's answer edited (3 -> 4) and a problem q4 added."""
+  root = ctx.tmp / "edited"
+  shutil.copytree(ctx.root, root)
+  first = data.load("jsonl", manual_dir=root, data_dir=ctx.tfds_dir, split="train")
+  assert first.by_id("q2")["answer"] == "3" and len(first) == 3
+  path = root / "train.jsonl"
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  rows[1]["answer"] = "4"
+  rows.append({"id": "q4", "question": "One more?", "answer": "7"})
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  ctx.root = root
+
+
+EDITED = [{"id": "q2", "response": "\\boxed{4}"}, {"id": "q4", "response": "\\boxed{7}"}]
+
+CASES = [
+  # --out held by another process: every entry point that writes a run directory fails at once.
+  Case("evaluate: --out held by another run", Ctx.evaluate, held=True, words=("{out}", "in use by another run", "pid {pid}")),
+  Case("train.cdrl: --out held by another run", _train_main("train.cdrl", "configs/cdrl_tiny.py", "model.ckpt"), held=True,
+       words=("in use by another run", "pid {pid}")),
+  Case("train.sft: --out held by another run", _train_main("train.sft", "configs/synthetic_tiny.py", "model.ckpt"), held=True,
+       words=("in use by another run", "pid {pid}")),
+  Case("train.ablation: --out held by another run", _train_main("train.ablation", "configs/ablation_colour.py", "sft.model.ckpt"),
+       held=True, words=("in use by another run", "pid {pid}")),
+  Case("train.sweep: --out held by another run", _sweep, held=True, words=("in use by another run", "pid {pid}")),
+  Case("infer.probe: --out held by another run", _probe, held=True, words=("in use by another run", "pid {pid}")),
+  # --out that cannot be used.
+  Case("evaluate: read-only --out", _read_only, words=("{out}", "not writable"), kept=()),
+  Case("evaluate: uncreatable --out", _uncreatable, words=("cannot create", "{out}"), kept=()),
+  # Predictions that break the format: one line naming the file, the line (and id); nothing written.
+  Case("predictions: a byte that is not UTF-8", Ctx.evaluate, preds=jsonl([GOOD[0], b'{"id": "q2", "response": "\xff"}']),
+       words=("{preds}", "line 2", "not UTF-8", "0xff")),
+  Case("predictions: a line that is not JSON", Ctx.evaluate, preds=jsonl([GOOD[0], b"{not json"]),
+       words=("{preds}", "line 2", "not JSON")),
+  Case("predictions: a {} line", Ctx.evaluate, preds=jsonl([GOOD[0], {}]), words=("{preds}", "line 2", "no 'id'")),
+  Case("predictions: a row without id", Ctx.evaluate, preds=jsonl([{"response": "B"}]),
+       words=("{preds}", "line 1", "no 'id'")),
+  Case("predictions: a duplicate id", Ctx.evaluate, preds=jsonl([*GOOD, {"id": "q1", "response": "A"}]),
+       words=("{preds}", "line 3", "duplicate id 'q1'", "first on line 1", "--dedupe")),
+  Case("predictions: confidence true", Ctx.evaluate, preds=jsonl([{"id": "q1", "response": "B", "confidence": True}]),
+       words=("{preds}", "line 1", "id q1", "confidence True", "[0, 1]")),
+  Case("predictions: confidence 1.5", Ctx.evaluate, preds=jsonl([{"id": "q1", "response": "B", "confidence": 1.5}]),
+       words=("id q1", "confidence 1.5", "[0, 1]")),
+  Case("predictions: confidence 'x'", Ctx.evaluate, preds=jsonl([{"id": "q1", "response": "B", "confidence": "x"}]),
+       words=("id q1", "confidence 'x'", "[0, 1]")),
+  Case("predictions: confidence NaN", Ctx.evaluate, preds=jsonl([b'{"id": "q2", "response": "3", "confidence": NaN}']),
+       words=("id q2", "confidence nan", "[0, 1]")),
+  # A failure while the outputs are written: none of the earlier run's files is touched.
+  Case("evaluate: a failure while writing", Ctx.evaluate, code=RuntimeError, words=("disk full",),
+       preds=jsonl([{"id": "q1", "response": "A", "confidence": 0.2}]), setup=_fail_while_writing),
+  # The cache follows the data folder's content: the edit is graded without --rebuild.
+  Case("data: an edited folder is seen", Ctx.evaluate, code=0, preds=jsonl(EDITED), kept=(), setup=_edit_release,
+       stdout=("accuracy 1.000 on 2 of 4 problems (coverage 50.0%)",)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: Case, release, good_run, tmp_path, monkeypatch, capsys):
+  root, tfds_dir = release
+  out = tmp_path / "out"
+  shutil.copytree(good_run, out)
+  before = {name: (out / name).read_bytes() for name in case.kept}
+  listing = sorted(p.name for p in out.iterdir())
+  preds = tmp_path / "preds.jsonl"
+  preds.write_bytes(case.preds)
+  ctx = Ctx(root, tfds_dir, out, preds, tmp_path)
+  if case.setup:
+    case.setup(ctx, monkeypatch)
+  capsys.readouterr()
+
+  with held_by_another_process(out) if case.held else contextlib.nullcontext() as pid:
+    began = time.perf_counter()
+    if isinstance(case.code, type):
+      with pytest.raises(case.code) as raised:
+        case.call(ctx)
+      message = str(raised.value)
+    else:
+      assert case.call(ctx) == case.code, case.name
+      printed = capsys.readouterr()
+      message = printed.err.strip()
+      assert all(w in printed.out for w in case.stdout), (case.name, printed.out)
+    seconds = time.perf_counter() - began
+
+  words = [w.format(pid=pid, out=ctx.out, preds=preds) for w in case.words]
+  if case.code != 0:
+    assert "Traceback" not in message, (case.name, message)
+    last = message.splitlines()[-1] if message else ""
+    assert all(w in last for w in words), (case.name, last)
+  if case.held:
+    assert seconds < 20, f"{case.name}: the second run waited {seconds:.1f} s instead of failing at once"
+  for name, content in before.items():
+    assert (out / name).read_bytes() == content, f"{case.name}: {name} changed"
+  if case.kept:
+    assert sorted(p.name for p in out.iterdir()) == listing, f"{case.name}: files left behind"
