@@ -140,17 +140,23 @@ def write_json(path: str | pathlib.Path, report: Mapping[str, Any], default=None
   return write_text(path, json.dumps(_clean(report), indent=2, ensure_ascii=False, default=default) + "\n")
 
 
-def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
-  """Rows of a results.jsonl (none if missing); a line cut off by a killed run is skipped."""
+def read_rows(path: pathlib.Path, required: str | None = None) -> list[dict[str, Any]]:
+  """Rows of a results.jsonl (none if missing); a line cut off by a killed run is skipped. A
+  whole line that is not a JSON object, or lacks the `required` key, is a ValueError naming the
+  file and line (an edited file: resuming past it would redo or lose items)."""
   path = pathlib.Path(path)
   if not path.is_file():
     return []
   rows = []
-  for line in path.read_text(encoding="utf-8").splitlines():
+  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
     try:
-      rows.append(json.loads(line))
+      row = json.loads(line)
     except json.JSONDecodeError:
       continue  # a line cut off by a killed run; its item is redone
+    if not isinstance(row, dict) or (required is not None and required not in row):
+      what = "not a JSON object" if not isinstance(row, dict) else f"a row without {required!r}"
+      raise ValueError(f"{path}: line {number} is {what}; remove it (or use another --out) to resume")
+    rows.append(row)
   return rows
 
 
@@ -185,7 +191,12 @@ def check_settings(out: pathlib.Path, settings: Mapping[str, Any], keys: Sequenc
   would mix with rows of other settings."""
   path = pathlib.Path(out) / "run.json"
   if path.is_file():
-    old = json.loads(path.read_text())
+    try:
+      old = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(
+        f"{path} is damaged ({e}); use another --out (or delete it to resume the rows there)"
+      ) from None
     diff = [k for k in keys if old.get(k) != settings.get(k)]
     if diff:
       raise ValueError(f"{out} holds a run with other {', '.join(diff)}; use another --out")

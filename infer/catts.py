@@ -23,7 +23,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from catts_jax import cli
+from catts_jax import cli, runs
 from catts_jax.eval import report
 from catts_jax.tts import run, summary
 from catts_jax.tts.methods import METHODS
@@ -56,16 +56,29 @@ def define(fv: flags.FlagValues) -> None:
     "load a checkpoint holding tensors its config.json does not describe",
     flag_values=fv,
   )
+  flags.DEFINE_bool(
+    "rebuild", False, "build the benchmark's cache again (an edited folder is anyway)", flag_values=fv
+  )
   flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
 
 
 def main(argv=None) -> int:
   args = cli.parse(define, argv, __doc__)
   try:
+    with runs.locked(args.out):  # held for the whole run: a second one on --out stops at once
+      return _main(args)
+  except runs.OutDirError as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+def _main(args) -> int:
+  try:
     job = run.prepare(
       args.config, ckpt=args.ckpt, benchmark=args.benchmark, out=args.out, data_path=args.data,
       split=args.split, data_dir=args.data_dir, limit=args.limit, ns=args.n, methods=args.methods,
       expert=args.expert, expert_check=args.expert_check, allow_partial=args.allow_partial,
+      rebuild=args.rebuild,
     )  # fmt: skip
   except (ValueError, FileNotFoundError) as err:
     print(f"error: {err}", file=sys.stderr)

@@ -112,3 +112,21 @@ def test_replacing_keeps_the_old_file_on_failure(tmp_path):
     tmp.write_bytes(b"half")
     raise OSError("killed")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["graded.jsonl"]  # no temporary file left
+
+
+def test_an_edited_results_file_is_named_not_a_keyerror(tmp_path):
+  """A `{}` or non-object line in the middle of results.jsonl: one line naming the file and line
+  (a cut-off last line is still skipped); a damaged run.json likewise."""
+  path = tmp_path / "results.jsonl"
+  path.write_text('{"id": "a"}\n{}\n{"id": "b"}\n{"id": "c", "x": [1,')
+  assert [r["id"] for r in runs.read_rows(path)[:1]] == ["a"]  # no key required: rows as they are
+  with pytest.raises(ValueError, match=r"results\.jsonl: line 2 is a row without 'id'"):
+    runs.read_rows(path, required="id")
+  path.write_text('{"id": "a"}\n[1, 2]\n')
+  with pytest.raises(ValueError, match="line 2 is not a JSON object"):
+    runs.read_rows(path, required="id")
+  path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "x": [1,')
+  assert [r["id"] for r in runs.read_rows(path, required="id")] == ["a", "b"]
+  (tmp_path / "run.json").write_text('{"ns": [1, 2], "meth')
+  with pytest.raises(ValueError, match=r"run\.json is damaged \(Unterminated string"):
+    runs.check_settings(tmp_path, {"ns": [1, 2]}, ["ns"])

@@ -166,12 +166,13 @@ class Job:
       )  # fmt: skip
     ops = PolicyOps(policy, self.benchmark, self.cfg)
     runner = Runner(ops, self.examples, ns=self.ns, methods=self.methods, expert=expert, cfg=self.cfg)
-    rows = runner.run(self.out, progress=progress)
-    wanted = {str(ex["id"]) for ex in self.examples}
-    rows = [r for r in rows if str(r["id"]) in wanted]
-    categories = {str(ex["id"]): ex.get("category") or "" for ex in self.examples}
-    result = {**self.settings, **summaries.summarize(rows, self.ns, self.methods, self.tts, categories)}
-    summaries.write_report(self.out, result, self.ns, self.methods)
+    with runs.locked(self.out):  # one run writes results.jsonl at a time
+      rows = runner.run(self.out, progress=progress)
+      wanted = {str(ex["id"]) for ex in self.examples}
+      rows = [r for r in rows if str(r["id"]) in wanted]
+      categories = {str(ex["id"]): ex.get("category") or "" for ex in self.examples}
+      result = {**self.settings, **summaries.summarize(rows, self.ns, self.methods, self.tts, categories)}
+      summaries.write_report(self.out, result, self.ns, self.methods)
     return result
 
 
@@ -190,6 +191,7 @@ def prepare(
   expert: str = "none",
   expert_check: bool = True,
   allow_partial: bool = False,
+  rebuild: bool = False,
 ) -> Job:
   """Checks the inputs (ValueError or FileNotFoundError naming the bad one), loads the
   benchmark's first `limit` problems and checks or writes out/run.json. With `expert_check`,
@@ -210,7 +212,7 @@ def prepare(
       raise ValueError("HF_HUB_OFFLINE is set, which blocks huggingface_hub's client: unset it for --expert")
     if expert_check:
       probe(remote)
-  dataset = data.load(benchmark, manual_dir=data_path, data_dir=data_dir, split=split)
+  dataset = data.load(benchmark, manual_dir=data_path, data_dir=data_dir, split=split, rebuild=rebuild)
   examples = dataset[: len(dataset) if limit is None else limit]
   settings = {
     "checkpoint": str(ckpt_),
@@ -222,7 +224,9 @@ def prepare(
     "config": cfg.to_dict(),
   }
   out = pathlib.Path(out)
-  runs.check_settings(out, settings, SETTINGS)
+  with runs.locked(out):
+    runs.check_settings(out, settings, SETTINGS)
+    runs.read_rows(out / "results.jsonl", required="id")  # rows a resume can trust
   return Job(
     cfg, tts, ckpt_, benchmark, out, ns_, methods_, remote, self_expert, examples, settings, allow_partial
   )

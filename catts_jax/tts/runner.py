@@ -116,7 +116,7 @@ class Runner:
     indexed = list(enumerate(self.examples))
     chunks = [indexed[start : start + size] for start in range(0, len(indexed), size)]
     with runs.appending(path) as write:  # trims a line cut off by a kill before the rows are read
-      done = {str(r["id"]) for r in runs.read_rows(path)}
+      done = {str(r["id"]) for r in runs.read_rows(path, required="id")}
       if progress:
         progress(sum(str(ex.get("id")) in done for ex in self.examples))
       for start in range(0, len(chunks), per_wave):
@@ -130,4 +130,4 @@ class Runner:
           if progress:
             progress(1)
     order = {str(ex.get("id", i)): i for i, ex in enumerate(self.examples)}
-    return sorted(runs.read_rows(path), key=lambda r: order.get(str(r["id"]), len(order)))
+    return sorted(runs.read_rows(path, required="id"), key=lambda r: order.get(str(r["id"]), len(order)))
