@@ -11,7 +11,8 @@ Two kinds, as the two ways a model comes to be:
   scratch around its own tokenizer (`catts_jax.scratch`; vocabulary and special ids come from
   the tokenizer): "tiny" and "seven_b_shape", the test checkpoints (tests/tiny_hf.py), and
   "synthetic" / "synthetic_colour", the from-scratch policies of the synthetic reasoning and
-  colour tasks (configs/synthetic_tiny.py).
+  colour tasks (configs/synthetic_tiny.py), and "synthetic_expert", the CA-TTS Expert of the
+  reasoning tasks (configs/synthetic_expert.py).
 
 `resolve(model)` turns a config's `model` section into the `ModelConfig` a run builds.
 """
@@ -178,7 +179,8 @@ HF_NAMES = tuple(_HF)
 _PATCH = {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
 
 
-def _synthetic(hidden: int, layers: int, mrope_section: list[int]) -> dict:
+def _synthetic(hidden: int, layers: int, mrope_section: list[int], vision: dict | None = None) -> dict:
+  vision = vision or dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2)
   return {
     "text": dict(
       hidden_size=hidden,
@@ -191,9 +193,7 @@ def _synthetic(hidden: int, layers: int, mrope_section: list[int]) -> dict:
       rms_norm_eps=1e-6,
       max_position_embeddings=4096,  # Math-Vision prompts run to ~1.3k of its tokens
     ),
-    "vision": dict(
-      depth=2, hidden_size=64, intermediate_size=128, num_heads=2, window_size=56, fullatt_block_indexes=[1]
-    ),
+    "vision": dict(**vision, window_size=56, fullatt_block_indexes=[vision["depth"] - 1]),
   }
 
 
@@ -242,6 +242,11 @@ _SCRATCH = {
   },
   "synthetic": _synthetic(128, 4, [4, 6, 6]),
   "synthetic_colour": _synthetic(64, 2, [2, 3, 3]),
+  # The CA-TTS Expert of the synthetic tasks (configs/synthetic_expert.py): wider and deeper
+  # than the policy, with a vision tower twice as wide and deep; head_dim 48.
+  "synthetic_expert": _synthetic(
+    192, 6, [6, 9, 9], vision=dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=2)
+  ),
 }
 SCRATCH_NAMES = tuple(_SCRATCH)
 
