@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from catts_jax import cli, runs
 from catts_jax.eval import report
 from catts_jax.tts import run, summary
-from catts_jax.tts.methods import METHODS
+from catts_jax.tts.methods import DEFAULT_METHODS, METHODS
 
 CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "catts.py"
 
@@ -43,7 +43,9 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("data_dir", None, "where built datasets are cached", flag_values=fv)
   flags.DEFINE_integer("limit", None, "the first K problems", flag_values=fv)
   flags.DEFINE_string("n", "1,2,4,8,16,32", "sample counts N (the largest is drawn once)", flag_values=fv)
-  flags.DEFINE_string("methods", ",".join(METHODS), "comma-separated methods", flag_values=fv)
+  flags.DEFINE_string(
+    "methods", ",".join(DEFAULT_METHODS), f"comma-separated, of {','.join(METHODS)}", flag_values=fv
+  )
   flags.DEFINE_string(
     "expert", "none", "hf:<model-id> | http(s)://host[:port]/v1 | self | none", flag_values=fv
   )

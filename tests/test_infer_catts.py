@@ -17,7 +17,7 @@ from serving import transformers_serve
 
 from catts_jax.policy import Policy
 from catts_jax.tts import run, summary
-from catts_jax.tts.methods import METHODS
+from catts_jax.tts.methods import DEFAULT_METHODS
 from configs import catts as catts_config
 from infer import catts
 
@@ -124,7 +124,7 @@ def test_self_expert_end_to_end(self_run, capsys):
   rows = read_jsonl(out / "results.jsonl")
   assert len(rows) == 4 and not [r for r in rows if "error" in r]
   for r in rows:
-    assert list(r["methods"]) == list(METHODS)
+    assert list(r["methods"]) == list(DEFAULT_METHODS)
     assert len(r["samples"]) == 4 and r["greedy"]["source"] == "greedy" and r["vcd"]["source"] == "vcd"
     for n in ("2", "4"):
       c = r["methods"]["catts"][n]
@@ -140,7 +140,7 @@ def test_self_expert_end_to_end(self_run, capsys):
   report = json.loads((out / "report.json").read_text())
   assert (report["problems"], report["errors"], report["ns"], report["expert"]) == (4, 0, [2, 4], "self")
   assert json.loads((out / "run.json").read_text())["config"]["dtype"] == "float32"  # auto, on CPU
-  assert [t["method"] for t in report["table"]] == list(METHODS)
+  assert [t["method"] for t in report["table"]] == list(DEFAULT_METHODS)
   for m in ("catts", "majority", "deepconf", "best-of-n"):  # each N's accuracy is its rows' mean
     for n in ("2", "4"):
       assert report["accuracy"][m][n] == pytest.approx(

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from catts_jax.tts import engine
+from catts_jax.tts import engine, summary
 from catts_jax.tts import expert as ex
 from catts_jax.tts import methods as tts_methods
 from catts_jax.tts.context import SCORE_KEYS, Drawn, Problem, Response
@@ -119,7 +119,7 @@ SAMPLES = [("3", 0.9), ("4", 0.8), ("3", 0.2), ("5", 0.6)]
 SELFCHECK = {"3": (0.9, 0.85), "4": (0.8, 0.2), "5": (0.6, 0.7)}  # drops 0.05, 0.6, 0
 
 
-def solve(ops, expert, cfg, ns=(4,), methods=tts_methods.METHODS, example=None):
+def solve(ops, expert, cfg, ns=(4,), methods=tts_methods.DEFAULT_METHODS, example=None):
   example = example or {"id": "p1", "answer": "4"}
   problem = ops.prepare(0, example)
   drawn = ops.draw([problem], max(ns), 0)[0]
@@ -296,14 +296,40 @@ def test_contrastive_selfcheck_changes_the_vote_in_one_case_not_another():
   assert r["table"]["totals"] == pytest.approx({"3": 1.1 + 2 * 0.05 + 2.0, "4": 0.8 + 2 * 0.6, "5": 0.6})
 
 
+def test_module_by_module_on_the_same_samples_and_expert_answers():
+  """The ablations add one module at a time in the default order (no Planner) and share the
+  Expert's answers: one Voter call and one Critic call serve every method."""
+  expert = RoleExpert(planner=['{"order": ["SC", "SR", "SCk"]}'], voter=['{"A1": 0.25, "A2": 0.75, "A3": 0}'],
+                      critic=["Look again at the left bar."])  # fmt: skip
+  ops = FakeOps({"p1": SAMPLES}, SELFCHECK, reanswer=("4", 0.7))
+  methods = ("sc", "voter-alone", *tts_methods.ABLATIONS, "catts")
+  row = solve(ops, expert, config(reflection_threshold=0.85), methods=methods)
+  m = {name: row["methods"][name]["4"] for name in methods}
+  assert m["sc"] == {"answer": "3", "correct": False, "confidence": pytest.approx(1.1 / 2.5)}
+  assert m["voter-alone"] == {"answer": "4", "correct": True, "confidence": 0.75}
+  assert m["sc+voter"]["table"]["totals"] == pytest.approx({"3": 1.1 + 0.5, "4": 0.8 + 1.5, "5": 0.6})
+  assert m["sc+voter"]["order"] == [SC] and m["sc+voter"]["plan"] == {"by": "ablation"}
+  with_sr = {"3": 1.6, "4": 2.3 + 2.0, "5": 0.6}  # the re-answer "4" adds 0.5 N
+  assert m["sc+voter+sr"]["table"]["totals"] == pytest.approx(with_sr)
+  drops = {"3": 2 * 0.05, "4": 2 * 0.6}  # the drop rule's shares of 0.5 N, as in the default-order test
+  full = {a: w + drops.get(a, 0.0) for a, w in with_sr.items()}
+  assert m["sc+voter+sr+sck"]["table"]["totals"] == pytest.approx(full)
+  assert m["catts"]["table"]["totals"] == pytest.approx(full) and m["catts"]["plan"] == {"by": "expert"}
+  fresh = [c["role"] for c in row["expert_calls"] if not c["cached"]]
+  assert fresh == ["voter", "critic", "planner"] and len(ops.reanswers) == 1
+  # The run's summary counts calls sent; answers reused by other methods are counted apart.
+  voter = summary.expert_summary([row])["voter"]
+  assert (voter["calls"], voter["ok"], voter["cached"]) == (1, 1, 4)
+
+
 def test_baselines_on_nested_prefixes():
   samples = [("a", 0.2), ("b", 0.9), ("b", 0.8), ("a", 0.3), ("a", 0.1)]
   ops = FakeOps({"p1": samples})
   row = solve(ops, None, config(deepconf_keep=0.5, deepconf_confidence="conf_tail"), ns=(1, 2, 5),
               example={"id": "p1", "answer": "b"})  # fmt: skip
   m = row["methods"]
-  assert set(m) == set(tts_methods.METHODS)
-  for method in tts_methods.SAMPLED:  # N=1: the first sample's answer, whatever the method
+  assert set(m) == set(tts_methods.DEFAULT_METHODS)
+  for method in set(tts_methods.SAMPLED) & set(m):  # N=1: the first sample's answer, whatever the method
     assert m[method]["1"]["answer"] == "a" and not m[method]["1"]["correct"]
   assert m["majority"]["5"]["answer"] == "a" and m["majority"]["5"]["confidence"] == pytest.approx(0.6)
   assert m["best-of-n"]["5"] == {"answer": "b", "correct": True, "confidence": 0.9}

@@ -39,8 +39,40 @@ from catts_jax.tts.reflection import self_reflection
 from catts_jax.tts.selfcheck import visual_self_check
 from catts_jax.tts.voter import vote_ask
 
-METHODS = ("catts", "majority", "deepconf", "deepconf-online", "best-of-n", "greedy", "vcd")
-SAMPLED = ("catts", "majority", "deepconf", "deepconf-online", "best-of-n")  # use the N samples
+# CA-TTS module by module, on the same samples and the same Expert answers (memoised): the
+# modules run in the default order without the Planner; "sc" is the confidence-weighted vote
+# alone, "voter-alone" the Expert's own pick among the sampled answers.
+ABLATIONS = {
+  "sc+voter": (SELF_CONSISTENCY,),
+  "sc+voter+sr": (SELF_CONSISTENCY, SELF_REFLECTION),
+  "sc+voter+sr+sck": (SELF_CONSISTENCY, SELF_REFLECTION, VISUAL_SELF_CHECK),
+}
+METHODS = (
+  "catts", "majority", "deepconf", "deepconf-online", "best-of-n", "greedy", "vcd", "sc", *ABLATIONS, "voter-alone",
+)  # fmt: skip
+# What a run computes unless --methods says otherwise (the ablations are asked for by name).
+DEFAULT_METHODS = ("catts", "majority", "deepconf", "deepconf-online", "best-of-n", "greedy", "vcd")
+SAMPLED = ("catts", "majority", "deepconf", "deepconf-online", "best-of-n", "sc", *ABLATIONS, "voter-alone")
+# Methods whose Visual Self-Check needs the problem's VCD decode.
+SELF_CHECKING = ("catts", "sc+voter+sr+sck")
+
+
+def expert_votes(ctx: Context, candidates: Sequence[str]) -> Steps:
+  """The Expert as Voter's probabilities over `candidates` (memoised across N and methods)."""
+  e = ctx.cfg.expert
+  return (
+    yield from ctx.ask(
+      ("voter", tuple(candidates)),
+      vote_ask(
+        ctx.problem.question,
+        ctx.problem.images,
+        candidates,
+        max_tokens=e.voter_max_tokens,
+        temperature=e.temperature,
+        style=ctx.cfg.prompts,
+      ),
+    )  # fmt: skip
+  )
 
 
 def self_consistency(ctx: Context, table: voting.VoteTable) -> Steps:
@@ -55,15 +87,8 @@ def self_consistency(ctx: Context, table: voting.VoteTable) -> Steps:
   if not candidates:
     record["voter"] = {"ran": False, "reason": "no candidate answers"}
     return record
-  e = ctx.cfg.expert
   try:
-    probs = yield from ctx.ask(
-      ("voter", tuple(candidates)),
-      vote_ask(
-        ctx.problem.question, ctx.problem.images, candidates,
-        max_tokens=e.voter_max_tokens, temperature=e.temperature, style=ctx.cfg.prompts,
-      ),
-    )  # fmt: skip
+    probs = yield from expert_votes(ctx, candidates)
   except ExpertError as err:
     record["voter"] = {"ran": False, "reason": f"voter failed: {err.record.error}"}
     return record
@@ -108,10 +133,14 @@ def plan_order(ctx: Context) -> Steps:
   return list(order), {"by": "expert"}
 
 
-def run_catts(ctx: Context) -> Steps:
+def run_catts(ctx: Context, modules: Sequence[str] | None = None) -> Steps:
   """CA-TTS on one problem at one N: its answer, correctness, confidence (the winner's share
-  of the final vote), the plan, each module's record and the final table."""
-  order, how = yield from plan_order(ctx)
+  of the final vote), the plan, each module's record and the final table. `modules`: run
+  these in this order instead of asking the Planner (the module-by-module ablations)."""
+  if modules is None:
+    order, how = yield from plan_order(ctx)
+  else:
+    order, how = list(modules), {"by": "ablation"}
   table = voting.VoteTable()
   modules = []
   for m in order:
@@ -135,6 +164,35 @@ def _decision(table: voting.VoteTable, ctx: Context) -> dict[str, Any]:
   winner = table.winner()
   share = table.posterior().get(winner, 0.0) if winner else 0.0
   return {"answer": winner or "", "correct": ctx.correct(winner), "confidence": share}
+
+
+def voter_alone(ctx: Context) -> Steps:
+  """The Expert's own pick among the N samples' answers: the candidate it gives the highest
+  probability (first on ties); no answer when it gives none or its call fails."""
+  candidates = list(voting.confidence_weighted(ctx.answers(), ctx.confidences()).weights())
+  if ctx.expert is None or not candidates:
+    return {"answer": "", "correct": False, "confidence": 0.0}
+  try:
+    probs = yield from expert_votes(ctx, candidates)
+  except ExpertError as err:
+    return {"answer": "", "correct": False, "confidence": 0.0, "reason": f"voter failed: {err.record.error}"}
+  best = max(candidates, key=lambda a: probs.get(a, 0.0))
+  p = probs.get(best, 0.0)
+  best = best if p > 0 else ""
+  return {"answer": best, "correct": ctx.correct(best), "confidence": p}
+
+
+def run_method(method: str, ctx: Context) -> Steps:
+  """One sampled method at one N (a generator when it may ask the Expert or the policy)."""
+  if method == "catts":
+    return (yield from run_catts(ctx))
+  if method == "sc":
+    return _decision(voting.confidence_weighted(ctx.answers(), ctx.confidences()), ctx)
+  if method in ABLATIONS:
+    return (yield from run_catts(ctx, ABLATIONS[method]))
+  if method == "voter-alone":
+    return (yield from voter_alone(ctx))
+  return baseline(method, ctx)
 
 
 def baseline(method: str, ctx: Context) -> dict[str, Any]:
@@ -201,7 +259,7 @@ def solve(
   for n in ns if drawn is not None else ():
     for method in out:
       ctx = Context(problem, drawn, n, expert, cfg, tts, memo, calls, vcd)
-      out[method][str(n)] = (yield from run_catts(ctx)) if method == "catts" else baseline(method, ctx)
+      out[method][str(n)] = yield from run_method(method, ctx)
   if "greedy" in methods:
     out["greedy"] = _single(greedy)
   if "vcd" in methods:

@@ -26,7 +26,7 @@ from catts_jax.tts import summary as summaries
 from catts_jax.tts import validate, voting
 from catts_jax.tts.expert import Expert, ExpertError, RemoteExpert
 from catts_jax.tts.expert_spec import make_expert
-from catts_jax.tts.methods import METHODS
+from catts_jax.tts.methods import DEFAULT_METHODS, METHODS
 from catts_jax.tts.planner import plan_ask
 from catts_jax.tts.policy_ops import PolicyOps
 from catts_jax.tts.runner import Runner
@@ -187,7 +187,7 @@ def prepare(
   data_dir: str | None = None,
   limit: int | None = None,
   ns: str = "1,2,4,8,16,32",
-  methods: str = ",".join(METHODS),
+  methods: str = ",".join(DEFAULT_METHODS),
   expert: str = "none",
   expert_check: bool = True,
   allow_partial: bool = False,

@@ -30,7 +30,7 @@ from catts_jax import runs
 from catts_jax.tts import engine
 from catts_jax.tts.context import stable_seed
 from catts_jax.tts.expert import Expert
-from catts_jax.tts.methods import METHODS, SAMPLED, solve
+from catts_jax.tts.methods import METHODS, SAMPLED, SELF_CHECKING, solve
 from catts_jax.tts.policy_ops import PolicyOps
 
 
@@ -74,7 +74,8 @@ class Runner:
       drawn = engine.each(problems, lambda ps: self.ops.draw(ps, nmax, stable_seed(self.cfg.seed, "draw")))
     if "greedy" in self.methods:
       greedy = engine.each(problems, lambda ps: self.ops.decode(ps))
-    if "vcd" in self.methods or ("catts" in self.methods and self.cfg.selfcheck.mode != "drop"):
+    checking = any(m in self.methods for m in SELF_CHECKING)
+    if "vcd" in self.methods or (checking and self.cfg.selfcheck.mode != "drop"):
       vcd = engine.each(problems, lambda ps: self.ops.decode(ps, vcd=True))
     for p, *parts in zip(problems, drawn, greedy, vcd):
       out[p.index] = next((x for x in parts if isinstance(x, BaseException)), (p, *parts))

@@ -51,11 +51,15 @@ def adaptive_points(rows: list[dict], ns: list[int], tts: voting.TTSConfig) -> l
 
 
 def expert_lines(calls: dict[str, dict[str, Any]]) -> list[str]:
-  """One line per Expert role from `expert_summary`: calls, ok, failed, fallbacks and the most
-  common error, so failures show where a run ends, not only inside report.json."""
+  """One line per Expert role from `expert_summary`: calls sent (and answers reused), ok,
+  failed, fallbacks and the most common error, so failures show where a run ends, not only
+  inside report.json."""
   lines = []
   for role, s in calls.items():
-    line = f"expert {role}: {s['calls']} calls, {s['ok']} ok, {s['failed']} failed, {s['fallback']} fell back"
+    line = (
+      f"expert {role}: {s['calls']} calls (+{s['cached']} reused), {s['ok']} ok, {s['failed']} failed, "
+      f"{s['fallback']} fell back"
+    )
     if s["errors"]:
       error, count = next(iter(s["errors"].items()))
       line += f"; most common error ({count}x): {error}"
@@ -71,13 +75,14 @@ def expert_summary(rows: list[dict]) -> dict[str, dict[str, Any]]:
         c["role"],
         {"calls": 0, "ok": 0, "failed": 0, "cached": 0, "fallback": 0, "latency_s": [], "errors": Counter()},
       )
+      if c.get("cached"):  # an earlier answer reused (another N or method): not a call
+        s["cached"] += 1
+        continue
       s["calls"] += 1
-      s["cached"] += bool(c.get("cached"))
       s["ok"] += bool(c["ok"])
       s["failed"] += not c["ok"]
       s["fallback"] += bool(c.get("fallback"))
-      if not c.get("cached"):
-        s["latency_s"].append(c["latency_s"])
+      s["latency_s"].append(c["latency_s"])
       if c.get("error"):
         s["errors"][c["error"][:60]] += 1
   for s in out.values():
