@@ -10,6 +10,7 @@
   plot) all go through a temporary file beside the target and a rename.
 - Results stream to JSONL, one row per finished item, flushed as they come: a killed run
   resumes from the rows already there (`read_rows`; a line cut off by the kill is dropped).
+  A training log is cut back to the step its checkpoint restored (`drop_rows_after`).
 - `run.json` holds the settings a run's rows depend on; a resume with other settings is
   refused (`check_settings`) instead of mixing rows.
 - README tables are rendered from a committed report.json into a marked block of a Markdown
@@ -184,6 +185,18 @@ def appending(path: pathlib.Path) -> Iterator[Callable[[Mapping[str, Any]], None
       f.flush()
 
     yield write
+
+
+def drop_rows_after(path: str | pathlib.Path, step: int) -> int:
+  """Drop the rows of a training log (train.jsonl) whose "step" is past `step`, the step a
+  resume restored: a run killed after logging a step but before its checkpoint committed
+  logs that step again. The file is rewritten atomically (`write_lines`), and only when a row
+  goes; the number of rows dropped."""
+  rows = read_rows(path)
+  kept = [row for row in rows if row.get("step", 0) <= step]
+  if len(kept) < len(rows):
+    write_lines(path, kept)
+  return len(rows) - len(kept)
 
 
 def check_settings(out: pathlib.Path, settings: Mapping[str, Any], keys: Sequence[str]) -> None:

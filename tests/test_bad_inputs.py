@@ -7,7 +7,11 @@ cases: an --out held by another process (the second run fails at once, naming th
 pid, for every entry point that writes a run directory), an --out that is read-only or cannot
 be created, a predictions file that breaks the format (a byte that is not UTF-8, not JSON,
 `{}`, no id, a duplicate id, a confidence of true / 1.5 / "x" / NaN), a failure while the
-outputs are being written, and a data folder edited after its first build.
+outputs are being written, and a data folder edited after its first build. Training: a setting
+out of range (learning rate, steps, batch size, group size, data limit), a step's rows or a
+micro-batch that do not split over the mesh's data x fsdp devices (the suite's 8 simulated
+devices), and a resume whose config differs from the one its run.json recorded: each one line
+naming the setting, exit 2, before any work.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import sys
 import time
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from fixtures import releases
 
 from catts_jax import data
 from catts_jax.eval import report
+from catts_jax.rl.validate import ConfigError
 from infer import evaluate
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -129,7 +135,7 @@ class Case:
 # the lock they would fail at once, never train.
 
 
-def _train_main(module: str, config: str, ckpt_key: str) -> Callable[[Ctx], int]:
+def _train_main(module: str, config: str, ckpt_key: str, *extra: str) -> Callable[[Ctx], int]:
   def call(ctx: Ctx) -> int:
     import importlib
 
@@ -137,12 +143,63 @@ def _train_main(module: str, config: str, ckpt_key: str) -> Callable[[Ctx], int]
       "--config",
       str(ROOT / config),
       f"--config.{ckpt_key}={ctx.tmp / 'no_ckpt'}",
+      *extra,
       "--out",
       str(ctx.out),
     ]
     return importlib.import_module(module).main(argv)
 
   return call
+
+
+# train.cdrl's tiny config on the suite's 8 devices (its mesh of 1 x 1 x 1 fits one).
+CDRL = ("train.cdrl", "configs/cdrl_tiny.py", "model.ckpt", "--config.mesh.fsdp=-1")
+SFT = ("train.sft", "configs/synthetic_tiny.py", "model.ckpt")
+
+
+def _cdrl(*extra: str) -> Callable[[Ctx], int]:
+  return _train_main(*CDRL, *extra)
+
+
+def _sft(*extra: str) -> Callable[[Ctx], int]:
+  return _train_main(*SFT, *extra)
+
+
+def _sft_on_a_mesh(ctx: Ctx) -> int:
+  """sft.train with a mesh of 8 data-parallel devices and 12 rows a step."""
+  from catts_jax.rl import sft
+  from configs import synthetic_tiny
+
+  cfg = synthetic_tiny.get_config("colour")
+  cfg.mesh = dict(data=8, fsdp=1, tensor=1)
+  cfg.train.batch_size = 12
+  return sft.train(cfg, ctx.out)
+
+
+def _resumable(kind: str) -> Callable[[Ctx, pytest.MonkeyPatch], None]:
+  """An --out holding a `kind` run ("cdrl" or "sft") of the row's base config (CDRL or SFT, as
+  its argv gives it) stopped at step 3: its run.json, a checkpoint of step 3, train.jsonl."""
+
+  def setup(ctx: Ctx, monkeypatch: pytest.MonkeyPatch) -> None:
+    from catts_jax.checkpoint import Checkpointer
+    from catts_jax.rl import validate
+    from configs import cdrl_tiny, synthetic_tiny
+
+    cfg = cdrl_tiny.get_config() if kind == "cdrl" else synthetic_tiny.get_config()
+    cfg.model.ckpt = str(ctx.tmp / "no_ckpt")
+    if kind == "cdrl":
+      cfg.mesh.fsdp = -1
+    validate.record_run(ctx.out, validate.settings(cfg), 0, {})
+    checkpoints = Checkpointer(ctx.out / "checkpoints", async_save=False)
+    zeros = {"w": np.zeros(2, np.float32)}
+    checkpoints.save(3, zeros, zeros, {"step": 3}, force=True)
+    checkpoints.close()
+    (ctx.out / "train.jsonl").write_bytes(jsonl({"step": i, "loss": 1.0 / i} for i in (1, 2, 3)))
+
+  return setup
+
+
+RESUMED = KEPT + ("run.json", "train.jsonl")
 
 
 def _probe(ctx: Ctx) -> int:
@@ -196,7 +253,7 @@ EDITED = [{"id": "q2", "response": "\\boxed{4}"}, {"id": "q4", "response": "\\bo
 CASES = [
   # --out held by another process: every entry point that writes a run directory fails at once.
   Case("evaluate: --out held by another run", Ctx.evaluate, held=True, words=("{out}", "in use by another run", "pid {pid}")),
-  Case("train.cdrl: --out held by another run", _train_main("train.cdrl", "configs/cdrl_tiny.py", "model.ckpt"), held=True,
+  Case("train.cdrl: --out held by another run", _train_main(*CDRL), held=True,
        words=("in use by another run", "pid {pid}")),
   Case("train.sft: --out held by another run", _train_main("train.sft", "configs/synthetic_tiny.py", "model.ckpt"), held=True,
        words=("in use by another run", "pid {pid}")),
@@ -231,6 +288,45 @@ CASES = [
   # The cache follows the data folder's content: the edit is graded without --rebuild.
   Case("data: an edited folder is seen", Ctx.evaluate, code=0, preds=jsonl(EDITED), kept=(), setup=_edit_release,
        stdout=("accuracy 1.000 on 2 of 4 problems (coverage 50.0%)",)),
+  # Training settings out of range: one line naming the setting, exit 2, before any work.
+  Case("train.cdrl: a negative learning rate", _cdrl("--config.optimizer.learning_rate=-0.001"),
+       words=("--config.optimizer.learning_rate=-0.001: expected a number > 0",)),
+  Case("train.cdrl: a learning rate of 0", _cdrl("--config.optimizer.learning_rate=0"),
+       words=("--config.optimizer.learning_rate=0.0: expected a number > 0",)),
+  Case("train.cdrl: 0 steps", _cdrl("--config.train.steps=0"), words=("--config.train.steps=0: expected an integer >= 1",)),
+  Case("train.cdrl: a group size of 0", _cdrl("--config.rollout.group_size=0"),
+       words=("--config.rollout.group_size=0: expected an integer >= 1",)),
+  Case("train.cdrl: a data limit of 0", _cdrl("--config.data.limit=0"),
+       words=("--config.data.limit=0: expected an integer >= 1",)),
+  Case("train.cdrl: a negative data limit", _cdrl("--config.data.limit=-1"),
+       words=("--config.data.limit=-1: expected an integer >= 1",)),
+  Case("train.cdrl: rows that do not split over the devices", _cdrl("--config.train.prompts_per_step=3"),
+       words=("--config.train.prompts_per_step=3", "12 rows a step", "multiple of data x fsdp = 8 devices")),
+  Case("train.cdrl: a micro-batch that does not split over the devices", _cdrl("--config.train.micro_batch=4"),
+       words=("--config.train.micro_batch=4", "multiple of data x fsdp = 8 devices")),
+  Case("train.cdrl: a mesh for other devices", _train_main(*CDRL[:3], "--config.mesh.data=2"),
+       words=("--config.mesh=", "needs 2 devices, have 8")),
+  Case("train.sft: -1 steps", _sft("--config.train.steps=-1"), words=("--config.train.steps=-1: expected an integer >= 1",)),
+  Case("train.sft: a negative learning rate", _sft("--config.optimizer.learning_rate=-0.001"),
+       words=("--config.optimizer.learning_rate=-0.001: expected a number > 0",)),
+  Case("train.sft: a batch size of 0", _sft("--config.train.batch_size=0"),
+       words=("--config.train.batch_size=0: expected an integer >= 1",)),
+  Case("train.sft: rows that do not split over the devices", _sft_on_a_mesh, code=ConfigError,
+       words=("--config.train.batch_size=12", "multiple of data x fsdp = 8 devices")),
+  # A resume with other settings than its run's (run.json): refused, naming each change.
+  Case("train.cdrl: resume with another learning rate", _cdrl("--config.optimizer.learning_rate=0.002"),
+       setup=_resumable("cdrl"), kept=RESUMED,
+       words=("step 3", "other settings: optimizer.learning_rate 0.001 -> 0.002;", "--override_resume")),
+  Case("train.cdrl: resume with another seed", _cdrl("--config.train.seed=1"), setup=_resumable("cdrl"), kept=RESUMED,
+       words=("other settings: train.seed 0 -> 1;",)),
+  Case("train.cdrl: resume with another group size", _cdrl("--config.rollout.group_size=8"), setup=_resumable("cdrl"),
+       kept=RESUMED, words=("other settings: rollout.group_size 4 -> 8;",)),
+  Case("train.cdrl: resume with a data limit", _cdrl("--config.data.limit=4"), setup=_resumable("cdrl"), kept=RESUMED,
+       words=("other settings: data.limit null -> 4;",)),
+  Case("train.sft: resume with another learning rate", _sft("--config.optimizer.learning_rate=0.001"),
+       setup=_resumable("sft"), kept=RESUMED, words=("other settings: optimizer.learning_rate 0.003 -> 0.001;",)),
+  Case("train.sft: resume with another batch size", _sft("--config.train.batch_size=16"), setup=_resumable("sft"),
+       kept=RESUMED, words=("other settings: train.batch_size 32 -> 16;",)),
 ]  # fmt: skip
 
 
@@ -239,13 +335,13 @@ def test_bad_input(case: Case, release, good_run, tmp_path, monkeypatch, capsys)
   root, tfds_dir = release
   out = tmp_path / "out"
   shutil.copytree(good_run, out)
-  before = {name: (out / name).read_bytes() for name in case.kept}
-  listing = sorted(p.name for p in out.iterdir())
   preds = tmp_path / "preds.jsonl"
   preds.write_bytes(case.preds)
   ctx = Ctx(root, tfds_dir, out, preds, tmp_path)
-  if case.setup:
+  if case.setup:  # before the snapshot: the files it writes in --out must stay too
     case.setup(ctx, monkeypatch)
+  before = {name: (out / name).read_bytes() for name in case.kept}
+  listing = sorted(p.name for p in out.iterdir())
   capsys.readouterr()
 
   with held_by_another_process(out) if case.held else contextlib.nullcontext() as pid:

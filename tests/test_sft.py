@@ -11,7 +11,7 @@ import pytest
 from cpu_env import cpu_env
 
 from catts_jax import data
-from catts_jax.rl import sft
+from catts_jax.rl import sft, validate
 from configs import synthetic_tiny
 
 ROOT = Path(__file__).parents[1]
@@ -45,16 +45,29 @@ def test_format_only_learns_the_format_not_the_answers(tmp_path, tfds_dir):
 
 
 def test_sft_resumes_from_its_checkpoint(tmp_path, tfds_dir):
+  """4 steps, then the run extended to 8 after a kill that logged step 5 but never
+  checkpointed it; the resume changes the learning rate, which needs override_resume."""
   c = colour_config(tfds_dir, 4)
+  c.optimizer.total_steps = 8  # the schedule of the whole run: the resume only extends train.steps
   c.train.save_every = 4
   c.eval.size = 8
   sft.train(c, tmp_path / "run")
+  log = tmp_path / "run" / "train.jsonl"
+  with log.open("a") as f:
+    f.write(json.dumps({"step": 5, "loss": -1.0}) + "\n")
   c.train.steps = 8
-  c.optimizer.total_steps = 8
-  summary = sft.train(c, tmp_path / "run")
+  c.optimizer.learning_rate = 1e-3
+  with pytest.raises(validate.ConfigError, match=r"other settings: optimizer.learning_rate 0.003 -> 0.001;"):
+    sft.train(c, tmp_path / "run")
+  summary = sft.train(c, tmp_path / "run", override_resume=True)
   assert summary["resumed_from"] == 4
-  steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
-  assert steps == list(range(1, 9))
+  change = {"optimizer.learning_rate": [3e-3, 1e-3]}
+  assert summary["resumes"] == [{"step": 4, "changed": change}]
+  assert json.loads((tmp_path / "run" / "run.json").read_text())["history"] == summary["resumes"]
+  rows = [json.loads(line) for line in log.read_text().splitlines()]
+  assert rows[4] == {"step": 4, "override_resume": change}
+  del rows[4]
+  assert [r["step"] for r in rows] == list(range(1, 9)) and rows[4]["loss"] > 0  # step 5 once, redone
 
 
 def test_ablation_runs_every_stage(tmp_path, tfds_dir):

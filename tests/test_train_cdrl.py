@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cpu_env import cpu_env
+from tb_events import shown
 
 SHARED = Path(__file__).parents[2] / "shared/data/math-vision-testmini"
 if not SHARED.is_dir() and os.environ.get("CI"):
@@ -60,13 +61,25 @@ def test_train_resume_and_export(tiny_ckpt, tmp_path):
     assert {"reward_accuracy", "reward_sensitivity", "reward_calibration", "kl", "clip_fraction"} <= set(r)
   assert rows[1]["kl"] > 0  # the policy moved away from the reference
   assert list((out / "tb").iterdir())
+  assert json.loads((out / "run.json").read_text())["config"]["train.steps"] == 3
 
-  more = cdrl(tiny_ckpt, out, tmp_path, "--config.train.steps=5", *gradient)
+  # A kill after step 4 was logged (train.jsonl, TensorBoard) but before its checkpoint
+  # committed: the resume from step 3 redoes step 4, which must show once.
+  with (out / "train.jsonl").open("a") as f:
+    f.write(json.dumps({"step": 4, "loss": 123.0}) + "\n")
+  from tensorboardX import SummaryWriter
+
+  killed = SummaryWriter(str(out / "tb"), filename_suffix=".killed")
+  killed.add_scalar("loss", 123.0, 4)
+  killed.close()
+  more = cdrl(tiny_ckpt, out, tmp_path, "--config.train.steps=5", *gradient)  # steps may change
   assert more.returncode == 0, more.stderr[-3000:]
   report = json.loads((out / "report.json").read_text())
-  assert report["resumed_from"] == 3 and report["last"]["step"] == 5
+  assert report["resumed_from"] == 3 and report["last"]["step"] == 5 and report["resumes"] == []
   rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[3]["loss"] != 123.0
+  losses = shown(out / "tb")["loss"]
+  assert [s for s, _ in losses] == [1, 2, 3, 4, 5] and 123.0 not in [v for _, v in losses]
 
   import transformers
 

@@ -19,7 +19,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from catts_jax import cli, runs
-from catts_jax.rl import ablation
+from catts_jax.rl import ablation, validate
 
 
 def define(fv: flags.FlagValues) -> None:
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
   try:
     with runs.locked(out):  # one run at a time in --out
       result = ablation.run(args.config, out)
-  except runs.OutDirError as e:
+  except (runs.OutDirError, validate.ConfigError) as e:  # --out held or not writable; a bad setting
     print(f"error: {e}", file=sys.stderr)
     return 2
   except FloatingPointError as e:

@@ -3,7 +3,10 @@
 Runs or resumes the CDRL loop (catts_jax/rl/trainer.py): rollouts, rewards, policy updates,
 checkpoints in DIR/checkpoints (a rerun with the same --out resumes), logs in DIR/train.jsonl
 and DIR/tb, the final policy as an HF directory in DIR/final and DIR/report.json. A non-finite
-loss or gradient stops the run with exit code 3 and leaves the last checkpoint intact.
+loss or gradient stops the run with exit code 3 and leaves the last checkpoint intact. A bad
+setting (catts_jax/rl/validate.py) is one line naming it and exit code 2, before any work; so
+is a resume whose config differs from the one DIR/run.json recorded at the run's first start,
+unless --override_resume (the change is recorded in run.json and train.jsonl).
 
 Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or pass
 `--distributed` where `jax.distributed.initialize()` finds them itself (TPU pods); every
@@ -19,7 +22,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from catts_jax import cli, runs
-from catts_jax.rl import trainer
+from catts_jax.rl import trainer, validate
 
 
 def define(fv: flags.FlagValues) -> None:
@@ -33,6 +36,13 @@ def define(fv: flags.FlagValues) -> None:
     "distributed",
     False,
     "multi-host: jax.distributed.initialize() from the cluster's environment",
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    "override_resume",
+    False,
+    "resume although the config differs from the run's (DIR/run.json); the change is recorded "
+    "in run.json's history and in train.jsonl",
     flag_values=fv,
   )
   flags.DEFINE_bool(
@@ -51,8 +61,10 @@ def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   trainer.initialize_distributed(args.distributed)
   try:
-    trainer.train(args.config, pathlib.Path(args.out), rebuild=args.rebuild)
-  except runs.OutDirError as e:  # --out held by another run, or not writable
+    trainer.train(
+      args.config, pathlib.Path(args.out), rebuild=args.rebuild, override_resume=args.override_resume
+    )
+  except (runs.OutDirError, validate.ConfigError) as e:  # --out held or not writable; a bad setting
     print(f"error: {e}", file=sys.stderr)
     return 2
   except FloatingPointError as e:

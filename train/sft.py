@@ -4,7 +4,9 @@ Trains a policy on a benchmark's reference solutions (catts_jax/rl/sft.py), from
 or from scratch when that is empty. Checkpoints in DIR/checkpoints (a rerun with the same
 --out resumes), the loss in DIR/train.jsonl, the HF export in DIR/final and the summary
 (loss, greedy accuracy, wall time) in DIR/report.json; prints the final evaluation. A
-non-finite loss stops the run with exit code 3.
+non-finite loss stops the run with exit code 3. A bad setting, or a resume whose config
+differs from DIR/run.json's without --override_resume, is one line and exit code 2, before any
+work (catts_jax/rl/validate.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ml_collections import config_flags
 
 from catts_jax import cli, runs
 from catts_jax.eval import report
-from catts_jax.rl import sft
+from catts_jax.rl import sft, validate
 
 
 def define(fv: flags.FlagValues) -> None:
@@ -29,6 +31,13 @@ def define(fv: flags.FlagValues) -> None:
     None,
     "output directory (checkpoints, train.jsonl, report.json, final/)",
     required=True,
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    "override_resume",
+    False,
+    "resume although the config differs from the run's (DIR/run.json); the change is recorded "
+    "in run.json's history and in train.jsonl",
     flag_values=fv,
   )
   flags.DEFINE_bool(
@@ -46,8 +55,10 @@ def main(argv=None) -> int:
     return 2
   logging.set_verbosity(logging.WARNING)
   try:
-    summary = sft.train(args.config, pathlib.Path(args.out), rebuild=args.rebuild)
-  except runs.OutDirError as e:  # --out held by another run, or not writable
+    summary = sft.train(
+      args.config, pathlib.Path(args.out), rebuild=args.rebuild, override_resume=args.override_resume
+    )
+  except (runs.OutDirError, validate.ConfigError) as e:  # --out held or not writable; a bad setting
     print(f"error: {e}", file=sys.stderr)
     return 2
   except FloatingPointError as e:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax
 import numpy as np
 
 from catts_jax import data, runs
 from catts_jax.eval import greedy, report
 from catts_jax.eval.metrics import drop_ratio
 from catts_jax.policy import Policy
-from catts_jax.rl import sft, trainer
+from catts_jax.rl import sft, trainer, validate
 
 
 def evaluate(path: pathlib.Path, cfg) -> dict:
@@ -60,6 +61,9 @@ def run(cfg, out: pathlib.Path) -> dict:
   """All stages of `cfg` (configs/ablation_colour.py) into `out`, each resumed or skipped
   when done; the result written to out/report.json. An arm stopped by a non-finite loss
   raises FloatingPointError."""
+  # Both stages' settings checked before the first one runs (each checks its own again).
+  validate.check(cfg.sft, "sft", jax.device_count())
+  validate.check(cfg.rl, "cdrl", jax.device_count())
   out.mkdir(parents=True, exist_ok=True)
   sft_cfg = cfg.sft
   sft_cfg.data.data_dir = cfg.data_dir

@@ -13,7 +13,9 @@ check, which then has to learn to see).
 
 Checkpoints every `save_every` steps (a rerun with the same out dir resumes); greedy accuracy
 on `eval.split` at the end and every `eval.every` steps; out/final is the HF export and
-out/report.json the summary (loss curve, accuracy, wall time).
+out/report.json the summary (loss curve, accuracy, wall time). Settings are checked and a
+resume held to the run's recorded settings as in CDRL (catts_jax/rl/validate.py); a resume
+cuts train.jsonl back to the restored step.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from catts_jax.processing import Processor
 from catts_jax.rl.batch import TrainBatch
 from catts_jax.rl.grpo import aggregate
 from catts_jax.rl.learner import Additive, Learner, OptimizerConfig
+from catts_jax.rl.validate import check, record_run, resume_changes, settings
 
 
 def _nll_share(logp: jax.Array, batch: TrainBatch, tokens: jax.Array) -> tuple[jax.Array, dict]:
@@ -97,19 +100,25 @@ def evaluate(policy: Policy, params, cfg) -> dict:
   return greedy.summary(rows)
 
 
-def train(cfg, out: pathlib.Path, rebuild: bool = False) -> dict:
+def train(cfg, out: pathlib.Path, rebuild: bool = False, override_resume: bool = False) -> dict:
   """Run (or resume) the supervised warm start of `cfg` into `out`, holding its lock (another
-  run on it: runs.OutDirError at once); the summary written to out/report.json. A non-finite
-  loss raises FloatingPointError (the update is not applied). `rebuild` builds the dataset's
-  cache again."""
+  run on it: runs.OutDirError at once); the summary written to out/report.json. A bad setting,
+  or a resume with settings other than the run's (without `override_resume`), raises
+  validate.ConfigError before any work. A non-finite loss raises FloatingPointError (the
+  update is not applied). `rebuild` builds the dataset's cache again."""
+  check(cfg, "sft", jax.device_count())
   out = pathlib.Path(out)
   with runs.locked(out):
-    return _train(cfg, out, rebuild)
+    return _train(cfg, out, rebuild, override_resume)
 
 
-def _train(cfg, out: pathlib.Path, rebuild: bool) -> dict:
+def _train(cfg, out: pathlib.Path, rebuild: bool, override_resume: bool) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   began = time.perf_counter()
+  t = cfg.train
+  checkpoints = Checkpointer(out / "checkpoints", keep=2, every=t.save_every)
+  run_settings = settings(cfg)
+  changed = resume_changes(out, run_settings, checkpoints.latest_step(), override_resume)
   path = model_dir(cfg, out)
   mesh = sharding.make_mesh(dict(cfg.mesh)) if cfg.get("mesh") else None
   model_cfg = ModelConfig.from_pretrained(path).replace(dtype=cfg.model.dtype)
@@ -132,13 +141,15 @@ def _train(cfg, out: pathlib.Path, rebuild: bool) -> dict:
     rebuild=rebuild,
   )
 
-  t = cfg.train
-  checkpoints = Checkpointer(out / "checkpoints", keep=2, every=t.save_every)
   start = learner.resume(checkpoints)
+  resumes = record_run(out, run_settings, start, changed)
+  runs.drop_rows_after(out / "train.jsonl", start)
   from tqdm import tqdm
 
   history = []
   with runs.appending(out / "train.jsonl") as write:
+    if changed:  # override_resume: the settings changed from here on
+      write({"step": start, "override_resume": changed})
     for step in tqdm(range(start, t.steps), initial=start, total=t.steps, desc="sft"):
       examples = [ds[i] for i in data.step_indices(len(ds), step, t.batch_size, t.seed)]
       # Format only: each image gets another problem's solution, so the answers carry no
@@ -161,6 +172,7 @@ def _train(cfg, out: pathlib.Path, rebuild: bool) -> dict:
   summary = {
     "steps": t.steps,
     "resumed_from": start,
+    "resumes": resumes,  # run.json's history: resumes that changed settings
     "final_checkpoint": str(final),
     "loss_first": history[0]["loss"] if history else None,
     "loss_last": history[-1]["loss"] if history else None,

@@ -8,6 +8,12 @@ non-finite loss or gradient stops the run (`train` raises FloatingPointError) an
 last checkpoint intact. Logs go to out/train.jsonl and TensorBoard (out/tb); the final policy
 is exported to out/final as an HF directory, with out/report.json summarising the run.
 
+Before any work: every setting is checked (catts_jax/rl/validate.py; a bad one is a
+ConfigError naming it), and a resume must have the settings OUT/run.json recorded at the
+run's first start (or `override_resume`, recorded in run.json's history and train.jsonl). A
+resume cuts train.jsonl back to the restored step and TensorBoard purges the later steps
+(`tensorboard`): a step logged but never checkpointed, redone after a kill, shows once.
+
 Layouts: the sampler, the scorer and the train step all shard their rows over data x fsdp
 (`sharding.input_shardings`; the KV cache as `sampling.carry_shardings` says), and the
 rollout's passes read the weights cast once per step to the compute dtype.
@@ -38,6 +44,7 @@ from catts_jax.processing import Processor
 from catts_jax.rl.grpo import LossConfig
 from catts_jax.rl.learner import Learner, OptimizerConfig
 from catts_jax.rl.rollout import RolloutConfig, rollout
+from catts_jax.rl.validate import check, record_run, resume_changes, settings
 from catts_jax.sampling import cast_state
 
 
@@ -54,22 +61,38 @@ def initialize_distributed(detect: bool) -> None:
     jax.distributed.initialize()
 
 
-def train(cfg, out: pathlib.Path, rebuild: bool = False) -> dict:
+def tensorboard(out: pathlib.Path, start: int):
+  """The run's SummaryWriter on out/tb (events at the 1-based step, as train.jsonl's rows).
+  Resumed from step `start`, its first event is tensorboardX's purge (a SessionLog START at
+  step start + 1): TensorBoard then drops the events of step start + 1 and later that it read
+  from the event files before it (a killed run's), so each step shows once, as resumed."""
+  from tensorboardX import SummaryWriter
+
+  return SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
+
+
+def train(cfg, out: pathlib.Path, rebuild: bool = False, override_resume: bool = False) -> dict:
   """Run (or resume) the CDRL run of `cfg` into `out`; the summary (written to out/report.json
-  by process 0). A non-finite loss or gradient raises FloatingPointError (the update is not
-  applied; the last checkpoint is intact). Process 0 holds `out`'s lock for the run (another
-  run on it: runs.OutDirError at once); `rebuild` builds the dataset's cache again."""
+  by process 0). A bad setting, or a resume with settings other than the run's (without
+  `override_resume`), raises validate.ConfigError before any work. A non-finite loss or
+  gradient raises FloatingPointError (the update is not applied; the last checkpoint is
+  intact). Process 0 holds `out`'s lock for the run (another run on it: runs.OutDirError at
+  once); `rebuild` builds the dataset's cache again."""
+  check(cfg, "cdrl", jax.device_count())
   out = pathlib.Path(out)
   # Every process of a multi-host run writes the same `out` (checkpoints): one lock for them all.
   with runs.locked(out) if jax.process_index() == 0 else contextlib.nullcontext():
-    return _train(cfg, out, rebuild)
+    return _train(cfg, out, rebuild, override_resume)
 
 
-def _train(cfg, out: pathlib.Path, rebuild: bool) -> dict:
+def _train(cfg, out: pathlib.Path, rebuild: bool, override_resume: bool) -> dict:
   started = time.perf_counter()
   main_process = jax.process_index() == 0
   out.mkdir(parents=True, exist_ok=True)
   t = cfg.train
+  checkpoints = Checkpointer(out / "checkpoints", keep=t.keep, every=t.save_every)
+  run_settings = settings(cfg)
+  changed = resume_changes(out, run_settings, checkpoints.latest_step(), override_resume)
   mesh = sharding.make_mesh(dict(cfg.mesh))
   model_cfg = presets.resolve(cfg.model)  # the checkpoint's config with the run's dtypes and remat
   rollout_cfg = RolloutConfig(**{**cfg.rollout.to_dict(), "template": cfg.data.template})
@@ -116,8 +139,11 @@ def _train(cfg, out: pathlib.Path, rebuild: bool) -> dict:
   )
   num = min(len(dataset), cfg.data.limit or len(dataset))
 
-  checkpoints = Checkpointer(out / "checkpoints", keep=t.keep, every=t.save_every)
   start = learner.resume(checkpoints)
+  resumes = []
+  if main_process:
+    resumes = record_run(out, run_settings, start, changed)
+    runs.drop_rows_after(out / "train.jsonl", start)
   from tqdm import tqdm
 
   history = []
@@ -128,10 +154,10 @@ def _train(cfg, out: pathlib.Path, rebuild: bool) -> dict:
   with contextlib.ExitStack() as files:  # closed however the loop ends
     write = writer = None
     if main_process:
-      from tensorboardX import SummaryWriter
-
       write = files.enter_context(runs.appending(out / "train.jsonl"))
-      writer = files.enter_context(contextlib.closing(SummaryWriter(str(out / "tb"))))
+      if changed:  # --override_resume: the settings changed from here on
+        write({"step": start, "override_resume": changed})
+      writer = files.enter_context(contextlib.closing(tensorboard(out, start)))
     for step in tqdm(
       range(start, t.steps), initial=start, total=t.steps, desc="cdrl", disable=not main_process
     ):
@@ -184,6 +210,7 @@ def _train(cfg, out: pathlib.Path, rebuild: bool) -> dict:
   summary = {
     "steps": t.steps,
     "resumed_from": start,
+    "resumes": resumes,  # run.json's history: resumes that changed settings
     "final_checkpoint": str(final),
     "first": first,
     "last": last,
