@@ -178,12 +178,19 @@ def _sft_on_a_mesh(ctx: Ctx) -> int:
 
 def _resumable(kind: str) -> Callable[[Ctx, pytest.MonkeyPatch], None]:
   """An --out holding a `kind` run ("cdrl" or "sft") of the row's base config (CDRL or SFT, as
-  its argv gives it) stopped at step 3: its run.json, a checkpoint of step 3, train.jsonl."""
+  its argv gives it) stopped at step 3: its run.json, a checkpoint of step 3, train.jsonl.
+  Finding or loading the model fails the row: the resume is refused before any work."""
 
   def setup(ctx: Ctx, monkeypatch: pytest.MonkeyPatch) -> None:
     from catts_jax.checkpoint import Checkpointer
-    from catts_jax.rl import validate
+    from catts_jax.rl import sft, trainer, validate
     from configs import cdrl_tiny, synthetic_tiny
+
+    def work(*args, **kwargs):
+      raise AssertionError("work started before the resume was checked")
+
+    monkeypatch.setattr(sft, "model_dir", work)
+    monkeypatch.setattr(trainer, "load_hf", work)
 
     cfg = cdrl_tiny.get_config() if kind == "cdrl" else synthetic_tiny.get_config()
     cfg.model.ckpt = str(ctx.tmp / "no_ckpt")

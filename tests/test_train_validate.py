@@ -122,6 +122,8 @@ def test_a_resume_keeps_the_runs_settings(tmp_path):
   free.update(rollout_mesh="data=2")
   free.data.data_dir = "/elsewhere"
   assert validate.resume_changes(out, validate.settings(free), 3, override=False) == {}
+  with pytest.raises(validate.ConfigError, match="train.steps_total"):  # not under train.steps
+    validate.resume_changes(out, {**first, "train.steps_total": 9}, 3, override=False)
 
   other = cdrl_tiny.get_config()
   other.optimizer.learning_rate = 2e-3
