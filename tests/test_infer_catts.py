@@ -252,7 +252,8 @@ def test_faulty_expert_server_killed_mid_run(tiny_ckpt, tfds_dir, tmp_path, shar
   assert [line.split(":")[0] for line in printed] == [f"expert {role}" for role in report["expert_calls"]]
   planner = report["expert_calls"]["planner"]
   assert (
-    f"expert planner: {planner['calls']} calls, {planner['ok']} ok, {planner['failed']} failed" in printed[0]
+    f"expert planner: {planner['calls']} calls (+{planner['cached']} reused), {planner['ok']} ok, "
+    f"{planner['failed']} failed" in printed[0]
   )
   assert any("most common error" in line for line in printed)
 
