@@ -110,6 +110,19 @@ class Ctx:
   out: pathlib.Path
   preds: pathlib.Path
   tmp: pathlib.Path
+  ckpt: pathlib.Path  # a tiny HF checkpoint (conftest's tiny_ckpt); rows edit copies of it
+
+  def catts(self, *extra: str, ckpt: pathlib.Path | None = None) -> int:
+    """infer.catts on the release (greedy and majority, N = 1), its exit status (a flag
+    error's SystemExit too)."""
+    from infer import catts
+
+    argv = ["--ckpt", str(ckpt or self.ckpt), "--benchmark", "jsonl", "--data", str(self.root)]
+    argv += ["--data_dir", str(self.tfds_dir), "--split", "train", "--n", "1", "--methods", "majority,greedy"]
+    try:
+      return catts.main([*argv, "--out", str(self.out), *extra])
+    except SystemExit as e:
+      return e.code
 
   def evaluate(self, *extra: str, out: pathlib.Path | None = None, root: pathlib.Path | None = None) -> int:
     argv = ["--benchmark", "jsonl", "--data", str(root or self.root), "--data_dir", str(self.tfds_dir)]
@@ -257,6 +270,46 @@ def _edit_release(ctx: Ctx, monkeypatch: pytest.MonkeyPatch) -> None:
 
 EDITED = [{"id": "q2", "response": "\\boxed{4}"}, {"id": "q4", "response": "\\boxed{7}"}]
 
+
+def _catts_with(edit: Callable[[pathlib.Path], None]) -> Callable[[Ctx], int]:
+  """infer.catts on a copy of the tiny checkpoint changed by `edit(dir)`."""
+
+  def call(ctx: Ctx) -> int:
+    ckpt = ctx.tmp / "ckpt"
+    shutil.copytree(ctx.ckpt, ckpt)
+    edit(ckpt)
+    return ctx.catts(ckpt=ckpt)
+
+  return call
+
+
+def _one_layer_less(ckpt: pathlib.Path) -> None:
+  config = json.loads((ckpt / "config.json").read_text())
+  text = config.get("text_config", config)
+  text["num_hidden_layers"] -= 1
+  if "layer_types" in text:
+    text["layer_types"] = text["layer_types"][:-1]
+  (ckpt / "config.json").write_text(json.dumps(config))
+
+
+def _cut_weights(ckpt: pathlib.Path) -> None:
+  weights = ckpt / "model.safetensors"
+  weights.write_bytes(weights.read_bytes()[:-1000])
+
+
+def _resume_files(results: bytes, run_json: bytes | None = None):
+  """A setup writing --out's results.jsonl (and run.json) as an edited earlier run left them."""
+
+  def setup(ctx: Ctx, monkeypatch: pytest.MonkeyPatch) -> None:
+    (ctx.out / "results.jsonl").write_bytes(results)
+    if run_json is not None:
+      (ctx.out / "run.json").write_bytes(run_json)
+
+  return setup
+
+
+CATTS_KEPT = (*KEPT, "results.jsonl")
+
 CASES = [
   # --out held by another process: every entry point that writes a run directory fails at once.
   Case("evaluate: --out held by another run", Ctx.evaluate, held=True, words=("{out}", "in use by another run", "pid {pid}")),
@@ -295,6 +348,25 @@ CASES = [
   # The cache follows the data folder's content: the edit is graded without --rebuild.
   Case("data: an edited folder is seen", Ctx.evaluate, code=0, preds=jsonl(EDITED), kept=(), setup=_edit_release,
        stdout=("accuracy 1.000 on 2 of 4 problems (coverage 50.0%)",)),
+  # infer.catts: every input checked before the run writes or loads anything.
+  Case("infer.catts: --out held by another run", Ctx.catts, held=True, words=("{out}", "in use by another run", "pid {pid}")),
+  Case("infer.catts: --limit 0", lambda ctx: ctx.catts("--limit", "0"),
+       words=("--limit 0: expected a positive number of problems",)),
+  Case("infer.catts: --limit -1", lambda ctx: ctx.catts("--limit", "-1"), words=("--limit -1: expected a positive",)),
+  Case("infer.catts: a setting out of range", lambda ctx: ctx.catts("--config.sampling.top_p=0"),
+       words=("--config.sampling.top_p=0.0: expected a number in (0, 1]",)),
+  Case("infer.catts: an unknown config key", lambda ctx: ctx.catts("--config.tts.tua=0.3"),
+       words=("unknown config key 'tts.tua'",)),
+  Case("infer.catts: a config.json with fewer layers than the weights", _catts_with(_one_layer_less),
+       words=("checkpoint tensors are not part of the model config.json describes", "allow_partial")),
+  Case("infer.catts: a cut-off safetensors file", _catts_with(_cut_weights),
+       words=("model.safetensors: truncated: tensor",)),
+  Case("infer.catts: an Expert URL with credentials", lambda ctx: ctx.catts("--expert", "https://me:pw-secret@example.com/v1"),
+       words=("https://example.com/v1 carries credentials", "api_key_env")),
+  Case("infer.catts: a {} line in results.jsonl", Ctx.catts, kept=CATTS_KEPT,
+       setup=_resume_files(b'{"id": "q1", "methods": {}}\n{}\n'), words=("results.jsonl: line 2 is a row without 'id'",)),
+  Case("infer.catts: a damaged run.json", Ctx.catts, kept=(*CATTS_KEPT, "run.json"),
+       setup=_resume_files(b'{"id": "q1"}\n', b'{"ns": [1], "meth'), words=("run.json is damaged",)),
   # Training settings out of range: one line naming the setting, exit 2, before any work.
   Case("train.cdrl: a negative learning rate", _cdrl("--config.optimizer.learning_rate=-0.001"),
        words=("--config.optimizer.learning_rate=-0.001: expected a number > 0",)),
@@ -338,13 +410,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input(case: Case, release, good_run, tmp_path, monkeypatch, capsys):
+def test_bad_input(case: Case, release, good_run, tiny_ckpt, tmp_path, monkeypatch, capsys):
   root, tfds_dir = release
   out = tmp_path / "out"
   shutil.copytree(good_run, out)
   preds = tmp_path / "preds.jsonl"
   preds.write_bytes(case.preds)
-  ctx = Ctx(root, tfds_dir, out, preds, tmp_path)
+  ctx = Ctx(root, tfds_dir, out, preds, tmp_path, tiny_ckpt)
   if case.setup:  # before the snapshot: the files it writes in --out must stay too
     case.setup(ctx, monkeypatch)
   before = {name: (out / name).read_bytes() for name in case.kept}

@@ -225,8 +225,8 @@ def prepare(
   }
   out = pathlib.Path(out)
   with runs.locked(out):
-    runs.check_settings(out, settings, SETTINGS)
     runs.read_rows(out / "results.jsonl", required="id")  # rows a resume can trust
+    runs.check_settings(out, settings, SETTINGS)
   return Job(
     cfg, tts, ckpt_, benchmark, out, ns_, methods_, remote, self_expert, examples, settings, allow_partial
   )
