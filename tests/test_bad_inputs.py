@@ -292,6 +292,15 @@ def _one_layer_less(ckpt: pathlib.Path) -> None:
   (ckpt / "config.json").write_text(json.dumps(config))
 
 
+def _text_config(**values):
+  def edit(ckpt: pathlib.Path) -> None:
+    config = json.loads((ckpt / "config.json").read_text())
+    config.get("text_config", config).update(values)
+    (ckpt / "config.json").write_text(json.dumps(config))
+
+  return edit
+
+
 def _cut_weights(ckpt: pathlib.Path) -> None:
   weights = ckpt / "model.safetensors"
   weights.write_bytes(weights.read_bytes()[:-1000])
@@ -359,6 +368,10 @@ CASES = [
        words=("unknown config key 'tts.tua'",)),
   Case("infer.catts: a config.json with fewer layers than the weights", _catts_with(_one_layer_less),
        words=("checkpoint tensors are not part of the model config.json describes", "allow_partial")),
+  Case("infer.catts: a non-integer config.json value", _catts_with(_text_config(num_hidden_layers=2.5)),
+       words=("config.json: num_layers must be a positive integer, got 2.5",)),
+  Case("infer.catts: a hidden_size its heads do not divide", _catts_with(_text_config(hidden_size=66)),
+       words=("config.json: hidden_size 66, num_attention_heads 4", "must divide")),
   Case("infer.catts: a cut-off safetensors file", _catts_with(_cut_weights),
        words=("model.safetensors: truncated: tensor",)),
   Case("infer.catts: an Expert URL with credentials", lambda ctx: ctx.catts("--expert", "https://me:pw-secret@example.com/v1"),
