@@ -17,6 +17,7 @@ one, so `main(argv)` can run twice in one process (tests) and two entry points n
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -55,7 +56,7 @@ def parse(
     key = _unknown_key(argv, e)
     if key is None:  # not an override's fault: a bug in the config file itself, keep its traceback
       raise
-    usage_error(f"unknown config key {key}")
+    usage_error(f"unknown config key {key}{_suggestion(define, argv, key.strip(chr(39)))}")
   except flags.Error as e:  # a bad, unknown or missing flag, or a bad override value
     usage_error(str(e))
   if len(extra) > 1:
@@ -73,6 +74,31 @@ def _unknown_key(argv: Sequence[str], error: Exception) -> str | None:
     if arg.startswith("--config.") and missing in key.split("."):
       return repr(key)
   return None
+
+
+def _config_keys(value, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in value.items():
+    keys += _config_keys(v, f"{prefix}{k}.") if hasattr(v, "items") else [f"{prefix}{k}"]
+  return keys
+
+
+def _suggestion(define: Callable[[flags.FlagValues], None], argv: Sequence[str], key: str) -> str:
+  """ "; did you mean 'tts.tau'?" when the config (the --config file given, or the default) has
+  a close key; "" otherwise, or when the config cannot be read. The flags are defined again
+  without the overrides: the failing one stopped the config flag's definition."""
+  try:
+    fv = flags.FlagValues()
+    with _sys_argv([argv[0]]):
+      define(fv)
+    flag = fv["config"]
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    given += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    config = flag.parser.parse(given[-1]) if given else flag.default
+    close = difflib.get_close_matches(key, _config_keys(config), n=1, cutoff=0.6)
+  except Exception:  # noqa: BLE001 - a suggestion is a courtesy; the error stands without it
+    return ""
+  return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def usage_error(message: str) -> NoReturn:

@@ -365,7 +365,7 @@ CASES = [
   Case("infer.catts: a setting out of range", lambda ctx: ctx.catts("--config.sampling.top_p=0"),
        words=("--config.sampling.top_p=0.0: expected a number in (0, 1]",)),
   Case("infer.catts: an unknown config key", lambda ctx: ctx.catts("--config.tts.tua=0.3"),
-       words=("unknown config key 'tts.tua'",)),
+       words=("unknown config key 'tts.tua'; did you mean 'tts.tau'?",)),
   Case("infer.catts: a config.json with fewer layers than the weights", _catts_with(_one_layer_less),
        words=("checkpoint tensors are not part of the model config.json describes", "allow_partial")),
   Case("infer.catts: a non-integer config.json value", _catts_with(_text_config(num_hidden_layers=2.5)),
