@@ -64,6 +64,23 @@ def parse(
   return fv
 
 
+def define_training_flags(fv: flags.FlagValues) -> None:
+  """The flags every training entry point shares: --override_resume and --rebuild."""
+  flags.DEFINE_bool(
+    "override_resume",
+    False,
+    "resume although the config differs from the run's (DIR/run.json); the change is recorded "
+    "in run.json's history and in train.jsonl",
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    "rebuild",
+    False,
+    "build the dataset's cache again (a changed data folder is rebuilt anyway)",
+    flag_values=fv,
+  )
+
+
 def _unknown_key(argv: Sequence[str], error: Exception) -> str | None:
   """The `--config.a.b=...` override that names a key the config lacks (config_flags' error
   names only the missing part, quoted, maybe followed by 'Did you mean ...'), or None."""

@@ -33,19 +33,7 @@ def define(fv: flags.FlagValues) -> None:
     required=True,
     flag_values=fv,
   )
-  flags.DEFINE_bool(
-    "override_resume",
-    False,
-    "resume although the config differs from the run's (DIR/run.json); the change is recorded "
-    "in run.json's history and in train.jsonl",
-    flag_values=fv,
-  )
-  flags.DEFINE_bool(
-    "rebuild",
-    False,
-    "build the dataset's cache again (a changed data folder is rebuilt anyway)",
-    flag_values=fv,
-  )
+  cli.define_training_flags(fv)
 
 
 def main(argv=None) -> int:
