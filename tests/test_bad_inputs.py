@@ -319,6 +319,35 @@ def _resume_files(results: bytes, run_json: bytes | None = None):
 
 CATTS_KEPT = (*KEPT, "results.jsonl")
 
+
+def _transparent_png_everywhere(ctx: Ctx) -> int:
+  """A black line on a transparent PNG reaches the model as a line on white (it came out all
+  black) through the data, processing and perturbation paths alike; tests/test_images.py has
+  every mode by value."""
+  import io
+
+  import numpy as np
+  from PIL import Image, ImageDraw
+
+  from catts_jax import perturb, processing
+  from catts_jax.data import schema
+
+  image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+  ImageDraw.Draw(image).line([(0, 16), (31, 16)], fill=(0, 0, 0, 255), width=2)
+  buf = io.BytesIO()
+  image.save(buf, format="PNG")
+  path = ctx.tmp / "line.png"
+  path.write_bytes(buf.getvalue())
+  seen = [
+    schema.decode_images({"id": "p", "images": [buf.getvalue()]})[0],
+    processing.load_image(str(path)),
+    perturb.perturb(Image.open(path), "noise", 0.0, seed=0),
+  ]
+  for pixels in (np.asarray(im.convert("RGB")) for im in seen):
+    assert pixels[16].max() == 0 and pixels[0].min() == 255, "the line is not a line on white"
+  return 0
+
+
 CASES = [
   # --out held by another process: every entry point that writes a run directory fails at once.
   Case("evaluate: --out held by another run", Ctx.evaluate, held=True, words=("{out}", "in use by another run", "pid {pid}")),
@@ -357,6 +386,8 @@ CASES = [
   # The cache follows the data folder's content: the edit is graded without --rebuild.
   Case("data: an edited folder is seen", Ctx.evaluate, code=0, preds=jsonl(EDITED), kept=(), setup=_edit_release,
        stdout=("accuracy 1.000 on 2 of 4 problems (coverage 50.0%)",)),
+  # Images with alpha: composited on white on every path, as transformers does.
+  Case("images: a transparent PNG", _transparent_png_everywhere, code=0, kept=()),
   # infer.catts: every input checked before the run writes or loads anything.
   Case("infer.catts: --out held by another run", Ctx.catts, held=True, words=("{out}", "in use by another run", "pid {pid}")),
   Case("infer.catts: --limit 0", lambda ctx: ctx.catts("--limit", "0"),
