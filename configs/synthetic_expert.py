@@ -25,7 +25,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
   # CA-TTS's sampling temperature (configs/catts.py), graded, cached in the run directory.
   c.policy = dict(
     ckpt="checkpoints/synthetic_cdrl",
-    problems=8 if tiny else 2048,
+    problems=8 if tiny else 1024,
     n=8,
     temperature=0.7,
     max_new_tokens=96,
@@ -54,7 +54,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     problems=8 if tiny else 4096,  # solve and planner rows; voter and critic: policy.problems
   )
   c.rows = dict(voter_ns=(2, 4, 8))  # the Voter sees the candidates of the first n samples
-  steps = 4 if tiny else 600
+  steps = 4 if tiny else 900
   c.optimizer = dict(
     learning_rate=3e-3,
     warmup_steps=0 if tiny else 20,
@@ -71,10 +71,10 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     steps=steps,
     seed=0,
     save_every=2 if tiny else 50,
-    cycle=("solve", "roles"),
+    cycle=("solve", "roles") if tiny else ("solve", "solve", "roles"),
     batches=dict(
       solve=dict(solve=4 if tiny else 32),
-      roles=dict(voter=2, critic=2, planner=1) if tiny else dict(voter=14, critic=14, planner=4),
+      roles=dict(voter=2, critic=2, planner=1) if tiny else dict(voter=15, critic=15, planner=2),
     ),
   )
   c.eval = dict(

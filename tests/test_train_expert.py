@@ -5,6 +5,7 @@ ground truth says; the policy's samples are drawn once (a resume reads them); a 
 resumes and its export loads with Policy.from_pretrained; the evaluation's figures."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from catts_jax.data import schema, synthetic
 from catts_jax.policy import Policy
 from catts_jax.rl import expert_data as ed
 from catts_jax.rl import expert_eval, expert_sft
+from catts_jax.tts.context import stable_seed
 from catts_jax.tts.critic import critique_ask
 from catts_jax.tts.expert import Expert, ExpertCall, RetryPolicy
 from catts_jax.tts.planner import PLANNER_SYSTEM, plan_ask
@@ -148,13 +150,14 @@ class FakePolicy:
   """Stands in for the sampling policy: each sample is some problem's reference solution."""
 
   def __init__(self, examples):
-    self.examples, self.calls = examples, []
+    self.examples, self.calls, self.seeds = examples, [], []
 
   def example_prompt(self, ex, template=None):
     return ex["id"], []
 
   def sample(self, prompts, images, *, seeds, n, temperature, max_new_tokens):
     self.calls.append(list(prompts))
+    self.seeds += list(seeds)
     by_id = {ex["id"]: k for k, ex in enumerate(self.examples)}
     texts = [
       [self.examples[(by_id[p] + j) % len(self.examples)]["metadata"]["solution"] for j in range(n)]
@@ -173,6 +176,7 @@ def test_samples_are_drawn_once(tmp_path):
   again = FakePolicy(EXAMPLES)
   rows = expert_sft.draw_samples(again, EXAMPLES, path, **kw)
   assert again.calls == [[EXAMPLES[3]["id"], EXAMPLES[4]["id"]], [EXAMPLES[5]["id"]]]  # only the missing
+  assert first.seeds + again.seeds == [stable_seed(0, ex["id"]) for ex in EXAMPLES]  # per problem, not batch
   assert path.read_text().startswith(before) and sorted(rows) == list(range(6))
   assert rows[0]["answers"][0] == str(EXAMPLES[0]["answer"]) and rows[0]["correct"][0] is True
   assert expert_sft.draw_samples(None, EXAMPLES, path, **kw) == rows  # nothing left: no policy needed
@@ -265,6 +269,9 @@ def test_each_kind_reads_its_pool_in_seeded_epochs():
   """A step's rows depend on its number only (so a resumed run reads what the whole run
   would); each kind goes through its whole pool before repeating a row."""
   c = synthetic_expert.get_config("full")
+  c.train.update(
+    cycle=("solve", "roles"), batches=dict(solve=dict(solve=32), roles=dict(voter=14, critic=14, planner=4))
+  )
   pools = {
     k: [ed.Row(k, i) for i in range(n)] for k, n in dict(solve=40, planner=40, voter=30, critic=50).items()
   }
@@ -278,3 +285,37 @@ def test_each_kind_reads_its_pool_in_seeded_epochs():
   }
   voter = [r.index for rows in steps for r in rows if r.kind == "voter"]  # 14 a roles step: 42
   assert sorted(voter[:30]) == list(range(30)) and len(set(voter[30:])) == 12
+
+
+def test_prompt_lengths_count_the_rendered_requests(policy):
+  val = [example(i, "validation") for i in range(3)]
+  samples = {
+    i: samples_of([str(ex["answer"])], [True], [ex["metadata"]["solution"]]) for i, ex in enumerate(val)
+  }
+  items = expert_eval.requests(val, samples, synthetic_expert.get_config("tiny").eval)
+  render = SelfExpert(policy).render
+  lengths = expert_eval.prompt_tokens(SelfExpert(policy), items)
+  for role in expert_eval.ROLES:
+    each = [
+      len(policy.processor.encode(*map(list, zip(render(it["asks"][role].messages)))).ids[0]) for it in items
+    ]
+    assert lengths[role] == {"min": min(each), "mean": pytest.approx(np.mean(each)), "max": max(each)}
+    user_text = [
+      policy.processor.tokenize(it["asks"][role].messages[-1]["content"][-1]["text"]) for it in items
+    ]
+    assert all(n > len(t) for n, t in zip(each, user_text))  # + system turn, template and image tokens
+
+
+def test_the_bundled_expert_meets_the_bundling_rule():
+  """checkpoints/synthetic_expert is bundled only at <= 20 MB with every role's replies parsed
+  at >= 95% on validation; it loads as a policy and renders the roles' requests."""
+  bundle = Path(__file__).parents[1] / "checkpoints" / "synthetic_expert"
+  record = json.loads((bundle / "training.json").read_text())
+  assert expert_sft.bundle_mb(bundle) <= 20
+  assert min(record["eval"]["parse_rate"].values()) >= 0.95 and record["eval"]["problems"] >= 256
+  assert record["config"]["eval"]["split"] == "validation" and record["command"].startswith(
+    "python -m train.expert"
+  )
+  expert = Policy.from_pretrained(bundle)
+  prompt, _ = SelfExpert(expert).render(ed.ask_for(ed.Row("planner", 0), example(0)).messages)
+  assert len(expert.processor.tokenize(prompt)) < 200  # the roles' words are in its vocabulary

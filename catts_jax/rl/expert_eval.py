@@ -12,7 +12,8 @@ the policy's majority vote on the same samples (ties to the first answer drawn, 
 table ranks them); on the problems whose truth is among the candidates, and on those with
 more than one candidate. Critic, on the policy's first sample of each problem: how often the
 critique's last "the answer is X" names the truth, and how often its verdict ("The response
-is right") agrees with the grade. Both models' greedy solving accuracy, overall and per task.
+is right") agrees with the grade. Both models' greedy solving accuracy, overall and per task,
+and the requests' lengths in the Expert's tokens.
 """
 
 from __future__ import annotations
@@ -152,6 +153,19 @@ def roles(expert: Expert, items: Sequence[dict[str, Any]]) -> tuple[dict[str, An
   return summary, rows
 
 
+def prompt_tokens(expert: SelfExpert, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+  """Per role, the rendered requests' lengths in the Expert's tokens (image tokens included):
+  min, mean and max."""
+  out = {}
+  for role in ROLES:
+    rendered = [expert.render(item["asks"][role].messages) for item in items if role in item["asks"]]
+    if not rendered:
+      continue
+    lengths = [len(ids) for ids in expert.policy.processor.encode(*map(list, zip(*rendered))).ids]
+    out[role] = {"min": min(lengths), "mean": float(np.mean(lengths)), "max": max(lengths)}
+  return out
+
+
 def evaluate(
   expert: Policy,
   policy: Policy,
@@ -162,8 +176,11 @@ def evaluate(
   template: str | None = None,
 ) -> dict[str, Any]:
   """The summary described in the module docstring; one row per problem to `path` (JSONL)."""
-  summary, rows = roles(SelfExpert(expert, batch=cfg.batch), requests(examples, samples, cfg, template))
+  items = requests(examples, samples, cfg, template)
+  self_expert = SelfExpert(expert, batch=cfg.batch)
+  summary, rows = roles(self_expert, items)
   summary["voter"]["samples"] = cfg.voter_n
+  summary["prompt_tokens"] = prompt_tokens(self_expert, items)
   summary["solve"] = {
     "expert": solving(expert, examples, cfg.solve_max_new_tokens, template),
     "policy": solving(policy, examples, cfg.solve_max_new_tokens, template),

@@ -45,6 +45,15 @@ from catts_jax.tts.self_expert import SelfExpert
 SAMPLE_KEYS = ("policy.ckpt", "policy.n", "policy.temperature", "policy.max_new_tokens", "policy.seed")
 
 
+def single_threaded_torch() -> None:
+  """One torch thread: the HF processor's image ops on these tiny images (resize, normalise,
+  patchify) took 1.4 s for 32 images with torch's thread pool contending with XLA's on 2
+  cores, 0.1 s on one thread."""
+  import torch
+
+  torch.set_num_threads(1)
+
+
 def load_policy(path) -> Policy:
   """The policy that draws the samples (tests swap in a stand-in)."""
   return Policy.from_pretrained(path)
@@ -196,6 +205,7 @@ def train(cfg, out: pathlib.Path) -> dict:
 
 def _train(cfg, out: pathlib.Path) -> dict:
   began = time.perf_counter()
+  single_threaded_torch()
   seconds: dict[str, float] = {}
   p, d = cfg.policy, cfg.data
   runs.check_settings(out, {k: cfg[k.split(".")[0]][k.split(".")[1]] for k in SAMPLE_KEYS}, SAMPLE_KEYS)
@@ -233,12 +243,19 @@ def _train(cfg, out: pathlib.Path) -> dict:
       batch, response_len = pending.result()
       if step + 1 < t.steps:  # the next batch is built while this step runs
         pending = prefetch.submit(build, step + 1)
+      began_step = time.perf_counter()
       try:
         metrics = learner.step(batch, response_len)
       except FloatingPointError as e:
         checkpoints.wait()
         raise FloatingPointError(f"step {step}: {e}") from e
-      record = {"step": step + 1, "batch": t.cycle[step % len(t.cycle)], "loss": metrics["loss"]}
+      record = {
+        "step": step + 1,
+        "batch": t.cycle[step % len(t.cycle)],
+        "loss": metrics["loss"],
+        "tokens": int(batch.input_ids.size),
+        "seconds": time.perf_counter() - began_step,
+      }
       checkpoints.save(step + 1, learner.params, learner.opt_state, {"step": step + 1})
       history.append(record)
       write(record)
