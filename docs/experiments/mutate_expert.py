@@ -1,0 +1,137 @@
+"""Mutation run over the Expert's training rows and evaluation (catts_jax/rl/expert_*.py): each
+mutant applied alone, tests/test_train_expert.py run (every test, so the report names all that
+catch it), the file restored.
+
+python docs/experiments/mutate_expert.py OUT.json   # from the repository root, .venv built
+"""
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MUTANTS = [
+  (
+    "expert_data.py",
+    "  return {c: VOTER_MASS if c == truth else rest for c in candidates}",
+    "  return {c: VOTER_MASS if c != truth else rest for c in candidates}",
+    "Voter mass on a wrong candidate",
+  ),
+  (
+    "expert_data.py",
+    '  return json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(candidates)})',
+    '  return json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(reversed(candidates))})',
+    "Voter labels swapped (reversed)",
+  ),
+  (
+    "expert_data.py",
+    "  cands = tuple(dict.fromkeys(a for a in answers if a))",
+    "  cands = tuple(sorted(set(a for a in answers if a)))",
+    "candidates sorted, not in vote-table order",
+  ),
+  (
+    "expert_data.py",
+    '  return question, [images[c["index"]] for c in content if c["type"] == "image"]',
+    "  return question, []",
+    "image dropped from the role requests",
+  ),
+  (
+    "expert_data.py",
+    "  question = data.prompt_for(example, template)",
+    '  question = data.prompt_for(example, "boxed")',
+    "question in another template than CA-TTS's",
+  ),
+  (
+    "expert_data.py",
+    "    return plan_ask(question, images, order_all=True)",
+    "    return plan_ask(question, images)",
+    "adaptive Planner prompt instead of the paper's",
+  ),
+  (
+    "expert_data.py",
+    '  return json.dumps({"order": list(PLANNER_ORDERS[example["category"]])})',
+    '  return json.dumps({"order": list(MODULES)})',
+    "one Planner order for every task",
+  ),
+  (
+    "expert_data.py",
+    '  return f"{ref} {where}; the answer is {truth}{instead}."',
+    '  return f"{ref} {where}; the answer is {answer}{instead}."',
+    "Critic names the response's answer",
+  ),
+  (
+    "expert_data.py",
+    "  if correct:\n",
+    "  if not correct:\n",
+    "Critic verdict inverted",
+  ),
+  (
+    "expert_data.py",
+    '    if s and s not in have and not s.startswith("The answer is"):',
+    '    if s and not s.startswith("The answer is"):',
+    "Critic quotes the first sentence, wrong or not",
+  ),
+  (
+    "expert_sft.py",
+    "  todo = [i for i in range(len(examples)) if i not in have]",
+    "  todo = list(range(len(examples)))",
+    "samples drawn again on resume",
+  ),
+  (
+    "expert_sft.py",
+    '        list(prompts), list(images), seeds=[stable_seed(seed, examples[i]["id"]) for i in chunk],',
+    "        list(prompts), list(images), seeds=[stable_seed(seed, start + b) for b in range(len(chunk))],",
+    "sample seeds by batch position",
+  ),
+  (
+    "expert_sft.py",
+    "    first = consumed(cycle, batches, step, kind)",
+    "    first = step * count",
+    "data position ignores the cycle",
+  ),
+  (
+    "expert_eval.py",
+    "  return max(counts, key=lambda a: (counts[a], -answers.index(a))) if counts else None",
+    "  return max(counts, key=lambda a: (counts[a], answers.index(a))) if counts else None",
+    "majority ties to the last answer",
+  ),
+  (
+    "expert_eval.py",
+    '      best = max(row["candidates"], key=lambda c: value[c])  # ties: the first listed',
+    '      best = min(row["candidates"], key=lambda c: value[c])',
+    "Voter choice is its least probable candidate",
+  ),
+]
+
+
+def failing_tests() -> list[str]:
+  """The tests of tests/test_train_expert.py that fail (none: the mutant survived)."""
+  cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "tests/test_train_expert.py"]
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  failed = re.findall(r"^FAILED tests/test_train_expert.py::(\w+)", done.stdout, re.MULTILINE)
+  if done.returncode and not failed:
+    raise SystemExit(f"pytest failed without a failing test:\n{done.stdout[-2000:]}")
+  return failed
+
+
+def main(out: str) -> None:
+  results = []
+  for name, old, new, what in MUTANTS:
+    path = ROOT / "catts_jax" / "rl" / name
+    text = path.read_text()
+    if text.count(old) != 1:
+      raise SystemExit(f"{name}: mutant {what!r} does not match exactly once")
+    try:
+      path.write_text(text.replace(old, new))
+      failed = failing_tests()
+    finally:
+      path.write_text(text)
+    results.append({"file": name, "mutant": what, "caught": bool(failed), "by": failed})
+    print(f"{'caught  ' if failed else 'SURVIVED'} {name}: {what}: {', '.join(failed)}", flush=True)
+  pathlib.Path(out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])
