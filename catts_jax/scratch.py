@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # Same strings and order as the real Qwen2.5 tokenizer (ids 151643..151656 there).
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -202,6 +202,22 @@ def fan_in_init_(model, seed: int) -> None:
         p.zero_()
       else:  # RMSNorm weights
         p.fill_(1.0)
+
+
+def checkpoint_once(
+  out_dir: str | pathlib.Path, scratch_cfg, corpus: Callable[[], Sequence[str]]
+) -> pathlib.Path:
+  """`new_checkpoint` from a config's `model.scratch` block (text, vision, vocab_size, seed,
+  min/max pixels) into `out_dir`, unless one is there already (a resumed run keeps its init);
+  `corpus()` is called only when it is built."""
+  out = pathlib.Path(out_dir)
+  if not (out / "config.json").is_file():
+    s = scratch_cfg
+    new_checkpoint(
+      out, corpus=corpus(), text=s.text.to_dict(), vision=s.vision.to_dict(), vocab_size=s.vocab_size,
+      seed=s.seed, min_pixels=s.min_pixels, max_pixels=s.max_pixels,
+    )  # fmt: skip
+  return out
 
 
 def new_checkpoint(

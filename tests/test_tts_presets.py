@@ -104,7 +104,7 @@ class TextRoleExpert(ex.Expert):
     return self.replies[role]
 
 
-def CALL(role):
+def call_record(role):
   return ex.ExpertCall(role=role, ok=True, latency_s=0.0, attempts=1)
 
 
@@ -118,7 +118,7 @@ def test_release_voter_prompt_lists_sorted_candidates_and_reads_a_bare_list():
   ask = vote_ask("How many?", [], ["5", "12", "3"], style="release")
   text = ask.messages[0]["content"][-1]["text"]
   assert "['12', '3', '5']" in text and text.endswith("User question: How many?")
-  probs, _ = ask.read(ex.Expert(ex.RetryPolicy(0)), "[0.7, 0.2, 0.1]", CALL("voter"))
+  probs, _ = ask.read(ex.Expert(ex.RetryPolicy(0)), "[0.7, 0.2, 0.1]", call_record("voter"))
   assert probs == pytest.approx({"12": 0.7, "3": 0.2, "5": 0.1})
 
 
@@ -130,7 +130,9 @@ def test_release_critic_sees_the_answer_alone_and_its_lead_in_is_dropped():
   assert clean_critique(reply) == "the leftmost bar was missed."
   with pytest.raises(ex.ExpertError, match="empty critique"):
     ask.read(
-      ex.Expert(ex.RetryPolicy(0)), 'Critique: Based on this question, your answer is "3", ', CALL("critic")
+      ex.Expert(ex.RetryPolicy(0)),
+      'Critique: Based on this question, your answer is "3", ',
+      call_record("critic"),
     )
 
 
@@ -139,7 +141,7 @@ def test_release_planner_reads_module_order_and_completes_it():
   assert "Question: How many?" in ask.messages[0]["content"][-1]["text"]
   expert = ex.Expert(ex.RetryPolicy(0))
   reply = '{"module_order": ["self_check", "self_consistency"], "reasoning": "a counting task"}'
-  order, _ = ask.read(expert, reply, CALL("planner"))
+  order, _ = ask.read(expert, reply, call_record("planner"))
   assert order == [SCK, SC, SR]
 
 

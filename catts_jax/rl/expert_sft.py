@@ -116,20 +116,10 @@ def draw_samples(
 
 def model_dir(cfg, out: pathlib.Path, examples: Sequence[Mapping[str, Any]]) -> pathlib.Path:
   """out/init: a new from-scratch Expert whose tokenizer saw the roles' text (built once)."""
-  init = out / "init"
-  if not (init / "config.json").is_file():
-    s = cfg.model.scratch
-    scratch.new_checkpoint(
-      init,
-      corpus=expert_data.corpus(examples[: s.corpus_problems], cfg.data.template),
-      text=s.text.to_dict(),
-      vision=s.vision.to_dict(),
-      vocab_size=s.vocab_size,
-      seed=s.seed,
-      min_pixels=s.min_pixels,
-      max_pixels=s.max_pixels,
-    )
-  return init
+  s = cfg.model.scratch
+  return scratch.checkpoint_once(
+    out / "init", s, lambda: expert_data.corpus(examples[: s.corpus_problems], cfg.data.template)
+  )
 
 
 def consumed(cycle: Sequence[str], batches: Mapping[str, Mapping[str, int]], step: int, kind: str) -> int:

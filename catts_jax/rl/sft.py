@@ -55,21 +55,10 @@ def model_dir(cfg, out: pathlib.Path) -> pathlib.Path:
   """`model.ckpt`, or a new from-scratch checkpoint in out/init (built once)."""
   if cfg.model.ckpt:
     return pathlib.Path(cfg.model.ckpt)
-  init = out / "init"
-  if not (init / "config.json").is_file():
-    s = cfg.model.scratch
-    corpus = synthetic.corpus(s.corpus_config) + ["You are a helpful assistant."]
-    scratch.new_checkpoint(
-      init,
-      corpus=corpus,
-      text=s.text.to_dict(),
-      vision=s.vision.to_dict(),
-      vocab_size=s.vocab_size,
-      seed=s.seed,
-      min_pixels=s.min_pixels,
-      max_pixels=s.max_pixels,
-    )
-  return init
+  s = cfg.model.scratch
+  return scratch.checkpoint_once(
+    out / "init", s, lambda: synthetic.corpus(s.corpus_config) + ["You are a helpful assistant."]
+  )
 
 
 def solution_batch(

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from catts_jax import runs, sharding
+from catts_jax.rules import above, at_least, broken
 
 
 class ConfigError(ValueError):
@@ -31,50 +32,41 @@ class ConfigError(ValueError):
   message is one line naming the setting."""
 
 
-def _at_least(low: float, integer: bool = False):
-  kind = "an integer" if integer else "a number"
-  return (lambda v: v >= low, f"expected {kind} >= {low:g}")
-
-
-def _above(low: float):
-  return (lambda v: v > low, f"expected a number > {low:g}")
-
-
 # (setting, (predicate, expectation), may be None or absent). Names, dtypes and choices (loss
 # aggregation, advantage, perturbation) are checked by the dataclasses that take them.
 OPTIMIZER = (
-  ("optimizer.learning_rate", _above(0), False),
-  ("optimizer.warmup_steps", _at_least(0, True), False),
-  ("optimizer.total_steps", _at_least(1, True), False),
-  ("optimizer.weight_decay", _at_least(0), False),
-  ("optimizer.clip_norm", _at_least(0), True),  # None or 0: no clipping
-  ("optimizer.accumulate", _at_least(1, True), False),
-  ("train.steps", _at_least(1, True), False),
-  ("train.save_every", _at_least(1, True), False),
+  ("optimizer.learning_rate", above(0), False),
+  ("optimizer.warmup_steps", at_least(0, True), False),
+  ("optimizer.total_steps", at_least(1, True), False),
+  ("optimizer.weight_decay", at_least(0), False),
+  ("optimizer.clip_norm", at_least(0), True),  # None or 0: no clipping
+  ("optimizer.accumulate", at_least(1, True), False),
+  ("train.steps", at_least(1, True), False),
+  ("train.save_every", at_least(1, True), False),
 )
 RULES = {
   "cdrl": OPTIMIZER
   + (
-    ("train.prompts_per_step", _at_least(1, True), False),
-    ("train.oversample", _at_least(1), False),
-    ("train.updates_per_rollout", _at_least(1, True), False),
-    ("train.micro_batch", _at_least(0, True), False),
-    ("train.keep", _at_least(1, True), False),
-    ("rollout.group_size", _at_least(1, True), False),
-    ("rollout.max_new_tokens", _at_least(1, True), False),
-    ("rollout.sample_micro_batch", _at_least(0, True), False),
-    ("rollout.score_micro_batch", _at_least(0, True), False),
-    ("loss.kl_coef", _at_least(0), False),
-    ("loss.sft_coef", _at_least(0), False),
-    ("data.limit", _at_least(1, True), True),  # None: every problem
+    ("train.prompts_per_step", at_least(1, True), False),
+    ("train.oversample", at_least(1), False),
+    ("train.updates_per_rollout", at_least(1, True), False),
+    ("train.micro_batch", at_least(0, True), False),
+    ("train.keep", at_least(1, True), False),
+    ("rollout.group_size", at_least(1, True), False),
+    ("rollout.max_new_tokens", at_least(1, True), False),
+    ("rollout.sample_micro_batch", at_least(0, True), False),
+    ("rollout.score_micro_batch", at_least(0, True), False),
+    ("loss.kl_coef", at_least(0), False),
+    ("loss.sft_coef", at_least(0), False),
+    ("data.limit", at_least(1, True), True),  # None: every problem
   ),
   "sft": OPTIMIZER
   + (
-    ("train.batch_size", _at_least(1, True), False),
-    ("train.micro_batch", _at_least(0, True), True),
-    ("eval.size", _at_least(1, True), False),
-    ("eval.every", _at_least(0, True), False),
-    ("eval.max_new_tokens", _at_least(1, True), False),
+    ("train.batch_size", at_least(1, True), False),
+    ("train.micro_batch", at_least(0, True), True),
+    ("eval.size", at_least(1, True), False),
+    ("eval.every", at_least(0, True), False),
+    ("eval.max_new_tokens", at_least(1, True), False),
   ),
 }
 
@@ -116,8 +108,7 @@ def check(cfg, kind: str, devices: int) -> None:
     value = _get(values, key)
     if optional and (value is None or value is _MISSING):
       continue
-    integer = "integer" in expected
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not ok(value):
+    if broken(value, (ok, expected)):
       raise ConfigError(f"--config.{key}={None if value is _MISSING else value!r}: {expected}")
   if kind == "sft" and values.get("mesh") is None:
     return  # one device: nothing to split

@@ -54,7 +54,7 @@ METHODS = (
 DEFAULT_METHODS = ("catts", "majority", "deepconf", "deepconf-online", "best-of-n", "greedy", "vcd")
 SAMPLED = ("catts", "majority", "deepconf", "deepconf-online", "best-of-n", "sc", *ABLATIONS, "voter-alone")
 # Methods whose Visual Self-Check needs the problem's VCD decode.
-SELF_CHECKING = ("catts", "sc+voter+sr+sck")
+SELF_CHECKING = ("catts", *(m for m, modules in ABLATIONS.items() if VISUAL_SELF_CHECK in modules))
 
 
 def expert_votes(ctx: Context, candidates: Sequence[str]) -> Steps:
