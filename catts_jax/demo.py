@@ -32,10 +32,24 @@ from catts_jax import data, runs
 from catts_jax.eval import greedy, metrics, report
 from catts_jax.policy import Policy
 from catts_jax.tts import run as tts_run
+from catts_jax.tts import serve
 from catts_jax.tts.summary import category_rows, columns, pool_line
 
 METHODS = "catts,majority,deepconf,best-of-n,greedy"
+# With a served Expert, also the module-by-module ablations and the Expert's own pick.
+SERVED_METHODS = METHODS + ",sc,sc+voter,sc+voter+sr,sc+voter+sr+sck,voter-alone"
+SELF_METHODS = "catts,majority"  # the `--expert self` row, beside majority on the same samples
+# Each row adds one module to the row before it (catts: the Planner choosing the order).
+MODULE_STEPS = (
+  ("majority", "-"),
+  ("sc", "confidence-weighted votes"),
+  ("sc+voter", "Voter"),
+  ("sc+voter+sr", "Self-Reflection"),
+  ("sc+voter+sr+sck", "Visual Self-Check"),
+  ("catts", "Planner"),
+)
 NOISE = ("vcd_noise", 1.0)
+PARSE_TARGET = 0.95  # parsed replies per Expert role
 
 
 # --- stage 1: calibration before / after CDRL ----------------------------------------------------
@@ -68,23 +82,103 @@ class InputError(ValueError):
 
 
 def catts_run(
-  out: pathlib.Path, catts_cfg, ckpt: str, max_new_tokens: int, temperature: float, **inputs
+  out: pathlib.Path,
+  catts_cfg,
+  ckpt: str,
+  max_new_tokens: int,
+  temperature: float,
+  *,
+  expert: str = "self",
+  methods: str = METHODS,
+  **inputs,
 ) -> dict:
   """CA-TTS and the baselines on `ckpt` with the configs/catts.py settings `catts_cfg` (not
-  changed: decode length and temperature are set on a copy), the policy as its own Expert;
-  `inputs` go to tts.run.prepare (InputError names a bad one). Returns
-  report.json as written (read back, as a resumed demo reads it)."""
+  changed: decode length and temperature are set on a copy) and `expert` (an
+  infer.catts --expert spec; "self": the policy); `inputs` go to tts.run.prepare (InputError
+  names a bad one). Returns report.json as written (read back, as a resumed demo reads it)."""
   cfg = copy.deepcopy(catts_cfg)
   cfg.sampling.max_new_tokens = max_new_tokens
   cfg.sampling.temperature = temperature
   cfg.reflection.max_new_tokens = max_new_tokens
   try:
-    job = tts_run.prepare(cfg, ckpt=ckpt, out=out, methods=METHODS, expert="self", **inputs)
+    job = tts_run.prepare(cfg, ckpt=ckpt, out=out, methods=methods, expert=expert, **inputs)
   except (ValueError, FileNotFoundError) as e:
     raise InputError(f"CA-TTS in {out}: {e}") from e
-  with tqdm(total=len(job.examples), desc="catts", unit="problem") as bar:
+  with tqdm(total=len(job.examples), desc=f"catts ({out.name})", unit="problem") as bar:
     job.run(progress=bar.update)
   return json.loads((out / "report.json").read_text())
+
+
+def served_catts_run(out: pathlib.Path, expert_ckpt: str, *args, **kwargs) -> dict:
+  """catts_run with `expert_ckpt` served by `transformers serve` on a free local port for the
+  run's length (its log: out/../expert_server.log), named by its checkpoint in run.json."""
+  log = out.parent / "expert_server.log"
+  try:
+    with serve.serving(expert_ckpt, log) as url:
+      return catts_run(
+        out, *args, expert=url + "/v1", expert_name=f"transformers serve {expert_ckpt}", **kwargs
+      )
+  except RuntimeError as e:  # the server did not start: its log's end is in the message
+    if "transformers serve" not in str(e):
+      raise
+    raise InputError(f"the Expert {expert_ckpt}: {e}") from e
+
+
+def _correct(rows: list[dict], method: str, n: int) -> list[bool]:
+  return [bool(r["methods"][method][str(n)]["correct"]) for r in rows if "error" not in r]
+
+
+def versus(rows: list[dict], a: str, b: str, n: int) -> dict:
+  """Method `a` minus method `b` at N = n in points, on the same problems, with the paired
+  bootstrap interval over problems."""
+  return metrics.paired_difference_ci(_correct(rows, a, n), _correct(rows, b, n))
+
+
+def _ran(record: dict, method: str) -> bool:
+  """Whether the module `method` adds ran in a problem's record (catts: the Expert planned)."""
+  if method == "catts":
+    return record["plan"]["by"] == "expert"
+  if method == "sc+voter":
+    return any(m.get("voter", {}).get("ran") for m in record["modules"])
+  wanted = {"sc+voter+sr": "SR", "sc+voter+sr+sck": "SCk"}.get(method)
+  return any(m["module"] == wanted and m["ran"] for m in record["modules"]) if wanted else True
+
+
+def module_steps(rows: list[dict], summary: dict, ns: list[int]) -> list[dict]:
+  """The module-by-module table: per row its accuracy at each N, slope beta and its interval,
+  its difference to the row before at the largest N (paired bootstrap), and on how many
+  problems the added module ran there."""
+  n, ok = ns[-1], [r for r in rows if "error" not in r]
+  out, before = [], None
+  for method, adds in MODULE_STEPS:
+    fit = summary["slope"][method]
+    row = {
+      "method": method,
+      "adds": adds,
+      **{f"N={k}": 100 * summary["accuracy"][method][str(k)] for k in ns},
+      "beta": fit["beta"],
+      "beta 95% CI": f"[{fit['low']:.2f}, {fit['high']:.2f}]",
+    }
+    if before is None:
+      row[f"vs row above @{n}"] = row["ran"] = "-"
+    else:
+      d = versus(ok, method, before, n)
+      row[f"vs row above @{n}"] = f"{d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+      row["ran"] = sum(_ran(r["methods"][method][str(n)], method) for r in ok)
+    out.append(row)
+    before = method
+  return out
+
+
+def parse_rates(calls: dict) -> dict:
+  """Per Expert role: calls sent, replies parsed (a Planner reply that fell back to the
+  default order is not), failed, and the parsed fraction."""
+  out = {}
+  for role, s in calls.items():
+    parsed = s["ok"] - s["fallback"]
+    out[role] = {"calls": s["calls"], "parsed": parsed, "failed": s["calls"] - parsed,
+                 "rate": parsed / s["calls"] if s["calls"] else None}  # fmt: skip
+  return out
 
 
 def targets(cal: dict, syn: dict) -> dict:
@@ -108,16 +202,39 @@ def targets(cal: dict, syn: dict) -> dict:
       "target": "CA-TTS >= 1.5x majority's (majority's > 0)",
       "holds": beta["majority"] > 0 and beta["catts"] >= 1.5 * beta["majority"],
     },
-    f"catts_vs_majority_at_{n}": {
-      "value": [syn["accuracy"]["catts"][str(n)], majority_top],
-      "target": "CA-TTS higher",
-      "holds": syn["accuracy"]["catts"][str(n)] > majority_top,
-    },
+    f"catts_vs_majority_at_{n}": catts_vs_majority(syn, n),
     "adaptive_samples_to_majority_top": {
       "value": fewest,
       "target": f"< {n} mean samples for majority@{n} accuracy",
       "holds": fewest is not None and fewest < n,
     },
+    **parse_targets(syn),
+  }
+
+
+def catts_vs_majority(syn: dict, n: int) -> dict:
+  """CA-TTS above majority at N = n: with the run's paired bootstrap interval of the
+  difference (`versus`), its lower end above 0; without one, the accuracies alone."""
+  top = [syn["accuracy"]["catts"][str(n)], syn["accuracy"]["majority"][str(n)]]
+  d = syn.get("catts_vs_majority")
+  if d is None:
+    return {"value": top, "target": "CA-TTS higher", "holds": top[0] > top[1]}
+  return {
+    "value": [*top, f"{d['diff']:+.1f} points [{d['low']:+.1f}, {d['high']:+.1f}]"],
+    "target": "CA-TTS higher, the 95% interval of the difference above 0",
+    "holds": top[0] > top[1] and d["low"] > 0,
+  }
+
+
+def parse_targets(syn: dict) -> dict:
+  """Per Expert role that was called: parsed replies >= PARSE_TARGET of the calls sent."""
+  return {
+    f"expert_{role}_parsed": {
+      "value": p["rate"],
+      "target": f">= {PARSE_TARGET:.0%} of {p['calls']} calls",
+      "holds": p["rate"] is not None and p["rate"] >= PARSE_TARGET,
+    }
+    for role, p in syn.get("parse", {}).items()
   }
 
 
@@ -168,11 +285,12 @@ def markdown(result: dict) -> str:
       report.markdown_table(task_rows, task_cols),
       "",
       f"CA-TTS and baselines, CDRL checkpoint, first {syn['problems']} synthetic {split} problems, "
-      f"`--expert self`, samples at temperature {syn['temperature']} (accuracy in %, ECE/AUROC at the "
-      "largest N, beta = points per doubling of N):",
+      f"Expert `{syn.get('expert', 'self')}`, samples at temperature {syn['temperature']} (accuracy in %, "
+      "ECE/AUROC at the largest N, beta = points per doubling of N):",
       "",
       report.markdown_table(syn["table"], columns(ns)),
       "",
+      *served_lines(result, ns),
       *single_samples(syn, ns[-1]),
       "catts-adaptive (stops a problem once its confidence-weighted vote margin is reached):",
       "",
@@ -188,6 +306,47 @@ def markdown(result: dict) -> str:
       + ").",
     ]
   )
+
+
+def served_lines(result: dict, ns: list[int]) -> list[str]:
+  """The served Expert's module-by-module table, its replies per role, and the policy as its
+  own Expert on the same problems (nothing when stage 2 ran with `--expert self`)."""
+  syn, own = result["synthetic"], result.get("synthetic_self")
+  if "module_steps" not in syn:
+    return []
+  n = ns[-1]
+  parse = [
+    f"{role} {p['parsed']}/{p['calls']} parsed ({p['failed']} failed)" for role, p in syn["parse"].items()
+  ]
+  lines = [
+    f"Module by module (each row adds one module to the row above; `vs row above`: the difference at "
+    f"N={n} in points with its paired bootstrap 95% interval; `ran`: problems where the added module "
+    f"ran at N={n}); `voter-alone` is the Expert's own pick among the samples' answers at "
+    + ", ".join(f"N={k} {100 * syn['accuracy']['voter-alone'][str(k)]:.1f}%" for k in ns)
+    + ":",
+    "",
+    report.markdown_table(syn["module_steps"]),
+    "",
+    "Expert replies (calls sent, reused answers not counted): " + "; ".join(parse) + ".",
+    "",
+  ]
+  if own:
+    row = {
+      "method": "catts, `--expert self`",
+      **{f"N={k}": 100 * own["accuracy"]["catts"][str(k)] for k in ns},
+    }
+    fit = own["slope"]["catts"]
+    row.update(beta=fit["beta"], **{"beta 95% CI": f"[{fit['low']:.2f}, {fit['high']:.2f}]"})
+    calls = "; ".join(
+      f"{role} {s['ok'] - s['fallback']}/{s['calls']} parsed" for role, s in own["expert_calls"].items()
+    )
+    lines += [
+      "The policy as its own Expert on the same problems and samples (replies: " + (calls or "none") + "):",
+      "",
+      report.markdown_table([row]),
+      "",
+    ]
+  return lines
 
 
 def mathvision_lines(mv: dict | None) -> list[str]:
@@ -235,13 +394,17 @@ def run(
   temperature: float = 0.7,
   mathvision: str | None = None,
   mv_limit: int = 16,
+  expert: str = "self",
 ) -> dict:
   """The three stages into `out` (each resumed), then report.json and report.md; returns
   report.json's content. `catts_cfg`: configs/catts.py's settings for stages 2 and 3, which
   sample at `temperature`; every stage decodes up to `max_new_tokens`. Stage 1 reads the
   first `calibration_size` problems of the synthetic `split`, stage 2 the first `limit` at
   N in `ns`, stage 3 the first `mv_limit` Math-Vision problems of the release at `mathvision`
-  (0 skips it). ValueError or FileNotFoundError names a bad CA-TTS input."""
+  (0 skips it). `expert`: the Expert checkpoint stage 2 serves with `transformers serve`
+  (the module-by-module ablations run too, and the policy as its own Expert is a second run
+  on the same problems), or "self" (the policy is its own Expert, one run). ValueError or
+  FileNotFoundError names a bad CA-TTS input."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   began = time.perf_counter()
@@ -277,9 +440,20 @@ def run(
   add("calibration", t)
 
   t = time.perf_counter()
-  syn = catts_run(out / "catts_synthetic", catts_cfg, cdrl, max_new_tokens, temperature,
-                  benchmark="synthetic", split=split, ns=ns, limit=limit, data_dir=data_dir)  # fmt: skip
+  synthetic = dict(benchmark="synthetic", split=split, ns=ns, limit=limit, data_dir=data_dir)
+  stage = out / "catts_synthetic"
+  if expert == "self":
+    syn = catts_run(stage, catts_cfg, cdrl, max_new_tokens, temperature, **synthetic)
+  else:
+    syn = served_catts_run(stage, expert, catts_cfg, cdrl, max_new_tokens, temperature,
+                           methods=SERVED_METHODS, **synthetic)  # fmt: skip
   add("catts_synthetic", t)
+  own = None
+  if expert != "self":  # the policy as its own Expert, on the same problems and samples
+    t = time.perf_counter()
+    own = catts_run(out / "catts_synthetic_self", catts_cfg, cdrl, max_new_tokens, temperature,
+                    methods=SELF_METHODS, **synthetic)  # fmt: skip
+    add("catts_synthetic_self", t)
 
   mv = None
   if mv_limit:
@@ -302,17 +476,29 @@ def run(
     "by_category",
     "expert_calls",
   )
+  rows = runs.read_rows(stage / "results.jsonl", required="id")
+  ns_ = sorted(int(k) for k in syn["accuracy"]["majority"])
+  served = {}
+  if expert != "self":
+    served = {
+      "expert": syn["expert"],
+      "catts_vs_majority": versus(rows, "catts", "majority", ns_[-1]),
+      "module_steps": module_steps(rows, syn, ns_),
+      "parse": parse_rates(syn["expert_calls"]),
+    }
   result = {
     "split": split,
     "calibration": cal,
     "synthetic": {
       **{k: syn[k] for k in keep if k in syn},
+      **served,
       "temperature": syn["config"]["sampling"]["temperature"],
     },
+    "synthetic_self": None if own is None else {k: own[k] for k in keep if k in own},
     "mathvision": None if mv is None else {k: mv[k] for k in keep if k in mv},
     "seconds": seconds,
   }
-  result["targets"] = targets(cal, syn)
+  result["targets"] = targets(cal, result["synthetic"])
   runs.write_json(out / "report.json", result)
   runs.write_text(out / "report.md", "# catts-jax demo\n\n" + markdown(result) + "\n")
   return result

@@ -1,14 +1,18 @@
 """The demo: the bundled tiny checkpoints' calibration and test-time scaling, on CPU in minutes.
 
     python -m infer.demo --out runs/demo [--sft checkpoints/synthetic_sft] \\
-        [--cdrl checkpoints/synthetic_cdrl] [--split test] [--limit K] [--render_readme docs/results.md]
+        [--cdrl checkpoints/synthetic_cdrl] [--expert checkpoints/synthetic_expert] \\
+        [--split test] [--limit K] [--render_readme docs/results.md]
 
 1. Before/after CDRL: greedy answers of the SFT and the CDRL checkpoint on the synthetic test
    split, each answer scored on its image and, teacher-forced, under VCD noise at full
    strength (the image is gone): accuracy, ECE, AUROC, confidence drop.
 2. CA-TTS and its baselines on the CDRL checkpoint (as infer.catts runs them, with
-   configs/catts.py, `--expert self`, samples at `--temperature`, 0.7), N = 1..16,
-   on the test split (the first --limit problems if given).
+   configs/catts.py, samples at `--temperature`, 0.7), N = 1..16, on the test split (the
+   first --limit problems if given). The Expert is `--expert` (checkpoints/synthetic_expert)
+   served by `transformers serve` on a free local port for the stage's length, and the
+   module-by-module ablations run beside CA-TTS; then CA-TTS again with the policy as its
+   own Expert on the same problems. `--expert self` runs only the latter.
 3. The real-benchmark path: the CDRL checkpoint through Math-Vision testmini (--mv_limit 16;
    0 skips it).
 
@@ -57,6 +61,10 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_float("temperature", 0.7, "sampling temperature of stages 2 and 3", flag_values=fv)
   flags.DEFINE_string("mathvision", str(ROOT.parent / "shared" / "data" / "math-vision-testmini"),
                       "the Math-Vision testmini release directory", flag_values=fv)  # fmt: skip
+  flags.DEFINE_string(
+    "expert", str(ROOT / "checkpoints" / "synthetic_expert"),
+    "the Expert checkpoint stage 2 serves with `transformers serve`, or 'self' (the policy)", flag_values=fv,
+  )  # fmt: skip
   flags.DEFINE_integer("mv_limit", 16, "first K Math-Vision problems of stage 3; 0 skips it", flag_values=fv)
   flags.DEFINE_string(
     "render_readme", None, "only rewrite this Markdown file's demo-table block from --out", flag_values=fv
@@ -78,7 +86,7 @@ def main(argv=None) -> int:
         catts.get_config(), out=args.out, sft=args.sft, cdrl=args.cdrl, data_dir=args.data_dir,
         split=args.split, calibration_size=args.calibration_size, limit=args.limit, ns=args.n,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, mathvision=args.mathvision,
-        mv_limit=args.mv_limit,
+        mv_limit=args.mv_limit, expert=args.expert,
       )  # fmt: skip
   except (demo.InputError, runs.OutDirError) as err:  # a bad input; anything else keeps its traceback
     raise SystemExit(f"error: {err}") from None

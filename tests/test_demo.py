@@ -75,6 +75,51 @@ def test_targets_hold_and_fail_on_the_figures():
   assert not falling["beta_catts_vs_majority"]["holds"]
 
 
+def test_with_a_served_expert_the_difference_needs_its_interval_above_zero_and_replies_parse():
+  cal = {"sft": calibration(0.5, 0.05), "cdrl": calibration(0.55, 0.12)}
+  syn = synthetic([0.5, 0.6, 0.8], [0.5, 0.55, 0.6], [(4, 4.0, 0.8)])
+  syn["catts_vs_majority"] = {"diff": 20.0, "low": 3.0, "high": 35.0}
+  syn["parse"] = {
+    "voter": {"calls": 100, "parsed": 95, "failed": 5, "rate": 0.95},
+    "critic": {"calls": 40, "parsed": 37, "failed": 3, "rate": 0.925},
+  }
+  t = demo.targets(cal, syn)
+  assert (
+    t["catts_vs_majority_at_4"]["holds"]
+    and "+20.0 points [+3.0, +35.0]" in t["catts_vs_majority_at_4"]["value"]
+  )
+  assert t["expert_voter_parsed"]["holds"] and not t["expert_critic_parsed"]["holds"]
+  syn["catts_vs_majority"] = {"diff": 20.0, "low": -1.0, "high": 35.0}  # higher, but not surely
+  assert not demo.targets(cal, syn)["catts_vs_majority_at_4"]["holds"]
+
+
+def test_module_steps_add_one_module_per_row_with_paired_differences():
+  """Rows in MODULE_STEPS order; each row's difference is to the row above on the same problems."""
+
+  def record(correct, modules=(), by="ablation"):
+    return {"correct": correct, "modules": list(modules), "plan": {"by": by}}
+
+  voter = {"module": "SC", "ran": True, "voter": {"ran": True}}
+  sr, sck = {"module": "SR", "ran": True}, {"module": "SCk", "ran": False}
+  per = {  # method -> its answers' correctness on four problems at N=2
+    "majority": [1, 0, 0, 0], "sc": [1, 1, 0, 0], "sc+voter": [1, 1, 1, 0],
+    "sc+voter+sr": [1, 1, 1, 0], "sc+voter+sr+sck": [1, 1, 1, 1], "catts": [1, 1, 1, 1],
+  }  # fmt: skip
+  rows = []
+  for i in range(4):
+    methods = {m: {"1": record(0), "2": record(v[i], [voter, sr, sck], "expert" if i else "default")}
+               for m, v in per.items()}  # fmt: skip
+    rows.append({"id": str(i), "methods": methods})
+  summary = {
+    "accuracy": {m: {"1": 0.0, "2": sum(v) / 4} for m, v in per.items()},
+    "slope": {m: {"beta": 1.0, "low": 0.0, "high": 2.0} for m in per},
+  }
+  table = demo.module_steps(rows, summary, [1, 2])
+  assert [r["method"] for r in table] == [m for m, _ in demo.MODULE_STEPS]
+  assert [r["vs row above @2"][:5] for r in table] == ["-", "+25.0", "+25.0", "+0.0 ", "+25.0", "+0.0 "]
+  assert [r["ran"] for r in table] == ["-", 4, 4, 4, 0, 3]  # SCk never ran; the Expert planned 3 of 4
+
+
 def test_a_bad_catts_input_is_an_input_error_before_any_work(tmp_path):
   """Only refused settings or data become demo.InputError (one line from infer.demo); the
   error names the stage's directory and the bad item, and nothing is written."""
@@ -101,6 +146,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   ]  # fmt: skip
   # A subprocess, as a user runs it: the demo quiets the Expert's logger for its whole process.
   env = cpu_env(1)
+  env.pop("HF_HUB_OFFLINE", None)  # huggingface_hub's client would refuse the local Expert server
   done = subprocess.run(
     [*args, "--mv_limit=1"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
   )
@@ -109,6 +155,13 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert result["split"] == "validation"
   assert result["calibration"]["sft"]["n"] == 4 and result["synthetic"]["problems"] == 2
   assert result["mathvision"]["problems"] == 1
+  # The Expert served by `transformers serve`, named by its checkpoint, not by its port.
+  syn = result["synthetic"]
+  assert syn["expert"] == f"transformers serve {ROOT / 'checkpoints' / 'synthetic_expert'}"
+  assert [r["method"] for r in syn["module_steps"]] == [m for m, _ in demo.MODULE_STEPS]
+  assert syn["parse"]["planner"]["calls"] == 2 and "voter-alone" in syn["accuracy"]
+  assert result["synthetic_self"]["problems"] == 2 and "expert_planner_parsed" in result["targets"]
+  assert (out / "expert_server.log").stat().st_size > 0 and "Module by module" in done.stdout
   assert result["synthetic"]["temperature"] == 0.9 and "samples at temperature 0.9" in done.stdout
   # The verdicts are those of the report's own figures.
   recomputed = demo.targets(result["calibration"], result["synthetic"])

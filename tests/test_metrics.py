@@ -137,6 +137,23 @@ def test_scaling_slope_bootstrap():
   assert flat["beta"] == flat["low"] == flat["high"] == 0.0
 
 
+def test_paired_difference_bootstrap():
+  rng = np.random.default_rng(2)
+  base = rng.random(500) < 0.5
+  better = base | (rng.random(500) < 0.2)  # a right answer kept, some wrong ones fixed
+  ci = metrics.paired_difference_ci(better, base, n_boot=400)
+  assert ci["diff"] == pytest.approx(100 * (better.mean() - base.mean()))
+  assert 0 < ci["low"] < ci["diff"] < ci["high"]
+  # Paired: the same gain on problems that vary a lot between them has a narrow interval.
+  assert ci["high"] - ci["low"] < 6
+  swapped = metrics.paired_difference_ci(base, better, n_boot=400)
+  assert swapped["diff"] == -ci["diff"] and swapped["high"] < 0
+  same = metrics.paired_difference_ci(base, base, n_boot=50)
+  assert same["diff"] == same["low"] == same["high"] == 0.0
+  with pytest.raises(ValueError, match="equal-length"):
+    metrics.paired_difference_ci([1, 0], [1])
+
+
 def test_bad_inputs():
   with pytest.raises(ValueError, match="differ in length"):
     metrics.ece([0.5], [1, 0])

@@ -95,7 +95,9 @@ def test_targets_parse_and_say_the_truth():
     for cands in ([truth], [wrong, truth], [truth, wrong, "17"], [wrong, "17", "19", truth]):
       row = ed.Row("voter", i, tuple(cands), truth)
       target = ed.target_for(row, ex)
-      assert target == json.dumps(json.loads(target))  # the JSON form the prompt's example shows
+      # It solves first, as the prompt asks, then the JSON form the prompt's example shows.
+      solution, votes = target[: target.index(" {")], target[target.index(" {") + 1 :]
+      assert solution == ed.reasoning(ex) and votes == json.dumps(json.loads(votes))
       probs = read(ed.ask_for(row, ex), target)
       assert list(probs) == cands and max(probs, key=probs.get) == truth
       assert probs[truth] == pytest.approx(1.0 if len(cands) == 1 else ed.VOTER_MASS, abs=0.02)
@@ -142,7 +144,15 @@ def test_pools_take_candidates_in_vote_table_order():
   assert [r.index for r in pools["solve"]] == [0, 1, 2] and len(pools["planner"]) == 3
   assert [(r.candidates, r.truth) for r in pools["voter"]] == [(("4", "3", "5"), "3"), (("2",), "2")]
   critic = [(r.index, r.answer, r.correct) for r in pools["critic"]]
-  assert critic == [(0, "4", False), (0, "3", True), (1, "2", True)]
+  # The first wrong response per distinct answer, up to CRITIC_WRONG of them, then the first right one.
+  assert critic == [(0, "4", False), (0, "", False), (0, "3", True), (1, "2", True)]
+  one = ed.pools(EXAMPLES[:3], samples, seed=0, voter_ns=(8,), critic_wrong=3)
+  assert [(r.answer, r.correct) for r in one["critic"] if r.index == 0] == [
+    ("4", 0),
+    ("", 0),
+    ("5", 0),
+    ("3", 1),
+  ]
   assert ed.candidates_of(["1", "2"], [False, False]) == (("1", "2"), None)
 
 

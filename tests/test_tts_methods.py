@@ -242,6 +242,19 @@ def test_memo_reuses_identical_requests_across_n():
     assert row["methods"]["catts"][n]["modules"][2]["scored"] == ["sample 0", "sample 1", "reflection"]
 
 
+def test_a_lone_candidate_gets_the_voters_whole_boost_without_a_call():
+  """One candidate: every reply the Voter can read renormalises to 1.0 on it, so no call is
+  made; the boost is the same as a call answering it (or failing to parse: that lost it)."""
+  samples = [("4", 0.9), ("4", 0.8), ("3", 0.7), ("4", 0.6)]  # N=2: "4" alone; N=4: "4", "3"
+  expert = RoleExpert(planner=['{"order": ["SC"]}'], voter=['{"A1": 0.2, "A2": 0.8}'])
+  row = solve(FakeOps({"p1": samples}), expert, config(), ns=(2, 4), methods=("sc+voter", "voter-alone"))
+  assert [role for role, _ in expert.sent] == ["voter"]  # N=4's two candidates only
+  lone = row["methods"]["sc+voter"]["2"]["modules"][0]["voter"]
+  assert lone["ran"] and lone["probs"] == {"4": 1.0} and lone["added"] == {"4": pytest.approx(0.5 * 2)}
+  assert row["methods"]["voter-alone"]["2"]["answer"] == "4"
+  assert row["methods"]["voter-alone"]["4"]["answer"] == "3"
+
+
 def test_a_plan_without_sc_that_leaves_no_answer_gets_the_sc_votes():
   expert = RoleExpert(planner=['{"order": ["SCk"]}'], voter=['{"A1": 1}'])
   row = solve(FakeOps({"p1": SAMPLES}, SELFCHECK), expert, config("adaptive"))

@@ -242,6 +242,18 @@ def scaling_slope_ci(
   return {"beta": beta, "low": float(lo), "high": float(hi), "level": level, "n_boot": n_boot}
 
 
+def paired_difference_ci(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+  """mean(a) - mean(b) in points (0-100) for two methods' per-problem results on the same
+  problems, with a percentile bootstrap interval over problems (both resampled together)."""
+  a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+  if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+    raise ValueError(f"need two equal-length per-problem result vectors, got {a.shape} and {b.shape}")
+  d = 100.0 * (a - b)
+  idx = np.random.default_rng(seed).integers(0, d.size, size=(n_boot, d.size))
+  lo, hi = np.quantile(d[idx].mean(axis=1), [(1 - level) / 2, (1 + level) / 2])
+  return {"diff": float(d.mean()), "low": float(lo), "high": float(hi), "level": level, "n_boot": n_boot}
+
+
 def calibration_summary(confidence, correct, n_bins: int = 15) -> dict[str, float]:
   """The calibration block of a report."""
   return {

@@ -12,11 +12,16 @@ The targets, from the synthetic train split's ground truth and reference reasoni
   self-check comes second; the bricks task's three-step reasoning is where a critique helps,
   so reflection comes second there (the paper's default order).
 - Voter: the candidates are the distinct answers of the policy's first n samples in the order
-  they first appear (what CA-TTS's vote table lists). The true candidate gets 0.9 and the
-  others share 0.1 (VOTER_MASS); one candidate, alone and right, gets 1.0; when no candidate is
-  right the reply is uniform ("cannot tell"). Written as `json.dumps`, the form the prompt's
-  example shows: {"A1": 0.9, "A2": 0.1}.
-- Critic: the reference reasoning first (the Expert checks the image itself), then the
+  they first appear (what CA-TTS's vote table lists). The reply solves first, as the prompt
+  asks ("Solve the question yourself ..., then give the probability"): the reference
+  reasoning, then the probabilities written as `json.dumps`, the form the prompt's example
+  shows: `... 12 - 10 = 2. {"A1": 0.9, "A2": 0.1}`. The true candidate gets 0.9 and the
+  others share 0.1 (VOTER_MASS); one candidate, alone and right, gets 1.0; when no candidate
+  is right the probabilities are uniform ("cannot tell"). Without the reasoning the Voter had
+  to perceive inside the JSON and picked worse than the Expert solved (0.647 against 0.660).
+- Critic (per problem, its first right response and up to CRITIC_WRONG wrong ones with distinct
+  answers: with one of each, 61% of the rows were right ones, and copying the response was the
+  cheap fit): the reference reasoning first (the Expert checks the image itself), then the
   verdict: for a wrong response `... The response reads "<its first sentence that the
   reference does not have>", which is wrong; the answer is X, not Y.`, for a right one
   `... The response is right; the answer is X.`
@@ -48,6 +53,7 @@ PLANNER_ORDERS = {
   "bricks": MODULES,
 }
 VOTER_MASS = 0.9  # on the true candidate when it is among several
+CRITIC_WRONG = 2  # wrong responses critiqued per problem (distinct answers)
 _BOXED_TAIL = re.compile(r"\s*The answer is \\boxed\{[^{}]*\}\.?\s*$")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -95,9 +101,11 @@ def voter_probs(candidates: Sequence[str], truth: str | None) -> dict[str, float
   return {c: VOTER_MASS if c == truth else rest for c in candidates}
 
 
-def voter_target(candidates: Sequence[str], truth: str | None) -> str:
+def voter_target(candidates: Sequence[str], truth: str | None, solution: str = "") -> str:
+  """`solution` (the reasoning, when given) and then the probabilities as JSON."""
   probs = voter_probs(candidates, truth)
-  return json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(candidates)})
+  votes = json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(candidates)})
+  return f"{solution} {votes}" if solution else votes
 
 
 def wrong_sentence(response: str, reference: str) -> str | None:
@@ -140,7 +148,7 @@ def target_for(row: Row, example: Mapping[str, Any]) -> str:
   if row.kind == "planner":
     return planner_target(example)
   if row.kind == "voter":
-    return voter_target(row.candidates, row.truth)
+    return voter_target(row.candidates, row.truth, reasoning(example))
   if row.kind == "critic":
     return critic_target(example, row.response, row.answer, row.correct)
   raise ValueError(f"unknown row kind {row.kind!r}")
@@ -175,12 +183,13 @@ def pools(
   *,
   seed: int,
   voter_ns: Sequence[int] = (2, 4, 8),
+  critic_wrong: int = CRITIC_WRONG,
 ) -> dict[str, list[Row]]:
   """Every training row by kind. `samples`: problem index -> the policy's sampled responses
   ({"texts", "answers", "correct"}); problems without samples get solve and planner rows
   only. Per sampled problem: one Voter row over the first n samples (n from `voter_ns`,
-  seeded per problem) unless none answered, and a Critic row for its first wrong and its
-  first right response."""
+  seeded per problem) unless none answered, and a Critic row for its first right response
+  and for each of its first `critic_wrong` wrong ones with distinct answers."""
   out: dict[str, list[Row]] = {k: [] for k in KINDS}
   for i, _ in enumerate(examples):
     out["solve"].append(Row("solve", i))
@@ -193,11 +202,18 @@ def pools(
     cands, truth = candidates_of(s["answers"][:n], s["correct"][:n])
     if cands:
       out["voter"].append(Row("voter", i, candidates=cands, truth=truth))
-    for want in (False, True):
-      j = next((j for j, c in enumerate(s["correct"]) if bool(c) == want and s["texts"][j].strip()), None)
-      if j is not None:
-        text, answer = s["texts"][j], s["answers"][j]
-        out["critic"].append(Row("critic", i, response=text, answer=answer, correct=want))
+    wrong: dict[str, int] = {}  # answer -> its first wrong response
+    right: list[int] = []
+    for j, text in enumerate(s["texts"]):
+      if not text.strip():
+        continue
+      if s["correct"][j]:
+        right = right or [j]
+      elif len(wrong) < critic_wrong:
+        wrong.setdefault(s["answers"][j], j)
+    for j in [*wrong.values(), *right]:
+      text, answer, correct = s["texts"][j], s["answers"][j], bool(s["correct"][j])
+      out["critic"].append(Row("critic", i, response=text, answer=answer, correct=correct))
   return out
 
 

@@ -58,7 +58,11 @@ SELF_CHECKING = ("catts", *(m for m, modules in ABLATIONS.items() if VISUAL_SELF
 
 
 def expert_votes(ctx: Context, candidates: Sequence[str]) -> Steps:
-  """The Expert as Voter's probabilities over `candidates` (memoised across N and methods)."""
+  """The Expert as Voter's probabilities over `candidates` (memoised across N and methods).
+  A lone candidate gets 1.0 without a call: every reply the Voter reads is renormalised over
+  the candidates, so a call could only cost time (or, failing, the vote)."""
+  if len(candidates) == 1:
+    return {candidates[0]: 1.0}
   e = ctx.cfg.expert
   return (
     yield from ctx.ask(

@@ -192,11 +192,14 @@ def prepare(
   expert_check: bool = True,
   allow_partial: bool = False,
   rebuild: bool = False,
+  expert_name: str | None = None,
 ) -> Job:
   """Checks the inputs (ValueError or FileNotFoundError naming the bad one), loads the
   benchmark's first `limit` problems and checks or writes out/run.json. With `expert_check`,
   a remote Expert answers one probe call first (`probe`). The checkpoint's tensors must be
-  those its config.json describes (`allow_partial`: extra ones are ignored)."""
+  those its config.json describes (`allow_partial`: extra ones are ignored). `expert_name`
+  names a remote Expert in run.json and the records instead of its URL (a local server's port
+  changes from run to run, and a resume must still match)."""
   tts = validate.config(cfg, limit)
   cfg.dtype = compute_dtype(cfg.dtype)  # recorded resolved: a resume elsewhere must match it
   cfg.module_batch = module_batch(cfg)
@@ -205,6 +208,8 @@ def prepare(
   check_weights(ckpt_, allow_partial=allow_partial)
   self_expert = expert.strip().lower() == "self"
   remote = None if self_expert else make_expert(expert, **expert_options(cfg))
+  if remote is not None and expert_name:
+    remote.name = expert_name
   if isinstance(remote, RemoteExpert):
     import huggingface_hub.constants
 
