@@ -29,7 +29,7 @@ demo: install
 demo-readme: install
 	$(PY) -m infer.demo --out docs/reports/demo --render_readme docs/results.md
 
-# Rebuild checkpoints/synthetic_{sft,cdrl} from scratch (seeded SFT, then CDRL; each <= 10 min).
+# Rebuild checkpoints/synthetic_{sft,cdrl,expert} from scratch (seeded SFT, CDRL, then the Expert).
 checkpoints: install
 	$(PY) -m train.bundle --runs runs --dest checkpoints
 

@@ -211,3 +211,44 @@ def test_bundle_copies_the_export_with_its_record(tmp_path):
   assert sorted(p.name for p in dest.iterdir()) == ["model.safetensors", "training.json"]
   record = json.loads((dest / "training.json").read_text())
   assert record == {"command": "python -m train.sft --config configs/synthetic_tiny.py", "seconds": 12.5}
+
+
+def test_rebuild_trains_sft_then_cdrl_then_the_expert_on_the_bundled_policy(tmp_path, monkeypatch):
+  """`make checkpoints`: each stage reads the bundle of the one before; a finished stage is
+  not trained again."""
+  from catts_jax.rl import bundle as bundle_lib
+  from configs import synthetic_expert, synthetic_tiny, synthetic_tiny_cdrl
+
+  trained = []
+
+  def fake(stage):
+    def train(cfg, out):
+      source = {"sft": lambda: None, "cdrl": lambda: cfg.model.ckpt, "expert": lambda: cfg.policy.ckpt}[
+        stage
+      ]()
+      trained.append((stage, source))
+      (out / "final").mkdir(parents=True)
+      (out / "final" / "model.safetensors").write_bytes(stage.encode())
+      (out / "report.json").write_text(json.dumps({"seconds": 1.0}))
+
+    return train
+
+  monkeypatch.setattr(bundle_lib.sft, "train", fake("sft"))
+  monkeypatch.setattr(bundle_lib.trainer, "train", fake("cdrl"))
+  monkeypatch.setattr(bundle_lib.expert_sft, "train", fake("expert"))
+  configs = lambda: (
+    synthetic_tiny.get_config(),
+    synthetic_tiny_cdrl.get_config(),
+    synthetic_expert.get_config(),
+  )  # noqa: E731
+  dest = tmp_path / "checkpoints"
+  bundle_lib.rebuild(*configs(), tmp_path / "runs", dest, None)
+  assert trained == [
+    ("sft", None),
+    ("cdrl", str(dest / "synthetic_sft")),
+    ("expert", str(dest / "synthetic_cdrl")),
+  ]
+  record = json.loads((dest / "synthetic_expert" / "training.json").read_text())
+  assert record["command"] == "python -m train.expert --config configs/synthetic_expert.py"
+  bundle_lib.rebuild(*configs(), tmp_path / "runs", dest, None)  # every report exists: nothing trains
+  assert len(trained) == 3 and (dest / "synthetic_expert" / "model.safetensors").read_bytes() == b"expert"

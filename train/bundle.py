@@ -5,6 +5,8 @@
    reasoning solutions -> DEST/synthetic_sft.
 2. CDRL (`python -m train.cdrl --config configs/synthetic_tiny_cdrl.py`) from that checkpoint
    -> DEST/synthetic_cdrl.
+3. The CA-TTS Expert (`python -m train.expert --config configs/synthetic_expert.py`), its
+   Voter and Critic rows from that CDRL policy's samples -> DEST/synthetic_expert.
 
 Each bundled directory is the run's HF export plus training.json: the command, the full
 config (seeds included), the wall time and the run's report (catts_jax/rl/bundle.py). The
@@ -21,7 +23,7 @@ from absl import flags, logging
 
 from catts_jax import cli, runs
 from catts_jax.rl import bundle
-from configs import synthetic_tiny, synthetic_tiny_cdrl
+from configs import synthetic_expert, synthetic_tiny, synthetic_tiny_cdrl
 
 
 def define(fv: flags.FlagValues) -> None:
@@ -35,9 +37,10 @@ def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)
   dest = pathlib.Path(args.dest)
   try:
-    sft_summary, cdrl_summary = bundle.rebuild(
+    sft_summary, cdrl_summary, expert_summary = bundle.rebuild(
       synthetic_tiny.get_config(),
       synthetic_tiny_cdrl.get_config(),
+      synthetic_expert.get_config(),
       pathlib.Path(args.runs),
       dest,
       args.data_dir,
@@ -51,7 +54,7 @@ def main(argv=None) -> int:
   print(
     f"SFT {sft_summary['seconds']:.0f} s (greedy accuracy {sft_summary['eval']['accuracy']:.3f} on the first "
     f"{sft_summary['eval']['n']} test problems), "
-    f"CDRL {cdrl_summary['seconds']:.0f} s; bundled in {dest}/"
+    f"CDRL {cdrl_summary['seconds']:.0f} s, Expert {expert_summary['seconds']['total']:.0f} s; bundled in {dest}/"
   )
   return 0
 

@@ -7,6 +7,8 @@ and bundles each one's export:
    the synthetic reasoning solutions -> DEST/synthetic_sft.
 2. CDRL (rl.trainer, configs/synthetic_tiny_cdrl.py) from that bundled checkpoint ->
    DEST/synthetic_cdrl.
+3. The CA-TTS Expert (rl.expert_sft, configs/synthetic_expert.py), its Voter and Critic rows
+   from that bundled CDRL policy's samples -> DEST/synthetic_expert.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import pathlib
 import shutil
 
 from catts_jax import runs
-from catts_jax.rl import sft, trainer
+from catts_jax.rl import expert_sft, sft, trainer
 
 # How each stage is run on its own; recorded in the bundle's training.json.
 SFT_COMMAND = "python -m train.sft --config configs/synthetic_tiny.py"
 CDRL_COMMAND = "python -m train.cdrl --config configs/synthetic_tiny_cdrl.py"
+EXPERT_COMMAND = "python -m train.expert --config configs/synthetic_expert.py"
 
 
 def bundle(run: pathlib.Path, dest: pathlib.Path, command: str) -> dict:
@@ -37,17 +40,20 @@ def bundle(run: pathlib.Path, dest: pathlib.Path, command: str) -> dict:
 
 
 def rebuild(
-  sft_cfg, cdrl_cfg, runs_dir: pathlib.Path, dest: pathlib.Path, data_dir: str | None
-) -> tuple[dict, dict]:
-  """Train (or resume, or skip when done) the SFT run of `sft_cfg` in runs_dir/synthetic_sft
-  and the CDRL run of `cdrl_cfg` from its bundled export in runs_dir/synthetic_cdrl; bundle
-  each into dest/. Returns the two runs' reports. A stage stopped by a non-finite loss raises
+  sft_cfg, cdrl_cfg, expert_cfg, runs_dir: pathlib.Path, dest: pathlib.Path, data_dir: str | None
+) -> tuple[dict, dict, dict]:
+  """Train (or resume, or skip when done) the SFT run of `sft_cfg` in runs_dir/synthetic_sft,
+  the CDRL run of `cdrl_cfg` from its bundled export in runs_dir/synthetic_cdrl and the Expert
+  of `expert_cfg` on that CDRL policy's samples in runs_dir/synthetic_expert; bundle each into
+  dest/. Returns the three runs' reports. A stage stopped by a non-finite loss raises
   FloatingPointError naming the stage."""
   stages = (
     ("SFT", "synthetic_sft", sft_cfg, sft.train, SFT_COMMAND),
     ("CDRL", "synthetic_cdrl", cdrl_cfg, trainer.train, CDRL_COMMAND),
+    ("Expert", "synthetic_expert", expert_cfg, expert_sft.train, EXPERT_COMMAND),
   )
   cdrl_cfg.model.ckpt = str(dest / "synthetic_sft")
+  expert_cfg.policy.ckpt = str(dest / "synthetic_cdrl")
   summaries = []
   for stage, name, cfg, train, command in stages:
     cfg.data.data_dir = data_dir
@@ -57,4 +63,4 @@ def rebuild(
       except FloatingPointError as e:
         raise FloatingPointError(f"{stage} stopped: {e}") from e
     summaries.append(bundle(runs_dir / name, dest / name, command))
-  return summaries[0], summaries[1]
+  return summaries[0], summaries[1], summaries[2]
