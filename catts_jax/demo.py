@@ -33,6 +33,7 @@ from catts_jax.eval import greedy, metrics, report
 from catts_jax.policy import Policy
 from catts_jax.tts import run as tts_run
 from catts_jax.tts import serve
+from catts_jax.tts.planner import SELF_REFLECTION, VISUAL_SELF_CHECK
 from catts_jax.tts.summary import category_rows, columns, pool_line
 
 METHODS = "catts,majority,deepconf,best-of-n,greedy"
@@ -140,7 +141,7 @@ def _ran(record: dict, method: str) -> bool:
     return record["plan"]["by"] == "expert"
   if method == "sc+voter":
     return any(m.get("voter", {}).get("ran") for m in record["modules"])
-  wanted = {"sc+voter+sr": "SR", "sc+voter+sr+sck": "SCk"}.get(method)
+  wanted = {"sc+voter+sr": SELF_REFLECTION, "sc+voter+sr+sck": VISUAL_SELF_CHECK}.get(method)
   return any(m["module"] == wanted and m["ran"] for m in record["modules"]) if wanted else True
 
 
@@ -329,6 +330,7 @@ def served_lines(result: dict, ns: list[int]) -> list[str]:
     "",
     "Expert replies (calls sent, reused answers not counted): " + "; ".join(parse) + ".",
     "",
+    *expert_vs_majority(syn, n),
   ]
   if own:
     row = {
@@ -347,6 +349,20 @@ def served_lines(result: dict, ns: list[int]) -> list[str]:
       "",
     ]
   return lines
+
+
+def expert_vs_majority(syn: dict, n: int) -> list[str]:
+  """Per task at N = n: the Expert's own pick among the samples' answers against majority's
+  (what the Voter's boost draws on)."""
+  cats = syn.get("by_category", {})
+  if not cats:
+    return []
+  acc = lambda c, m: 100 * cats[c]["accuracy"][m]  # noqa: E731
+  parts = [f"{c or '-'} {acc(c, 'voter-alone'):.1f}% against {acc(c, 'majority'):.1f}%" for c in cats]
+  return [
+    f"The Expert's pick (voter-alone) against majority at N={n}, per task: " + "; ".join(parts) + ".",
+    "",
+  ]
 
 
 def mathvision_lines(mv: dict | None) -> list[str]:

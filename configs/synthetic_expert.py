@@ -26,7 +26,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
   c.policy = dict(
     ckpt="checkpoints/synthetic_cdrl",
     problems=8 if tiny else 1024,
-    n=8,
+    n=16,  # CA-TTS's largest N in the demo: the Voter sees as many candidates as it will there
     temperature=0.7,
     max_new_tokens=96,
     seed=0,
@@ -53,7 +53,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     template=None,
     problems=8 if tiny else 4096,  # solve and planner rows; voter and critic: policy.problems
   )
-  c.rows = dict(voter_ns=(2, 4, 8))  # the Voter sees the candidates of the first n samples
+  c.rows = dict(voter_ns=(2, 4, 8, 16))  # the Voter sees the candidates of the first n samples
   steps = 4 if tiny else 900
   c.optimizer = dict(
     learning_rate=3e-3,

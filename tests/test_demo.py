@@ -99,8 +99,10 @@ def test_module_steps_add_one_module_per_row_with_paired_differences():
   def record(correct, modules=(), by="ablation"):
     return {"correct": correct, "modules": list(modules), "plan": {"by": by}}
 
-  voter = {"module": "SC", "ran": True, "voter": {"ran": True}}
-  sr, sck = {"module": "SR", "ran": True}, {"module": "SCk", "ran": False}
+  from catts_jax.tts.planner import SELF_CONSISTENCY, SELF_REFLECTION, VISUAL_SELF_CHECK
+
+  voter = {"module": SELF_CONSISTENCY, "ran": True, "voter": {"ran": True}}
+  sr, sck = {"module": SELF_REFLECTION, "ran": True}, {"module": VISUAL_SELF_CHECK, "ran": False}
   per = {  # method -> its answers' correctness on four problems at N=2
     "majority": [1, 0, 0, 0], "sc": [1, 1, 0, 0], "sc+voter": [1, 1, 1, 0],
     "sc+voter+sr": [1, 1, 1, 0], "sc+voter+sr+sck": [1, 1, 1, 1], "catts": [1, 1, 1, 1],

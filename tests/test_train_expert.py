@@ -142,7 +142,15 @@ def test_pools_take_candidates_in_vote_table_order():
   }
   pools = ed.pools(EXAMPLES[:3], samples, seed=0, voter_ns=(8,))
   assert [r.index for r in pools["solve"]] == [0, 1, 2] and len(pools["planner"]) == 3
-  assert [(r.candidates, r.truth) for r in pools["voter"]] == [(("4", "3", "5"), "3"), (("2",), "2")]
+  # Vote-table order first (what CA-TTS sends), then the same candidates in another order;
+  # a lone candidate has no other order.
+  voter = [(r.index, r.candidates, r.truth) for r in pools["voter"]]
+  assert voter[0] == (0, ("4", "3", "5"), "3") and voter[2] == (1, ("2",), "2") and len(voter) == 3
+  assert voter[1][0] == 0 and sorted(voter[1][1]) == ["3", "4", "5"] and voter[1][1] != ("4", "3", "5")
+  # Over many problems the right answer sits at every label of the reordered rows.
+  many = {i: samples[0] for i in range(40)}
+  pools40 = ed.pools(EXAMPLES[:1] * 40, many, seed=0, voter_ns=(8,))
+  assert {r.candidates.index(r.truth) for r in pools40["voter"][1::2]} == {0, 1, 2}
   critic = [(r.index, r.answer, r.correct) for r in pools["critic"]]
   # The first wrong response per distinct answer, up to CRITIC_WRONG of them, then the first right one.
   assert critic == [(0, "4", False), (0, "", False), (0, "3", True), (1, "2", True)]
@@ -255,7 +263,8 @@ def test_a_short_run_resumes_without_drawing_again_and_exports(tmp_path, monkeyp
   monkeypatch.setattr(expert_sft, "load_policy", fake_policy)
   out = tmp_path / "run"
   first = expert_sft.train(c, out)
-  assert len(fakes) == 1 and first["resumed_from"] == 0 and first["rows"]["voter"] == c.policy.problems
+  assert len(fakes) == 1 and first["resumed_from"] == 0
+  assert c.policy.problems <= first["rows"]["voter"] <= 2 * c.policy.problems  # + reordered rows
   drawn = (out / "samples.jsonl").read_text()
   init = (out / "init" / "model.safetensors").read_bytes()
 

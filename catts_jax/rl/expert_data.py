@@ -12,7 +12,11 @@ The targets, from the synthetic train split's ground truth and reference reasoni
   self-check comes second; the bricks task's three-step reasoning is where a critique helps,
   so reflection comes second there (the paper's default order).
 - Voter: the candidates are the distinct answers of the policy's first n samples in the order
-  they first appear (what CA-TTS's vote table lists). The reply solves first, as the prompt
+  they first appear (what CA-TTS's vote table lists), and, when there are several, the same
+  candidates again in a seeded other order: in vote-table order the right answer is mostly
+  first (the policy's first sample is mostly right), and a Voter trained on that order alone
+  put 0.9 on A1 whatever its own reasoning found (its pick matched its reasoning on 22 of 60
+  contested validation problems). The reply solves first, as the prompt
   asks ("Solve the question yourself ..., then give the probability"): the reference
   reasoning, then the probabilities written as `json.dumps`, the form the prompt's example
   shows: `... 12 - 10 = 2. {"A1": 0.9, "A2": 0.1}`. The true candidate gets 0.9 and the
@@ -188,7 +192,8 @@ def pools(
   """Every training row by kind. `samples`: problem index -> the policy's sampled responses
   ({"texts", "answers", "correct"}); problems without samples get solve and planner rows
   only. Per sampled problem: one Voter row over the first n samples (n from `voter_ns`,
-  seeded per problem) unless none answered, and a Critic row for its first right response
+  seeded per problem) unless none answered, and one over the same candidates in a seeded
+  other order when there are several, and a Critic row for its first right response
   and for each of its first `critic_wrong` wrong ones with distinct answers."""
   out: dict[str, list[Row]] = {k: [] for k in KINDS}
   for i, _ in enumerate(examples):
@@ -202,6 +207,11 @@ def pools(
     cands, truth = candidates_of(s["answers"][:n], s["correct"][:n])
     if cands:
       out["voter"].append(Row("voter", i, candidates=cands, truth=truth))
+    if len(cands) > 1:  # the same candidates in another order: the label follows the answer
+      order = rng.permutation(len(cands))
+      if (order == np.arange(len(cands))).all():
+        order = np.roll(order, 1)
+      out["voter"].append(Row("voter", i, candidates=tuple(cands[k] for k in order), truth=truth))
     wrong: dict[str, int] = {}  # answer -> its first wrong response
     right: list[int] = []
     for j, text in enumerate(s["texts"]):
