@@ -21,6 +21,7 @@ stage's wall time over the runs that wrote OUT.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import pathlib
 import time
@@ -110,15 +111,27 @@ def catts_run(
   return json.loads((out / "report.json").read_text())
 
 
+def fingerprint(ckpt: str | pathlib.Path) -> str:
+  """The first 12 hex digits of a SHA-256 over a checkpoint's files (names and bytes, not
+  training.json): a resume with other Expert weights at the same path is refused."""
+  digest = hashlib.sha256()
+  for path in sorted(pathlib.Path(ckpt).iterdir()):
+    if path.is_file() and path.name != "training.json":
+      digest.update(path.name.encode() + b"\0" + path.read_bytes())
+  return digest.hexdigest()[:12]
+
+
 def served_catts_run(out: pathlib.Path, expert_ckpt: str, *args, **kwargs) -> dict:
   """catts_run with `expert_ckpt` served by `transformers serve` on a free local port for the
-  run's length (its log: out/../expert_server.log), named by its checkpoint in run.json."""
+  run's length (its log: out/../expert_server.log), named in run.json by its checkpoint and
+  fingerprint (the port changes from run to run; the weights must not)."""
+  if not (pathlib.Path(expert_ckpt) / "config.json").is_file():
+    raise InputError(f"--expert {expert_ckpt}: not a checkpoint directory (no config.json)")
   log = out.parent / "expert_server.log"
+  name = f"transformers serve {expert_ckpt} ({fingerprint(expert_ckpt)})"
   try:
     with serve.serving(expert_ckpt, log) as url:
-      return catts_run(
-        out, *args, expert=url + "/v1", expert_name=f"transformers serve {expert_ckpt}", **kwargs
-      )
+      return catts_run(out, *args, expert=url + "/v1", expert_name=name, **kwargs)
   except RuntimeError as e:  # the server did not start: its log's end is in the message
     if "transformers serve" not in str(e):
       raise

@@ -122,6 +122,18 @@ def test_module_steps_add_one_module_per_row_with_paired_differences():
   assert [r["ran"] for r in table] == ["-", 4, 4, 4, 0, 3]  # SCk never ran; the Expert planned 3 of 4
 
 
+def test_the_expert_fingerprint_follows_the_weights_not_the_record(tmp_path):
+  (tmp_path / "config.json").write_text("{}")
+  (tmp_path / "model.safetensors").write_bytes(b"weights")
+  before = demo.fingerprint(tmp_path)
+  (tmp_path / "training.json").write_text('{"seconds": 1}')  # the record is not the model
+  assert demo.fingerprint(tmp_path) == before
+  (tmp_path / "model.safetensors").write_bytes(b"other weights")
+  assert demo.fingerprint(tmp_path) != before
+  with pytest.raises(demo.InputError, match="--expert .*nowhere: not a checkpoint"):
+    demo.served_catts_run(tmp_path / "out", str(tmp_path / "nowhere"), None, "cdrl", 8, 0.7)
+
+
 def test_a_bad_catts_input_is_an_input_error_before_any_work(tmp_path):
   """Only refused settings or data become demo.InputError (one line from infer.demo); the
   error names the stage's directory and the bad item, and nothing is written."""
@@ -159,7 +171,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert result["mathvision"]["problems"] == 1
   # The Expert served by `transformers serve`, named by its checkpoint, not by its port.
   syn = result["synthetic"]
-  assert syn["expert"] == f"transformers serve {ROOT / 'checkpoints' / 'synthetic_expert'}"
+  expert = ROOT / "checkpoints" / "synthetic_expert"
+  assert syn["expert"] == f"transformers serve {expert} ({demo.fingerprint(expert)})"
   assert [r["method"] for r in syn["module_steps"]] == [m for m, _ in demo.MODULE_STEPS]
   assert syn["parse"]["planner"]["calls"] == 2 and "voter-alone" in syn["accuracy"]
   assert result["synthetic_self"]["problems"] == 2 and "expert_planner_parsed" in result["targets"]
