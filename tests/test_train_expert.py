@@ -95,10 +95,9 @@ def test_targets_parse_and_say_the_truth():
     for cands in ([truth], [wrong, truth], [truth, wrong, "17"], [wrong, "17", "19", truth]):
       row = ed.Row("voter", i, tuple(cands), truth)
       target = ed.target_for(row, ex)
-      # It solves first, as the prompt asks, then JSON keyed by the candidates' text, in order.
+      # It solves first, as the prompt asks, then the JSON form the prompt's example shows.
       solution, votes = target[: target.index(" {")], target[target.index(" {") + 1 :]
       assert solution == ed.reasoning(ex) and votes == json.dumps(json.loads(votes))
-      assert list(json.loads(votes)) == cands
       probs = read(ed.ask_for(row, ex), target)
       assert list(probs) == cands and max(probs, key=probs.get) == truth
       assert probs[truth] == pytest.approx(1.0 if len(cands) == 1 else ed.VOTER_MASS, abs=0.02)

@@ -14,14 +14,14 @@ The targets, from the synthetic train split's ground truth and reference reasoni
 - Voter: the candidates are the distinct answers of the policy's first n samples in the order
   they first appear (what CA-TTS's vote table lists) and, when there are several, the same
   candidates again in a seeded other order (in vote-table order the right one is mostly
-  first). The reply solves first, as the prompt asks ("Solve the question yourself ..., then
-  give the probability"): the reference reasoning, then the probabilities as `json.dumps`
-  keyed by the candidates' text, which the Voter's reader takes as well as labels:
-  `... 12 - 10 = 2. {"2": 0.9, "3": 0.1}`. Keyed by label (A1, A2), the tiny Expert put 0.9
-  on A1 whatever its reasoning found; by text it only compares the key it copies with its
-  own answer (docs/experiments/synthetic_expert.md, runs 2-4). The true candidate gets 0.9
-  and the others share 0.1 (VOTER_MASS); one candidate, alone and right, gets 1.0; when no
-  candidate is right the probabilities are uniform ("cannot tell").
+  first, and a Voter trained on that order alone put 0.9 on A1 whatever it found). The reply
+  solves first, as the prompt asks ("Solve the question yourself ..., then give the
+  probability"): the reference reasoning, then the probabilities written as `json.dumps`, the
+  form the prompt's example shows: `... 12 - 10 = 2. {"A1": 0.9, "A2": 0.1}`. The true
+  candidate gets 0.9 and the others share 0.1 (VOTER_MASS); one candidate, alone and right,
+  gets 1.0; when no candidate is right the probabilities are uniform ("cannot tell").
+  (Keys by the candidates' text instead of labels were tried: the tiny Expert then wrote its
+  own answer as every key; docs/experiments/synthetic_expert.md, run 4.)
 - Critic (per problem, its first right response and up to CRITIC_WRONG wrong ones with distinct
   answers: with one of each, 61% of the rows were right ones, and copying the response was the
   cheap fit): the reference reasoning first (the Expert checks the image itself), then the
@@ -105,10 +105,9 @@ def voter_probs(candidates: Sequence[str], truth: str | None) -> dict[str, float
 
 
 def voter_target(candidates: Sequence[str], truth: str | None, solution: str = "") -> str:
-  """`solution` (the reasoning, when given) and then the probabilities as JSON, keyed by each
-  candidate's text in the listed order (see the module docstring)."""
+  """`solution` (the reasoning, when given) and then the probabilities as JSON."""
   probs = voter_probs(candidates, truth)
-  votes = json.dumps({c: probs[c] for c in candidates})
+  votes = json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(candidates)})
   return f"{solution} {votes}" if solution else votes
 
 
