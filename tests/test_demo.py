@@ -11,6 +11,7 @@ import pytest
 from cpu_env import cpu_env
 
 from catts_jax import demo
+from catts_jax.tts import summary as tts_summary
 from infer import demo as demo_cli
 
 ROOT = Path(__file__).parents[1]
@@ -116,8 +117,8 @@ def test_module_steps_add_one_module_per_row_with_paired_differences():
     "accuracy": {m: {"1": 0.0, "2": sum(v) / 4} for m, v in per.items()},
     "slope": {m: {"beta": 1.0, "low": 0.0, "high": 2.0} for m in per},
   }
-  table = demo.module_steps(rows, summary, [1, 2])
-  assert [r["method"] for r in table] == [m for m, _ in demo.MODULE_STEPS]
+  table = tts_summary.module_steps(rows, summary, [1, 2])
+  assert [r["method"] for r in table] == [m for m, _ in tts_summary.MODULE_STEPS]
   assert [r["vs row above @2"][:5] for r in table] == ["-", "+25.0", "+25.0", "+0.0 ", "+25.0", "+0.0 "]
   assert [r["ran"] for r in table] == ["-", 4, 4, 4, 0, 3]  # SCk never ran; the Expert planned 3 of 4
 
@@ -173,7 +174,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   syn = result["synthetic"]
   expert = ROOT / "checkpoints" / "synthetic_expert"
   assert syn["expert"] == f"transformers serve {expert} ({demo.fingerprint(expert)})"
-  assert [r["method"] for r in syn["module_steps"]] == [m for m, _ in demo.MODULE_STEPS]
+  assert [r["method"] for r in syn["module_steps"]] == [m for m, _ in tts_summary.MODULE_STEPS]
   assert syn["parse"]["planner"]["calls"] == 2 and "voter-alone" in syn["accuracy"]
   assert result["synthetic_self"]["problems"] == 2 and "expert_planner_parsed" in result["targets"]
   assert (out / "expert_server.log").stat().st_size > 0 and "Module by module" in done.stdout

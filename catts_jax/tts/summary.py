@@ -1,6 +1,8 @@
 """What a CA-TTS run measured, built from its results.jsonl rows alone: accuracy per method
 and N, calibration, the scaling slope, catts-adaptive's early stopping, the sample pool the
-votes draw on, Expert calls; written as report.json, report.md and accuracy_vs_n.png.
+votes draw on, Expert calls; written as report.json, report.md and accuracy_vs_n.png. Also
+the module-by-module table of a run with the ablation methods (`module_steps`: each row adds
+one module, with its paired difference to the row above) and parsed replies per Expert role.
 
 A row is one problem: {"id", "samples": [{"answer", "correct", <confidences>}, ...] (N of the
 largest), "methods": {sampled method: {str(N): record}, greedy/vcd: record}, "expert_calls"}
@@ -19,6 +21,17 @@ from catts_jax import runs
 from catts_jax.eval import metrics, report
 from catts_jax.tts import voting
 from catts_jax.tts.methods import SAMPLED
+from catts_jax.tts.planner import SELF_REFLECTION, VISUAL_SELF_CHECK
+
+# Each row adds one module to the row before it (catts: the Planner choosing the order).
+MODULE_STEPS = (
+  ("majority", "-"),
+  ("sc", "confidence-weighted votes"),
+  ("sc+voter", "Voter"),
+  ("sc+voter+sr", "Self-Reflection"),
+  ("sc+voter+sr+sck", "Visual Self-Check"),
+  ("catts", "Planner"),
+)
 
 
 def _records(rows: list[dict], method: str, n: int) -> list[dict]:
@@ -282,3 +295,60 @@ def write_report(out: pathlib.Path, summary: dict[str, Any], ns: list[int], meth
     ]
     parts += ["", "## expert calls", "", report.markdown_table(rows)]
   runs.write_text(out / "report.md", "\n".join(parts) + "\n")
+
+
+def _correct(rows: list[dict], method: str, n: int) -> list[bool]:
+  return [bool(r["methods"][method][str(n)]["correct"]) for r in rows if "error" not in r]
+
+
+def versus(rows: list[dict], a: str, b: str, n: int) -> dict:
+  """Method `a` minus method `b` at N = n in points, on the same problems, with the paired
+  bootstrap interval over problems."""
+  return metrics.paired_difference_ci(_correct(rows, a, n), _correct(rows, b, n))
+
+
+def _ran(record: dict, method: str) -> bool:
+  """Whether the module `method` adds ran in a problem's record (catts: the Expert planned)."""
+  if method == "catts":
+    return record["plan"]["by"] == "expert"
+  if method == "sc+voter":
+    return any(m.get("voter", {}).get("ran") for m in record["modules"])
+  wanted = {"sc+voter+sr": SELF_REFLECTION, "sc+voter+sr+sck": VISUAL_SELF_CHECK}.get(method)
+  return any(m["module"] == wanted and m["ran"] for m in record["modules"]) if wanted else True
+
+
+def module_steps(rows: list[dict], summary: dict, ns: list[int]) -> list[dict]:
+  """The module-by-module table: per row its accuracy at each N, slope beta and its interval,
+  its difference to the row before at the largest N (paired bootstrap), and on how many
+  problems the added module ran there."""
+  n, ok = ns[-1], [r for r in rows if "error" not in r]
+  out, before = [], None
+  for method, adds in MODULE_STEPS:
+    fit = summary["slope"][method]
+    row = {
+      "method": method,
+      "adds": adds,
+      **{f"N={k}": 100 * summary["accuracy"][method][str(k)] for k in ns},
+      "beta": fit["beta"],
+      "beta 95% CI": f"[{fit['low']:.2f}, {fit['high']:.2f}]",
+    }
+    if before is None:
+      row[f"vs row above @{n}"] = row["ran"] = "-"
+    else:
+      d = versus(ok, method, before, n)
+      row[f"vs row above @{n}"] = f"{d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+      row["ran"] = sum(_ran(r["methods"][method][str(n)], method) for r in ok)
+    out.append(row)
+    before = method
+  return out
+
+
+def parse_rates(calls: dict) -> dict:
+  """Per Expert role: calls sent, replies parsed (a Planner reply that fell back to the
+  default order is not), failed, and the parsed fraction."""
+  out = {}
+  for role, s in calls.items():
+    parsed = s["ok"] - s["fallback"]
+    out[role] = {"calls": s["calls"], "parsed": parsed, "failed": s["calls"] - parsed,
+                 "rate": parsed / s["calls"] if s["calls"] else None}  # fmt: skip
+  return out
