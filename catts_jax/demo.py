@@ -122,10 +122,21 @@ def served_catts_run(out: pathlib.Path, expert_ckpt: str, *args, **kwargs) -> di
   try:
     with serve.serving(expert_ckpt, log) as url:
       return catts_run(out, *args, expert=url + "/v1", expert_name=name, **kwargs)
-  except RuntimeError as e:  # the server did not start: its log's end is in the message
-    if "transformers serve" not in str(e):
-      raise
+  except serve.ServerError as e:
     raise InputError(f"the Expert {expert_ckpt}: {e}") from e
+
+
+def served_figures(stage: pathlib.Path, syn: dict) -> dict:
+  """What a run with the served Expert adds to its report: CA-TTS against majority at the
+  largest N (paired), the module-by-module table and the parsed replies per role."""
+  rows = runs.read_rows(stage / "results.jsonl", required="id")
+  ns = sorted(int(k) for k in syn["accuracy"]["majority"])
+  return {
+    "expert": syn["expert"],
+    "catts_vs_majority": versus(rows, "catts", "majority", ns[-1]),
+    "module_steps": module_steps(rows, syn, ns),
+    "parse": parse_rates(syn["expert_calls"]),
+  }
 
 
 def targets(cal: dict, syn: dict) -> dict:
@@ -286,7 +297,7 @@ def served_lines(result: dict, ns: list[int]) -> list[str]:
     fit = own["slope"]["catts"]
     row.update(beta=fit["beta"], **{"beta 95% CI": f"[{fit['low']:.2f}, {fit['high']:.2f}]"})
     calls = "; ".join(
-      f"{role} {s['ok'] - s['fallback']}/{s['calls']} parsed" for role, s in own["expert_calls"].items()
+      f"{role} {p['parsed']}/{p['calls']} parsed" for role, p in parse_rates(own["expert_calls"]).items()
     )
     lines += [
       "The policy as its own Expert on the same problems and samples (replies: " + (calls or "none") + "):",
@@ -410,12 +421,13 @@ def run(
     syn = served_catts_run(stage, expert, catts_cfg, cdrl, max_new_tokens, temperature,
                            methods=SERVED_METHODS, **synthetic)  # fmt: skip
   add("catts_synthetic", t)
-  own = None
+  own, served = None, {}
   if expert != "self":  # the policy as its own Expert, on the same problems and samples
     t = time.perf_counter()
     own = catts_run(out / "catts_synthetic_self", catts_cfg, cdrl, max_new_tokens, temperature,
                     methods=SELF_METHODS, **synthetic)  # fmt: skip
     add("catts_synthetic_self", t)
+    served = served_figures(stage, syn)
 
   mv = None
   if mv_limit:
@@ -438,16 +450,6 @@ def run(
     "by_category",
     "expert_calls",
   )
-  rows = runs.read_rows(stage / "results.jsonl", required="id")
-  ns_ = sorted(int(k) for k in syn["accuracy"]["majority"])
-  served = {}
-  if expert != "self":
-    served = {
-      "expert": syn["expert"],
-      "catts_vs_majority": versus(rows, "catts", "majority", ns_[-1]),
-      "module_steps": module_steps(rows, syn, ns_),
-      "parse": parse_rates(syn["expert_calls"]),
-    }
   result = {
     "split": split,
     "calibration": cal,

@@ -31,17 +31,21 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+class ServerError(RuntimeError):
+  """The server could not start (its log's end is in the message)."""
+
+
 @contextlib.contextmanager
 def serving(
   ckpt: str | pathlib.Path, log_path: str | pathlib.Path, timeout: float = 90, threads: int = 1
 ) -> Iterator[str]:
   """Serve `ckpt` on CPU; yields the base URL (no /v1). A server that does not answer /health
-  within `timeout` seconds, or exits, is a RuntimeError quoting the end of its log."""
+  within `timeout` seconds, or exits, is a ServerError quoting the end of its log."""
   for module in ("fastapi", "uvicorn"):
     try:
       __import__(module)
     except ImportError:
-      raise RuntimeError(f"transformers serve needs {module}: pip install 'catts-jax[serve]'") from None
+      raise ServerError(f"transformers serve needs {module}: pip install 'catts-jax[serve]'") from None
   log_path = pathlib.Path(log_path)
   port = free_port()
   cli = [sys.executable, "-m", "transformers.cli.transformers"]  # the `transformers` command
@@ -68,7 +72,7 @@ def serving(
       except OSError:
         pass
       if proc.poll() is not None or time.monotonic() > deadline:
-        raise RuntimeError(f"transformers serve did not start:\n{log_path.read_text()[-2000:]}")
+        raise ServerError(f"transformers serve did not start:\n{log_path.read_text()[-2000:]}")
       time.sleep(0.2)
     yield url
   finally:

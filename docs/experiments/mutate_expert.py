@@ -5,14 +5,23 @@ catch it), the file restored.
 python docs/experiments/mutate_expert.py OUT.json   # from the repository root, .venv built
 """
 
-import json
-import pathlib
-import re
-import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+import mutation  # docs/experiments/mutation.py, the shared harness
+
 MUTANTS = [
+  (
+    "expert_data.py",
+    "      if (order == np.arange(len(cands))).all():",
+    "      if False:",
+    "reordered Voter row may keep vote-table order",
+  ),
+  (
+    "expert_data.py",
+    "      elif len(wrong) < critic_wrong:",
+    "      elif len(wrong) < 1:",
+    "one wrong response per problem for the Critic",
+  ),
   (
     "expert_data.py",
     "  return {c: VOTER_MASS if c == truth else rest for c in candidates}",
@@ -21,8 +30,8 @@ MUTANTS = [
   ),
   (
     "expert_data.py",
-    '  return json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(candidates)})',
-    '  return json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(reversed(candidates))})',
+    '  votes = json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(candidates)})',
+    '  votes = json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(reversed(candidates))})',
     "Voter labels swapped (reversed)",
   ),
   (
@@ -106,32 +115,5 @@ MUTANTS = [
 ]
 
 
-def failing_tests() -> list[str]:
-  """The tests of tests/test_train_expert.py that fail (none: the mutant survived)."""
-  cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "tests/test_train_expert.py"]
-  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-  failed = re.findall(r"^FAILED tests/test_train_expert.py::(\w+)", done.stdout, re.MULTILINE)
-  if done.returncode and not failed:
-    raise SystemExit(f"pytest failed without a failing test:\n{done.stdout[-2000:]}")
-  return failed
-
-
-def main(out: str) -> None:
-  results = []
-  for name, old, new, what in MUTANTS:
-    path = ROOT / "catts_jax" / "rl" / name
-    text = path.read_text()
-    if text.count(old) != 1:
-      raise SystemExit(f"{name}: mutant {what!r} does not match exactly once")
-    try:
-      path.write_text(text.replace(old, new))
-      failed = failing_tests()
-    finally:
-      path.write_text(text)
-    results.append({"file": name, "mutant": what, "caught": bool(failed), "by": failed})
-    print(f"{'caught  ' if failed else 'SURVIVED'} {name}: {what}: {', '.join(failed)}", flush=True)
-  pathlib.Path(out).write_text(json.dumps(results, indent=2) + "\n")
-
-
 if __name__ == "__main__":
-  main(sys.argv[1])
+  mutation.run(MUTANTS, "catts_jax/rl", ["tests/test_train_expert.py"], sys.argv[1])

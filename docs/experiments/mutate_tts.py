@@ -3,13 +3,17 @@
 python docs/experiments/mutate_tts.py OUT.json   # from the repository root, .venv built
 """
 
-import json
-import pathlib
-import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+import mutation  # docs/experiments/mutation.py, the shared harness
+
 MUTANTS = [
+  (
+    "methods.py",
+    "  if len(candidates) == 1:\n    return {candidates[0]: 1.0}",
+    "  if len(candidates) == -1:\n    return {candidates[0]: 1.0}",
+    "lone Voter candidate still called",
+  ),
   (
     "voting.py",
     "  return _split(table, source, probs or {}, total)",
@@ -167,25 +171,6 @@ TESTS = [
   "tests/test_tts_selfcheck.py",
   "tests/test_tts_presets.py",
 ]
-results = []
-for name, old, new, what in MUTANTS:
-  path = ROOT / "catts_jax" / "tts" / name
-  text = path.read_text()
-  assert text.count(old) == 1, (name, what)
-  path.write_text(text.replace(old, new))
-  try:
-    done = subprocess.run(
-      [str(ROOT / ".venv/bin/python"), "-m", "pytest", "-q", "-x", *TESTS],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
-    )
-  finally:
-    path.write_text(text)
-  caught = done.returncode != 0
-  failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED")][:1]
-  results.append({"file": name, "mutant": what, "caught": caught, "by": failed[0][7:] if failed else None})
-  print(("caught  " if caught else "SURVIVED"), name, what, failed[:1], flush=True)
-print(json.dumps({"caught": sum(r["caught"] for r in results), "of": len(results)}))
-json.dump(results, open(sys.argv[1], "w"), indent=1)
+
+if __name__ == "__main__":
+  mutation.run(MUTANTS, "catts_jax/tts", TESTS, sys.argv[1], first_only=True)
