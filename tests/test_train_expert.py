@@ -151,6 +151,8 @@ def test_pools_take_candidates_in_vote_table_order():
   many = {i: samples[0] for i in range(40)}
   pools40 = ed.pools(EXAMPLES[:1] * 40, many, seed=0, voter_ns=(8,))
   assert {r.candidates.index(r.truth) for r in pools40["voter"][1::2]} == {0, 1, 2}
+  # ... and never in vote-table order itself (a seeded permutation may be the identity).
+  assert all(b.candidates != a.candidates for a, b in zip(pools40["voter"][::2], pools40["voter"][1::2]))
   critic = [(r.index, r.answer, r.correct) for r in pools["critic"]]
   # The first wrong response per distinct answer, up to CRITIC_WRONG of them, then the first right one.
   assert critic == [(0, "4", False), (0, "", False), (0, "3", True), (1, "2", True)]
