@@ -75,11 +75,12 @@ def test_non_finite_step_stops_and_keeps_params(tiny_ckpt):
   batch, r = train_batch(tiny_ckpt, model)
   learner = Learner(model, LOSS, OPT)
   learner.step(batch, r)
-  before = [np.asarray(x).copy() for x in jax.tree.leaves(learner.params)]
+  state = lambda: jax.tree.leaves((learner.params, learner.opt_state))  # noqa: E731
+  before = [np.asarray(x).copy() for x in state()]
   bad = batch.replace(advantages=np.full(8, np.nan, np.float32))
   with pytest.raises(FloatingPointError, match="non-finite loss"):
     learner.step(bad, r)
-  for x, y in zip(before, jax.tree.leaves(learner.params)):
+  for x, y in zip(before, state(), strict=True):  # params, moments and step count
     np.testing.assert_array_equal(x, np.asarray(y))
   learner.step(batch, r)  # and training goes on from there
 
