@@ -1,10 +1,10 @@
 """Layers stacked on a leading axis and run by `jax.lax.scan`.
 
 A stack of n identical layers is one module whose params carry a leading "layers" axis (never
-sharded: every device holds its shard of every layer). The forward pass scans over it, so a
-model compiles one layer body whatever its depth; the cached (sampling) path runs the layers
-one by one instead (`unstack`), so that each layer's KV cache stays its own buffer, updated in
-place.
+sharded: every device holds its shard of every layer). The forward pass and the prefill scan
+over it, so a model compiles one layer body whatever its depth; the decode loop runs the
+layers one by one instead (`unstack`), so that each layer's KV cache stays its own buffer,
+updated in place.
 """
 
 from __future__ import annotations
@@ -72,13 +72,28 @@ def scan(
   """`carry = body(layer_i, carry, xs_i)` for each layer i of the stack, as one `lax.scan`
   (`unroll`: as straight-line code); with `remat`, each layer's activations are recomputed in
   the backward pass (as `policy` says)."""
+  one = lambda layer, carry, xs_i: (body(layer, carry, xs_i), None)  # noqa: E731
+  return scan_outputs(layers, one, carry, xs, remat=remat, policy=policy, unroll=unroll)[0]
+
+
+def scan_outputs(
+  layers: nnx.Module,
+  body: Callable,
+  carry,
+  xs=None,
+  *,
+  remat: bool = False,
+  policy: str = "",
+  unroll: bool = False,
+):
+  """`carry, y_i = body(layer_i, carry, xs_i)` for each layer i of the stack, as one
+  `lax.scan` (see `scan`); returns the last carry and the ys stacked on a leading axis."""
   graphdef, state = nnx.split(layers)
 
   def step(carry, per_layer):
     state_i, xs_i = per_layer
-    return body(nnx.merge(graphdef, state_i), carry, xs_i), None
+    return body(nnx.merge(graphdef, state_i), carry, xs_i)
 
   if remat:
     step = jax.checkpoint(step, policy=remat_policy(policy), prevent_cse=False)
-  carry, _ = jax.lax.scan(step, carry, (state, xs), unroll=unroll)
-  return carry
+  return jax.lax.scan(step, carry, (state, xs), unroll=unroll)

@@ -150,12 +150,15 @@ class TextModel(nnx.Module):
     end = cache["end_index"]
     valid = jax.lax.dynamic_update_slice(cache["valid"], token_valid, (0, end))
     mask = attention_mask(valid, end, x.shape[1])
-    # A decode loop unstacks the layers before it starts (`unstack_layers`); a prefill slices
-    # them here, once.
-    layers = self.layers if isinstance(self.layers, nnx.List) else stack.unstack(self.layers)
-    new_layers = []
-    for layer, layer_cache in zip(layers, cache["layers"], strict=True):
-      x, layer_cache = layer(x, cos, sin, mask, layer_cache, end)
-      new_layers.append(layer_cache)
+    if isinstance(self.layers, nnx.List):  # a decode step (`unstack_layers`): caches updated in place
+      new_layers = []
+      for layer, layer_cache in zip(self.layers, cache["layers"], strict=True):
+        x, layer_cache = layer(x, cos, sin, mask, layer_cache, end)
+        new_layers.append(layer_cache)
+    else:  # a prefill: one scanned layer body (the 7B's compiles ~4x faster than 28 unrolled)
+      run = lambda layer, x, layer_cache: layer(x, cos, sin, mask, layer_cache, end)  # noqa: E731
+      stacked = jax.tree.map(lambda *a: jnp.stack(a), *cache["layers"])
+      x, stacked = stack.scan_outputs(self.layers, run, x, stacked, unroll=not self.scan_layers)
+      new_layers = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(cache["layers"]))]
     new_cache = {"layers": new_layers, "valid": valid, "end_index": end + x.shape[1]}
     return self.norm(x), new_cache
