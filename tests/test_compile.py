@@ -272,6 +272,53 @@ def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
   assert doc.read_text() == f"intro\n<!-- sweep-table:start -->\n{table}\n<!-- sweep-table:end -->\noutro\n"
 
 
+def test_sweep_row_counts_scanned_steps_whole():
+  # A scanned train step: XLA counts each loop body once, so the row takes the collectives'
+  # per-step bytes (bodies times trips) and the model's FLOPs; generate's compile includes
+  # its prefill's.
+  collectives = {
+    "all-gather": {"bytes": 1 * GiB, "step_bytes": 28 * GiB},
+    "all-reduce": {"bytes": 0, "step_bytes": 2 * GiB},
+  }
+  train = dict(
+    compiled=True,
+    fits=True,
+    peak_gib=5.0,
+    total_gib=6.0,
+    compile_s=50.0,
+    flops_per_chip=None,
+    model_flops=16e15,
+    collectives=collectives,
+    counted_loops={"body": 28},
+  )
+  generate = dict(
+    compiled=True,
+    fits=True,
+    peak_gib=1.0,
+    total_gib=2.0,
+    compile_s=10.0,
+    flops_per_chip=2e12,
+    collectives={"all-gather": {"bytes": 3 * GiB}},
+    prefill=dict(compile_s=9.0),
+  )
+  report = dict(
+    chips=16,
+    chip=dict(hbm_gib=15.75),
+    mesh=dict(data=1, fsdp=16, tensor=1),
+    backend="tpu",
+    fits=True,
+    shapes=dict(rows=16, seq_len=2048, image_patches=256),
+    per_chip_state_gib=dict(total=7.7),
+    seconds=80.0,
+    steps=dict(train=train, generate=generate),
+  )
+  row = sweep.summary_row("cell", ("7b", "v5e:4x4", "fsdp", "2x8x1024"), report)
+  assert row["steps"]["train"]["collective_gib"] == 30.0 and row["steps"]["train"]["tflops"] == 1000.0
+  assert row["steps"]["generate"]["collective_gib"] == 3.0 and row["steps"]["generate"]["tflops"] == 2.0
+  assert row["steps"]["generate"]["compile_s"] == 19.0
+  assert "| 1000 | 30 | 50 + 19 |" in sweep.sweep_markdown([row])
+
+
 def test_bench_times_the_real_train_step_and_checks_flops():
   cfg = small()
   cfg.model.dtype = "float32"

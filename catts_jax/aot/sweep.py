@@ -76,16 +76,18 @@ def summary_row(name: str, cell, report: dict | None, error: str | None = None) 
     steps={},
   )
   for step, r in report["steps"].items():
+    collective_gib = step_collective_gib(r)  # a scanned step's loops counted by their trips
+    if collective_gib is None and r.get("collectives"):
+      collective_gib = sum(c["bytes"] for c in r["collectives"].values()) / GiB
     row["steps"][step] = dict(
       verdict=verdict(r),
       peak_gib=r.get("peak_gib"),
       total_gib=r.get("total_gib"),
-      compile_s=r.get("compile_s"),
-      tflops=r["flops_per_chip"] / 1e12 if r.get("flops_per_chip") is not None else None,
+      # a generate step's compile includes its prefill's (a separate program)
+      compile_s=(r.get("compile_s") or 0) + ((r.get("prefill") or {}).get("compile_s") or 0) or None,
+      tflops=tflop_per_chip(r, report["chips"]) if r.get("compiled") else None,
       compute_floor_s=r.get("compute_floor_s"),
-      collective_gib=sum(c["bytes"] for c in r["collectives"].values()) / GiB
-      if r.get("collectives")
-      else None,
+      collective_gib=collective_gib,
       oom=r.get("oom"),
       reason=r.get("reason"),
     )
@@ -176,7 +178,7 @@ def sweep_markdown(rows: list[dict]) -> str:
   lines = [
     "| model | topology | strategy (data/fsdp/tensor) | P x G x R, image patches | train batch | state GiB/chip "
     "| train peak / total GiB/chip | train | generate peak / total GiB/chip | generate | HBM GiB | train TFLOP/chip "
-    "| train collectives GiB/chip | compile s |",
+    "| train collectives GiB/chip/step | compile s |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
