@@ -76,6 +76,36 @@ def test_sharded_checkpoint_in_and_out(tmp_path):
     np.testing.assert_array_equal(var.get_value(), c[path].get_value(), err_msg=str(path))
 
 
+def test_failed_export_keeps_the_earlier_one(tmp_path, monkeypatch):
+  """An export that dies part way (here: the second shard) leaves the earlier export whole;
+  the next export over a sharded one leaves no stale shard or index behind."""
+  model = load_hf(build_tiny_checkpoint(tmp_path / "src", **TINY))
+  other = load_hf(build_tiny_checkpoint(tmp_path / "other", seed=1, **TINY))  # other weights
+  out = save_hf(model, tmp_path / "export", max_shard_size="100KB")
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  real_write, calls = safetensors_io.write, []
+
+  def dies_on_second(path, tensors, produce):
+    calls.append(path)
+    if len(calls) == 2:
+      raise OSError("disk full")
+    return real_write(path, tensors, produce)
+
+  monkeypatch.setattr(safetensors_io, "write", dies_on_second)
+  with pytest.raises(OSError, match="disk full"):
+    save_hf(other, out, max_shard_size="100KB")
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  monkeypatch.setattr(safetensors_io, "write", real_write)
+
+  save_hf(model, out)  # one file now: the shards and their index go
+  assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+  assert not (out / "model.safetensors.index.json").exists()
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+  a = dict(nnx.to_flat_state(nnx.state(model)))
+  for path, var in nnx.to_flat_state(nnx.state(load_hf(out))):
+    np.testing.assert_array_equal(var.get_value(), a[path].get_value(), err_msg=str(path))
+
+
 def test_bf16_checkpoint_loads(tiny_ckpt, tmp_path):
   """Released checkpoints are bfloat16; they load (without torch) into float32 params."""
   hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_ckpt, dtype=torch.bfloat16)

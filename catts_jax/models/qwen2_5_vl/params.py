@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -304,10 +305,16 @@ def save_hf(
 ) -> pathlib.Path:
   """Write model weights, config.json and (copied from `processor_dir`) tokenizer/processor files.
 
-  Tensors are gathered to the host one at a time; shards stay below `max_shard_size`.
+  Tensors are gathered to the host one at a time; shards stay below `max_shard_size`. Every
+  file is written whole in a staging directory beside `out_dir` first, then moved into place
+  (`os.replace`, one file at a time) and the old export's other weight files removed: an
+  export that fails part way leaves the earlier one in `out_dir` as it was.
   """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
+  staging = out.with_name(f".{out.name}.partial")
+  shutil.rmtree(staging, ignore_errors=True)  # what a failed export left
+  staging.mkdir()
   cfg = model.cfg
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   mapping = weight_map(cfg)
@@ -341,26 +348,31 @@ def save_hf(
     host = np.asarray(jax.device_get(value if layer is None else value[layer]))
     return nnx_to_hf(host, kind, n_in, hf_shape)
 
-  for stale in list(out.glob("*.safetensors")) + [out / INDEX_FILE]:
-    stale.unlink(missing_ok=True)
   names = (
     [SINGLE_FILE]
     if len(shards) == 1
     else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   )
   for file_name, shard in zip(names, shards):
-    safetensors_io.write(out / file_name, [(e[0], e[1], dtype) for e in shard], produce)
+    safetensors_io.write(staging / file_name, [(e[0], e[1], dtype) for e in shard], produce)
   if len(shards) > 1:
     index = {
       "metadata": {"total_size": sum(math.prod(e[1]) * dtype.itemsize for e in entries)},
       "weight_map": {e[0]: f for f, shard in zip(names, shards) for e in shard},
     }
-    (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    (staging / INDEX_FILE).write_text(json.dumps(index, indent=2))
 
-  (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
+  (staging / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
   if processor_dir is not None:
     for src in _processor_files(pathlib.Path(processor_dir)):
-      shutil.copy2(src, out / src.name)
+      shutil.copy2(src, staging / src.name)
+  written = {p.name for p in staging.iterdir()}
+  for name in sorted(written):
+    os.replace(staging / name, out / name)
+  for stale in list(out.glob("*.safetensors")) + [out / INDEX_FILE]:
+    if stale.name not in written:
+      stale.unlink(missing_ok=True)
+  staging.rmdir()
   return out
 
 
