@@ -419,6 +419,8 @@ CASES = [
   Case("train.cdrl: 0 steps", _cdrl("--config.train.steps=0"), words=("--config.train.steps=0: expected an integer >= 1",)),
   Case("train.cdrl: a group size of 0", _cdrl("--config.rollout.group_size=0"),
        words=("--config.rollout.group_size=0: expected an integer >= 1",)),
+  Case("train.cdrl: a tempered rollout", _cdrl("--config.rollout.temperature=0.7"),
+       words=("--config.rollout.temperature=0.7, top_p=1.0: the learner scores the temperature-1 policy",)),
   Case("train.cdrl: a data limit of 0", _cdrl("--config.data.limit=0"),
        words=("--config.data.limit=0: expected an integer >= 1",)),
   Case("train.cdrl: a negative data limit", _cdrl("--config.data.limit=-1"),

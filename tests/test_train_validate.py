@@ -107,6 +107,37 @@ def test_rows_and_micro_batches_split_over_data_and_fsdp():
   validate.check(sft, "sft", 8)
 
 
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
+    (
+      "rollout.temperature",
+      0.7,
+      "--config.rollout.temperature=0.7, top_p=1.0: the learner scores the temperature-1",
+    ),
+    (
+      "rollout.top_p",
+      0.9,
+      "--config.rollout.temperature=1.0, top_p=0.9: the learner scores the temperature-1",
+    ),
+    (
+      "rollout.score_micro_batch",
+      3,
+      "--config.rollout.score_micro_batch=3: expected a multiple of group_size=4",
+    ),
+  ],
+)
+def test_rollout_settings_are_checked_before_any_work(key, value, message):
+  # RolloutConfig's own checks, made by `check` (before train.cdrl locks or writes its output
+  # directory), as one line naming the setting.
+  cfg = cdrl_tiny.get_config()
+  validate.check(cfg, "cdrl", 1)
+  _set(cfg, key, value)
+  with pytest.raises(validate.ConfigError) as raised:
+    validate.check(cfg, "cdrl", 1)
+  assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
 def test_a_resume_keeps_the_runs_settings(tmp_path):
   out = tmp_path / "run"
   out.mkdir()

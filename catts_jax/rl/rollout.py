@@ -84,7 +84,7 @@ class RolloutConfig:
     for name in ("sample_micro_batch", "score_micro_batch"):
       if getattr(self, name) % self.group_size:
         raise ValueError(
-          f"rollout {name}={getattr(self, name)}: expected a multiple of group_size={self.group_size} "
+          f"rollout.{name}={getattr(self, name)}: expected a multiple of group_size={self.group_size} "
           "(a problem's samples share one prefill and one image encode)"
         )
     # The learner's log-probs and the ratio's old_logp are the temperature-1, untruncated
@@ -92,7 +92,7 @@ class RolloutConfig:
     # not the sampled policy's.
     if self.temperature != 1.0 or self.top_p != 1.0:
       raise ValueError(
-        f"rollout temperature={self.temperature}, top_p={self.top_p}: the learner scores the "
+        f"rollout.temperature={self.temperature}, top_p={self.top_p}: the learner scores the "
         "temperature-1 policy, so rollouts must sample it (temperature=1.0, top_p=1.0)"
       )
 

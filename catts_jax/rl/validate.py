@@ -100,6 +100,17 @@ def _rows(values: Mapping, kind: str) -> tuple[str, int, str]:
   return "train.prompts_per_step", p * g, f"{p} problems x rollout.group_size {g} = {p * g} rows a step"
 
 
+def _rollout(values: Mapping) -> None:
+  """The rollout settings' own checks (RolloutConfig: temperature 1, micro-batches of whole
+  groups), made here so that a bad one stops the run before its output directory is touched."""
+  from catts_jax.rl.rollout import RolloutConfig  # the rollout module pulls in the model
+
+  try:
+    RolloutConfig(**{**values["rollout"], "template": values.get("data", {}).get("template")})
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"--config.{e}") from None  # its messages name the setting: rollout.<key>=...
+
+
 def check(cfg, kind: str, devices: int) -> None:
   """Check the config of a `kind` ("cdrl" or "sft") run over `devices` devices; ConfigError
   names the first bad setting."""
@@ -110,6 +121,8 @@ def check(cfg, kind: str, devices: int) -> None:
       continue
     if broken(value, (ok, expected)):
       raise ConfigError(f"--config.{key}={None if value is _MISSING else value!r}: {expected}")
+  if kind == "cdrl":
+    _rollout(values)
   if kind == "sft" and values.get("mesh") is None:
     return  # one device: nothing to split
   split = _devices(values, "mesh", devices)
