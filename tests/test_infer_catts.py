@@ -471,10 +471,12 @@ def test_run_refuses_a_policy_loaded_for_other_settings(tiny_ckpt, tfds_dir, tmp
 
   from catts_jax.scoring import ConfidenceConfig
 
+  cfg = catts_config.get_config()
   job = run.prepare(
-    catts_config.get_config(), ckpt=tiny_ckpt, benchmark="mathvision", data_path=str(SHARED), split="testmini",
+    cfg, ckpt=tiny_ckpt, benchmark="mathvision", data_path=str(SHARED), split="testmini",
     data_dir=str(tfds_dir), out=tmp_path, limit=1, ns="1", expert="none",
   )  # fmt: skip
+  assert cfg.dtype == "auto" and job.cfg.dtype == "float32"  # resolved on the job's copy only
   window = ConfidenceConfig(window=job.tts.deepconf_window)
   for dtype, confidence in (("bfloat16", window), (job.cfg.dtype, ConfidenceConfig(window=7))):
     other = SimpleNamespace(cfg=SimpleNamespace(dtype=dtype), confidence=confidence)

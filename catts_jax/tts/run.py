@@ -13,6 +13,7 @@ skips finished problems) and writes the report (`summary.write_report`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pathlib
 from collections.abc import Callable
@@ -200,6 +201,7 @@ def prepare(
   those its config.json describes (`allow_partial`: extra ones are ignored). `expert_name`
   names a remote Expert in run.json and the records instead of its URL (a local server's port
   changes from run to run, and a resume must still match)."""
+  cfg = copy.deepcopy(cfg)  # settled below for this run; the caller's config stays as given
   tts = validate.config(cfg, limit)
   cfg.dtype = compute_dtype(cfg.dtype)  # recorded resolved: a resume elsewhere must match it
   cfg.module_batch = module_batch(cfg)
