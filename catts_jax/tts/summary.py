@@ -298,7 +298,7 @@ def write_report(out: pathlib.Path, summary: dict[str, Any], ns: list[int], meth
 
 
 def _correct(rows: list[dict], method: str, n: int) -> list[bool]:
-  return [bool(r["methods"][method][str(n)]["correct"]) for r in rows if "error" not in r]
+  return [bool(record["correct"]) for record in _records([r for r in rows if "error" not in r], method, n)]
 
 
 def versus(rows: list[dict], a: str, b: str, n: int) -> dict:
