@@ -85,7 +85,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     # Reply budgets (CA-TTS's are 256 / 512 / 1024); a reply cut short fails to parse. The
     # Voter's reply holds its reasoning (~40 tokens) and the JSON (up to ~60 at 8 candidates).
     max_tokens=dict(planner=48, voter=192, critic=160) if not tiny else dict(planner=8, voter=8, critic=8),
-    solve_max_new_tokens=8 if tiny else 96,  # a count solution reads 16 cells first (~50 tokens)
+    solve_max_new_tokens=8 if tiny else 64,
   )
   c.export = dict(dtype="float32")  # or bfloat16: half the bundle
   return c

@@ -74,11 +74,8 @@ def colour_task(rng: np.random.Generator) -> dict:
   )
 
 
-COUNT_GRID, COUNT_CELL = 4, 28  # the count task's image: a 4x4 grid of 28-pixel cells
-
-
 def count_task(rng: np.random.Generator) -> dict:
-  size, cells = COUNT_GRID * COUNT_CELL, COUNT_GRID  # at most one shape per cell
+  size, cells = 112, 4  # a 4x4 grid of 28-pixel cells, at most one shape per cell
   image = Image.new("RGB", (size, size), BACKGROUND)
   draw = ImageDraw.Draw(image)
   names = [str(c) for c in rng.choice(list(COLOURS), size=3, replace=False)]
@@ -89,8 +86,8 @@ def count_task(rng: np.random.Generator) -> dict:
   for colour, spot in zip(colours, spots):
     row, col = divmod(int(spot), cells)
     side = int(rng.integers(14, 22))
-    x = col * COUNT_CELL + int(rng.integers(1, COUNT_CELL - side))
-    y = row * COUNT_CELL + int(rng.integers(1, COUNT_CELL - side))
+    x = col * 28 + int(rng.integers(1, 28 - side))
+    y = row * 28 + int(rng.integers(1, 28 - side))
     _draw_shape(draw, str(rng.choice(SHAPES)), (x, y, x + side, y + side), COLOURS[colour])
   counting = ", ".join(str(i + 1) for i in range(n_target))
   return dict(
@@ -100,22 +97,6 @@ def count_task(rng: np.random.Generator) -> dict:
     answer_type="integer",
     solution=_boxed(f"Counting the {target} shapes: {counting}.", str(n_target)),
   )
-
-
-def count_cells(image: Image.Image) -> list[str]:
-  """What a count problem's image shows, cell by cell, row by row: the colour name of the
-  cell's shape, or "none". Read off the pixels (the task draws at most one shape per cell,
-  filled in one of COLOURS), so it is the generator's own layout, for targets that spell
-  out what is seen before counting it."""
-  pixels = np.asarray(image.convert("RGB"), np.int32)
-  names = []
-  for row in range(COUNT_GRID):
-    for col in range(COUNT_GRID):
-      cell = pixels[row * COUNT_CELL : (row + 1) * COUNT_CELL, col * COUNT_CELL : (col + 1) * COUNT_CELL]
-      drawn = {name: int((cell == rgb).all(-1).sum()) for name, rgb in COLOURS.items()}
-      name = max(drawn, key=drawn.get)
-      names.append(name if drawn[name] else "none")
-  return names
 
 
 def bricks_task(rng: np.random.Generator) -> dict:

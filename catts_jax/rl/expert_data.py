@@ -30,11 +30,6 @@ The targets, from the synthetic train split's ground truth and reference reasoni
   `... The response is right; the answer is X.`
 - Solve: the policy's own prompt (the benchmark template) -> the reference solution, so the
   Expert learns to perceive as a plain solver too.
-
-Every reasoning above is the Expert's reference solution (`solution`): the generator's, and for
-a count problem the image said cell by cell first (`cells_seen`, read off the pixels), so the
-Expert is taught to see each cell before it counts: the policy, trained on the count alone,
-counts at 0.31 and every Expert trained that way at chance (docs/experiments/synthetic_expert.md).
 """
 
 from __future__ import annotations
@@ -89,26 +84,9 @@ def problem_inputs(example: Mapping[str, Any], template: str | None = None) -> t
   return question, [images[c["index"]] for c in content if c["type"] == "image"]
 
 
-def cells_seen(example: Mapping[str, Any]) -> str:
-  """A count problem's image, said cell by cell (`synthetic.count_cells`): "The cells, row by
-  row: none red none none, blue none none red, ..."."""
-  names = synthetic.count_cells(data.decode_images(example)[0])
-  g = synthetic.COUNT_GRID
-  return (
-    "The cells, row by row: " + ", ".join(" ".join(names[i : i + g]) for i in range(0, len(names), g)) + "."
-  )
-
-
-def solution(example: Mapping[str, Any]) -> str:
-  """The Expert's reference solution: the generator's, and for a count problem what each
-  cell of the image holds first (the Expert learns to read every cell, then counts)."""
-  reference = example["metadata"]["solution"]
-  return f"{cells_seen(example)} {reference}" if example["category"] == "count" else reference
-
-
 def reasoning(example: Mapping[str, Any]) -> str:
-  """The Expert's reference solution without its closing "The answer is \\boxed{X}."."""
-  return _BOXED_TAIL.sub("", solution(example)).strip()
+  """The reference solution without its closing "The answer is \\boxed{X}."."""
+  return _BOXED_TAIL.sub("", example["metadata"]["solution"]).strip()
 
 
 def planner_target(example: Mapping[str, Any]) -> str:
@@ -169,7 +147,7 @@ def ask_for(row: Row, example: Mapping[str, Any], template: str | None = None) -
 
 def target_for(row: Row, example: Mapping[str, Any]) -> str:
   if row.kind == "solve":
-    return solution(example)
+    return example["metadata"]["solution"]
   if row.kind == "planner":
     return planner_target(example)
   if row.kind == "voter":
