@@ -110,15 +110,18 @@ class VisionAttention(nnx.Module):
     self.qkv = Dense((d,), (3, n, h), ("embed", None, "q_heads", "head_dim"), **kw)
     self.proj = Dense((n, h), (d,), ("q_heads", "head_dim", "embed"), **kw)
 
-  def __call__(self, x, cos, sin, mask=None, segments=None):
-    """Full attention under mask [I, 1, S, S], or, given segments [I, S] (x in window
-    order, `window_order`), window attention."""
+  def __call__(self, x, cos, sin, mask=None, segments=None, full=True):
+    """Full attention under mask [I, 1, S, S] where `full`, else window attention over
+    segments [I, S] (x in window order, `window_order`). A traced `full` (a scanned stack)
+    branches on the attention core alone, so the projections compile once for both forms."""
     q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)  # each [I, S, N, H]: a batch of images
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if segments is not None:
-      out = window_attention(q, k, v, segments, self.block)
+    attend_full = lambda q, k, v: attention(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), mask)  # noqa: E731
+    attend_windows = lambda q, k, v: window_attention(q, k, v, segments, self.block)  # noqa: E731
+    if isinstance(full, bool):  # known while tracing: only that form is compiled
+      out = attend_full(q, k, v) if full else attend_windows(q, k, v)
     else:
-      out = attention(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), mask)
+      out = jax.lax.cond(full, attend_full, attend_windows, q, k, v)
     return self.proj(out)
 
 
@@ -130,8 +133,8 @@ class VisionBlock(nnx.Module):
     self.norm2 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
     self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, use_bias=True, **kw)
 
-  def __call__(self, x, cos, sin, mask=None, segments=None):
-    x = x + self.attn(self.norm1(x), cos, sin, mask, segments)
+  def __call__(self, x, cos, sin, mask=None, segments=None, full=True):
+    x = x + self.attn(self.norm1(x), cos, sin, mask, segments, full)
     return x + self.mlp(self.norm2(x))
 
 
@@ -179,13 +182,7 @@ class VisionTransformer(nnx.Module):
 
     def run(block, x, full):
       """One block: full attention within each image where `full`, else window attention."""
-      attend_full = lambda x: block(x, cos, sin, mask=full_mask)  # noqa: E731
-      attend_windows = lambda x: block(x, cos, sin, segments=segments)  # noqa: E731
-      if isinstance(full, bool):  # known while tracing: only that form is compiled
-        x = attend_full(x) if full else attend_windows(x)
-      else:
-        x = jax.lax.cond(full, attend_full, attend_windows, x)
-      return constrain(x, SLOTS)
+      return constrain(block(x, cos, sin, full_mask, segments, full), SLOTS)
 
     full = [i in self.cfg.fullatt_block_indexes for i in range(self.cfg.depth)]
     x = constrain(gather_patches(self.patch_embed(pixel_values), order), SLOTS)
