@@ -106,13 +106,27 @@ def test_catts_bench_smoke(tmp_path):
       assert ids(tmp_path / "out" / mode / phase / "results.jsonl") == ids(
         tmp_path / "out" / "serial" / "cold" / "results.jsonl"
       )
-  for mode in ("batched", "batched_rounds"):
+  for mode in catts_bench.ENGINES:
     same = report[mode]["same_answers"]
     assert same["of"] == 2 * 4 * 2 and same["equal"] == same["of"]  # problems x methods x N
   for phase, suffix in (("cold", ""), ("warm", "_warm")):
     speed = {m: report[m][phase]["problems_per_s"] for m in catts_bench.MODES}
     assert report["catts_speedup" + suffix] == speed["batched"] / speed["serial"]
     assert report["rounds_speedup" + suffix] == speed["batched_rounds"] / speed["serial"]
+    assert report["catts_speedup_bound" + suffix] == speed["draw_only"] / speed["serial"]
+  # The draw alone votes by majority only, over the serial run's own samples.
+  draw = [
+    json.loads(line)
+    for line in (tmp_path / "out" / "draw_only" / "cold" / "results.jsonl").read_text().splitlines()
+  ]
+  serial = {
+    r["id"]: r
+    for r in map(
+      json.loads, (tmp_path / "out" / "serial" / "cold" / "results.jsonl").read_text().splitlines()
+    )
+  }
+  assert all(set(r["methods"]) == {"majority"} for r in draw)
+  assert all(r["methods"]["majority"] == serial[r["id"]]["methods"]["majority"] for r in draw)
   catts_bench.write(tmp_path / "out", report)
   assert "catts_speedup" in (tmp_path / "out" / "report.md").read_text()
 
