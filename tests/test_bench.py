@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from catts_jax import bench
+from catts_jax import bench, runs
 from catts_jax.models.qwen2_5_vl import presets
 from infer import bench as bench_cli
 
@@ -115,16 +115,9 @@ def test_catts_bench_smoke(tmp_path):
     assert report["rounds_speedup" + suffix] == speed["batched_rounds"] / speed["serial"]
     assert report["catts_speedup_bound" + suffix] == speed["draw_only"] / speed["serial"]
   # The draw alone votes by majority only, over the serial run's own samples.
-  draw = [
-    json.loads(line)
-    for line in (tmp_path / "out" / "draw_only" / "cold" / "results.jsonl").read_text().splitlines()
-  ]
-  serial = {
-    r["id"]: r
-    for r in map(
-      json.loads, (tmp_path / "out" / "serial" / "cold" / "results.jsonl").read_text().splitlines()
-    )
-  }
+  draw = runs.read_rows(tmp_path / "out" / "draw_only" / "cold" / "results.jsonl")
+  serial = {r["id"]: r for r in runs.read_rows(tmp_path / "out" / "serial" / "cold" / "results.jsonl")}
+  assert len(draw) == len(serial) == 2
   assert all(set(r["methods"]) == {"majority"} for r in draw)
   assert all(r["methods"]["majority"] == serial[r["id"]]["methods"]["majority"] for r in draw)
   catts_bench.write(tmp_path / "out", report)

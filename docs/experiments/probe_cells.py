@@ -46,10 +46,12 @@ def cell_labels(image: Image.Image) -> list[int]:
 
 
 def count_images(split: str, n: int) -> list[Image.Image]:
-  """The first n count problems of `split` in the reasoning config (every third problem)."""
-  tasks = ("count", "bricks", "bars")  # the reasoning config's order (synthetic.CONFIGS)
+  """The first n count problems of `split` in the reasoning config (tasks take turns)."""
+  tasks = next(c.tasks for c in synthetic.CONFIGS if c.name == "reasoning")
+  first = tasks.index("count")
   return [
-    Image.open(io.BytesIO(synthetic.generate(tasks, split, len(tasks) * i)["images"][0])) for i in range(n)
+    Image.open(io.BytesIO(synthetic.generate(tasks, split, first + len(tasks) * i)["images"][0]))
+    for i in range(n)
   ]
 
 
