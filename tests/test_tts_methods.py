@@ -309,6 +309,29 @@ def test_contrastive_selfcheck_changes_the_vote_in_one_case_not_another():
   assert r["table"]["totals"] == pytest.approx({"3": 1.1 + 2 * 0.05 + 2.0, "4": 0.8 + 2 * 0.6, "5": 0.6})
 
 
+def test_reflection_after_the_selfcheck_critiques_the_vcd_decode_when_its_answer_wins():
+  """The contrastive self-check's answer may be one no sample gave; when it wins and
+  Self-Reflection comes next, the response critiqued is the VCD decode's (it once had none)."""
+  expert = RoleExpert(planner=['{"order": ["SC", "SCk", "SR"]}'], voter=['{"A1": 1, "A2": 1, "A3": 1}'],
+                      critic=["Look again at the left bar."])  # fmt: skip
+  ops = FakeOps({"p1": SAMPLES}, SELFCHECK, reanswer=("4", 0.7))
+  problem = ops.prepare(0, {"id": "p1", "answer": "4"})
+  drawn = ops.draw([problem], 4, 0)[0]
+  vcd = response("vcd", "7", 0.5)
+  cfg = config(planner="paper", selfcheck="contrastive")
+  steps = tts_methods.solve(
+    problem, drawn, ops.decode([problem])[0], vcd, ns=(4,), methods=("catts",), cfg=cfg, expert=expert
+  )
+  r = engine.serial(steps, ops, expert)["methods"]["catts"]["4"]
+  assert r["order"] == [SC, SCK, SR] and r["modules"][1]["contrastive"] == {"answer": "7", "added": 2.0}
+  sr = r["modules"][2]
+  assert sr["ran"] and sr["signal"] == 0.0 and sr["critiqued"] == "vcd"  # no sample gave "7"
+  assert ops.reanswers[0][0] == "vcd" and "so the answer is 7" in expert.sent[-1][1]
+  assert r["table"]["totals"] == pytest.approx(
+    {"3": 1.1 + 2 / 3, "4": 0.8 + 2 / 3 + 2.0, "5": 0.6 + 2 / 3, "7": 2.0}
+  )
+
+
 def test_module_by_module_on_the_same_samples_and_expert_answers():
   """The ablations add one module at a time in the default order (no Planner) and share the
   Expert's answers: one Voter call and one Critic call serve every method."""

@@ -3,7 +3,8 @@ again with the critique in context; the new answer gets `reflection_boost * N` v
 
 The gate is `voting.needs_reflection` on the table as it stands when the module runs (an
 empty table reads 0 and always reflects). The response critiqued is the most confident one
-that gave the current winner (with no winner: the most confident response). The re-answer
+that gave the current winner (a sample, an earlier re-answer, or the contrastive self-check's
+VCD decode; with no winner: the most confident response). The re-answer
 continues the chat: the original turn, the critiqued response as the policy's turn, then the
 critique (with `prompts="release"`: one user turn, the release's analysis block after the
 problem); the policy decodes with `reflection.temperature` (0 = greedy). `tts.gated` False

@@ -92,6 +92,7 @@ def visual_self_check(ctx: Context, table: voting.VoteTable) -> Steps:
   if mode in ("contrastive", "both") and ctx.vcd is not None and voting.answered(ctx.vcd.answer):
     added = ctx.boost(tts.selfcheck_weight)
     table.add("selfcheck_vcd", ctx.vcd.answer, added)
+    ctx.pool.append(ctx.vcd)  # a response behind a table answer: Self-Reflection may critique it
     record["contrastive"] = {"answer": ctx.vcd.answer, "added": added}
   if "added" not in record and "contrastive" not in record:
     why = "no candidate answers" if mode == "drop" else "no answer from the contrastive decode"
