@@ -62,7 +62,10 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     weight_decay=0.0,
     clip_norm=1.0,
     accumulate=1,
-    freeze_vision=False,
+    # The tower keeps its random initialisation: trained, it lost the cells' colours that a
+    # random one holds (docs/reports/expert_quality/cell_probe.json), and frozen it counts 0.53
+    # against 0.20 on validation (synthetic_expert.md, run 6).
+    freeze_vision=True,
   )
   # Each step is one batch of train.batches[cycle[step % len(cycle)]]: so many rows per kind.
   # Solve rows are short (~120 tokens with the solution), role rows ~200-250: a batch of one

@@ -95,14 +95,17 @@ def test_targets_parse_and_say_the_truth():
     for cands in ([truth], [wrong, truth], [truth, wrong, "17"], [wrong, "17", "19", truth]):
       row = ed.Row("voter", i, tuple(cands), truth)
       target = ed.target_for(row, ex)
-      # It solves first, as the prompt asks, then the JSON form the prompt's example shows.
+      # It solves first, as the prompt asks, then every label's floor and its answer last.
       solution, votes = target[: target.index(" {")], target[target.index(" {") + 1 :]
-      assert solution == ed.reasoning(ex) and votes == json.dumps(json.loads(votes))
+      assert solution == f"{ed.reasoning(ex)} The answer is {truth}." and votes == json.dumps(
+        json.loads(votes)
+      )
+      assert list(json.loads(votes)) == [f"A{k + 1}" for k in range(len(cands))] + [truth]
       probs = read(ed.ask_for(row, ex), target)
+      assert probs == pytest.approx(ed.voter_probs(cands, truth))
       assert list(probs) == cands and max(probs, key=probs.get) == truth
-      assert probs[truth] == pytest.approx(1.0 if len(cands) == 1 else ed.VOTER_MASS, abs=0.02)
-      assert len({round(p, 6) for c, p in probs.items() if c != truth}) <= 1  # the rest shared evenly
-    nobody = ed.Row("voter", i, (wrong, "17"), None)
+      assert probs[truth] >= ed.VOTER_MASS and len({round(p, 6) for c, p in probs.items() if c != truth}) <= 1
+    nobody = ed.Row("voter", i, (wrong, "17"), None)  # its answer is no candidate: uniform
     assert read(ed.ask_for(nobody, ex), ed.target_for(nobody, ex)) == {wrong: 0.5, "17": 0.5}
 
     reference = ed.reasoning(ex)

@@ -33,6 +33,11 @@ VOTES = [
   ('{"A1": 0.9, "A2": 0.1', [0.9, 0.1, 0]),  # truncated JSON, read as lines
   ('{"A1": {"probability": 0.2}, "A2": {"p": 0.8}}', [0.2, 0.8, 0]),
   ("A1: 12 is what the model says, wrongly\nA2: 0.9 (likely)\nA3: 0.1", [0, 0.9, 0.1]),
+  # A candidate named twice (its label, then its text) keeps the later value: label floors
+  # with the Expert's own answer last (the synthetic Expert's replies); no candidate: floors.
+  ('{"A1": 0.05, "A2": 0.05, "A3": 0.05, "15": 0.9}', [0.05, 0.9, 0.05]),
+  ('{"15": 0.9, "A2": 0.05, "A1": 0.05}', [0.5, 0.5, 0]),
+  ('{"A1": 0.05, "A2": 0.05, "A3": 0.05, "7": 0.9}', [1 / 3, 1 / 3, 1 / 3]),
 ]
 BAD_VOTES = ['{"A1": 0, "A2": 0}', "no idea", '{"A9": 1}', "", "[0.5, 0.5]", '{"A1": NaN}', "A1: 0%"]
 

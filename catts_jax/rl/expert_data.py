@@ -16,12 +16,17 @@ The targets, from the synthetic train split's ground truth and reference reasoni
   candidates again in a seeded other order (in vote-table order the right one is mostly
   first, and a Voter trained on that order alone put 0.9 on A1 whatever it found). The reply
   solves first, as the prompt asks ("Solve the question yourself ..., then give the
-  probability"): the reference reasoning, then the probabilities written as `json.dumps`, the
-  form the prompt's example shows: `... 12 - 10 = 2. {"A1": 0.9, "A2": 0.1}`. The true
-  candidate gets 0.9 and the others share 0.1 (VOTER_MASS); one candidate, alone and right,
-  gets 1.0; when no candidate is right the probabilities are uniform ("cannot tell").
-  (Keys by the candidates' text instead of labels were tried: the tiny Expert then wrote its
-  own answer as every key; docs/experiments/synthetic_expert.md, run 4.)
+  probability"): the reference reasoning and its answer, then JSON that gives every label
+  a floor of (1 - VOTER_MASS) / n and, last, the Expert's own answer by its text VOTER_MASS:
+  `... 12 - 10 = 2. The answer is 2. {"A1": 0.05, "A2": 0.05, "2": 0.9}`. The Voter's reader
+  lays the answer's mass over its candidate's label (a candidate named twice keeps the later
+  value) and drops it when it is no candidate, so the reply reads as 0.9 on the Expert's
+  answer when it stands among the candidates and as uniform ("none of these") when not.
+  The reply never has to find the label of a candidate, which this small Expert does not
+  learn: trained to write the label (`{"A1": 0.1, "A2": 0.9}`, runs 1-7) it put the mass on
+  its own answer in 36% of the calls where it stood; trained to copy each candidate's line
+  as the key first (run 8) it copied the lines wrong; keyed by every candidate's text (run 4)
+  it wrote its own answer as every key (docs/experiments/synthetic_expert.md).
 - Critic (per problem, its first right response and up to CRITIC_WRONG wrong ones with distinct
   answers: with one of each, 61% of the rows were right ones, and copying the response was the
   cheap fit): the reference reasoning first (the Expert checks the image itself), then the
@@ -47,7 +52,7 @@ from catts_jax.data import synthetic
 from catts_jax.tts.critic import critique_ask
 from catts_jax.tts.expert import Ask
 from catts_jax.tts.planner import MODULES, SELF_CONSISTENCY, SELF_REFLECTION, VISUAL_SELF_CHECK, plan_ask
-from catts_jax.tts.voter import vote_ask
+from catts_jax.tts.voter import labels, vote_ask
 
 KINDS = ("solve", "planner", "voter", "critic")
 PLANNER_ORDERS = {
@@ -93,22 +98,29 @@ def planner_target(example: Mapping[str, Any]) -> str:
   return json.dumps({"order": list(PLANNER_ORDERS[example["category"]])})
 
 
-def voter_probs(candidates: Sequence[str], truth: str | None) -> dict[str, float]:
-  """The Voter's target probability per candidate (see the module docstring)."""
-  n = len(candidates)
-  if truth is None:
-    return {c: round(1 / n, 2) for c in candidates}
-  if n == 1:
-    return {truth: 1.0}
-  rest = round((1 - VOTER_MASS) / (n - 1), 2)
-  return {c: VOTER_MASS if c == truth else rest for c in candidates}
+def voter_probs(candidates: Sequence[str], answer: str) -> dict[str, float]:
+  """What the Voter's target reads as (`parse_votes`), per candidate: VOTER_MASS on `answer`
+  when it is a candidate, each label's floor elsewhere, renormalised."""
+  floor = label_floor(len(candidates))
+  weights = [VOTER_MASS if c == answer else floor for c in candidates]
+  return {c: w / sum(weights) for c, w in zip(candidates, weights)}
 
 
-def voter_target(candidates: Sequence[str], truth: str | None, solution: str = "") -> str:
-  """`solution` (the reasoning, when given) and then the probabilities as JSON."""
-  probs = voter_probs(candidates, truth)
-  votes = json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(candidates)})
-  return f"{solution} {votes}" if solution else votes
+def label_floor(n: int) -> float:
+  return max(round((1 - VOTER_MASS) / n, 2), 0.01)
+
+
+def voter_target(candidates: Sequence[str], answer: str, solution: str = "") -> str:
+  """`solution` (the reasoning, when given), then JSON: every label its floor, and last the
+  Expert's own `answer` by its text (see the module docstring)."""
+  votes = {label: label_floor(len(candidates)) for label in labels(len(candidates))}
+  votes[answer] = VOTER_MASS
+  return f"{solution} {json.dumps(votes)}" if solution else json.dumps(votes)
+
+
+def solved(example: Mapping[str, Any]) -> str:
+  """The reference reasoning and its answer: `... 16 - 11 = 5. The answer is 5.`."""
+  return f"{reasoning(example)} The answer is {example['answer']}."
 
 
 def wrong_sentence(response: str, reference: str) -> str | None:
@@ -151,7 +163,7 @@ def target_for(row: Row, example: Mapping[str, Any]) -> str:
   if row.kind == "planner":
     return planner_target(example)
   if row.kind == "voter":
-    return voter_target(row.candidates, row.truth, reasoning(example))
+    return voter_target(row.candidates, str(example["answer"]), solved(example))
   if row.kind == "critic":
     return critic_target(example, row.response, row.answer, row.correct)
   raise ValueError(f"unknown row kind {row.kind!r}")

@@ -5,8 +5,9 @@
 The candidates are listed under labels A1, A2, ... and the expert replies with a probability
 per label. The reply is read leniently (`parse_votes`): JSON in its many shapes (a dict, a
 list in label order, a list of {label, probability} dicts or of pairs), percentages, keys
-that are a candidate's text, or `A1: 0.7` lines; unknown keys are dropped and the rest is
-renormalised. A reply with no usable probability is an ExpertError with the reply's start.
+that are a candidate's text, or `A1: 0.7` lines; unknown keys are dropped, a candidate named
+twice (by its label, then by its text) keeps the later value, and the rest is renormalised.
+A reply with no usable probability is an ExpertError with the reply's start.
 """
 
 from __future__ import annotations

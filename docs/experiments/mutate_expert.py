@@ -24,15 +24,21 @@ MUTANTS = [
   ),
   (
     "expert_data.py",
-    "  return {c: VOTER_MASS if c == truth else rest for c in candidates}",
-    "  return {c: VOTER_MASS if c != truth else rest for c in candidates}",
+    "  weights = [VOTER_MASS if c == answer else floor for c in candidates]",
+    "  weights = [VOTER_MASS if c != answer else floor for c in candidates]",
     "Voter mass on a wrong candidate",
   ),
   (
     "expert_data.py",
-    '  votes = json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(candidates)})',
-    '  votes = json.dumps({f"A{i + 1}": probs[c] for i, c in enumerate(reversed(candidates))})',
-    "Voter labels swapped (reversed)",
+    "  votes[answer] = VOTER_MASS",
+    "  votes = {answer: VOTER_MASS, **votes}",
+    "Voter's own answer named before the labels (a floor overwrites it)",
+  ),
+  (
+    "expert_data.py",
+    "  return f\"{reasoning(example)} The answer is {example['answer']}.\"",
+    "  return reasoning(example)",
+    "Voter reasoning without its answer",
   ),
   (
     "expert_data.py",
