@@ -8,7 +8,8 @@
    split, each answer scored on its image and, teacher-forced, under VCD noise at full
    strength (the image is gone): accuracy, ECE, AUROC, confidence drop.
 2. CA-TTS and its baselines on the CDRL checkpoint (as infer.catts runs them, with
-   configs/catts.py, samples at `--temperature`, 0.7), N = 1..16, on the test split (the
+   configs/catts.py or `--config`, overridden as `--config.tts.tau=0.3`; samples at
+   `--temperature`, 0.7), N = 1..16, on the test split (the
    first --limit problems if given). The Expert is `--expert` (checkpoints/synthetic_expert)
    served by `transformers serve` on a free local port for the stage's length, and the
    module-by-module ablations run beside CA-TTS; then CA-TTS again with the policy as its
@@ -33,15 +34,18 @@ import pathlib
 import sys
 
 from absl import flags
+from ml_collections import config_flags
 
 from catts_jax import cli, demo, runs
-from configs import catts
 
 ROOT = pathlib.Path(__file__).parents[1]
 
 
 def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
+  config_flags.DEFINE_config_file(
+    "config", str(ROOT / "configs" / "catts.py"), "CA-TTS settings of stages 2 and 3", flag_values=fv
+  )
   flags.DEFINE_string(
     "sft", str(ROOT / "checkpoints" / "synthetic_sft"), "the SFT checkpoint", flag_values=fv
   )
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
   try:
     with runs.locked(args.out):  # one demo at a time in --out
       result = demo.run(
-        catts.get_config(), out=args.out, sft=args.sft, cdrl=args.cdrl, data_dir=args.data_dir,
+        args.config, out=args.out, sft=args.sft, cdrl=args.cdrl, data_dir=args.data_dir,
         split=args.split, calibration_size=args.calibration_size, limit=args.limit, ns=args.n,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, mathvision=args.mathvision,
         mv_limit=args.mv_limit, expert=args.expert,

@@ -157,7 +157,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   args = [
     sys.executable, "-m", "infer.demo", f"--out={out}", f"--data_dir={tmp_path / 'tfds'}",
     "--split=validation", "--calibration_size=4", "--limit=2", "--n=1,2", "--max_new_tokens=8",
-    "--temperature=0.9",
+    "--temperature=0.9", "--config.tts.reflection_threshold=0.97",
   ]  # fmt: skip
   # A subprocess, as a user runs it: the demo quiets the Expert's logger for its whole process.
   env = cpu_env(1)
@@ -179,6 +179,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert result["synthetic_self"]["problems"] == 2 and "expert_planner_parsed" in result["targets"]
   assert (out / "expert_server.log").stat().st_size > 0 and "Module by module" in done.stdout
   assert result["synthetic"]["temperature"] == 0.9 and "samples at temperature 0.9" in done.stdout
+  run = json.loads((out / "catts_synthetic" / "run.json").read_text())  # --config reaches the run
+  assert run["config"]["tts"]["reflection_threshold"] == 0.97
   # The verdicts are those of the report's own figures.
   recomputed = demo.targets(result["calibration"], result["synthetic"])
   assert json.dumps(result["targets"], sort_keys=True) == json.dumps(recomputed, sort_keys=True)
