@@ -102,9 +102,12 @@ def test_targets_parse_and_say_the_truth():
       )
       assert list(json.loads(votes)) == [f"A{k + 1}" for k in range(len(cands))] + [truth]
       probs = read(ed.ask_for(row, ex), target)
-      assert probs == pytest.approx(ed.voter_probs(cands, truth))
-      assert list(probs) == cands and max(probs, key=probs.get) == truth
-      assert probs[truth] >= ed.VOTER_MASS and len({round(p, 6) for c, p in probs.items() if c != truth}) <= 1
+      # As read: the answer's mass over its candidate's label floor, renormalised.
+      weights = {c: ed.VOTER_MASS if c == truth else ed.label_floor(len(cands)) for c in cands}
+      assert list(probs) == cands and probs == pytest.approx(
+        {c: w / sum(weights.values()) for c, w in weights.items()}
+      )
+      assert max(probs, key=probs.get) == truth and probs[truth] >= ed.VOTER_MASS
     nobody = ed.Row("voter", i, (wrong, "17"), None)  # its answer is no candidate: uniform
     assert read(ed.ask_for(nobody, ex), ed.target_for(nobody, ex)) == {wrong: 0.5, "17": 0.5}
 

@@ -98,15 +98,8 @@ def planner_target(example: Mapping[str, Any]) -> str:
   return json.dumps({"order": list(PLANNER_ORDERS[example["category"]])})
 
 
-def voter_probs(candidates: Sequence[str], answer: str) -> dict[str, float]:
-  """What the Voter's target reads as (`parse_votes`), per candidate: VOTER_MASS on `answer`
-  when it is a candidate, each label's floor elsewhere, renormalised."""
-  floor = label_floor(len(candidates))
-  weights = [VOTER_MASS if c == answer else floor for c in candidates]
-  return {c: w / sum(weights) for c, w in zip(candidates, weights)}
-
-
 def label_floor(n: int) -> float:
+  """Each label's probability in a Voter target over n candidates (at least 0.01)."""
   return max(round((1 - VOTER_MASS) / n, 2), 0.01)
 
 
@@ -115,7 +108,8 @@ def voter_target(candidates: Sequence[str], answer: str, solution: str = "") -> 
   Expert's own `answer` by its text (see the module docstring)."""
   votes = {label: label_floor(len(candidates)) for label in labels(len(candidates))}
   votes[answer] = VOTER_MASS
-  return f"{solution} {json.dumps(votes)}" if solution else json.dumps(votes)
+  text = json.dumps(votes)
+  return f"{solution} {text}" if solution else text
 
 
 def solved(example: Mapping[str, Any]) -> str:

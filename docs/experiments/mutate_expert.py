@@ -24,9 +24,9 @@ MUTANTS = [
   ),
   (
     "expert_data.py",
-    "  weights = [VOTER_MASS if c == answer else floor for c in candidates]",
-    "  weights = [VOTER_MASS if c != answer else floor for c in candidates]",
-    "Voter mass on a wrong candidate",
+    "  votes[answer] = VOTER_MASS",
+    '  votes["A1"] = VOTER_MASS',
+    "Voter mass on the first label, not on its answer",
   ),
   (
     "expert_data.py",

@@ -7,16 +7,45 @@ higher CA-TTS - majority at N = 16 becomes ours. The runs (bundled checkpoints):
       --config.selfcheck.mode=M --out runs/val768_M            # M: contrastive, drop
   python docs/experiments/selfcheck_choice.py docs/reports/selfcheck_choice/report.json \
       256 768 runs/val768_contrastive runs/val768_drop
+The same figures for the test-split demos before (b193be8, contrastive) and after (drop) the
+choice, reported, not used for it:
+  git archive b193be8 docs/reports/demo | tar -x -C /tmp/b193   # then rename it demo_b193be8
+  python docs/experiments/selfcheck_choice.py docs/reports/selfcheck_choice/test_demos.json \
+      0 256 /tmp/b193/demo_b193be8 docs/reports/demo
 """
 
 import json
 import pathlib
 import sys
 
+import numpy as np
+
 from catts_jax.eval import metrics
-from catts_jax.tts import summary
+from catts_jax.tts.planner import VISUAL_SELF_CHECK
 
 NS = [1, 2, 4, 8, 16]
+METHODS = ("majority", "sc+voter+sr", "catts")
+
+
+def correct(rows: list[dict], method: str, n: int) -> list[bool]:
+  return [bool(r["methods"][method][str(n)]["correct"]) for r in rows]
+
+
+def selfcheck_added(rows: list[dict], n: int) -> list[float]:
+  """The votes the self-check added per problem where it ran in CA-TTS at N = n."""
+  modules = [m for r in rows for m in r["methods"]["catts"][str(n)]["modules"]]
+  checks = [m for m in modules if m["module"] == VISUAL_SELF_CHECK and m["ran"]]
+  return [sum(m.get("added", {}).values()) + m.get("contrastive", {}).get("added", 0.0) for m in checks]
+
+
+def vcd_figures(rows: list[dict]) -> dict:
+  if not rows:
+    return {"vcd_answer_is_greedy": None, "vcd_right": None, "greedy_right": None}
+  return {
+    "vcd_answer_is_greedy": float(np.mean([r["vcd"]["answer"] == r["greedy"]["answer"] for r in rows])),
+    "vcd_right": float(np.mean([r["vcd"]["correct"] for r in rows])),
+    "greedy_right": float(np.mean([r["greedy"]["correct"] for r in rows])),
+  }
 
 
 def measure(run: pathlib.Path, first: int, last: int) -> dict:
@@ -24,21 +53,26 @@ def measure(run: pathlib.Path, first: int, last: int) -> dict:
   rows = [r for r in rows if first <= r["index"] < last]
   ok = [r for r in rows if "error" not in r]
   config = json.loads((run / "catts_synthetic" / "run.json").read_text())["config"]
-
-  def accuracy(method: str) -> dict:
-    return {str(n): float(sum(summary._correct(ok, method, n)) / len(ok)) for n in NS}
-
-  def slope(method: str) -> dict:
-    return metrics.scaling_slope_ci(NS, [summary._correct(ok, method, n) for n in NS])
-
+  added = selfcheck_added(ok, NS[-1])
   return {
     "selfcheck": dict(config["selfcheck"]),
     "problems": len(rows),
     "errors": len(rows) - len(ok),
-    "accuracy": {m: accuracy(m) for m in ("majority", "sc+voter+sr", "catts")},
-    "slope": {m: slope(m) for m in ("majority", "catts")},
-    "catts_vs_majority_at_16": summary.versus(ok, "catts", "majority", 16),
-    "selfcheck_step_at_16": summary.versus(ok, "sc+voter+sr+sck", "sc+voter+sr", 16),
+    "accuracy": {m: {str(n): float(np.mean(correct(ok, m, n))) for n in NS} for m in METHODS},
+    "slope": {
+      m: metrics.scaling_slope_ci(NS, [correct(ok, m, n) for n in NS]) for m in ("majority", "catts")
+    },
+    "catts_vs_majority_at_16": metrics.paired_difference_ci(
+      correct(ok, "catts", 16), correct(ok, "majority", 16)
+    ),
+    "selfcheck_step_at_16": metrics.paired_difference_ci(
+      correct(ok, "sc+voter+sr+sck", 16), correct(ok, "sc+voter+sr", 16)
+    ),
+    # Why the contrastive check votes like the policy: its VCD answer is mostly the greedy one
+    # (runs with the drop check decode no VCD answer: None).
+    **vcd_figures([r for r in ok if r["vcd"]]),
+    "selfcheck_ran_at_16": len(added),
+    "selfcheck_added_mean_at_16": float(np.mean(added)) if added else 0.0,
   }
 
 
