@@ -4,6 +4,7 @@ evaluation's requests: the policy's first 8 samples), to read what a trained Exp
 python docs/experiments/voter_replies.py RUN_DIR [K] > OUT.txt   # RUN_DIR: a train.expert run
 """
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -24,8 +25,8 @@ def main(run: pathlib.Path, k: int) -> None:
     samples[row["index"]] = row
   items = [it for it in expert_eval.requests(val, samples, cfg.eval) if len(it["candidates"]) > 1]
   expert = SelfExpert(load_policy(run / "final"), batch=cfg.eval.batch)
-  rendered = [expert.render(it["asks"]["voter"].messages) for it in items]
-  for it, text in zip(items, expert._decode(rendered, cfg.eval.max_tokens.voter, 0.0)):
+  raw = [dataclasses.replace(it["asks"]["voter"], read=lambda _, text, call: (text, call)) for it in items]
+  for it, (text, _) in zip(items, expert.ask_many(raw)):
     print(f"{it['id']} {it['task']} candidates {it['candidates']} truth {it['truth']} answer {it['answer']}")
     print(f"    {text}")
 
