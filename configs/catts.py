@@ -65,12 +65,12 @@ def get_config(preset: str = "ours") -> ml_collections.ConfigDict:
     model=placeholder(str),  # the served model's name (default: what GET /v1/models lists)
     provider=placeholder(str),  # hf: specs: the Inference Provider (default: the router's)
     api_key_env=placeholder(str),  # http(s) specs: the variable that holds the API key
-    concurrency=8,  # calls in flight at once (a remote expert; `self` decodes a round in one batch)
+    concurrency=8,  # calls in flight at once (a remote expert; `self` decodes what is asked in one batch)
   )
   c.template = placeholder(str)  # prompt template (catts_jax.data.prompts); None = the benchmark's
   c.batch_size = 4  # problems per sampler call (rows = batch_size * largest N)
-  # Problems that go through the modules together after their draw (whole draw chunks): each
-  # round's Expert calls concurrent, its re-answers one decode, its self-checks one pass.
+  # Problems drawn and unfinished at once: their Expert calls concurrent, their re-answers one
+  # decode, their self-checks one pass; the next chunk is drawn while the Expert works.
   c.solve_batch = 32
   c.serial = False  # True: one problem at a time after the draw (the reference; slower)
   # Requests per policy call in the modules (re-answers, self-checks, the self Expert's

@@ -126,6 +126,35 @@ def test_expert_calls_run_concurrently(tmp_path):
   assert expert.most_in_flight == 16  # the expert.concurrency bound, reached
 
 
+def test_draws_overlap_the_expert_and_problems_in_flight_stay_bounded(tmp_path):
+  """The next chunk is drawn while the Expert answers the last one's calls (the policy is not
+  left idle), and no more than solve_batch problems are drawn and unfinished at once."""
+  expert = ContentExpert(sleep_s=0.2)
+
+  class WatchedOps(SeededOps):
+    def __init__(self, *args):
+      super().__init__(*args)
+      self.expert_busy, self.unfinished = [], []
+
+    def draw(self, problems, n, seed):
+      self.expert_busy.append(expert.in_flight > 0)
+      self.unfinished.append(len({p for d in self.draws for p in d[0]}) - len(written(tmp_path)))
+      return super().draw(problems, n, seed)
+
+  cfg = config(reflection_threshold=1.01, selfcheck_margin=1.01)
+  cfg.batch_size, cfg.solve_batch = 3, 6
+  ops = WatchedOps(SAMPLES, SELFCHECK)
+  rows = Runner(ops, EXAMPLES, ns=(1, 2, 4), methods=["catts"], expert=expert, cfg=cfg).run(tmp_path)
+  assert len(rows) == 12 and not any("error" in r for r in rows)
+  assert len(ops.draws) == 4 and not ops.expert_busy[0] and any(ops.expert_busy[1:])
+  assert max(ops.unfinished) <= 6 - 3  # a chunk of 3 is drawn only while at most 3 are unfinished
+
+
+def written(out):
+  path = out / "results.jsonl"
+  return path.read_text().splitlines() if path.is_file() else []
+
+
 def test_failing_and_hanging_expert_cost_only_their_votes(tmp_path):
   healthy, _ = run(tmp_path / "healthy", ContentExpert())
   expert = ContentExpert(sleep_s=0.1, hang={"3": 0.5}, fail={("5", "voter")})

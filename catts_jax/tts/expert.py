@@ -184,6 +184,9 @@ class Expert:
   Fatal; PROGRAMMING_ERRORS propagate; any other exception counts as Fatal."""
 
   name = "expert"
+  # True: `ask_many` answers a list in one batched decode, so a caller hands over lists (the
+  # `self` expert); False: calls are independent, best sent one by one as they arise.
+  batches = False
 
   def __init__(self, retry: RetryPolicy | None = None, secrets: Sequence[str] = ()):
     self.retry = retry or RetryPolicy()
@@ -260,18 +263,19 @@ class Expert:
     failed or its reply was unusable), in order; up to `concurrency` calls in flight at once
     (a slow or failing call holds up no other). PROGRAMMING_ERRORS propagate."""
 
-    def one(ask: Ask):
-      try:
-        return self.ask(ask)
-      except PROGRAMMING_ERRORS:
-        raise
-      except Exception as e:  # noqa: BLE001 - returned to the problem that asked
-        return e
-
     if len(asks) <= 1 or concurrency <= 1:
-      return [one(a) for a in asks]
+      return [self.answer(a) for a in asks]
     with ThreadPoolExecutor(min(concurrency, len(asks)), thread_name_prefix="expert") as pool:
-      return list(pool.map(one, asks))
+      return list(pool.map(self.answer, asks))
+
+  def answer(self, ask: Ask) -> tuple[Any, ExpertCall] | Exception:
+    """`ask`'s (result, call), or the exception it raised; PROGRAMMING_ERRORS propagate."""
+    try:
+      return self.ask(ask)
+    except PROGRAMMING_ERRORS:
+      raise
+    except Exception as e:  # noqa: BLE001 - returned to the problem that asked
+      return e
 
   def chat(self, messages: Sequence[Mapping], max_tokens: int = 512, temperature: float = 0.0) -> str:
     """The reply text; the record is in `last_call` (also on ExpertError)."""

@@ -5,10 +5,11 @@ them (methods.solve), one row per problem streamed to results.jsonl.
   runner = Runner(ops, examples, ns=(1, 2, 4), methods=METHODS, expert=expert, cfg=cfg)
   rows = runner.run(pathlib.Path("runs/catts"))          # a rerun skips finished problems
 
-Per problem the largest N is sampled once (`batch_size` problems per sampler call). Then the
-problems of a wave (`solve_batch` problems, whole draw chunks) go through the modules together
-(engine.run: concurrent Expert calls, batched re-answers and self-checks); `serial` solves them
-one at a time instead, the reference the batched engine equals. An expert failure costs that
+Per problem the largest N is sampled once (`batch_size` problems per sampler call). Drawn
+problems go through the modules together, up to `solve_batch` at once (engine.run: concurrent
+Expert calls, batched re-answers and self-checks); the next chunk is drawn whenever the policy
+would otherwise wait for the Expert. `serial` solves the problems one at a time instead, the
+reference the batched engine equals. An expert failure costs that
 module its vote, never the problem; any other exception fails the problem, recorded with its
 error on its row, and the run goes on. Rows are written as problems finish; `run` returns them
 in benchmark order.
@@ -23,15 +24,21 @@ never by its batch, so a killed and resumed run writes the same rows as an unint
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from catts_jax import runs
 from catts_jax.tts import engine
-from catts_jax.tts.context import stable_seed
+from catts_jax.tts.context import Steps, stable_seed
 from catts_jax.tts.expert import Expert
 from catts_jax.tts.methods import METHODS, SAMPLED, SELF_CHECKING, solve
 from catts_jax.tts.policy_ops import PolicyOps
+
+
+def _raising(error: BaseException) -> Steps:
+  """Steps that fail at once with `error` (a problem whose draw failed)."""
+  raise error
+  yield  # a generator, like solve's
 
 
 def error_message(problem_id: str, error: BaseException) -> str:
@@ -81,54 +88,50 @@ class Runner:
       out[p.index] = next((x for x in parts if isinstance(x, BaseException)), (p, *parts))
     return out
 
-  def _wave(self, chunks: list[list[tuple[int, dict]]], pending: set[int]) -> Iterator[dict[str, Any]]:
-    """The rows of a wave's pending problems, as they finish."""
-    ids = {i: str(example.get("id", i)) for chunk in chunks for i, example in chunk}
-    steps, errors = {}, {}
-    for chunk in chunks:
-      if not pending & {i for i, _ in chunk}:
-        continue
-      for i, got in self._draw(chunk).items():
-        if i not in pending:
-          continue
-        if isinstance(got, BaseException):
-          errors[i] = got
-        else:
-          kwargs = dict(ns=self.ns, methods=self.methods, cfg=self.cfg, expert=self.expert)
-          steps[i] = solve(*got, **kwargs)
-    if self.cfg.serial:
-      results = ((i, r) for i, one in steps.items() for _, r in engine.run({i: one}, self.ops, self.expert))
-    else:
-      results = engine.run(steps, self.ops, self.expert, self.cfg.expert.concurrency, self.cfg.module_batch)
-    for i, error in errors.items():
-      yield {"id": ids[i], "index": i, "error": error_message(ids[i], error)}
-    for i, result in results:
-      if isinstance(result, BaseException):
-        yield {"id": ids[i], "index": i, "error": error_message(ids[i], result)}
-      else:
-        yield result
+  def _steps(self, chunk: list[tuple[int, dict]], pending: set[int]) -> dict[int, Steps]:
+    """A chunk drawn: the steps of its pending problems (one whose draw failed raises it)."""
+    kwargs = dict(ns=self.ns, methods=self.methods, cfg=self.cfg, expert=self.expert)
+    return {
+      i: _raising(got) if isinstance(got, BaseException) else solve(*got, **kwargs)
+      for i, got in self._draw(chunk).items()
+      if i in pending
+    }
 
   def run(self, out_dir: pathlib.Path, progress: Callable[[int], Any] | None = None) -> list[dict[str, Any]]:
     """Streams one row per unfinished problem to out_dir/results.jsonl; returns all rows, in
     benchmark order."""
     path = pathlib.Path(out_dir) / "results.jsonl"
     size = max(1, int(self.cfg.batch_size))
-    per_wave = max(1, int(self.cfg.solve_batch) // size)  # draw chunks per wave
+    ids = {i: str(example.get("id", i)) for i, example in enumerate(self.examples)}
     indexed = list(enumerate(self.examples))
     chunks = [indexed[start : start + size] for start in range(0, len(indexed), size)]
     with runs.appending(path) as write:  # trims a line cut off by a kill before the rows are read
       done = {str(r["id"]) for r in runs.read_rows(path, required="id")}
       if progress:
-        progress(sum(str(ex.get("id")) in done for ex in self.examples))
-      for start in range(0, len(chunks), per_wave):
-        wave = chunks[start : start + per_wave]
-        pending = {i for chunk in wave for i, ex in chunk if str(ex.get("id", i)) not in done}
-        if not pending:
-          continue
-        for row in self._wave(wave, pending):
-          write(row)
-          done.add(str(row["id"]))
-          if progress:
-            progress(1)
+        progress(sum(ids[i] in done for i in ids))
+      todo = [(chunk, {i for i, _ in chunk if ids[i] not in done}) for chunk in chunks]
+      todo = [(chunk, pending) for chunk, pending in todo if pending]
+      if self.cfg.serial:
+        results = (
+          (i, result)
+          for chunk, pending in todo
+          for i, steps in self._steps(chunk, pending).items()
+          for _, result in engine.run({i: steps}, self.ops, self.expert)
+        )
+      else:
+        queue = iter(todo)
+        # A chunk is drawn while at most solve_batch - batch_size problems are unfinished.
+        in_flight = max(1, int(self.cfg.solve_batch) - size + 1)
+        results = engine.run(
+          {}, self.ops, self.expert, self.cfg.expert.concurrency, self.cfg.module_batch,
+          feed=lambda: self._steps(*next(queue, ([], set()))), in_flight=in_flight,
+        )  # fmt: skip
+      for i, result in results:
+        if isinstance(result, BaseException):
+          result = {"id": ids[i], "index": i, "error": error_message(ids[i], result)}
+        write(result)
+        done.add(str(result["id"]))
+        if progress:
+          progress(1)
     order = {str(ex.get("id", i)): i for i, ex in enumerate(self.examples)}
     return sorted(runs.read_rows(path, required="id"), key=lambda r: order.get(str(r["id"]), len(order)))

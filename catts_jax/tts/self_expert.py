@@ -1,5 +1,5 @@
 """The policy as its own Expert (`make_expert("self", policy)`): the same chat messages
-rendered with its chat template and decoded by the policy, a round of calls in one batch.
+rendered with its chat template and decoded by the policy, the calls asked so far in one batch.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class SelfExpert(Expert):
   not retried."""
 
   name = "self"
+  batches = True
 
   def __init__(self, policy, seed: int = 0, compact_every: int = 0, batch: int = 0):
     super().__init__(RetryPolicy(max_retries=0))
