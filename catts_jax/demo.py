@@ -82,12 +82,15 @@ def catts_run(
   *,
   expert: str = "self",
   methods: str = METHODS,
+  policies: dict | None = None,
   **inputs,
 ) -> dict:
   """CA-TTS and the baselines on `ckpt` with the configs/catts.py settings `catts_cfg` (not
-  changed: decode length and temperature are set on a copy) and `expert` (an
-  infer.catts --expert spec; "self": the policy); `inputs` go to tts.run.prepare (InputError
-  names a bad one). Returns report.json as written (read back, as a resumed demo reads it)."""
+    changed: decode length and temperature are set on a copy) and `expert` (an
+    infer.catts --expert spec; "self": the policy); `inputs` go to tts.run.prepare (InputError
+    names a bad one). `policies` keeps the loaded policy and its draws for the next stage that
+  runs the same checkpoint with the same settings: its compiled programs and samples are reused
+  (the same programs and seeds, so the same numbers). Returns report.json as written (read back, as a resumed demo reads it)."""
   cfg = copy.deepcopy(catts_cfg)
   cfg.sampling.max_new_tokens = max_new_tokens
   cfg.sampling.temperature = temperature
@@ -96,8 +99,13 @@ def catts_run(
     job = tts_run.prepare(cfg, ckpt=ckpt, out=out, methods=methods, expert=expert, **inputs)
   except (ValueError, FileNotFoundError) as e:
     raise InputError(f"CA-TTS in {out}: {e}") from e
+  policies = {} if policies is None else policies
+  key = (str(job.ckpt), job.cfg.dtype, job.tts.deepconf_window)
+  if key not in policies:
+    policies[key] = job.load_policy(), {}  # the policy and its draw cache
+  policy, draws = policies[key]
   with tqdm(total=len(job.examples), desc=f"catts ({out.name})", unit="problem") as bar:
-    job.run(progress=bar.update)
+    job.run(progress=bar.update, policy=policy, draws=draws)
   return json.loads((out / "report.json").read_text())
 
 
@@ -413,7 +421,10 @@ def run(
   add("calibration", t)
 
   t = time.perf_counter()
-  synthetic = dict(benchmark="synthetic", split=split, ns=ns, limit=limit, data_dir=data_dir)
+  policies: dict = {}  # one policy (its compiled programs and draws) for the CA-TTS stages
+  synthetic = dict(
+    benchmark="synthetic", split=split, ns=ns, limit=limit, data_dir=data_dir, policies=policies
+  )
   stage = out / "catts_synthetic"
   if expert == "self":
     syn = catts_run(stage, catts_cfg, cdrl, max_new_tokens, temperature, **synthetic)
@@ -433,7 +444,8 @@ def run(
   if mv_limit:
     t = time.perf_counter()
     mv = catts_run(out / "catts_mathvision", catts_cfg, cdrl, max_new_tokens, temperature,
-                   benchmark="mathvision", data_path=mathvision, limit=mv_limit, ns="1,2,4")  # fmt: skip
+                   benchmark="mathvision", data_path=mathvision, limit=mv_limit, ns="1,2,4",
+                   policies=policies)  # fmt: skip
     add("catts_mathvision", t)
   add("total", began)
 

@@ -8,6 +8,7 @@ decodes, re-answers after a critique and self-check scores (many problems' in on
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -25,8 +26,10 @@ class PolicyOps:
   """Everything CA-TTS asks of the policy: prompts, samples, greedy / VCD decodes, re-answers
   and self-check scores. Tests swap in a scripted stand-in."""
 
-  def __init__(self, policy, benchmark: str, cfg):
-    self.policy, self.benchmark, self.cfg = policy, benchmark, cfg
+  def __init__(self, policy, benchmark: str, cfg, draws: dict | None = None):
+    """`draws`: a cache of draws that runs on this policy share (the same problems, sampling
+    settings, N and seed give the same samples: a second run reads them back)."""
+    self.policy, self.benchmark, self.cfg, self.draws = policy, benchmark, cfg, draws
     s = cfg.sampling
     base = SamplingConfig(
       max_new_tokens=s.max_new_tokens,
@@ -69,15 +72,21 @@ class PolicyOps:
 
   def draw(self, problems: Sequence[Problem], n: int, seed: int) -> list[Drawn]:
     """n samples of each problem, seeded by `seed` and its id (not by its batch)."""
+    key = (self.benchmark, tuple((p.id, p.prompt) for p in problems), n, seed, self.sampling)
+    if self.draws is not None and key in self.draws:
+      return copy.deepcopy(self.draws[key])
     seeds = [stable_seed(seed, p.id) for p in problems]
     out = self.policy.sample(
       [p.prompt for p in problems], [p.images for p in problems], seeds=seeds, config=self.sampling, n=n
     )
     rows = self._responses(problems, out, lambda j: f"sample {j}")
-    return [
+    drawn = [
       Drawn(row, np.asarray(out.scores["token_conf"][b], np.float64), np.asarray(out.lengths[b]))
       for b, row in enumerate(rows)
     ]
+    if self.draws is not None:
+      self.draws[key] = copy.deepcopy(drawn)
+    return drawn
 
   def vcd_images(self, problem: Problem) -> list:
     v = self.cfg.vcd

@@ -145,11 +145,17 @@ class Job:
       self.ckpt, dtype=self.cfg.dtype, confidence=confidence, allow_partial=self.allow_partial
     )
 
-  def run(self, progress: Callable[[int], Any] | None = None, policy: Policy | None = None) -> dict[str, Any]:
+  def run(
+    self,
+    progress: Callable[[int], Any] | None = None,
+    policy: Policy | None = None,
+    draws: dict | None = None,
+  ) -> dict[str, Any]:
     """Loads the policy (or takes `policy`, from `load_policy` of a job with the same checkpoint
     and config, whose compiled programs it reuses), streams the rows, writes the report;
     returns report.json's content (settings and `summary.summarize`). `progress(k)`: k more
-    problems are done."""
+    problems are done. `draws`: the policy's draw cache, shared with other runs on it
+    (PolicyOps)."""
     if policy is None:
       policy = self.load_policy()
     elif (policy.cfg.dtype, policy.confidence) != (
@@ -165,7 +171,7 @@ class Job:
         "self", policy, compact_every=self.cfg.compact_every, batch=self.cfg.module_batch,
         **expert_options(self.cfg),
       )  # fmt: skip
-    ops = PolicyOps(policy, self.benchmark, self.cfg)
+    ops = PolicyOps(policy, self.benchmark, self.cfg, draws=draws)
     runner = Runner(ops, self.examples, ns=self.ns, methods=self.methods, expert=expert, cfg=self.cfg)
     with runs.locked(self.out):  # one run writes results.jsonl at a time
       rows = runner.run(self.out, progress=progress)
