@@ -107,6 +107,11 @@ def test_batched_equals_serial_and_batches_the_policy(tmp_path):
   assert max(size for _, size in batched_ops.batches) > 3  # across draw chunks of 3
   assert sorted(batched_ops.reanswers) == sorted(serial_ops.reanswers)
   assert sorted(map(str, batched_ops.scored)) == sorted(map(str, serial_ops.scored))
+  # With module_batch (an accelerator's setting) policy calls take at most that many requests,
+  # gathered while the Expert works; the rows are the same.
+  capped, capped_ops = run(tmp_path / "capped", ContentExpert(sleep_s=0.01), module_batch=4)
+  assert strip(capped) == strip(serial)
+  assert 1 < max(size for _, size in capped_ops.batches) <= 4
 
 
 def test_expert_calls_run_concurrently(tmp_path):

@@ -53,17 +53,17 @@ def each(items: list, fn: Callable[[list], list]) -> list:
   return results
 
 
-def _answer_policy(requests: Sequence[Request], ops: Ops, batch: int) -> list:
-  """The round's re-answers in one decode and its self-check scores in one pass, each at most
-  `batch` requests a call (0: no limit)."""
+def _reply(reply: Any) -> Any:
+  return _Failed(reply) if isinstance(reply, BaseException) else reply
+
+
+def _answer_policy(requests: Sequence[Request], ops: Ops) -> list:
+  """The requests' re-answers in one decode and their self-check scores in one pass."""
   answers: list = [None] * len(requests)
   for kind, fn in ((Reanswer, ops.reanswer_all), (SelfcheckScores, ops.selfcheck_all)):
     index = [i for i, r in enumerate(requests) if isinstance(r, kind)]
-    size = batch or max(len(index), 1)
-    for start in range(0, len(index), size):
-      part = index[start : start + size]
-      for i, answer in zip(part, each([requests[i] for i in part], fn)):
-        answers[i] = _Failed(answer) if isinstance(answer, BaseException) else answer
+    for i, answer in zip(index, each([requests[i] for i in index], fn)):
+      answers[i] = _reply(answer)
   return answers
 
 
@@ -78,10 +78,6 @@ def _advance(steps: Steps, answer: Any) -> tuple[Request | None, Any]:
     return None, stop.value
   except Exception as e:  # noqa: BLE001 - the problem's own failure, returned as its result
     return None, e
-
-
-def _reply(reply: Any) -> Any:
-  return _Failed(reply) if isinstance(reply, BaseException) else reply
 
 
 def run(
@@ -142,7 +138,7 @@ def run(
       if policy and (not out or (batch and len(policy) >= batch)):
         keys = list(policy)[: batch or None]
         waiting = [policy.pop(k) for k in keys]
-        answers = _answer_policy([r for _, r in waiting], ops, batch)
+        answers = _answer_policy([r for _, r in waiting], ops)
         for key, (steps, _), answer in zip(keys, waiting, answers):
           route(key, steps, answer)
       elif fed and (not in_flight or live < in_flight):
