@@ -3,6 +3,8 @@ test_tts_methods.py: per-item errors, chunked draws, resume after a kill."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_tts_methods import FakeOps, RoleExpert, config
 
@@ -63,10 +65,11 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
   full = runner(full_ops, expert=expert()).run(tmp_path / "full")
   assert len(full) == 7 and not [r for r in full if "error" in r]
 
-  # Killed after 4 rows, in the middle of writing the 5th.
-  lines = (tmp_path / "full" / "results.jsonl").read_text().splitlines(keepends=True)
+  # Killed after the rows of problems 0-3 (rows are written as problems finish, in any
+  # order), in the middle of writing the row of 4.
+  lines = {json.loads(line)["id"]: line for line in (tmp_path / "full" / "results.jsonl").open()}
   (tmp_path / "resumed").mkdir()
-  (tmp_path / "resumed" / "results.jsonl").write_text("".join(lines[:4]) + lines[4][:40])
+  (tmp_path / "resumed" / "results.jsonl").write_text("".join(lines[i] for i in "0123") + lines["4"][:40])
   ops = FakeOps(ALL_SAMPLES)
   resumed = runner(ops, expert=expert()).run(tmp_path / "resumed")
   assert strip(resumed) == strip(full)
