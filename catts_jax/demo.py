@@ -86,11 +86,12 @@ def catts_run(
   **inputs,
 ) -> dict:
   """CA-TTS and the baselines on `ckpt` with the configs/catts.py settings `catts_cfg` (not
-    changed: decode length and temperature are set on a copy) and `expert` (an
-    infer.catts --expert spec; "self": the policy); `inputs` go to tts.run.prepare (InputError
-    names a bad one). `policies` keeps the loaded policy and its draws for the next stage that
-  runs the same checkpoint with the same settings: its compiled programs and samples are reused
-  (the same programs and seeds, so the same numbers). Returns report.json as written (read back, as a resumed demo reads it)."""
+  changed: decode length and temperature are set on a copy) and `expert` (an
+  infer.catts --expert spec; "self": the policy); `inputs` go to tts.run.prepare (InputError
+  names a bad one). `policies` keeps each loaded policy and its draws for a later stage of the
+  same checkpoint and settings (`Job.policy_key`): its compiled programs and samples are
+  reused (the same programs and seeds, so the same numbers). Returns report.json as written
+  (read back, as a resumed demo reads it)."""
   cfg = copy.deepcopy(catts_cfg)
   cfg.sampling.max_new_tokens = max_new_tokens
   cfg.sampling.temperature = temperature
@@ -100,10 +101,9 @@ def catts_run(
   except (ValueError, FileNotFoundError) as e:
     raise InputError(f"CA-TTS in {out}: {e}") from e
   policies = {} if policies is None else policies
-  key = (str(job.ckpt), job.cfg.dtype, job.tts.deepconf_window)
-  if key not in policies:
-    policies[key] = job.load_policy(), {}  # the policy and its draw cache
-  policy, draws = policies[key]
+  if job.policy_key not in policies:
+    policies[job.policy_key] = job.load_policy(), {}  # the policy and its draw cache
+  policy, draws = policies[job.policy_key]
   with tqdm(total=len(job.examples), desc=f"catts ({out.name})", unit="problem") as bar:
     job.run(progress=bar.update, policy=policy, draws=draws)
   return json.loads((out / "report.json").read_text())

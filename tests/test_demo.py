@@ -149,6 +149,32 @@ def test_a_bad_catts_input_is_an_input_error_before_any_work(tmp_path):
   assert not out.exists()
 
 
+def test_catts_stages_of_one_checkpoint_share_its_policy_and_draws(tmp_path, monkeypatch):
+  """A second CA-TTS stage on the same checkpoint and settings loads no policy and draws no
+  sample: it reads the first stage's back, and its rows are the same."""
+  from catts_jax.policy import Policy
+  from catts_jax.tts import run as tts_run
+  from configs import catts
+
+  loads, draws = [], []
+  load, sample = tts_run.Job.load_policy, Policy.sample
+  monkeypatch.setattr(tts_run.Job, "load_policy", lambda job: loads.append(1) or load(job))
+  monkeypatch.setattr(Policy, "sample", lambda *a, **k: draws.append(1) or sample(*a, **k))
+  policies: dict = {}
+  stage = dict(benchmark="synthetic", split="validation", data_dir=str(tmp_path / "tfds"), limit=2, ns="2",
+               methods="majority", policies=policies)  # fmt: skip
+  cdrl = str(ROOT / "checkpoints" / "synthetic_cdrl")
+  first = demo.catts_run(tmp_path / "first", catts.get_config(), cdrl, 8, 0.7, **stage)
+  second = demo.catts_run(tmp_path / "second", catts.get_config(), cdrl, 8, 0.7, **stage)
+  assert len(loads) == 1 and len(draws) == 1  # one chunk of 2 problems (batch_size 4), drawn once
+  assert first["accuracy"] == second["accuracy"]
+  rows = [(tmp_path / d / "results.jsonl").read_text() for d in ("first", "second")]
+  strip = lambda text: [
+    {k: v for k, v in json.loads(line).items() if k != "timing"} for line in text.splitlines()
+  ]  # noqa: E731
+  assert strip(rows[0]) == strip(rows[1])
+
+
 def test_demo_runs_every_stage_and_resumes(tmp_path):
   """The demo as a program on tiny sizes (the bundled checkpoints, a few problems), on the
   validation split (where settings are chosen: it reads validation problems only); a rerun

@@ -138,6 +138,11 @@ class Job:
   settings: dict[str, Any]
   allow_partial: bool = False  # checkpoint tensors config.json does not describe are ignored
 
+  @property
+  def policy_key(self) -> tuple:
+    """What `load_policy` depends on: jobs with equal keys can share one loaded policy."""
+    return (str(self.ckpt), self.cfg.dtype, self.tts.deepconf_window, self.allow_partial)
+
   def load_policy(self) -> Policy:
     """The checkpoint as this run decodes and scores it."""
     confidence = ConfidenceConfig(window=self.tts.deepconf_window)

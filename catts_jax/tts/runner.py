@@ -130,8 +130,7 @@ class Runner:
         if isinstance(result, BaseException):
           result = {"id": ids[i], "index": i, "error": error_message(ids[i], result)}
         write(result)
-        done.add(str(result["id"]))
         if progress:
           progress(1)
-    order = {str(ex.get("id", i)): i for i, ex in enumerate(self.examples)}
+    order = {problem_id: i for i, problem_id in ids.items()}
     return sorted(runs.read_rows(path, required="id"), key=lambda r: order.get(str(r["id"]), len(order)))
