@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -270,6 +272,35 @@ def test_sweep_resumes_dedupes_and_renders(tmp_path, monkeypatch):
   doc.write_text("intro\n<!-- sweep-table:start -->\nold\n<!-- sweep-table:end -->\noutro\n")
   runs.replace_block(doc, "sweep-table", table)
   assert doc.read_text() == f"intro\n<!-- sweep-table:start -->\n{table}\n<!-- sweep-table:end -->\noutro\n"
+
+
+def test_sweep_workers_compile_cells_at_once_and_keep_the_cells_order(tmp_path, monkeypatch):
+  """Cells run `workers` at a time; rows come back in the cells' order, a twin after its cell."""
+  running, most, lock = [0], [0], threading.Lock()
+
+  def fake_compile(cmd, **kwargs):  # a failed compile: its row records the error
+    with lock:
+      running[0] += 1
+      most[0] = max(most[0], running[0])
+    time.sleep(0.2 if "--strategy=fsdp" in cmd else 0.05)  # the first cell finishes last
+    with lock:
+      running[0] -= 1
+    return subprocess.CompletedProcess(cmd, 1)
+
+  monkeypatch.setattr(sweep.subprocess, "run", fake_compile)
+  cells = [
+    ("small", "v5e:2x2", "fsdp", "1x2x16x0"),
+    ("small", "v5e:2x2", "fsdp_tp", "1x2x16x0"),
+    ("small", "v5e:2x2", "tp", "1x2x16x0"),  # fsdp_tp's mesh on 4 chips
+    ("small", "v5e:2x2", "fsdp_tp", "1x2x32x0"),
+  ]
+  how = dict(program=("plan",), config_file="c.py", strategies=cdrl_qwen2_5_vl.STRATEGIES)
+  rows = sweep.run_sweep(tmp_path, cells, ["generate"], timeout=60, workers=2, **how)
+  assert most[0] == 2
+  assert [r["name"] for r in rows] == [sweep.cell_name(*c) for c in cells]
+  assert rows[2]["same_as"] == rows[1]["name"] and "error" in rows[0]
+  written = [r["name"] for r in runs.read_rows(tmp_path / "sweep.jsonl")]
+  assert sorted(written) == sorted(r["name"] for r in rows) and written[0] != rows[0]["name"]
 
 
 def test_sweep_row_counts_scanned_steps_whole():

@@ -9,6 +9,7 @@ import json
 import pathlib
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 
 from catts_jax import runs
 from catts_jax.aot.hardware import GiB, chip_for
@@ -104,11 +105,13 @@ def run_sweep(
   program: Sequence[str],
   config_file: str,
   strategies: Mapping[str, Mapping[str, int]],
+  workers: int = 1,
   progress: Callable[[str], None] = lambda _: None,
 ) -> list[dict]:
-  """Plan every cell (see `cell_command`) unless DIR/sweep.jsonl has it; `strategies` names the
-  meshes of the cells' strategy column; `progress` gets "[i/n] name" as a cell starts. Returns
-  one summary row per cell."""
+  """Plan every cell (see `cell_command`) unless DIR/sweep.jsonl has it, `workers` cells at a
+  time (rows are written as cells finish); `strategies` names the meshes of the cells'
+  strategy column; `progress` gets "[i/n] name" as a cell starts. Returns one summary row per
+  cell, in the order of `cells`."""
   out.mkdir(parents=True, exist_ok=True)
   log = out / "sweep.jsonl"
   done = {}
@@ -125,35 +128,47 @@ def run_sweep(
     model, topology, strategy, shape = cell
     return (model, topology, tuple(mesh_sizes(strategies[strategy], chip_for(topology)[1]).items()), shape)
 
-  same_as = {}
-  with runs.appending(log) as write:
-    for i, cell in enumerate(cells):
+  first = {}  # resolved mesh and shape -> the cell that compiles it
+  for cell in cells:  # finished cells first: a twin of one is not compiled again
+    if cell_name(*cell) in done:
+      first.setdefault(resolved(cell), cell_name(*cell))
+  todo, twins = [], []
+  for i, cell in enumerate(cells):
+    name = cell_name(*cell)
+    if name not in done:
+      twin = first.setdefault(resolved(cell), name)
+      (todo if twin == name else twins).append((i, cell, twin))
+
+  def plan(i, cell):
+    name = cell_name(*cell)
+    cell_out = out / "runs" / name
+    cell_out.mkdir(parents=True, exist_ok=True)
+    progress(f"[{i + 1}/{len(cells)}] {name}")
+    with (cell_out / "log.txt").open("w") as f:
+      try:
+        proc = subprocess.run(
+          cell_command(program, config_file, *cell, cell_out, steps, image_patches),
+          stdout=f,
+          stderr=subprocess.STDOUT,
+          timeout=timeout,
+        )
+        error = None if proc.returncode == 0 else f"exit status {proc.returncode} (see runs/{name}/log.txt)"
+      except subprocess.TimeoutExpired:
+        error = f"compile timed out after {timeout} s"
+    report_file = cell_out / "report.json"
+    report = json.loads(report_file.read_text()) if error is None and report_file.exists() else None
+    return summary_row(name, cell, report, error)
+
+  # Each cell compiles in its own process (a thread here only waits on it); rows are written
+  # by this thread alone, as cells finish.
+  with runs.appending(log) as write, futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    for job in futures.as_completed([pool.submit(plan, i, cell) for i, cell, _ in todo]):
+      row = job.result()
+      done[row["name"]] = row
+      write(row)
+    for _, cell, twin in twins:  # e.g. fsdp_tp and tp on 4 chips: the same mesh, compiled once
       name = cell_name(*cell)
-      if name in done:
-        same_as.setdefault(resolved(cell), name)
-        continue
-      twin = same_as.setdefault(resolved(cell), name)
-      if twin != name:  # e.g. fsdp_tp and tp on 4 chips: the same mesh, compiled once
-        done[name] = dict(done[twin], name=name, strategy=cell[2], same_as=twin)
-        write(done[name])
-        continue
-      cell_out = out / "runs" / name
-      cell_out.mkdir(parents=True, exist_ok=True)
-      progress(f"[{i + 1}/{len(cells)}] {name}")
-      with (cell_out / "log.txt").open("w") as f:
-        try:
-          proc = subprocess.run(
-            cell_command(program, config_file, *cell, cell_out, steps, image_patches),
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-          )
-          error = None if proc.returncode == 0 else f"exit status {proc.returncode} (see runs/{name}/log.txt)"
-        except subprocess.TimeoutExpired:
-          error = f"compile timed out after {timeout} s"
-      report_file = cell_out / "report.json"
-      report = json.loads(report_file.read_text()) if error is None and report_file.exists() else None
-      done[name] = summary_row(name, cell, report, error)
+      done[name] = dict(done[twin], name=name, strategy=cell[2], same_as=twin)
       write(done[name])
   return [done[cell_name(*c)] for c in cells]
 
