@@ -20,6 +20,7 @@ stage's wall time over the runs that wrote OUT.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -119,19 +120,27 @@ def fingerprint(ckpt: str | pathlib.Path) -> str:
   return digest.hexdigest()[:12]
 
 
-def served_catts_run(out: pathlib.Path, expert_ckpt: str, *args, **kwargs) -> dict:
-  """catts_run with `expert_ckpt` served by `transformers serve` on a free local port for the
-  run's length (its log: out/../expert_server.log), named in run.json by its checkpoint and
-  fingerprint (the port changes from run to run; the weights must not)."""
+@contextlib.contextmanager
+def expert_servers(expert_ckpt: str, out: pathlib.Path, replicas: int):
+  """`replicas` `transformers serve` processes of `expert_ckpt`, started at once (logs:
+  out/expert_server*.log) and stopped at the block's end; yields their `serve.Servers`. A
+  server that fails to start is an InputError."""
   if not (pathlib.Path(expert_ckpt) / "config.json").is_file():
     raise InputError(f"--expert {expert_ckpt}: not a checkpoint directory (no config.json)")
-  log = out.parent / "expert_server.log"
-  name = f"transformers serve {expert_ckpt} ({fingerprint(expert_ckpt)})"
   try:
-    with serve.serving(expert_ckpt, log) as url:
-      return catts_run(out, *args, expert=url + "/v1", expert_name=name, **kwargs)
+    with serve.serving(expert_ckpt, out / "expert_server.log", replicas=replicas) as servers:
+      yield servers
   except serve.ServerError as e:
     raise InputError(f"the Expert {expert_ckpt}: {e}") from e
+
+
+def served_catts_run(out: pathlib.Path, expert_ckpt: str, servers: serve.Servers, *args, **kwargs) -> dict:
+  """catts_run with `expert_ckpt` served by `servers` (each call to the least busy one), named
+  in run.json by its checkpoint and fingerprint (the ports change from run to run; the
+  weights must not)."""
+  urls = ",".join(url + "/v1" for url in servers.urls())
+  name = f"transformers serve {expert_ckpt} ({fingerprint(expert_ckpt)})"
+  return catts_run(out, *args, expert=urls, expert_name=name, **kwargs)
 
 
 def served_figures(stage: pathlib.Path, syn: dict) -> dict:
@@ -376,15 +385,16 @@ def run(
   mathvision: str | None = None,
   mv_limit: int = 16,
   expert: str = "self",
+  expert_replicas: int = 2,
 ) -> dict:
   """The three stages into `out` (each resumed), then report.json and report.md; returns
   report.json's content. `catts_cfg`: configs/catts.py's settings for stages 2 and 3, which
   sample at `temperature`; every stage decodes up to `max_new_tokens`. Stage 1 reads the
   first `calibration_size` problems of the synthetic `split`, stage 2 the first `limit` at
   N in `ns`, stage 3 the first `mv_limit` Math-Vision problems of the release at `mathvision`
-  (0 skips it). `expert`: the Expert checkpoint stage 2 serves with `transformers serve`
-  (the module-by-module ablations run too, and the policy as its own Expert is a second run
-  on the same problems), or "self" (the policy is its own Expert, one run). ValueError or
+  (0 skips it). `expert`: the Expert checkpoint stage 2 serves with `expert_replicas`
+  `transformers serve` processes, started before stage 1 (the module-by-module ablations run
+  too, and the policy as its own Expert is a second run on the same problems), or "self" (the policy is its own Expert, one run). ValueError or
   FileNotFoundError names a bad CA-TTS input."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -401,37 +411,39 @@ def run(
 
   ds = data.load("synthetic", data_dir=data_dir, split=split)
 
-  t = time.perf_counter()
-  examples = ds[:calibration_size]
-  done = out / "calibration.json"
-  cal = json.loads(done.read_text()) if done.is_file() else {}
-  for name, ckpt in (("sft", sft), ("cdrl", cdrl)):
-    old = cal.get(name, {})
-    if (old.get("checkpoint"), old.get("split"), old.get("n")) != (ckpt, split, len(examples)):
-      cal[name] = {**calibration(name, ckpt, examples, max_new_tokens, out), "split": split}
-      runs.write_json(done, cal)
-  strengths = [0.0, NOISE[1]]
-  report.plot_perturbation(
-    strengths,
-    {name: {"confidence": [r["confidence"], r["confidence_perturbed"]]} for name, r in cal.items()},
-    out / "confidence_under_noise.png",
-    xlabel="VCD noise strength (the same greedy answer)",
-    title="Confidence on the image vs under noise",
-  )
-  add("calibration", t)
+  with contextlib.ExitStack() as stack:  # the Expert's servers load while calibration runs
+    servers = None if expert == "self" else stack.enter_context(expert_servers(expert, out, expert_replicas))
+    t = time.perf_counter()
+    examples = ds[:calibration_size]
+    done = out / "calibration.json"
+    cal = json.loads(done.read_text()) if done.is_file() else {}
+    for name, ckpt in (("sft", sft), ("cdrl", cdrl)):
+      old = cal.get(name, {})
+      if (old.get("checkpoint"), old.get("split"), old.get("n")) != (ckpt, split, len(examples)):
+        cal[name] = {**calibration(name, ckpt, examples, max_new_tokens, out), "split": split}
+        runs.write_json(done, cal)
+    strengths = [0.0, NOISE[1]]
+    report.plot_perturbation(
+      strengths,
+      {name: {"confidence": [r["confidence"], r["confidence_perturbed"]]} for name, r in cal.items()},
+      out / "confidence_under_noise.png",
+      xlabel="VCD noise strength (the same greedy answer)",
+      title="Confidence on the image vs under noise",
+    )
+    add("calibration", t)
 
-  t = time.perf_counter()
-  policies: dict = {}  # one policy (its compiled programs and draws) for the CA-TTS stages
-  synthetic = dict(
-    benchmark="synthetic", split=split, ns=ns, limit=limit, data_dir=data_dir, policies=policies
-  )
-  stage = out / "catts_synthetic"
-  if expert == "self":
-    syn = catts_run(stage, catts_cfg, cdrl, max_new_tokens, temperature, **synthetic)
-  else:
-    syn = served_catts_run(stage, expert, catts_cfg, cdrl, max_new_tokens, temperature,
-                           methods=SERVED_METHODS, **synthetic)  # fmt: skip
-  add("catts_synthetic", t)
+    t = time.perf_counter()
+    policies: dict = {}  # one policy (its compiled programs and draws) for the CA-TTS stages
+    synthetic = dict(
+      benchmark="synthetic", split=split, ns=ns, limit=limit, data_dir=data_dir, policies=policies
+    )
+    stage = out / "catts_synthetic"
+    if expert == "self":
+      syn = catts_run(stage, catts_cfg, cdrl, max_new_tokens, temperature, **synthetic)
+    else:
+      syn = served_catts_run(stage, expert, servers, catts_cfg, cdrl, max_new_tokens, temperature,
+                             methods=SERVED_METHODS, **synthetic)  # fmt: skip
+    add("catts_synthetic", t)
   own, served = None, {}
   if expert != "self":  # the policy as its own Expert, on the same problems and samples
     t = time.perf_counter()

@@ -69,6 +69,8 @@ def define(fv: flags.FlagValues) -> None:
     "expert", str(ROOT / "checkpoints" / "synthetic_expert"),
     "the Expert checkpoint stage 2 serves with `transformers serve`, or 'self' (the policy)", flag_values=fv,
   )  # fmt: skip
+  # `transformers serve` answers one request at a time: a second process takes half the calls.
+  flags.DEFINE_integer("expert_replicas", 2, "Expert server processes of stage 2", flag_values=fv)
   flags.DEFINE_integer("mv_limit", 16, "first K Math-Vision problems of stage 3; 0 skips it", flag_values=fv)
   flags.DEFINE_string(
     "render_readme", None, "only rewrite this Markdown file's demo-table block from --out", flag_values=fv
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
         args.config, out=args.out, sft=args.sft, cdrl=args.cdrl, data_dir=args.data_dir,
         split=args.split, calibration_size=args.calibration_size, limit=args.limit, ns=args.n,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, mathvision=args.mathvision,
-        mv_limit=args.mv_limit, expert=args.expert,
+        mv_limit=args.mv_limit, expert=args.expert, expert_replicas=args.expert_replicas,
       )  # fmt: skip
   except (demo.InputError, runs.OutDirError) as err:  # a bad input; anything else keeps its traceback
     raise SystemExit(f"error: {err}") from None

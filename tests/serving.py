@@ -14,8 +14,8 @@ def transformers_serve(ckpt, log_path, timeout: float = 90):
   """Serve `ckpt` on CPU (extra transformers[serving]); yields the base URL (no /v1)."""
   pytest.importorskip("fastapi")
   pytest.importorskip("uvicorn")
-  with serving(ckpt, log_path, timeout) as url:
-    yield url
+  with serving(ckpt, log_path, timeout) as servers:
+    yield servers.urls()[0]
 
 
 class Replies(Expert):

@@ -132,7 +132,8 @@ def test_the_expert_fingerprint_follows_the_weights_not_the_record(tmp_path):
   (tmp_path / "model.safetensors").write_bytes(b"other weights")
   assert demo.fingerprint(tmp_path) != before
   with pytest.raises(demo.InputError, match="--expert .*nowhere: not a checkpoint"):
-    demo.served_catts_run(tmp_path / "out", str(tmp_path / "nowhere"), None, "cdrl", 8, 0.7)
+    with demo.expert_servers(str(tmp_path / "nowhere"), tmp_path, replicas=1):
+      pass
 
 
 def test_a_bad_catts_input_is_an_input_error_before_any_work(tmp_path):
@@ -204,6 +205,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert syn["parse"]["planner"]["calls"] == 2 and "voter-alone" in syn["accuracy"]
   assert result["synthetic_self"]["problems"] == 2 and "expert_planner_parsed" in result["targets"]
   assert (out / "expert_server.log").stat().st_size > 0 and "Module by module" in done.stdout
+  assert (out / "expert_server_2.log").stat().st_size > 0  # --expert_replicas 2
   assert result["synthetic"]["temperature"] == 0.9 and "samples at temperature 0.9" in done.stdout
   run = json.loads((out / "catts_synthetic" / "run.json").read_text())  # --config reaches the run
   assert run["config"]["tts"]["reflection_threshold"] == 0.97

@@ -326,6 +326,22 @@ def test_credentials_in_the_url_are_refused_without_being_shown():
   assert "pw-secret" not in str(info.value)
 
 
+def test_replicas_share_the_calls_by_calls_in_flight(serve):
+  """ "URL,URL": each call goes to the replica with the fewest calls out, so four concurrent
+  slow calls are two on each; a replica's URL with credentials is refused like any other."""
+  a, b = serve(("sleep", 0.3)), serve(("sleep", 0.3))
+  expert = make_expert(f"{a.url}/v1,{b.url}/v1/", sleep=Sleeps())
+  assert expert.name == f"{a.url}/v1,{b.url}/v1/"
+  asks = [ex.Ask("voter", MESSAGES, 8, 0.0, lambda e, text, call: (text, call)) for _ in range(4)]
+  replies = expert.ask_many(asks, concurrency=4)
+  assert [text for text, _ in replies] == ["late"] * 4
+  assert len(a.requests) == len(b.requests) == 2
+  assert {body["model"] for _, _, body in a.requests + b.requests} == {"served-model"}
+  with pytest.raises(ValueError, match="carries credentials") as info:
+    make_expert(f"{a.url}/v1,https://user:pw-secret@example.com/v1")
+  assert "pw-secret" not in str(info.value)
+
+
 # --- specs ------------------------------------------------------------------------------------
 
 

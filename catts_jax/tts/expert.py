@@ -309,13 +309,16 @@ def _status_error(e: Exception) -> Exception:
 
 
 class RemoteExpert(Expert):
-  """An OpenAI-compatible chat endpoint through `huggingface_hub.InferenceClient`."""
+  """An OpenAI-compatible chat endpoint through `huggingface_hub.InferenceClient`; with
+  `replicas` (more clients of the same model), each call goes to the client with the fewest
+  calls in flight (servers that answer one request at a time, like `transformers serve`)."""
 
   def __init__(
     self,
     name: str,
     client,
     *,
+    replicas: Sequence = (),
     model: str | None = None,
     models_url: str | None = None,
     api_key: str | None = None,
@@ -325,6 +328,9 @@ class RemoteExpert(Expert):
     super().__init__(retry, secrets=[api_key] if api_key else ())
     self.name = name
     self.client = client
+    self._in_flight = dict.fromkeys(range(1 + len(replicas)), 0)  # calls out per client
+    self._clients = (client, *replicas)
+    self._clients_lock = threading.Lock()
     self.model = model
     self.timeout_s = timeout_s
     self._models_url = models_url  # asked once for the served model's name, when model is None
@@ -350,9 +356,13 @@ class RemoteExpert(Expert):
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
 
+    model = self._payload_model()
+    with self._clients_lock:
+      i = min(self._in_flight, key=self._in_flight.get)
+      self._in_flight[i] += 1
     try:
-      out = self.client.chat_completion(
-        messages, model=self._payload_model(), max_tokens=max_tokens, temperature=temperature
+      out = self._clients[i].chat_completion(
+        messages, model=model, max_tokens=max_tokens, temperature=temperature
       )
     except (InferenceTimeoutError, httpx2.TimeoutException, TimeoutError):
       raise Retryable(f"timeout after {self.timeout_s:g} s") from None
@@ -366,6 +376,9 @@ class RemoteExpert(Expert):
       raise Retryable(f"connection error: {type(e).__name__}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a garbled or cut-off body
       raise Retryable(f"malformed response: {type(e).__name__}") from None
+    finally:
+      with self._clients_lock:
+        self._in_flight[i] -= 1
     try:
       content = out.choices[0].message.content
     except (AttributeError, IndexError, KeyError, TypeError):

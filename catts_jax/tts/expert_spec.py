@@ -1,4 +1,4 @@
-"""An Expert from its spec: `make_expert("hf:<model-id>" | "http(s)://host/v1" | "self" | "none")`."""
+"""An Expert from its spec: `make_expert("hf:<model-id>" | "http(s)://host/v1[,...]" | "self" | "none")`."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def make_expert(
     default the router's choice);
   - "http(s)://host[:port]/v1": any OpenAI-compatible server; `model` names the served model
     (default: the one GET /v1/models lists), `api_key_env` the variable holding its API key;
+    "URL,URL,...": replicas of one model, each call sent to the one with the fewest calls out;
   - "self": `policy` answers as the expert (decoding with `compact_every`, `batch` prompts at
     most per decode);
   - "none": None (CA-TTS runs without expert roles).
@@ -67,24 +68,28 @@ def make_expert(
       raise ValueError(f"expert spec {text!r} needs the HF_TOKEN environment variable")
     client = InferenceClient(model=text[3:], token=token, timeout=timeout_s, provider=provider)
     return RemoteExpert(text, client, api_key=token, timeout_s=timeout_s, retry=retry)
-  if text.startswith(("http://", "https://")) and urllib.parse.urlsplit(text).hostname:
-    if "@" in urllib.parse.urlsplit(text).netloc:
-      raise ValueError(
-        f"expert URL {_public_url(text)} carries credentials: put the key in an environment variable "
-        "and name it with --config.expert.api_key_env (a URL's credentials would be sent and logged)"
-      )
+  given = [u.strip() for u in text.split(",")]
+  urls = [u.rstrip("/") for u in given]
+  if all(u.startswith(("http://", "https://")) and urllib.parse.urlsplit(u).hostname for u in urls):
+    for url in urls:
+      if "@" in urllib.parse.urlsplit(url).netloc:
+        raise ValueError(
+          f"expert URL {_public_url(url)} carries credentials: put the key in an environment variable "
+          "and name it with --config.expert.api_key_env (a URL's credentials would be sent and logged)"
+        )
     api_key = None
     if api_key_env:
       api_key = os.environ.get(api_key_env)
       if not api_key:
         raise ValueError(f"expert spec {text!r}: environment variable {api_key_env} is not set")
-    base = text.rstrip("/")
-    models_url = (base if base.endswith("/v1") else base + "/v1") + "/models"
-    client = InferenceClient(base_url=base, token=api_key or NO_API_KEY, timeout=timeout_s)
-    name = _public_url(text)
-    return RemoteExpert(
-      name, client, model=model, models_url=models_url, api_key=api_key, timeout_s=timeout_s, retry=retry
+    models_url = (urls[0] if urls[0].endswith("/v1") else urls[0] + "/v1") + "/models"
+    first, *replicas = (
+      InferenceClient(base_url=u, token=api_key or NO_API_KEY, timeout=timeout_s) for u in urls
     )
+    return RemoteExpert(
+      ",".join(map(_public_url, given)), first, replicas=replicas, model=model, models_url=models_url,
+      api_key=api_key, timeout_s=timeout_s, retry=retry,
+    )  # fmt: skip
   raise ValueError(
     f"unknown expert spec {_public_url(text)!r}: use hf:<model-id>, http(s)://host[:port]/v1, self or none"
   )
