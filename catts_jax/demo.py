@@ -146,7 +146,9 @@ def served_catts_run(out: pathlib.Path, expert_ckpt: str, servers: serve.Servers
 def served_figures(stage: pathlib.Path, syn: dict) -> dict:
   """What a run with the served Expert adds to its report: CA-TTS against majority at the
   largest N (paired), the module-by-module table and the parsed replies per role."""
-  rows = runs.read_rows(stage / "results.jsonl", required="id")
+  # In benchmark order: the file has them in the order problems finished, and the paired
+  # bootstrap's intervals depend on the order of its problems.
+  rows = sorted(runs.read_rows(stage / "results.jsonl", required="id"), key=lambda r: r["index"])
   ns = sorted(int(k) for k in syn["accuracy"]["majority"])
   return {
     "expert": syn["expert"],

@@ -7,10 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cpu_env import cpu_env
 
-from catts_jax import demo
+from catts_jax import demo, runs
 from catts_jax.tts import summary as tts_summary
 from infer import demo as demo_cli
 
@@ -121,6 +122,30 @@ def test_module_steps_add_one_module_per_row_with_paired_differences():
   assert [r["method"] for r in table] == [m for m, _ in tts_summary.MODULE_STEPS]
   assert [r["vs row above @2"][:5] for r in table] == ["-", "+25.0", "+25.0", "+0.0 ", "+25.0", "+0.0 "]
   assert [r["ran"] for r in table] == ["-", 4, 4, 4, 0, 3]  # SCk never ran; the Expert planned 3 of 4
+
+
+def test_served_figures_do_not_depend_on_the_order_rows_were_written(tmp_path):
+  """The engine writes rows as problems finish; the paired intervals are those of benchmark order."""
+  rng = np.random.default_rng(0)
+  methods = [m for m, _ in tts_summary.MODULE_STEPS]
+  rows = [
+    {"id": f"p{i}", "index": i, "methods": {m: {"4": {"correct": int(rng.random() < 0.6), "modules": [], "plan": {"by": "ablation"}}}
+                                             for m in methods}}
+    for i in range(40)
+  ]  # fmt: skip
+  syn = {
+    "expert": "e", "expert_calls": {},
+    "accuracy": {m: {"4": 0.5} for m in methods}, "slope": {m: {"beta": 0.0, "low": 0.0, "high": 0.0} for m in methods},
+  }  # fmt: skip
+  figures = []
+  for name, order in (("in_order", rows), ("finished", [rows[i] for i in rng.permutation(40)])):
+    (tmp_path / name).mkdir()
+    runs.write_lines(tmp_path / name / "results.jsonl", order)
+    figures.append(demo.served_figures(tmp_path / name, syn))
+  assert (
+    figures[0] == figures[1]
+    and figures[0]["catts_vs_majority"]["high"] > figures[0]["catts_vs_majority"]["low"]
+  )
 
 
 def test_the_expert_fingerprint_follows_the_weights_not_the_record(tmp_path):
