@@ -396,8 +396,8 @@ def run(
   N in `ns`, stage 3 the first `mv_limit` Math-Vision problems of the release at `mathvision`
   (0 skips it). `expert`: the Expert checkpoint stage 2 serves with `expert_replicas`
   `transformers serve` processes, started before stage 1 (the module-by-module ablations run
-  too, and the policy as its own Expert is a second run on the same problems), or "self" (the policy is its own Expert, one run). ValueError or
-  FileNotFoundError names a bad CA-TTS input."""
+  too, and the policy as its own Expert is a second run on the same problems), or "self"
+  (the policy is its own Expert, one run). ValueError or FileNotFoundError: a bad input."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   began = time.perf_counter()

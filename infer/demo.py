@@ -13,8 +13,8 @@
    first --limit problems if given). The Expert is `--expert` (checkpoints/synthetic_expert)
    served by `--expert_replicas` `transformers serve` processes on free local ports (started
    before stage 1, stopped after this one), and the module-by-module ablations run beside
-   CA-TTS; then CA-TTS again with the policy as its
-   own Expert on the same problems. `--expert self` runs only the latter.
+   CA-TTS; then CA-TTS again with the policy as its own Expert on the same problems.
+   `--expert self` runs only the latter.
 3. The real-benchmark path: the CDRL checkpoint through Math-Vision testmini (--mv_limit 16;
    0 skips it).
 

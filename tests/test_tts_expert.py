@@ -336,6 +336,8 @@ def test_replicas_share_the_calls_by_calls_in_flight(serve):
   replies = expert.ask_many(asks, concurrency=4)
   assert [text for text, _ in replies] == ["late"] * 4
   assert len(a.requests) == len(b.requests) == 2
+  expert.ask_many(asks[:2], concurrency=1)  # one at a time: each finds both replicas idle
+  assert (len(a.requests), len(b.requests)) == (4, 2)
   assert {body["model"] for _, _, body in a.requests + b.requests} == {"served-model"}
   with pytest.raises(ValueError, match="carries credentials") as info:
     make_expert(f"{a.url}/v1,https://user:pw-secret@example.com/v1")

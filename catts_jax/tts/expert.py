@@ -328,8 +328,8 @@ class RemoteExpert(Expert):
     super().__init__(retry, secrets=[api_key] if api_key else ())
     self.name = name
     self.client = client
-    self._in_flight = dict.fromkeys(range(1 + len(replicas)), 0)  # calls out per client
     self._clients = (client, *replicas)
+    self._in_flight = [0] * len(self._clients)  # calls out per client
     self._clients_lock = threading.Lock()
     self.model = model
     self.timeout_s = timeout_s
@@ -358,7 +358,7 @@ class RemoteExpert(Expert):
 
     model = self._payload_model()
     with self._clients_lock:
-      i = min(self._in_flight, key=self._in_flight.get)
+      i = self._in_flight.index(min(self._in_flight))
       self._in_flight[i] += 1
     try:
       out = self._clients[i].chat_completion(
