@@ -11,7 +11,8 @@ excluded and reported separately; times are medians over repeats.
 - scoring: `score_batch` rows x `score_len` tokens, text only and with one 224x224 image per
   row; transformers does forward + log_softmax + gather (what teacher-forced scoring needs).
 - generation: `prompt_len`-token prompts, `new_tokens` new tokens, sampling at temperature 1
-  with EOS disabled so both produce the same number of tokens; batch sizes `gen_batches`.
+  with EOS disabled so both produce the same number of tokens; batch sizes `gen_batches`;
+  catts_jax's KV cache grows by doubling (`grow_cache`, as in CA-TTS), transformers' by the token.
 - roofline: the matmul ceiling and memory bandwidth are measured on the spot; each case's
   floor is max(FLOPs / ceiling, bytes read / bandwidth) summed over its steps
   (`roofline.scoring_cost`, `roofline.generation_cost`), and each side's fraction is
@@ -208,7 +209,9 @@ def generate_case(
   p, new = settings.prompt_len, settings.new_tokens
   batch = synthetic_rows(rng, cfg, rows, p, 0, VOCAB - 64)
   inputs = hf_inputs(batch, device, torch)
-  scfg = SamplingConfig(max_new_tokens=new, temperature=1.0, stop_ids=())
+  # The cache grows as CA-TTS's does (configs/catts.py), reading about the filled slots, as
+  # transformers' growing cache does.
+  scfg = SamplingConfig(max_new_tokens=new, temperature=1.0, stop_ids=(), grow_cache=True)
 
   def theirs():
     with torch.no_grad():
@@ -240,6 +243,7 @@ def generate_case(
     ceiling,
     bandwidth,
     decode_weight_bytes=decode_bytes,
+    grow_cache=scfg.grow_cache,
   )
 
 

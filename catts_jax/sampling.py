@@ -20,6 +20,10 @@
 - `compact_every` K: the loop stops every K steps and the rows still running continue in a
   smaller batch (a power of two) once they fit half of it; with a key per row, every row's
   tokens equal the uncompacted loop's.
+- `grow_cache`: the cache grows by doubling as the responses do, so a step reads at most twice
+  the slots it needs instead of prompt + max_new_tokens (most of them empty for most steps
+  when max_new_tokens is long). The same tokens as the full cache, up to float rounding in the
+  attention's sums (empty slots are masked out either way).
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ class SamplingConfig:
   # it (a batch no longer runs at full width until its longest row ends). Needs a key per
   # prompt (`prompt_keys`) to leave every row's tokens unchanged; 0: one loop to the end.
   compact_every: int = 0
+  # True: the KV cache starts at the prompt's slots rounded up to a power of two and doubles as
+  # the responses grow (a copy each time), so a step reads at most twice the slots it needs,
+  # however large max_new_tokens is; one compiled loop per size reached. False: prompt +
+  # max_new_tokens slots from the start, every step reading all of them, one compiled loop.
+  grow_cache: bool = False
 
 
 def filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
@@ -174,6 +183,7 @@ class Sampler:
     self._decode = jax.jit(self._decode_impl, static_argnames=("cfg", "contrastive"), donate_argnums=(1,))
     self._start_jit = jax.jit(self._start_impl, static_argnames=("cfg", "groups"))
     self._compact_jit = jax.jit(self._compact_impl, static_argnames=("groups",))
+    self._grow_jit = jax.jit(self._grow_impl, static_argnames=("slots",))
 
   def _prefill_impl(self, state, inputs, cache_len: int):
     """Prompt pass: last-position logits [B, V] and the filled cache."""
@@ -185,6 +195,7 @@ class Sampler:
     return _pin((model.logits(hidden[:, -1]), cache), self.mesh)
 
   def _decode_impl(self, state, carry, cfg: SamplingConfig, contrastive: bool):
+    """The decode loop from `carry` until every row is done or step reaches carry["stop"]."""
     self.compilations += 1
     model = nnx.merge(self.graphdef, state)
     model.language_model.unstack_layers()
@@ -263,7 +274,7 @@ class Sampler:
       "done": jnp.arange(rows) >= num_rows * n,
       "next_pos": jnp.repeat(jnp.asarray(next_pos, jnp.int32), n),
       "step": jnp.zeros((), jnp.int32),
-      "stop": jnp.asarray(steps, jnp.int32),  # the loop pauses here (compact_every)
+      "stop": jnp.asarray(steps, jnp.int32),  # the loop pauses here (compact_every, grow_cache)
       "key": jnp.copy(key) if key.ndim == 0 else _row_keys(key, n),  # copied: the carry is donated
     }
 
@@ -306,7 +317,10 @@ class Sampler:
     state = self.state if state is None else state
     if contrast is not None and not np.array_equal(contrast.input_ids, batch.input_ids):
       raise ValueError("contrastive decoding needs the same prompts (tokens) under both image conditions")
-    cache_len = batch.input_ids.shape[1] + cfg.max_new_tokens
+    prompt_slots = batch.input_ids.shape[1]
+    cache_len = prompt_slots + cfg.max_new_tokens
+    if cfg.grow_cache:  # room for the prompt and the first step's token, rounded up to a power of two
+      cache_len = min(cache_len, 1 << prompt_slots.bit_length())
     next_pos = batch.attention_mask.sum(1) + batch.rope_deltas  # text position of token 0
     with self._mesh():
       logits, cache = self._prefill(state, self._inputs(batch), cache_len=cache_len)
@@ -315,7 +329,7 @@ class Sampler:
         logits, cache = _concat([logits, logits_c]), _concat([cache, cache_c])
       groups = 2 if contrast is not None else 1
       carry = self._start(cache, logits, next_pos, batch.num_rows, cfg, key, groups)
-      out = self._run(state, carry, cfg, groups)
+      out = self._run(state, carry, cfg, groups, prompt_slots)
     n, b = cfg.n, batch.num_rows
 
     def unflatten(x):
@@ -329,24 +343,31 @@ class Sampler:
       scores={name: unflatten(v) for name, v in out["scores"].items()},
     )
 
-  def _run(self, state, carry, cfg: SamplingConfig, groups: int) -> dict:
-    """The decode loop from `carry` to the end, compacted every cfg.compact_every steps; the
-    rows' outputs (tokens, lengths, logprobs, topk, scores) as numpy, in carry row order."""
+  def _run(self, state, carry, cfg: SamplingConfig, groups: int, prompt_slots: int) -> dict:
+    """The decode loop from `carry` to the end, compacted every cfg.compact_every steps and
+    its cache grown when full (`grow_cache`); the rows' outputs (tokens, lengths, logprobs,
+    topk, scores) as numpy, in carry row order. The cache's first `prompt_slots` hold prompts."""
     contrastive = groups == 2
-    if not cfg.compact_every:
+    if not cfg.compact_every and not cfg.grow_cache:
       return _outputs(self._decode(state, carry, cfg=cfg, contrastive=contrastive))
     rows = carry["tokens"].shape[0]
+    full = prompt_slots + cfg.max_new_tokens
     where = np.arange(rows)  # each carry row's row in the output; -1: padding
-    outputs = None
+    outputs, step = None, 0
     while True:
       carry = {k: v for k, v in carry.items() if k != "scores"}  # the loop's input has none
-      carry["stop"] = carry["step"] + cfg.compact_every
+      slots = carry["cache"]["valid"].shape[1]
+      # Step s >= 1 writes slot prompt_slots + s - 1: the loop pauses when the cache is full.
+      stop = min(step + cfg.compact_every if cfg.compact_every else full, slots - prompt_slots + 1)
+      carry["stop"] = np.int32(stop)
       carry = self._decode(state, carry, cfg=cfg, contrastive=contrastive)
       done, step = np.asarray(carry["done"]), int(carry["step"])
       finished = done.all() or step >= cfg.max_new_tokens
+      if not finished and step == slots - prompt_slots + 1:
+        carry = self._grow(carry, min(full, 2 * slots))
       alive = np.flatnonzero(~done & (where >= 0))
       width = 1 << max(len(alive) - 1, 0).bit_length()  # the next power of two
-      if not finished and width > len(where) // 2:
+      if not finished and (not cfg.compact_every or width > len(where) // 2):
         continue
       got = _outputs(carry)
       if outputs is None:
@@ -361,6 +382,22 @@ class Sampler:
       index = np.concatenate([alive, pad]).astype(np.int32)
       carry = self._compact(carry, index, len(alive), groups)
       where = np.concatenate([where[alive], np.full(len(pad), -1)])
+
+  def _grow(self, carry, slots: int):
+    """The carry with its KV cache padded to `slots` slots (empty, not valid)."""
+    carry = {k: v for k, v in carry.items() if k != "scores"}
+    return self._grow_jit(carry, slots=slots)
+
+  def _grow_impl(self, carry, slots: int):
+    def pad(x, axis):
+      widths = [(0, 0)] * x.ndim
+      widths[axis] = (0, slots - x.shape[axis])
+      return jnp.pad(x, widths)
+
+    cache = carry["cache"]
+    layers = [{"k": pad(c["k"], 3), "v": pad(c["v"], 2)} for c in cache["layers"]]
+    cache = cache | {"layers": layers, "valid": pad(cache["valid"], 1)}
+    return _pin(carry | {"cache": cache}, self.mesh)
 
   def _compact(self, carry, index, live: int, groups: int):
     """The carry's rows `index` (the first `live` still running, the rest padding, marked done)."""

@@ -82,6 +82,10 @@ def get_config(preset: str = "ours") -> ml_collections.ConfigDict:
   # it (0: a batch runs until its longest row ends). Off: on CPU its extra compiles cost more
   # than it saves (32 problems: 155 s against 136 s); untried on accelerators.
   c.compact_every = 0
+  # Every decode's KV cache starts at the prompt's slots rounded up to a power of two and
+  # doubles as replies grow: a step reads at most twice the slots it needs instead of prompt +
+  # max_new_tokens (8192 in the paper's settings). Sizes a short decode never reaches are never compiled.
+  c.grow_cache = True
   # The policy's compute dtype; auto: bfloat16 on GPU/TPU, float32 on CPU (bf16 is no faster
   # there). run.json records what it resolved to.
   c.dtype = "auto"

@@ -249,3 +249,40 @@ def test_compacted_decode_equals_the_full_loop(policy, cases, contrast):
   assert len(set(full.lengths.reshape(-1).tolist())) > 2  # rows end at different steps
   assert_same_samples(compact, full)
   assert compact.texts == full.texts
+
+
+@pytest.mark.parametrize("contrast", [False, True])
+def test_growing_cache_equals_the_full_cache(policy, cases, contrast):
+  """grow_cache: the cache starts at the prompt's slots rounded up to a power of two and
+  doubles as the responses grow (one decode program per size); every row's tokens equal the
+  full cache's, log-probs and scores to float32 rounding (rows stop at different steps, with
+  and without compaction)."""
+  prompts, images = cases["padded_batch"]
+  new = 160
+  first = policy.sample(
+    prompts, images, seeds=[1, 2, 3], n=2, max_new_tokens=new, temperature=1.0, stop_ids=()
+  )
+  stop_ids = tuple(sorted({int(t) for t in first.tokens[:, :, 2:12].reshape(-1)}))[:3] + policy.stop_ids()
+  kw = dict(seeds=[1, 2, 3], n=2, max_new_tokens=new, temperature=1.0, stop_ids=stop_ids)
+  if contrast:
+    kw["contrast_images"] = [[im.rotate(90) for im in ims] for ims in images]
+  full = policy.sample(prompts, images, **kw)
+  prompt_slots = policy.processor(prompts, images).input_ids.shape[1]
+  first_size = 1 << prompt_slots.bit_length()  # the prompt and the first token fit
+  assert full.lengths.min() < 20 and full.lengths.max() > first_size - prompt_slots  # it must grow
+  sizes = []  # the cache sizes the decode loop ran on
+  decode = policy.sampler._decode
+
+  def spy(state, carry, **kw):
+    sizes.append(carry["cache"]["valid"].shape[1])
+    return decode(state, carry, **kw)
+
+  policy.sampler._decode = spy
+  try:
+    grown = policy.sample(prompts, images, grow_cache=True, **kw)
+    compacted = policy.sample(prompts, images, grow_cache=True, compact_every=5, **kw)
+  finally:
+    policy.sampler._decode = decode
+  assert_same_samples(grown, full)
+  assert_same_samples(compacted, full)
+  assert sorted(set(sizes)) == [first_size, prompt_slots + new]  # 256, then the whole 288

@@ -1,6 +1,8 @@
 """The sampler with its rows sharded: on 8 simulated devices, the same tokens, log-probs and
 confidences as on one device for a fixed key, and each device does 1/8 of the work."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,6 +49,20 @@ def test_sharded_sampling_equals_one_device(tiny_ckpt, batch, single, shape):
   sampler = Sampler(load_hf(tiny_ckpt, mesh=mesh), mesh=mesh)
   got = sampler(batch, CFG, jax.random.key(3))
   want = single[1]
+  assert_same_samples(got, want)
+
+
+def test_sharded_growing_cache_equals_one_device_full_cache(tiny_ckpt, batch, single):
+  """grow_cache on 8 devices (fsdp 8), the cache grown once: every row's samples equal one
+  device's with the whole cache from the start."""
+  prompt_slots = batch.input_ids.shape[1]
+  new = (1 << prompt_slots.bit_length()) - prompt_slots + 4  # the cache must grow once
+  cfg = dataclasses.replace(CFG, max_new_tokens=new)
+  want = single[0](batch, cfg, jax.random.key(3))
+  mesh = sharding.make_mesh({"fsdp": 8})
+  sampler = Sampler(load_hf(tiny_ckpt, mesh=mesh), mesh=mesh)
+  got = sampler(batch, dataclasses.replace(cfg, grow_cache=True), jax.random.key(3))
+  assert sampler._grow_jit._cache_size() == 1
   assert_same_samples(got, want)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from catts_jax.tts.expert import NO_API_KEY, Expert, RemoteExpert, RetryPolicy
 from catts_jax.tts.self_expert import SelfExpert
@@ -37,7 +37,7 @@ def make_expert(
   provider: str | None = None,
   api_key_env: str | None = None,
   seed: int = 0,
-  compact_every: int = 0,
+  decode: Mapping | None = None,
   batch: int = 0,
 ) -> Expert | None:
   """An expert from its spec:
@@ -46,8 +46,8 @@ def make_expert(
   - "http(s)://host[:port]/v1": any OpenAI-compatible server; `model` names the served model
     (default: the one GET /v1/models lists), `api_key_env` the variable holding its API key;
     "URL,URL,...": replicas of one model, each call sent to the one with the fewest calls out;
-  - "self": `policy` answers as the expert (decoding with `compact_every`, `batch` prompts at
-    most per decode);
+  - "self": `policy` answers as the expert (`decode`: SamplingConfig fields for its decodes,
+    `batch` prompts at most per decode);
   - "none": None (CA-TTS runs without expert roles).
   """
   text = str(spec).strip()
@@ -59,7 +59,7 @@ def make_expert(
   if text.lower() == "self":
     if policy is None:
       raise ValueError("expert spec 'self' needs the policy")
-    return SelfExpert(policy, seed, compact_every, batch)
+    return SelfExpert(policy, seed, decode, batch)
   from huggingface_hub import InferenceClient
 
   if text.startswith("hf:") and len(text) > 3 and " " not in text:

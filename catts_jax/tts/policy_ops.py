@@ -38,6 +38,7 @@ class PolicyOps:
       vcd_beta=cfg.vcd.beta,
       confidence=policy.confidence,
       compact_every=cfg.compact_every,
+      grow_cache=cfg.grow_cache,
     )
     self.sampling = dataclasses.replace(base, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
     self.greedy = dataclasses.replace(base, temperature=0.0)

@@ -173,7 +173,8 @@ class Job:
     expert = self.expert
     if self.self_expert:
       expert = make_expert(
-        "self", policy, compact_every=self.cfg.compact_every, batch=self.cfg.module_batch,
+        "self", policy, batch=self.cfg.module_batch,
+        decode=dict(compact_every=self.cfg.compact_every, grow_cache=self.cfg.grow_cache),
         **expert_options(self.cfg),
       )  # fmt: skip
     ops = PolicyOps(policy, self.benchmark, self.cfg, draws=draws)

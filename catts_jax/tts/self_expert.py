@@ -23,11 +23,11 @@ class SelfExpert(Expert):
   name = "self"
   batches = True
 
-  def __init__(self, policy, seed: int = 0, compact_every: int = 0, batch: int = 0):
+  def __init__(self, policy, seed: int = 0, decode: Mapping | None = None, batch: int = 0):
     super().__init__(RetryPolicy(max_retries=0))
     self.policy = policy
     self.seed = seed
-    self.compact_every = compact_every  # the decode's (sampling.SamplingConfig)
+    self.decode = dict(decode or {})  # SamplingConfig fields for every decode (compact_every, grow_cache)
     self.batch = batch  # prompts per decode in ask_many (0: a whole round)
 
   def render(self, messages: Sequence[Mapping]) -> tuple[str, list[Image.Image]]:
@@ -56,7 +56,7 @@ class SelfExpert(Expert):
     seeds = [stable_seed(self.seed, prompt) for prompt in prompts]
     out = self.policy.sample(
       prompts, [images for _, images in rendered], seeds=seeds, max_new_tokens=max_tokens,
-      temperature=float(temperature), compact_every=self.compact_every,
+      temperature=float(temperature), **self.decode,
     )  # fmt: skip
     decode = self.policy.processor.tokenizer.decode
     return [decode(row[0], skip_special_tokens=True) for row in out.token_lists()]
