@@ -361,7 +361,7 @@ class Sampler:
       stop = min(step + cfg.compact_every if cfg.compact_every else full, slots - prompt_slots + 1)
       carry["stop"] = np.int32(stop)
       carry = self._decode(state, carry, cfg=cfg, contrastive=contrastive)
-      done, step = np.asarray(carry["done"]), int(carry["step"])
+      done, step = sharding.to_host(carry["done"]), int(sharding.to_host(carry["step"]))
       finished = done.all() or step >= cfg.max_new_tokens
       if not finished and step == slots - prompt_slots + 1:
         carry = self._grow(carry, min(full, 2 * slots))
