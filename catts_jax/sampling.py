@@ -20,6 +20,8 @@
 - `compact_every` K: the loop stops every K steps and the rows still running continue in a
   smaller batch (a power of two) once they fit half of it; with a key per row, every row's
   tokens equal the uncompacted loop's.
+- `share_prompt`: each prompt's KV stays one copy, read by its `n` rows in one product with
+  their own reply slots in the same softmax (`layers.attention_shared_prompt`).
 - `grow_cache`: the cache grows by doubling as the responses do, so a step reads at most twice
   the slots it needs instead of prompt + max_new_tokens (most of them empty for most steps
   when max_new_tokens is long). The same tokens as the full cache, up to float rounding in the
@@ -38,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from catts_jax import sharding
+from catts_jax.decode_cache import repeat_rows, shared_prompt_cache, stack_conditions
 from catts_jax.models.qwen2_5_vl.text import init_cache
 from catts_jax.processing import Batch
 from catts_jax.scoring import ConfidenceConfig, response_scores, token_statistics
@@ -63,6 +66,17 @@ class SamplingConfig:
   # however large max_new_tokens is; one compiled loop per size reached. False: prompt +
   # max_new_tokens slots from the start, every step reading all of them, one compiled loop.
   grow_cache: bool = False
+  # True: a prompt's KV is kept once and read by its `n` rows together, not copied into each
+  # row's cache (n times fewer prompt reads a step). Rows then stay with their prompt, so it
+  # excludes compact_every.
+  share_prompt: bool = False
+
+  def __post_init__(self):
+    if self.share_prompt and self.compact_every:
+      raise ValueError(
+        f"share_prompt with compact_every={self.compact_every}: compaction moves rows away from "
+        "their prompt's shared KV; turn one of them off"
+      )
 
 
 def filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
@@ -261,10 +275,18 @@ class Sampler:
     prompt, `groups` image conditions stacked): each prompt's rows repeated `cfg.n` times.
     Works under `jax.eval_shape` too (abstract carry for ahead-of-time compiles)."""
     n, rows = cfg.n, next_pos.shape[0] * cfg.n
-    repeat = functools.partial(_repeat_rows, n=n, groups=groups)
+    repeat = functools.partial(repeat_rows, n=n, groups=groups)
     k, steps = cfg.confidence.top_k, cfg.max_new_tokens
+    if cfg.share_prompt:
+      prompt_slots = cache["valid"].shape[1]
+      reply_slots = steps  # or, growing, as many as fill the prompt's slots up to a power of two
+      if cfg.grow_cache:
+        reply_slots = min(steps, (1 << prompt_slots.bit_length()) - prompt_slots)
+      cache = shared_prompt_cache(cache, n, reply_slots)
+    else:
+      cache = repeat(cache)
     return {
-      "cache": repeat(cache),
+      "cache": cache,
       "logits": repeat(logits),
       "tokens": jnp.full((rows, steps), self.pad_id, jnp.int32),
       "logprobs": jnp.zeros((rows, steps), jnp.float32),
@@ -321,12 +343,14 @@ class Sampler:
     cache_len = prompt_slots + cfg.max_new_tokens
     if cfg.grow_cache:  # room for the prompt and the first step's token, rounded up to a power of two
       cache_len = min(cache_len, 1 << prompt_slots.bit_length())
+    if cfg.share_prompt:  # the prefill's cache holds the prompts alone; `decode_carry` adds the replies'
+      cache_len = prompt_slots
     next_pos = batch.attention_mask.sum(1) + batch.rope_deltas  # text position of token 0
     with self._mesh():
       logits, cache = self._prefill(state, self._inputs(batch), cache_len=cache_len)
       if contrast is not None:
         logits_c, cache_c = self._prefill(state, self._inputs(contrast), cache_len=cache_len)
-        logits, cache = _concat([logits, logits_c]), _concat([cache, cache_c])
+        logits, cache = stack_conditions([logits, logits_c]), stack_conditions([cache, cache_c])
       groups = 2 if contrast is not None else 1
       carry = self._start(cache, logits, next_pos, batch.num_rows, cfg, key, groups)
       out = self._run(state, carry, cfg, groups, prompt_slots)
@@ -352,11 +376,12 @@ class Sampler:
       return _outputs(self._decode(state, carry, cfg=cfg, contrastive=contrastive))
     rows = carry["tokens"].shape[0]
     full = prompt_slots + cfg.max_new_tokens
+    shared = prompt_slots if cfg.share_prompt else 0  # slots held apart from the rows' own
     where = np.arange(rows)  # each carry row's row in the output; -1: padding
     outputs, step = None, 0
     while True:
       carry = {k: v for k, v in carry.items() if k != "scores"}  # the loop's input has none
-      slots = carry["cache"]["valid"].shape[1]
+      slots = shared + carry["cache"]["valid"].shape[1]
       # Step s >= 1 writes slot prompt_slots + s - 1: the loop pauses when the cache is full.
       stop = min(step + cfg.compact_every if cfg.compact_every else full, slots - prompt_slots + 1)
       carry["stop"] = np.int32(stop)
@@ -364,7 +389,7 @@ class Sampler:
       done, step = sharding.to_host(carry["done"]), int(sharding.to_host(carry["step"]))
       finished = done.all() or step >= cfg.max_new_tokens
       if not finished and step == slots - prompt_slots + 1:
-        carry = self._grow(carry, min(full, 2 * slots))
+        carry = self._grow(carry, min(full, 2 * slots) - shared)
       alive = np.flatnonzero(~done & (where >= 0))
       width = 1 << max(len(alive) - 1, 0).bit_length()  # the next power of two
       if not finished and (not cfg.compact_every or width > len(where) // 2):
@@ -384,7 +409,7 @@ class Sampler:
       where = np.concatenate([where[alive], np.full(len(pad), -1)])
 
   def _grow(self, carry, slots: int):
-    """The carry with its KV cache padded to `slots` slots (empty, not valid)."""
+    """The carry with its rows' KV cache padded to `slots` slots (empty, not valid)."""
     carry = {k: v for k, v in carry.items() if k != "scores"}
     return self._grow_jit(carry, slots=slots)
 
@@ -459,20 +484,3 @@ def draw_tokens(logits: jax.Array, key: jax.Array, step, cfg: SamplingConfig) ->
     return choose_tokens(logits, jax.random.fold_in(key, step), cfg)
   keys = jax.vmap(jax.random.fold_in, (0, None))(key, step)
   return jax.vmap(lambda k, row: choose_tokens(row[None], k, cfg)[0])(keys, logits)
-
-
-def _concat(trees):
-  """Stack per-condition prefill results along the batch axis (end_index is shared)."""
-  return jax.tree.map(lambda *xs: xs[0] if xs[0].ndim == 0 else jnp.concatenate(xs), *trees)
-
-
-def _repeat_rows(tree, n: int, groups: int):
-  """Repeat each prompt's rows n times (within each condition group), keeping scalars."""
-
-  def one(x):
-    if x.ndim == 0 or n == 1:
-      return x
-    g = x.reshape(groups, -1, *x.shape[1:])
-    return jnp.repeat(g, n, axis=1).reshape(-1, *x.shape[1:])
-
-  return jax.tree.map(one, tree)

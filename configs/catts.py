@@ -86,6 +86,9 @@ def get_config(preset: str = "ours") -> ml_collections.ConfigDict:
   # doubles as replies grow: a step reads at most twice the slots it needs instead of prompt +
   # max_new_tokens (8192 in the paper's settings). Sizes a short decode never reaches are never compiled.
   c.grow_cache = True
+  # Each prompt's KV is kept once and read by its N samples together, not copied N times (N x
+  # fewer prompt reads a decode step). Excludes compact_every (compaction moves rows off it).
+  c.share_prompt = True
   # The policy's compute dtype; auto: bfloat16 on GPU/TPU, float32 on CPU (bf16 is no faster
   # there). run.json records what it resolved to.
   c.dtype = "auto"

@@ -286,3 +286,42 @@ def test_growing_cache_equals_the_full_cache(policy, cases, contrast):
   assert_same_samples(grown, full)
   assert_same_samples(compacted, full)
   assert sorted(set(sizes)) == [first_size, prompt_slots + new]  # 256, then the whole 288
+
+
+@pytest.mark.parametrize("contrast", [False, True])
+def test_shared_prompt_equals_repeated_prompts(policy, cases, contrast):
+  """share_prompt: each prompt's KV kept once and read by its n rows together gives every row's
+  tokens of the repeated copies, log-probs and scores to float32 rounding (rows stopping at
+  different steps; with the growing cache too); the decode cache holds one prompt per prompt."""
+  prompts, images = cases["padded_batch"]
+  kw = dict(seeds=[1, 2, 3], n=4, max_new_tokens=160, temperature=1.0)
+  first = policy.sample(prompts, images, stop_ids=(), **kw)
+  kw["stop_ids"] = (
+    tuple(sorted({int(t) for t in first.tokens[:, :, 2:12].reshape(-1)}))[:3] + policy.stop_ids()
+  )
+  if contrast:
+    kw["contrast_images"] = [[im.rotate(90) for im in ims] for ims in images]
+  repeated = policy.sample(prompts, images, **kw)
+  assert len(set(repeated.lengths.reshape(-1).tolist())) > 2
+  prompt_rows = []  # the prompt rows of each decode call's cache
+  decode = policy.sampler._decode
+
+  def spy(state, carry, **kw):
+    prompt_rows.append(carry["cache"]["prompt"]["valid"].shape[0])
+    return decode(state, carry, **kw)
+
+  policy.sampler._decode = spy
+  try:
+    shared = policy.sample(prompts, images, share_prompt=True, **kw)
+    grown = policy.sample(prompts, images, share_prompt=True, grow_cache=True, **kw)
+  finally:
+    policy.sampler._decode = decode
+  assert_same_samples(shared, repeated)
+  assert_same_samples(grown, repeated)
+  batch_rows = policy.processor(prompts, images).input_ids.shape[0]
+  assert set(prompt_rows) == {batch_rows * (2 if contrast else 1)}
+
+
+def test_shared_prompt_excludes_compaction():
+  with pytest.raises(ValueError, match="share_prompt with compact_every=4"):
+    SamplingConfig(share_prompt=True, compact_every=4)

@@ -52,16 +52,20 @@ def test_sharded_sampling_equals_one_device(tiny_ckpt, batch, single, shape):
   assert_same_samples(got, want)
 
 
-def test_sharded_growing_cache_equals_one_device_full_cache(tiny_ckpt, batch, single):
-  """grow_cache on 8 devices (fsdp 8), the cache grown once: every row's samples equal one
-  device's with the whole cache from the start."""
+@pytest.mark.parametrize("share_prompt", [False, True])
+def test_sharded_growing_cache_equals_one_device_full_cache(tiny_ckpt, batch, single, share_prompt):
+  """grow_cache on 8 devices (fsdp 8), the cache grown once, with each prompt's KV repeated per
+  row or shared by its rows: every row's samples equal one device's with the whole cache from
+  the start, repeated."""
   prompt_slots = batch.input_ids.shape[1]
   new = (1 << prompt_slots.bit_length()) - prompt_slots + 4  # the cache must grow once
   cfg = dataclasses.replace(CFG, max_new_tokens=new)
   want = single[0](batch, cfg, jax.random.key(3))
   mesh = sharding.make_mesh({"fsdp": 8})
   sampler = Sampler(load_hf(tiny_ckpt, mesh=mesh), mesh=mesh)
-  got = sampler(batch, dataclasses.replace(cfg, grow_cache=True), jax.random.key(3))
+  got = sampler(
+    batch, dataclasses.replace(cfg, grow_cache=True, share_prompt=share_prompt), jax.random.key(3)
+  )
   assert sampler._grow_jit._cache_size() == 1
   assert_same_samples(got, want)
 

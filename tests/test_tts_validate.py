@@ -28,6 +28,7 @@ from configs import catts as catts_config
     ("planner.mode", "sometimes", "--config.planner.mode='sometimes': expected one of paper, adaptive, off"),
     ("selfcheck.mode", "vcd", "--config.selfcheck.mode='vcd'"),
     ("prompts", "paper", "--config.prompts='paper': expected one of ours, release"),
+    ("compact_every", 4, "--config.compact_every=4 with --config.share_prompt=True"),
   ],
 )
 def test_a_bad_setting_is_named(key, value, words):

@@ -39,6 +39,7 @@ class PolicyOps:
       confidence=policy.confidence,
       compact_every=cfg.compact_every,
       grow_cache=cfg.grow_cache,
+      share_prompt=cfg.share_prompt,
     )
     self.sampling = dataclasses.replace(base, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
     self.greedy = dataclasses.replace(base, temperature=0.0)

@@ -174,7 +174,7 @@ class Job:
     if self.self_expert:
       expert = make_expert(
         "self", policy, batch=self.cfg.module_batch,
-        decode=dict(compact_every=self.cfg.compact_every, grow_cache=self.cfg.grow_cache),
+        decode={k: self.cfg[k] for k in ("compact_every", "grow_cache", "share_prompt")},
         **expert_options(self.cfg),
       )  # fmt: skip
     ops = PolicyOps(policy, self.benchmark, self.cfg, draws=draws)

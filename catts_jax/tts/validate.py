@@ -67,5 +67,10 @@ def config(cfg: ml_collections.ConfigDict, limit: int | None = None) -> voting.T
   for key, choices in CHOICES:
     if _get(cfg, key) not in choices:
       raise ValueError(f"--config.{key}={_get(cfg, key)!r}: expected one of {', '.join(choices)}")
+  if cfg.share_prompt and cfg.compact_every:
+    raise ValueError(
+      f"--config.compact_every={cfg.compact_every} with --config.share_prompt=True: compaction moves "
+      "rows away from their prompt's shared KV; set one of them off"
+    )
   check_style(cfg.prompts)
   return voting.TTSConfig(**cfg.tts)

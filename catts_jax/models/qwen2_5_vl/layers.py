@@ -117,6 +117,48 @@ def _attend(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   return jnp.einsum("bkgts,bksh->bkgth", probs, v)
 
 
+def attention_shared_prompt(
+  q: jax.Array,
+  prompt_k_t: jax.Array,
+  prompt_v: jax.Array,
+  prompt_mask: jax.Array,
+  k_t: jax.Array,
+  v: jax.Array,
+  mask: jax.Array,
+) -> jax.Array:
+  """One decode step's attention when each prompt's N rows share its KV: q [B, 1, N, H] with
+  a prompt's B / P rows adjacent; the prompts' keys prompt_k_t [P, K, H, S_p], values
+  prompt_v [P, K, S_p, H] and mask [P, 1, 1, S_p]; each row's own reply slots k_t [B, K, H, S],
+  v [B, K, S, H], mask [B, 1, 1, S]. One softmax over both; equals `attention` over the
+  prompt's slots repeated for every row followed by the row's own.
+
+  A prompt's rows query its keys together, in one product (also what makes it fast on a CPU,
+  where each row's own [G, H] x [H, S] product is too small for matmul kernels)."""
+  b, t, n, h = q.shape
+  prompts, kv_heads, _, prompt_slots = prompt_k_t.shape
+  g, rows = n // kv_heads, b // prompts
+  q = q.reshape(b, kv_heads, g, h)
+
+  def per_prompt(x):  # [B, K, G, ...] -> [P, K, rows * G, ...]
+    x = x.reshape(prompts, rows, kv_heads, g, *x.shape[3:]).swapaxes(1, 2)
+    return x.reshape(prompts, kv_heads, rows * g, *x.shape[4:])
+
+  def per_row(x):  # the inverse
+    x = x.reshape(prompts, kv_heads, rows, g, *x.shape[3:]).swapaxes(1, 2)
+    return x.reshape(b, kv_heads, g, *x.shape[4:])
+
+  f32, scale = jnp.float32, h**-0.5
+  on_prompt = per_row(jnp.einsum("pkqh,pkhs->pkqs", per_prompt(q), prompt_k_t, preferred_element_type=f32))
+  on_prompt = jnp.where(jnp.repeat(prompt_mask, rows, axis=0), on_prompt * scale, jnp.finfo(f32).min)
+  # The row's own slots: a multiply-and-reduce, as `_attend` decodes.
+  on_reply = (q[..., None].astype(f32) * k_t[:, :, None].astype(f32)).sum(-2)
+  on_reply = jnp.where(mask, on_reply * scale, jnp.finfo(f32).min)
+  probs = jax.nn.softmax(jnp.concatenate([on_prompt, on_reply], axis=-1), axis=-1).astype(v.dtype)
+  out = per_row(jnp.einsum("pkqs,pksh->pkqh", per_prompt(probs[..., :prompt_slots]), prompt_v))
+  out = out + (probs[..., prompt_slots:, None] * v[:, :, None]).sum(-2)
+  return out.reshape(b, t, n, h)
+
+
 def attention(
   q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array, *, query_chunk: int = 512
 ) -> jax.Array:

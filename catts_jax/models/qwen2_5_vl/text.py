@@ -14,6 +14,7 @@ from catts_jax.models.qwen2_5_vl.layers import (
   RMSNorm,
   apply_rope,
   attention,
+  attention_shared_prompt,
   default_init,
   inverse_frequencies,
   param,
@@ -28,6 +29,9 @@ KV_HEADS = ("batch", "length", "kv_heads", "head_dim")
 # A KV cache is a plain pytree, so it can be donated to jit:
 #   {"layers": [{"k": [B, K, H, S], "v": [B, K, S, H]}, ...],  (layouts: see layers.attention)
 #    "valid": [B, S] bool (slot holds a real token), "end_index": int32 (next slot to write)}
+# A decode cache may also hold "prompt": {"layers": ..., "valid": [P, S_p]}, the KV of P prompts
+# each shared by its B / P adjacent rows (read by every step, never written); the slots above
+# are then the rows' own.
 Cache = dict
 
 
@@ -77,7 +81,8 @@ class Attention(nnx.Module):
     self.v_proj = Dense((d,), (k, h), ("embed", "kv_heads", "head_dim"), use_bias=True, **kw)
     self.o_proj = Dense((n, h), (d,), ("q_heads", "head_dim", "embed"), use_bias=False, **kw)
 
-  def __call__(self, x, cos, sin, mask, layer_cache=None, end_index=None):
+  def __call__(self, x, cos, sin, mask, layer_cache=None, end_index=None, prompt=None):
+    """`prompt`: (its layer's cache {"k", "v"}, its mask): a shared prompt (see `Cache`)."""
     q = constrain(apply_rope(self.q_proj(x), cos, sin), Q_HEADS)
     k = constrain(apply_rope(self.k_proj(x), cos, sin), KV_HEADS).transpose(0, 2, 3, 1)  # [B, K, H, T]
     v = constrain(self.v_proj(x), KV_HEADS).transpose(0, 2, 1, 3)  # [B, K, T, H]
@@ -90,6 +95,12 @@ class Attention(nnx.Module):
       )
       layer_cache = {"k": k_all, "v": v_all}
       k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
+    if prompt is not None:
+      (shared, shared_mask), dtype = prompt, q.dtype
+      out = attention_shared_prompt(
+        q, shared["k"].astype(dtype), shared["v"].astype(dtype), shared_mask, k, v, mask
+      )
+      return self.o_proj(out), layer_cache
     return self.o_proj(attention(q, k, v, mask)), layer_cache
 
 
@@ -101,8 +112,8 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
     self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, use_bias=False, **kw)
 
-  def __call__(self, x, cos, sin, mask, layer_cache=None, end_index=None):
-    h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, end_index)
+  def __call__(self, x, cos, sin, mask, layer_cache=None, end_index=None, prompt=None):
+    h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, end_index, prompt)
     x = x + h
     x = x + self.mlp(self.post_attention_layernorm(x))
     return constrain(x, HIDDEN), layer_cache
@@ -151,14 +162,21 @@ class TextModel(nnx.Module):
     valid = jax.lax.dynamic_update_slice(cache["valid"], token_valid, (0, end))
     mask = attention_mask(valid, end, x.shape[1])
     if isinstance(self.layers, nnx.List):  # a decode step (`unstack_layers`): caches updated in place
+      shared = cache.get("prompt")
+      prompts = [None] * len(self.layers) if shared is None else shared["layers"]
       new_layers = []
-      for layer, layer_cache in zip(self.layers, cache["layers"], strict=True):
-        x, layer_cache = layer(x, cos, sin, mask, layer_cache, end)
+      for layer, layer_cache, prompt in zip(self.layers, cache["layers"], prompts, strict=True):
+        prompt = None if prompt is None else (prompt, shared["valid"][:, None, None])
+        x, layer_cache = layer(x, cos, sin, mask, layer_cache, end, prompt)
         new_layers.append(layer_cache)
     else:  # a prefill: one scanned layer body (the 7B's compiles ~4x faster than 28 unrolled)
+      if "prompt" in cache:
+        raise ValueError("a cache with a shared prompt is for decode steps (unstack_layers first)")
       run = lambda layer, x, layer_cache: layer(x, cos, sin, mask, layer_cache, end)  # noqa: E731
       stacked = jax.tree.map(lambda *a: jnp.stack(a), *cache["layers"])
       x, stacked = stack.scan_outputs(self.layers, run, x, stacked, unroll=not self.scan_layers)
       new_layers = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(cache["layers"]))]
     new_cache = {"layers": new_layers, "valid": valid, "end_index": end + x.shape[1]}
+    if "prompt" in cache:
+      new_cache["prompt"] = cache["prompt"]
     return self.norm(x), new_cache
