@@ -7,6 +7,14 @@ import jax
 import jax.numpy as jnp
 
 
+def first_slots(prompt_slots: int, max_new_tokens: int, grow: bool) -> int:
+  """Slots (the prompt's included) of the cache a decode starts with: prompt + max_new_tokens,
+  or, growing, the prompt and the first step's token rounded up to a power of two (then doubled
+  each time it fills)."""
+  slots = prompt_slots + max_new_tokens
+  return min(slots, 1 << prompt_slots.bit_length()) if grow else slots
+
+
 def shared_prompt_cache(prefill_cache, n: int, reply_slots: int) -> dict:
   """A decode cache whose prompt part is the prefill's, one copy per prompt, and whose rows'
   own `reply_slots` slots (n rows a prompt, adjacent) start empty (text.Cache)."""

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from catts_jax import sharding
-from catts_jax.decode_cache import repeat_rows, shared_prompt_cache, stack_conditions
+from catts_jax.decode_cache import first_slots, repeat_rows, shared_prompt_cache, stack_conditions
 from catts_jax.models.qwen2_5_vl.text import init_cache
 from catts_jax.processing import Batch
 from catts_jax.scoring import ConfidenceConfig, response_scores, token_statistics
@@ -279,10 +279,7 @@ class Sampler:
     k, steps = cfg.confidence.top_k, cfg.max_new_tokens
     if cfg.share_prompt:
       prompt_slots = cache["valid"].shape[1]
-      reply_slots = steps  # or, growing, as many as fill the prompt's slots up to a power of two
-      if cfg.grow_cache:
-        reply_slots = min(steps, (1 << prompt_slots.bit_length()) - prompt_slots)
-      cache = shared_prompt_cache(cache, n, reply_slots)
+      cache = shared_prompt_cache(cache, n, first_slots(prompt_slots, steps, cfg.grow_cache) - prompt_slots)
     else:
       cache = repeat(cache)
     return {
@@ -340,9 +337,7 @@ class Sampler:
     if contrast is not None and not np.array_equal(contrast.input_ids, batch.input_ids):
       raise ValueError("contrastive decoding needs the same prompts (tokens) under both image conditions")
     prompt_slots = batch.input_ids.shape[1]
-    cache_len = prompt_slots + cfg.max_new_tokens
-    if cfg.grow_cache:  # room for the prompt and the first step's token, rounded up to a power of two
-      cache_len = min(cache_len, 1 << prompt_slots.bit_length())
+    cache_len = first_slots(prompt_slots, cfg.max_new_tokens, cfg.grow_cache)
     if cfg.share_prompt:  # the prefill's cache holds the prompts alone; `decode_carry` adds the replies'
       cache_len = prompt_slots
     next_pos = batch.attention_mask.sum(1) + batch.rope_deltas  # text position of token 0

@@ -163,10 +163,10 @@ class TextModel(nnx.Module):
     mask = attention_mask(valid, end, x.shape[1])
     if isinstance(self.layers, nnx.List):  # a decode step (`unstack_layers`): caches updated in place
       shared = cache.get("prompt")
-      prompts = [None] * len(self.layers) if shared is None else shared["layers"]
+      prompt_mask = None if shared is None else shared["valid"][:, None, None]
       new_layers = []
-      for layer, layer_cache, prompt in zip(self.layers, cache["layers"], prompts, strict=True):
-        prompt = None if prompt is None else (prompt, shared["valid"][:, None, None])
+      for i, (layer, layer_cache) in enumerate(zip(self.layers, cache["layers"], strict=True)):
+        prompt = None if shared is None else (shared["layers"][i], prompt_mask)
         x, layer_cache = layer(x, cos, sin, mask, layer_cache, end, prompt)
         new_layers.append(layer_cache)
     else:  # a prefill: one scanned layer body (the 7B's compiles ~4x faster than 28 unrolled)
