@@ -10,13 +10,18 @@ vision feature (`image_index`) on the host.
 Rows that share an image share its slot: rows whose prompt text and images are the same
 (images compared by object identity, paths by their string) are encoded once, and all their
 image tokens read the same features. A rollout's G samples of one problem, scored as G rows
-of one prompt and one image list, thus encode each image once, not G times.
+of one prompt and one image list, thus encode each image once, not G times. A processor also
+keeps what the HF processor made of each prompt and its images' pixels (`EncodedCache`, least
+recently used out), so a pair seen in an earlier call is not processed again.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import pathlib
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -78,6 +83,13 @@ def image_key(image: Image.Image | str | pathlib.Path) -> tuple[str, object]:
   return ("path", str(image))
 
 
+def pixel_digest(image: Image.Image) -> bytes:
+  """What makes two RGB images the same image: their size and pixels."""
+  digest = hashlib.blake2b(f"{image.width}x{image.height}".encode(), digest_size=16)
+  digest.update(image.tobytes())
+  return digest.digest()
+
+
 def load_image(image: Image.Image | str | pathlib.Path, name: str | None = None) -> Image.Image:
   """An RGB PIL image from a PIL image or a path, by `catts_jax.images`' rules (EXIF
   orientation, alpha over white, 16-bit scaled); errors name the file, else `name`."""
@@ -122,6 +134,50 @@ class ScoringBatch:
   batch: Batch
   response_mask: np.ndarray
   response_len: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedPrompt:
+  """One prompt as the HF processor encodes it: token ids and each image's patches and grid."""
+
+  ids: np.ndarray  # [tokens] int32
+  pixels: tuple[np.ndarray, ...]  # per image: [patches, C*T*p*p] float32
+  grids: np.ndarray  # [images, 3] int32 (t, h, w)
+
+  @property
+  def nbytes(self) -> int:
+    return self.ids.nbytes + sum(p.nbytes for p in self.pixels) + self.grids.nbytes
+
+
+class EncodedCache:
+  """The last `max_bytes` of encoded (prompt, image pixels) pairs, least recently used out
+  first; shared by the threads of a run (a lock guards the order). Arrays are read-only."""
+
+  def __init__(self, max_bytes: int):
+    self.max_bytes = max_bytes
+    self.nbytes = 0
+    self._entries: collections.OrderedDict[tuple, EncodedPrompt] = collections.OrderedDict()
+    self._lock = threading.Lock()
+
+  def get_many(self, keys: Sequence[tuple]) -> list[EncodedPrompt | None]:
+    with self._lock:
+      for key in keys:
+        if key in self._entries:
+          self._entries.move_to_end(key)
+      return [self._entries.get(key) for key in keys]
+
+  def put_many(self, items: Sequence[tuple[tuple, EncodedPrompt]]) -> None:
+    for _, entry in items:
+      for a in (entry.ids, *entry.pixels, entry.grids):
+        a.flags.writeable = False
+    with self._lock:
+      for key, entry in items:
+        if key in self._entries or entry.nbytes > self.max_bytes:
+          continue
+        self._entries[key] = entry
+        self.nbytes += entry.nbytes
+      while self.nbytes > self.max_bytes:
+        self.nbytes -= self._entries.popitem(last=False)[1].nbytes
 
 
 @dataclasses.dataclass
@@ -226,9 +282,11 @@ class Processor:
     buckets_per_octave: int = 1,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    cache_bytes: int = 256 << 20,
   ):
     """min_pixels / max_pixels override the checkpoint's image resizing bounds (Qwen's
     resize keeps each image's pixel count within them); give both or neither.
+    cache_bytes: encoded prompts and images kept for later calls (0: none).
     buckets_per_octave: the default sequence and response length buckets (`text_buckets`)."""
     from transformers import AutoProcessor  # heavy import, only when a processor is built
 
@@ -253,6 +311,7 @@ class Processor:
     self.image_buckets = tuple(image_buckets or power_of_two_buckets(1, 1 << 16))
     self.batch_buckets = tuple(batch_buckets or power_of_two_buckets(1, 1 << 16))
     self.response_buckets = tuple(response_buckets or default_response)
+    self.cache = EncodedCache(cache_bytes)
     self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
   def chat_prompt(self, question: str, num_images: int = 0, system: str | None = None) -> str:
@@ -274,43 +333,72 @@ class Processor:
     """prompts: rendered text, each holding one IMAGE_PLACEHOLDER per image of that prompt.
     images: per prompt, a list of PIL images or paths.
 
-    Each distinct (prompt text, images) pair, images keyed by `image_key`, goes to the HF
-    processor once; rows that repeat it share its token ids and its images."""
+    Each distinct (prompt text, images) pair, images keyed by `image_key`, is encoded once,
+    and rows that repeat it share its token ids and its images. A pair goes to the HF
+    processor only if this processor has not encoded its prompt and pixels before
+    (`EncodedCache`): CA-TTS scores a problem's prompt and image many times (every N, every
+    method, both self-check conditions)."""
     images = images or [[] for _ in prompts]
     if len(images) != len(prompts):
       raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
-    distinct: dict[tuple, int] = {}  # (prompt, image keys) -> index into `firsts`
-    firsts, row_distinct = [], []
+    distinct: dict[tuple, int] = {}  # (prompt, image keys) -> index into `pairs`
+    pairs, row_distinct = [], []  # pairs: (prompt, RGB images, cache key)
     for i, (prompt, imgs) in enumerate(zip(prompts, images)):
       n = prompt.count("<|image_pad|>")
       if n != len(imgs):
         raise ValueError(f"prompt {i}: {n} image placeholders but {len(imgs)} images")
       key = (prompt, tuple(image_key(im) for im in imgs))
       if key not in distinct:
-        distinct[key] = len(firsts)
-        firsts.append(i)
+        distinct[key] = len(pairs)
+        rgbs = [load_image(im, f"prompt {i} image {j}") for j, im in enumerate(imgs)]
+        pairs.append((prompt, rgbs, (prompt, tuple(pixel_digest(im) for im in rgbs))))
       row_distinct.append(distinct[key])
-    flat_images, first_image = [], []
-    for i in firsts:
-      first_image.append(len(flat_images))
-      flat_images += [load_image(im, f"prompt {i} image {j}") for j, im in enumerate(images[i])]
-    kwargs = dict(text=[prompts[i] for i in firsts], return_tensors="np", padding=True)
-    if flat_images:
-      kwargs["images"] = flat_images
+    entries = self.cache.get_many([cache_key for *_, cache_key in pairs])
+    missing = {}  # cache key -> a pair to encode (copies of one image share it)
+    for d, entry in enumerate(entries):
+      if entry is None:
+        missing.setdefault(pairs[d][2], d)
+    if missing:
+      firsts = list(missing.values())
+      fresh = dict(
+        zip(missing, self._hf_encode([pairs[d][0] for d in firsts], [pairs[d][1] for d in firsts]))
+      )
+      entries = [fresh.get(pairs[d][2], entry) for d, entry in enumerate(entries)]
+      self.cache.put_many(list(fresh.items()))
+    rows = [entries[d].ids for d in row_distinct]
+    first_image = np.cumsum([0] + [len(e.grids) for e in entries]).tolist()
+    row_images = [list(range(first_image[d], first_image[d + 1])) for d in row_distinct]
+    if first_image[-1] == 0:
+      return Encoded(rows, None, None, row_images)
+    return Encoded(
+      rows,
+      np.concatenate([p for e in entries for p in e.pixels]),
+      np.concatenate([e.grids for e in entries if len(e.grids)]),
+      row_images,
+    )
+
+  def _hf_encode(
+    self, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]]
+  ) -> list[EncodedPrompt]:
+    """The HF processor on distinct prompts and their RGB images, split back per prompt."""
+    flat = [im for imgs in images for im in imgs]
+    kwargs = dict(text=list(prompts), return_tensors="np", padding=True)
+    if flat:
+      kwargs["images"] = flat
     enc = self.hf(**kwargs)
     ids = [
       row[mask.astype(bool)].astype(np.int32) for row, mask in zip(enc["input_ids"], enc["attention_mask"])
     ]
-    row_images = [list(range(first_image[d], first_image[d] + len(images[firsts[d]]))) for d in row_distinct]
-    rows = [ids[d] for d in row_distinct]
-    if not flat_images:
-      return Encoded(rows, None, None, row_images)
-    return Encoded(
-      rows,
-      np.asarray(enc["pixel_values"], np.float32),
-      np.asarray(enc["image_grid_thw"], np.int32),
-      row_images,
-    )
+    if not flat:
+      return [EncodedPrompt(row, (), np.zeros((0, 3), np.int32)) for row in ids]
+    grids = np.asarray(enc["image_grid_thw"], np.int32)
+    pixels = np.split(np.asarray(enc["pixel_values"], np.float32), np.cumsum(grids.prod(-1))[:-1])
+    out, start = [], 0
+    for row, imgs in zip(ids, images):
+      stop = start + len(imgs)
+      out.append(EncodedPrompt(row, tuple(pixels[start:stop]), grids[start:stop]))
+      start = stop
+    return out
 
   def assemble(self, rows: Sequence[np.ndarray], encoded: Encoded, min_length: int = 0) -> Batch:
     """Left-pad token rows to a length bucket and the batch to a row bucket, lay the distinct

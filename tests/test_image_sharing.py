@@ -46,7 +46,7 @@ def group_batches(processor, images, g=G):
 
 def test_shared_rows_encode_once_and_equal_per_row_copies(setup):
   """G rows of one prompt and image: one HF call on one prompt and one image, one slot, and
-  logits equal to G rows each with its own copy (G slots)."""
+  logits equal to G rows each with its own copy (G slots, their pixels processed once)."""
   processor, model = setup
   image = random_image(np.random.default_rng(1), 84, 56)
   calls = []
@@ -67,7 +67,8 @@ def test_shared_rows_encode_once_and_equal_per_row_copies(setup):
     shared, per_row = group_batches(processor, [image])
   finally:
     processor.hf = hf
-  assert [len(c["text"]) for c in calls] == [1, G] and [len(c["images"]) for c in calls] == [1, G]
+  # The copies' pixels were processed for the shared rows: no second HF call, but G slots.
+  assert [len(c["text"]) for c in calls] == [1] and [len(c["images"]) for c in calls] == [1]
   assert shared.batch.pixel_values.shape[0] == 1 and per_row.batch.pixel_values.shape[0] == G
   np.testing.assert_array_equal(shared.batch.input_ids, per_row.batch.input_ids)
   np.testing.assert_array_equal(shared.batch.positions, per_row.batch.positions)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tiny_hf import random_image
 from transformers.vision_utils import get_vision_position_ids
 
@@ -13,6 +14,7 @@ from catts_jax.processing import (
   image_token_index,
   length_buckets,
   patch_metadata,
+  pixel_digest,
   power_of_two_buckets,
   text_buckets,
 )
@@ -140,3 +142,51 @@ def test_pixel_bounds_resize_images(tiny_ckpt):
   assert default.image_grid_thw.prod() > small.image_grid_thw.prod()
   with pytest.raises(ValueError, match="give both or neither"):
     Processor(tiny_ckpt, max_pixels=112 * 112)
+
+
+def test_encoded_pairs_are_kept_for_later_calls(tiny_ckpt):
+  """A (prompt, image) pair encoded once is not encoded again in a later call, and rows
+  built from kept pairs equal the HF processor's; other pixels are a new pair; the
+  least recently used pairs leave first when the bytes run out."""
+  rng = np.random.default_rng(0)
+  cached = Processor(tiny_ckpt)
+  hf, calls = cached.hf, []
+  encode = cached._hf_encode
+  cached._hf_encode = lambda prompts, images: calls.append(len(prompts)) or encode(prompts, images)
+  a, b = random_image(rng, 56, 56), random_image(rng, 90, 70)
+  prompt, other = cached.chat_prompt("how many bars?", 1), cached.chat_prompt("which colour?", 1)
+  cached([prompt], [[a]])
+  assert calls == [1]
+  # The same pixels in a new object, beside a new pair: only the new pair is processed.
+  prompts, images = [prompt, other, prompt], [[a.copy()], [b], [a]]
+  encoded = cached.encode(prompts, images)
+  assert calls == [1, 1]
+  # Each row's tokens and patches equal the HF processor's on the rows one by one.
+  for i, (p, imgs) in enumerate(zip(prompts, images)):
+    want = hf(text=[p], images=imgs, return_tensors="np")
+    np.testing.assert_array_equal(encoded.ids[i], want["input_ids"][0])
+    (image,) = encoded.row_images[i]
+    start = int(encoded.image_grid_thw[:image].prod(-1).sum())
+    np.testing.assert_array_equal(encoded.image_grid_thw[image], want["image_grid_thw"][0])
+    np.testing.assert_array_equal(
+      encoded.pixel_values[start : start + len(want["pixel_values"])], want["pixel_values"]
+    )
+  assert len(encoded.image_grid_thw) == 3  # slots by identity: the copy has its own
+  # Two new objects with the same new pixels: processed once, a slot each.
+  c = random_image(rng, 70, 70)
+  twins = cached.encode([prompt, prompt], [[c], [c.copy()]])
+  assert calls == [1, 1, 1] and len(twins.image_grid_thw) == 2
+  np.testing.assert_array_equal(*np.split(twins.pixel_values, 2))
+  changed = np.asarray(a).copy()
+  changed[0, 0] ^= 1
+  cached([prompt], [[Image.fromarray(changed)]])
+  assert calls == [1, 1, 1, 1]
+  # Room for two pairs: a third pushes out the least recently used.
+  small = Processor(tiny_ckpt)
+  small.cache.max_bytes = 2 * small.encode([prompt], [[a]]).pixel_values.nbytes + 4096
+  small.encode([other], [[a]])
+  small.encode([prompt], [[a]])  # used again: now the most recent
+  small.encode([prompt + " "], [[a]])
+  kept = small.cache.get_many([(p, (pixel_digest(a),)) for p in (prompt, other, prompt + " ")])
+  assert [entry is not None for entry in kept] == [True, False, True]
+  assert small.cache.nbytes <= small.cache.max_bytes
