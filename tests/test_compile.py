@@ -211,9 +211,20 @@ def test_over_large_batch_reports_oom_instead_of_crashing():
   cfg = small(prompts=128, group=8, response=2048)
   cfg.model.buckets_per_octave = 1  # 64 + 2048 tokens -> 4096
   cfg.train.micro_batch = 0  # the whole batch in one pass
-  report = plan.plan(cfg, "v5e:2x2", cdrl_qwen2_5_vl.STRATEGIES["fsdp"], ("train",), 64, 0)
+  report = plan.plan(
+    cfg,
+    "v5e:2x2",
+    cdrl_qwen2_5_vl.STRATEGIES["fsdp"],
+    ("train", "generate"),
+    64,
+    0,
+    rollout_only_if_trains=True,
+  )
   train = report["steps"]["train"]
   assert not report["fits"] and not train["fits"]
+  # A strategy that cannot train gets no rollout plan.
+  assert not report["steps"]["generate"]["compiled"]
+  assert plan.verdict(report["steps"]["generate"]) == "not planned (train OOM)"
   if "oom" in train:
     assert train["oom"]["temp_gib"] > train["oom"]["available_gib"] == pytest.approx(15.75)
     assert plan.verdict(train) == "OOM (compile)"

@@ -74,6 +74,9 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_bool(
     "replicated_rollout", False, "also compile generate with every row on every chip", flag_values=fv
   )
+  flags.DEFINE_bool(
+    "rollout_only_if_trains", False, "compile generate and score only if the train step fits", flag_values=fv
+  )
 
 
 def _usage(message: str) -> int:
@@ -145,6 +148,7 @@ def main(argv=None) -> int:
     image_patches=args.image_patches,
     cpu=args.cpu,
     replicated_rollout=args.replicated_rollout,
+    rollout_only_if_trains=args.rollout_only_if_trains,
     progress=lambda msg: print(msg, flush=True),
   )
   report["strategy"] = args.strategy or ("custom" if args.mesh else "config")

@@ -98,6 +98,7 @@ def plan(
   cpu: bool = False,
   progress: Callable[[str], None] = lambda _: None,
   replicated_rollout: bool = False,
+  rollout_only_if_trains: bool = False,
 ) -> dict:
   """Compile the `steps` of CDRL config `cfg` for `topology` on a mesh of `mesh_shape`; return
   the report (see the module docstring). `replicated_rollout`: also compile generate with
@@ -203,6 +204,16 @@ def plan(
     result = _compile(lambda: jitted.lower(state.params, state.opt_state, batch), hbm, ref_chip)
     result["analytic_flops_per_chip"] = analytic_train_flops(model_cfg, shapes) / chips
     report["steps"]["train"] = result
+    if rollout_only_if_trains and not result.get("fits"):
+      for step in ("generate", "score"):
+        if step in steps:
+          report["steps"][step] = {
+            "fits": False,
+            "compiled": False,
+            "skipped": True,
+            "reason": "not compiled: the train step does not fit",
+          }
+      steps = [s for s in steps if s not in ("generate", "score")]
   # Outside the rollout's passes the fp32 master weights, the optimizer state and the
   # reference stay in HBM; the rollout's bf16 copy is the passes' argument.
   resident = params_chip + opt_chip + ref_chip
@@ -379,6 +390,8 @@ def _finish(report: dict, began: float) -> dict:
 def verdict(step: dict) -> str:
   if step.get("fits"):
     return "fits"
+  if step.get("skipped"):
+    return "not planned (train OOM)"
   if step.get("compiled") and step.get("peak_gib", 0) <= step.get("hbm_gib", 0):
     return "OOM (with resident)"  # the step alone fits, not beside the resident state
   if step.get("unshardable"):

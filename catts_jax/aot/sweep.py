@@ -54,6 +54,7 @@ def cell_command(
     f"--strategy={strategy}",
     f"--steps={','.join(steps)}",
     f"--image_patches={i[0] if i else image_patches}",
+    "--rollout_only_if_trains",  # a strategy that cannot train needs no rollout plan
     f"--out={out}",
   ]
 
