@@ -64,8 +64,30 @@ def parse(
   return fv
 
 
+def define_compilation_cache(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string(
+    "compilation_cache",
+    None,
+    "a directory for XLA's persistent compilation cache: programs an earlier run compiled are "
+    "read back instead of compiled again (a rerun or a resumed run skips its compiles)",
+    flag_values=fv,
+  )
+
+
+def use_compilation_cache(directory: str | None) -> None:
+  """JAX's persistent compilation cache in `directory` (None: off). Call before the first
+  compile. JAX keys each program by its HLO, the compile options and the jax and XLA
+  versions, and keeps those that took at least `jax_persistent_cache_min_compile_time_secs`
+  (default 1 s) to compile."""
+  if directory:
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+
+
 def define_training_flags(fv: flags.FlagValues) -> None:
-  """The flags every training entry point shares: --override_resume and --rebuild."""
+  """The flags every training entry point shares: --override_resume, --rebuild and
+  --compilation_cache."""
   flags.DEFINE_bool(
     "override_resume",
     False,
@@ -79,6 +101,7 @@ def define_training_flags(fv: flags.FlagValues) -> None:
     "build the dataset's cache again (a changed data folder is rebuilt anyway)",
     flag_values=fv,
   )
+  define_compilation_cache(fv)
 
 
 def _unknown_key(argv: Sequence[str], error: Exception) -> str | None:

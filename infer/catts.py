@@ -62,10 +62,12 @@ def define(fv: flags.FlagValues) -> None:
     "rebuild", False, "build the benchmark's cache again (an edited folder is anyway)", flag_values=fv
   )
   flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
+  cli.define_compilation_cache(fv)
 
 
 def main(argv=None) -> int:
   args = cli.parse(define, argv, __doc__)
+  cli.use_compilation_cache(args.compilation_cache)
   try:
     with runs.locked(args.out):  # held for the whole run: a second one on --out stops at once
       return _main(args)

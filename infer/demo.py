@@ -44,6 +44,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 
 def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("out", None, "output directory", required=True, flag_values=fv)
+  cli.define_compilation_cache(fv)
   config_flags.DEFINE_config_file(
     "config", str(ROOT / "configs" / "catts.py"), "CA-TTS settings of stages 2 and 3", flag_values=fv
   )
@@ -80,6 +81,7 @@ def define(fv: flags.FlagValues) -> None:
 
 def main(argv=None) -> int:
   args = cli.parse(define, argv, __doc__)
+  cli.use_compilation_cache(args.compilation_cache)
   if args.render_readme:
     demo.render_readme(args.render_readme, args.out)
     return 0

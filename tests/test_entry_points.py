@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -52,3 +54,28 @@ def test_config_overrides_in_both_halves():
   with pytest.raises(SystemExit) as exit_:
     cli.parse(catts.define, ["--ckpt=x", "--benchmark=synthetic", "--out=o", "--config.tts.nope=1"])
   assert exit_.value.code == 2
+
+
+CACHED_RUN = """
+import sys
+import jax, jax.monitoring, jax.numpy as jnp
+from catts_jax import cli
+hits = []
+jax.monitoring.register_event_listener(lambda event, **_: hits.append(event == "/jax/compilation_cache/cache_hits"))
+cli.use_compilation_cache(sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # keep even this small program
+print(float(jax.jit(lambda x: jnp.sin(x).sum() * 2)(jnp.arange(3.0))), sum(hits))
+"""
+
+
+def test_compilation_cache_reads_back_an_earlier_runs_programs(tmp_path):
+  """--compilation_cache DIR: the first run compiles and writes DIR, a second run reads the
+  program back (a cache hit) and computes the same value."""
+  cache = tmp_path / "xla"
+  run = lambda: subprocess.run(  # noqa: E731
+    [sys.executable, "-c", CACHED_RUN, str(cache)], capture_output=True, text=True, timeout=120, check=True
+  ).stdout.split()
+  first = run()
+  assert first[1] == "0" and any(cache.iterdir())
+  second = run()
+  assert second[0] == first[0] and int(second[1]) >= 1
