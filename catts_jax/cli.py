@@ -61,10 +61,13 @@ def parse(
     usage_error(str(e))
   if len(extra) > 1:
     usage_error(f"unexpected arguments {extra[1:]} (flags look like --name=value)")
+  if "compilation_cache" in fv:  # before the entry point compiles anything
+    use_compilation_cache(fv.compilation_cache)
   return fv
 
 
 def define_compilation_cache(fv: flags.FlagValues) -> None:
+  """--compilation_cache, which `parse` applies (`use_compilation_cache`)."""
   flags.DEFINE_string(
     "compilation_cache",
     None,

@@ -392,7 +392,10 @@ class Processor:
     if not flat:
       return [EncodedPrompt(row, (), np.zeros((0, 3), np.int32)) for row in ids]
     grids = np.asarray(enc["image_grid_thw"], np.int32)
-    pixels = np.split(np.asarray(enc["pixel_values"], np.float32), np.cumsum(grids.prod(-1))[:-1])
+    # Copies, not views: a kept image must not hold its whole call's pixels in memory.
+    pixels = [
+      p.copy() for p in np.split(np.asarray(enc["pixel_values"], np.float32), np.cumsum(grids.prod(-1))[:-1])
+    ]
     out, start = [], 0
     for row, imgs in zip(ids, images):
       stop = start + len(imgs)

@@ -371,7 +371,8 @@ class Sampler:
       return _outputs(self._decode(state, carry, cfg=cfg, contrastive=contrastive))
     rows = carry["tokens"].shape[0]
     full = prompt_slots + cfg.max_new_tokens
-    shared = prompt_slots if cfg.share_prompt else 0  # slots held apart from the rows' own
+    prompt = carry["cache"].get("prompt")  # a shared prompt's slots, held apart from the rows' own
+    shared = 0 if prompt is None else prompt["valid"].shape[1]
     where = np.arange(rows)  # each carry row's row in the output; -1: padding
     outputs, step = None, 0
     while True:

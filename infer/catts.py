@@ -67,7 +67,6 @@ def define(fv: flags.FlagValues) -> None:
 
 def main(argv=None) -> int:
   args = cli.parse(define, argv, __doc__)
-  cli.use_compilation_cache(args.compilation_cache)
   try:
     with runs.locked(args.out):  # held for the whole run: a second one on --out stops at once
       return _main(args)

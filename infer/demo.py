@@ -81,7 +81,6 @@ def define(fv: flags.FlagValues) -> None:
 
 def main(argv=None) -> int:
   args = cli.parse(define, argv, __doc__)
-  cli.use_compilation_cache(args.compilation_cache)
   if args.render_readme:
     demo.render_readme(args.render_readme, args.out)
     return 0

@@ -62,7 +62,7 @@ import jax, jax.monitoring, jax.numpy as jnp
 from catts_jax import cli
 hits = []
 jax.monitoring.register_event_listener(lambda event, **_: hits.append(event == "/jax/compilation_cache/cache_hits"))
-cli.use_compilation_cache(sys.argv[1])
+cli.parse(cli.define_compilation_cache, sys.argv[1:])  # applies --compilation_cache
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # keep even this small program
 print(float(jax.jit(lambda x: jnp.sin(x).sum() * 2)(jnp.arange(3.0))), sum(hits))
 """
@@ -73,7 +73,11 @@ def test_compilation_cache_reads_back_an_earlier_runs_programs(tmp_path):
   program back (a cache hit) and computes the same value."""
   cache = tmp_path / "xla"
   run = lambda: subprocess.run(  # noqa: E731
-    [sys.executable, "-c", CACHED_RUN, str(cache)], capture_output=True, text=True, timeout=120, check=True
+    [sys.executable, "-c", CACHED_RUN, f"--compilation_cache={cache}"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
   ).stdout.split()
   first = run()
   assert first[1] == "0" and any(cache.iterdir())

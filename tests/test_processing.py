@@ -190,3 +190,5 @@ def test_encoded_pairs_are_kept_for_later_calls(tiny_ckpt):
   kept = small.cache.get_many([(p, (pixel_digest(a),)) for p in (prompt, other, prompt + " ")])
   assert [entry is not None for entry in kept] == [True, False, True]
   assert small.cache.nbytes <= small.cache.max_bytes
+  # Kept images own their memory (no view holding a whole call's pixels).
+  assert all(p.base is None for entry in kept if entry for p in entry.pixels)

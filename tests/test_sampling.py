@@ -303,23 +303,28 @@ def test_shared_prompt_equals_repeated_prompts(policy, cases, contrast):
     kw["contrast_images"] = [[im.rotate(90) for im in ims] for ims in images]
   repeated = policy.sample(prompts, images, **kw)
   assert len(set(repeated.lengths.reshape(-1).tolist())) > 2
-  prompt_rows = []  # the prompt rows of each decode call's cache
+  prompt_rows, slots = [], []  # each decode call's prompt rows, and its slots (prompt + own)
   decode = policy.sampler._decode
 
   def spy(state, carry, **kw):
-    prompt_rows.append(carry["cache"]["prompt"]["valid"].shape[0])
+    prompt = carry["cache"]["prompt"]["valid"]
+    prompt_rows.append(prompt.shape[0])
+    slots.append(prompt.shape[1] + carry["cache"]["valid"].shape[1])
     return decode(state, carry, **kw)
 
   policy.sampler._decode = spy
   try:
     shared = policy.sample(prompts, images, share_prompt=True, **kw)
+    del slots[:]
     grown = policy.sample(prompts, images, share_prompt=True, grow_cache=True, **kw)
   finally:
     policy.sampler._decode = decode
   assert_same_samples(shared, repeated)
   assert_same_samples(grown, repeated)
-  batch_rows = policy.processor(prompts, images).input_ids.shape[0]
-  assert set(prompt_rows) == {batch_rows * (2 if contrast else 1)}
+  batch = policy.processor(prompts, images).input_ids.shape
+  assert set(prompt_rows) == {batch[0] * (2 if contrast else 1)}
+  # Grown as the repeated cache grows: the prompt and the first token rounded up, then whole.
+  assert sorted(set(slots)) == [1 << batch[1].bit_length(), batch[1] + kw["max_new_tokens"]]
 
 
 def test_shared_prompt_excludes_compaction():

@@ -38,7 +38,6 @@ def define(fv: flags.FlagValues) -> None:
 
 def main(argv=None) -> int:
   args = cli.parse(define, argv, __doc__)
-  cli.use_compilation_cache(args.compilation_cache)
   if args.config is None:
     print("error: --config is required, e.g. configs/synthetic_tiny.py", file=sys.stderr)
     return 2

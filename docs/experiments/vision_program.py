@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from catts_jax import runs
+
 CKPT = pathlib.Path(__file__).parents[2] / "checkpoints" / "synthetic_cdrl"
 # (rows, response tokens): the self-check's scoring calls in the demo (2-8 rows; one image).
 SHAPES = ((2, 16), (2, 32), (4, 16), (4, 32), (4, 64), (8, 32), (8, 64))
@@ -92,7 +94,7 @@ def main(path: str) -> None:
   }
   print(json.dumps(report, indent=1))
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(path).write_text(json.dumps(report, indent=1) + "\n")
+  runs.write_json(path, report)
 
 
 if __name__ == "__main__":
