@@ -17,6 +17,7 @@
   KV cache over data x fsdp, KV heads over tensor where they divide, the weights as they lie
   (pass `cast_state`'s compute-dtype copy to decode from bf16 weights cast once, not per token).
 - The image and video placeholder tokens are never sampled.
+- Images are encoded by their own program (`vision_program`), whose features the prefill takes.
 - `compact_every` K: the loop stops every K steps and the rows still running continue in a
   smaller batch (a power of two) once they fit half of it; with a key per row, every row's
   tokens equal the uncompacted loop's.
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from catts_jax import sharding
+from catts_jax import sharding, vision_program
 from catts_jax.decode_cache import first_slots, repeat_rows, shared_prompt_cache, stack_conditions
 from catts_jax.models.qwen2_5_vl.text import init_cache
 from catts_jax.processing import Batch
@@ -312,18 +313,22 @@ class Sampler:
       return self._decode.lower(state, carry, cfg=cfg, contrastive=contrastive)
 
   def lower_prefill(self, state, inputs: dict, cache_len: int):
-    """Lower the jitted prefill for (possibly abstract, sharded) `state` and model inputs."""
+    """Lower the jitted prefill for (possibly abstract, sharded) `state` and model inputs; with
+    images, their features (`vision_program.lower`), as `__call__` passes them."""
     with self._mesh():
       return self._prefill.lower(state, inputs, cache_len=cache_len)
 
   def _mesh(self):
     return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
-  def _inputs(self, batch: Batch) -> dict[str, jax.Array]:
+  def _inputs(self, batch: Batch, state) -> dict[str, jax.Array]:
+    """The prefill's inputs on the devices, images encoded by their own program."""
     inputs = batch.model_inputs()
     if self.mesh is None:
-      return {k: jnp.asarray(v) for k, v in inputs.items()}
-    return sharding.put(inputs, sharding.input_shardings(inputs, self.mesh))
+      inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+    else:
+      inputs = sharding.put(inputs, sharding.input_shardings(inputs, self.mesh))
+    return vision_program.with_features(self.cfg, self.graphdef, state, inputs, self.mesh)
 
   def __call__(
     self,
@@ -342,9 +347,9 @@ class Sampler:
       cache_len = prompt_slots
     next_pos = batch.attention_mask.sum(1) + batch.rope_deltas  # text position of token 0
     with self._mesh():
-      logits, cache = self._prefill(state, self._inputs(batch), cache_len=cache_len)
+      logits, cache = self._prefill(state, self._inputs(batch, state), cache_len=cache_len)
       if contrast is not None:
-        logits_c, cache_c = self._prefill(state, self._inputs(contrast), cache_len=cache_len)
+        logits_c, cache_c = self._prefill(state, self._inputs(contrast, state), cache_len=cache_len)
         logits, cache = stack_conditions([logits, logits_c]), stack_conditions([cache, cache_c])
       groups = 2 if contrast is not None else 1
       carry = self._start(cache, logits, next_pos, batch.num_rows, cfg, key, groups)

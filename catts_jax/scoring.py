@@ -11,7 +11,8 @@ instead of T. It runs on `model.cfg.logits_chunk` of them at a time (`chunked_st
 so `[rows, R, vocab]` logits never exist at once.
 
 With a mesh, the scorer's rows are sharded over data x fsdp like the train step's
-(`sharding.input_shardings`), and so are its outputs.
+(`sharding.input_shardings`), and so are its outputs. Images are encoded by their own program
+(`vision_program`), whose features the score program takes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from catts_jax import sharding
+from catts_jax import sharding, vision_program
 from catts_jax.processing import ScoringBatch
 
 
@@ -170,6 +171,7 @@ class Scorer:
 
   def __init__(self, model: nnx.Module, cfg: ConfidenceConfig = ConfidenceConfig(), mesh: Mesh | None = None):
     self.cfg = cfg
+    self.model_cfg = model.cfg
     self.mesh = mesh
     self.graphdef, self.state = nnx.split(model)
     self.compilations = 0
@@ -203,7 +205,8 @@ class Scorer:
 
   def lower(self, state, inputs: dict, response_mask, response_len: int):
     """Lower the jitted score function for (possibly abstract, sharded) arguments, laid out as
-    `__call__` lays them out; `.compile()` it for memory and cost analyses without running it."""
+    `__call__` lays them out; `.compile()` it for memory and cost analyses without running it.
+    With images, `inputs` hold their features (`vision_program.lower`), as `__call__` passes them."""
     with self._mesh():
       return self._jitted(state, inputs, response_mask).lower(state, inputs, response_mask, response_len)
 
@@ -217,6 +220,7 @@ class Scorer:
     else:
       values = sharding.put(values, sharding.input_shardings(values, self.mesh))
     mask = values.pop("response_mask")
+    values = vision_program.with_features(self.model_cfg, self.graphdef, state, values, self.mesh)
     with self._mesh():
       out = self._jitted(state, values, mask)(state, values, mask, sb.response_len)
     n = sb.batch.num_rows

@@ -145,6 +145,8 @@ INPUT_AXES: dict[str, tuple[str | None, ...]] = {
   "pixel_values": ("batch", None, None),
   "patch_pos": ("batch", None, None),
   "patch_image": ("batch", None),
+  # The merged features of every slot (`vision_program`), whole on every device.
+  "image_features": (None, "activation_embed"),
 }
 
 

@@ -127,6 +127,10 @@ def test_plan_compiles_generate_score_and_train():
   steps = report["steps"]
   train, generate, score = steps["train"], steps["generate"], steps["score"]
   assert all(s["compiled"] for s in (train, generate, score, generate["prefill"])) and report["fits"]
+  # The image slots are encoded by their own program, as the sampler and the scorer run them;
+  # the prefill and the score program take its features.
+  for vision in (generate["prefill"]["vision"], score["vision"]):
+    assert vision["compiled"] and vision["fits"] and vision["flops"] > 0
   # Params and Adam moments are arguments of the step: at least their per-chip bytes.
   assert train["memory_bytes"]["argument"] >= (state["params"] + state["optimizer"]) * GiB
   assert train["memory_bytes"]["alias"] > 0  # donated params and optimizer state
@@ -317,7 +321,7 @@ def test_sweep_workers_compile_cells_at_once_and_keep_the_cells_order(tmp_path, 
 def test_sweep_row_counts_scanned_steps_whole():
   # A scanned train step: XLA counts each loop body once, so the row takes the collectives'
   # per-step bytes (bodies times trips) and the model's FLOPs; generate's compile includes
-  # its prefill's.
+  # its prefill's and the vision program's, score's the vision program's.
   collectives = {
     "all-gather": {"bytes": 1 * GiB, "step_bytes": 28 * GiB},
     "all-reduce": {"bytes": 0, "step_bytes": 2 * GiB},
@@ -341,8 +345,9 @@ def test_sweep_row_counts_scanned_steps_whole():
     compile_s=10.0,
     flops_per_chip=2e12,
     collectives={"all-gather": {"bytes": 3 * GiB}},
-    prefill=dict(compile_s=9.0),
+    prefill=dict(compile_s=9.0, vision=dict(compile_s=2.0)),
   )
+  score = dict(compiled=True, fits=True, compile_s=7.0, vision=dict(compile_s=1.5))
   report = dict(
     chips=16,
     chip=dict(hbm_gib=15.75),
@@ -352,13 +357,14 @@ def test_sweep_row_counts_scanned_steps_whole():
     shapes=dict(rows=16, seq_len=2048, image_patches=256),
     per_chip_state_gib=dict(total=7.7),
     seconds=80.0,
-    steps=dict(train=train, generate=generate),
+    steps=dict(train=train, generate=generate, score=score),
   )
   row = sweep.summary_row("cell", ("7b", "v5e:4x4", "fsdp", "2x8x1024"), report)
+  assert row["steps"]["score"]["compile_s"] == 8.5
   assert row["steps"]["train"]["collective_gib"] == 30.0 and row["steps"]["train"]["tflops"] == 1000.0
   assert row["steps"]["generate"]["collective_gib"] == 3.0 and row["steps"]["generate"]["tflops"] == 2.0
-  assert row["steps"]["generate"]["compile_s"] == 19.0
-  assert "| 1000 | 30 | 50 + 19 |" in sweep.sweep_markdown([row])
+  assert row["steps"]["generate"]["compile_s"] == 21.0
+  assert "| 1000 | 30 | 50 + 21 |" in sweep.sweep_markdown([row])
 
 
 def test_bench_times_the_real_train_step_and_checks_flops():

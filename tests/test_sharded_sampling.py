@@ -75,7 +75,9 @@ def _decode_flops(sampler, batch) -> float:
   sampler lays it out."""
   cache_len = batch.input_ids.shape[1] + CFG.max_new_tokens
   with sampler._mesh():
-    logits, cache = sampler._prefill(sampler.state, sampler._inputs(batch), cache_len=cache_len)
+    logits, cache = sampler._prefill(
+      sampler.state, sampler._inputs(batch, sampler.state), cache_len=cache_len
+    )
   next_pos = np.zeros(batch.input_ids.shape[0], np.int32)
   carry = sampler._start(cache, logits, next_pos, batch.num_rows, CFG, jax.random.key(0), 1)
   return sampler.lower_decode(sampler.state, carry, CFG).compile().cost_analysis()["flops"]

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from catts_jax import roofline, sharding
+from catts_jax import roofline, sharding, vision_program
 from catts_jax.aot.devices import build_mesh, topology_devices
 from catts_jax.aot.hardware import GiB, chip_for
 from catts_jax.aot.hlo import compile_oom, dumped_programs, hlo_collectives, known_trip_counts
@@ -235,15 +235,17 @@ def plan(
       report["steps"][name]["shapes"] = dataclasses.asdict(sample_shapes)
   if "score" in steps:
     scorer = Scorer(state.model, mesh=rollout_mesh)
-    inputs = train_batch(model_cfg, score_shapes, rollout_mesh)
+    batch = train_batch(model_cfg, score_shapes, rollout_mesh)
     progress(f"compiling score for {topology} {dict(rollout_mesh.shape)} ...")
+    vision, inputs = _vision(
+      state, rollout_state, model_cfg, batch.model_inputs(), rollout_mesh, hbm, resident
+    )
     result = _compile(
-      lambda: scorer.lower(
-        rollout_state, inputs.model_inputs(), inputs.response_mask, score_shapes.response_len
-      ),
+      lambda: scorer.lower(rollout_state, inputs, batch.response_mask, score_shapes.response_len),
       hbm,
       resident,
     )
+    _add_vision(result, vision)
     result["model_flops"] = analytic_score_flops(model_cfg, score_shapes)
     result["shapes"] = dataclasses.asdict(score_shapes)
     report["steps"]["score"] = result
@@ -278,8 +280,10 @@ def _generate(state, rollout_state, model_cfg, shapes: Shapes, cfg, mesh, layout
     stop_ids=(model_cfg.eos_token_id,) if isinstance(model_cfg.eos_token_id, int) else (),
   )
   inputs = prompt_inputs(model_cfg, shapes, mesh if layout is not None else None, replicated=layout is None)
+  vision, inputs = _vision(state, rollout_state, model_cfg, inputs, layout, hbm, resident)
   cache_len = shapes.prompt_len + shapes.max_new_tokens
   prefill = _compile(lambda: sampler.lower_prefill(rollout_state, inputs, cache_len), hbm, resident)
+  _add_vision(prefill, vision)
   carry = decode_carry(sampler, model_cfg, shapes, scfg, mesh, replicated=layout is None)
   result = _compile(lambda: sampler.lower_decode(rollout_state, carry, scfg), hbm, resident)
   result["prefill"] = prefill
@@ -289,6 +293,29 @@ def _generate(state, rollout_state, model_cfg, shapes: Shapes, cfg, mesh, layout
   result["model_flops"] = roofline.text_flops(model_cfg, rows, context)  # one decode step
   result["rows"] = rows
   return result
+
+
+def _vision(state, rollout_state, model_cfg, inputs: dict, layout, hbm, resident) -> tuple[dict | None, dict]:
+  """Compile the vision program for `inputs`' image slots, as the scorer and the sampler run it
+  (`vision_program`): its result (None without images) and the inputs the next program takes."""
+  if "pixel_values" not in inputs:
+    return None, inputs
+  graphdef, after = nnx.graphdef(state.model), {}
+
+  def lower():
+    lowered, after["inputs"] = vision_program.lower(model_cfg, graphdef, rollout_state, inputs, layout)
+    return lowered
+
+  return _compile(lower, hbm, resident), after["inputs"]
+
+
+def _add_vision(result: dict, vision: dict | None) -> None:
+  """The vision program's compile under its consumer's entry ("vision"); it must fit too."""
+  if vision is None:
+    return
+  result["vision"] = vision
+  if vision.get("compiled") and not vision.get("fits", False):
+    result["fits"] = False
 
 
 def prompt_inputs(model_cfg, shapes: Shapes, mesh, replicated: bool = False) -> dict:

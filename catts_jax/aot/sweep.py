@@ -85,8 +85,7 @@ def summary_row(name: str, cell, report: dict | None, error: str | None = None) 
       verdict=verdict(r),
       peak_gib=r.get("peak_gib"),
       total_gib=r.get("total_gib"),
-      # a generate step's compile includes its prefill's (a separate program)
-      compile_s=(r.get("compile_s") or 0) + ((r.get("prefill") or {}).get("compile_s") or 0) or None,
+      compile_s=program_seconds(r) or None,
       tflops=tflop_per_chip(r, report["chips"]) if r.get("compiled") else None,
       compute_floor_s=r.get("compute_floor_s"),
       collective_gib=collective_gib,
@@ -94,6 +93,18 @@ def summary_row(name: str, cell, report: dict | None, error: str | None = None) 
       reason=r.get("reason"),
     )
   return row
+
+
+def program_seconds(step: dict) -> float:
+  """A step's compile seconds with its separate programs': generate's prefill, and the vision
+  program under the prefill or the score step."""
+  parts = (
+    step,
+    step.get("vision") or {},
+    step.get("prefill") or {},
+    (step.get("prefill") or {}).get("vision") or {},
+  )
+  return sum(part.get("compile_s") or 0 for part in parts)
 
 
 def run_sweep(

@@ -1,0 +1,61 @@
+"""The vision tower as its own program (catts_jax.vision_program): compiled once per image-slot
+shape for every scoring and prefill program, shared by policies of one architecture, and giving
+the numbers the tower inside each program gives."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tiny_hf import random_image
+
+from catts_jax import vision_program
+from catts_jax.models.qwen2_5_vl import load_hf
+from catts_jax.processing import Processor
+from catts_jax.sampling import Sampler, SamplingConfig
+from catts_jax.scoring import Scorer
+
+
+def test_one_tower_program_serves_every_scoring_and_prefill_shape(tiny_ckpt):
+  processor = Processor(tiny_ckpt)
+  model = load_hf(tiny_ckpt)
+  image = random_image(np.random.default_rng(0), 56, 56)
+  prompt = processor.chat_prompt("How many bars?", 1)
+  scorer, sampler = Scorer(model), Sampler(model)
+  before = vision_program.traces
+  for rows, length in ((1, 3), (2, 3), (4, 20)):  # three scoring programs, one slot shape
+    sb = processor.scoring_batch([prompt] * rows, [list(range(5, 5 + length))] * rows, [[image]] * rows)
+    scorer(sb)
+  assert scorer.compilations == 3 and vision_program.traces - before == 1
+  sampler(
+    processor([prompt], [[image]]), SamplingConfig(max_new_tokens=2, temperature=0.0), jax.random.key(0)
+  )
+  # A second policy of the same architecture (another checkpoint's weights) reuses it too.
+  Scorer(load_hf(tiny_ckpt))(processor.scoring_batch([prompt], [[5, 6, 7]], [[image]]))
+  assert vision_program.traces - before == 1
+  # A new slot shape (a larger image) is one more.
+  scorer(processor.scoring_batch([prompt], [[5, 6, 7]], [[random_image(np.random.default_rng(1), 224, 224)]]))
+  assert vision_program.traces - before == 2
+
+
+def test_features_equal_the_tower_inside_the_program(tiny_ckpt):
+  """The scorer's and the prefill's inputs carry the features the model computes from the
+  pixels inside one program, and the logits are the same."""
+  processor = Processor(tiny_ckpt)
+  model = load_hf(tiny_ckpt)
+  rng = np.random.default_rng(2)
+  images = [[random_image(rng, 56, 84)], [random_image(rng, 84, 56)]]
+  batch = processor([processor.chat_prompt("What is shown?", 1)] * 2, images)
+  inputs = {k: jnp.asarray(v) for k, v in batch.model_inputs().items()}
+  graphdef, state = nnx.split(model)
+  split = vision_program.with_features(model.cfg, graphdef, state, inputs)
+  assert "pixel_values" not in split and split["image_features"].dtype == model.cfg.compute_dtype
+  want = nnx.jit(lambda m, x: m.image_features(x["pixel_values"], x["patch_pos"], x["patch_image"]))(
+    model, inputs
+  )
+  np.testing.assert_array_equal(np.asarray(split["image_features"]), np.asarray(want))
+  whole = nnx.jit(lambda m, x: m(**x)[0])(model, inputs)
+  parts = nnx.jit(lambda m, x: m.logits(m.hidden_states(**x)[0]))(model, split)
+  np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=0, atol=1e-5)
+  assert vision_program.with_features(
+    model.cfg, graphdef, state, {"input_ids": inputs["input_ids"]}
+  ).keys() == {"input_ids"}
