@@ -184,21 +184,20 @@ def cast_state(state: nnx.State, dtype, mesh: jax.sharding.Mesh | None = None) -
   return jax.jit(cast, out_shardings=out_shardings)(state)
 
 
-class Sampler:
-  """Jitted prefill and decode for one model; `state` can be swapped per call (training).
-  With a `mesh`, rows are sharded over data x fsdp throughout (`carry_shardings`)."""
+class SamplerPrograms:
+  """The sampler's jitted programs for one architecture (graphdef), pad id and mesh. Samplers
+  of equal graphdefs (two checkpoints of one model, a policy loaded again) get the same
+  object (`programs`), so a shape one of them compiled is not compiled again; the weights are
+  every program's argument. `compilations` counts traces, i.e. compiled programs."""
 
-  def __init__(self, model: nnx.Module, pad_id: int = 0, mesh: jax.sharding.Mesh | None = None):
-    self.graphdef, self.state = nnx.split(model)
-    self.cfg = model.cfg
-    self.pad_id = pad_id
-    self.mesh = mesh
+  def __init__(self, graphdef: nnx.GraphDef, cfg, pad_id: int, mesh: jax.sharding.Mesh | None):
+    self.graphdef, self.cfg, self.pad_id, self.mesh = graphdef, cfg, pad_id, mesh
     self.compilations = 0
-    self._prefill = jax.jit(self._prefill_impl, static_argnames=("cache_len",))
-    self._decode = jax.jit(self._decode_impl, static_argnames=("cfg", "contrastive"), donate_argnums=(1,))
-    self._start_jit = jax.jit(self._start_impl, static_argnames=("cfg", "groups"))
-    self._compact_jit = jax.jit(self._compact_impl, static_argnames=("groups",))
-    self._grow_jit = jax.jit(self._grow_impl, static_argnames=("slots",))
+    self.prefill = jax.jit(self._prefill_impl, static_argnames=("cache_len",))
+    self.decode = jax.jit(self._decode_impl, static_argnames=("cfg", "contrastive"), donate_argnums=(1,))
+    self.start = jax.jit(self._start_impl, static_argnames=("cfg", "groups"))
+    self.compact = jax.jit(self._compact_impl, static_argnames=("groups",))
+    self.grow = jax.jit(self._grow_impl, static_argnames=("slots",))
 
   def _prefill_impl(self, state, inputs, cache_len: int):
     """Prompt pass: last-position logits [B, V] and the filled cache."""
@@ -300,6 +299,62 @@ class Sampler:
 
   def _start_impl(self, cache, logits, next_pos, key, num_rows: int, cfg: SamplingConfig, groups: int):
     return _pin(self.decode_carry(cache, logits, next_pos, num_rows, cfg, key, groups), self.mesh)
+
+  def _grow_impl(self, carry, slots: int):
+    def pad(x, axis):
+      widths = [(0, 0)] * x.ndim
+      widths[axis] = (0, slots - x.shape[axis])
+      return jnp.pad(x, widths)
+
+    cache = carry["cache"]
+    layers = [{"k": pad(c["k"], 3), "v": pad(c["v"], 2)} for c in cache["layers"]]
+    cache = cache | {"layers": layers, "valid": pad(cache["valid"], 1)}
+    return _pin(carry | {"cache": cache}, self.mesh)
+
+  def _compact_impl(self, carry, index, live, groups: int):
+    rows = carry["tokens"].shape[0]
+
+    def take(x):
+      if x.ndim == 0:
+        return x
+      if x.shape[0] == rows:
+        return x[index]
+      g = x.reshape(groups, rows, *x.shape[1:])  # the cache and logits: rows per image condition
+      return g[:, index].reshape(-1, *x.shape[1:])
+
+    out = jax.tree.map(take, carry)
+    out["done"] = out["done"] | (jnp.arange(index.shape[0]) >= live)
+    return _pin(out, self.mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def programs(graphdef: nnx.GraphDef, cfg, pad_id: int, mesh: jax.sharding.Mesh | None) -> SamplerPrograms:
+  """One SamplerPrograms per (architecture, pad id, mesh); the last few are kept."""
+  return SamplerPrograms(graphdef, cfg, pad_id, mesh)
+
+
+class Sampler:
+  """Jitted prefill and decode for one model; `state` can be swapped per call (training).
+  With a `mesh`, rows are sharded over data x fsdp throughout (`carry_shardings`)."""
+
+  def __init__(self, model: nnx.Module, pad_id: int = 0, mesh: jax.sharding.Mesh | None = None):
+    self.graphdef, self.state = nnx.split(model)
+    self.cfg = model.cfg
+    self.pad_id = pad_id
+    self.mesh = mesh
+    self.programs = programs(self.graphdef, self.cfg, pad_id, mesh)
+    p = self.programs
+    self._prefill, self._decode, self._start_jit = p.prefill, p.decode, p.start
+    self._compact_jit, self._grow_jit = p.compact, p.grow
+
+  @property
+  def compilations(self) -> int:
+    """Programs compiled for this sampler's architecture (shared with equal samplers')."""
+    return self.programs.compilations
+
+  def decode_carry(self, *args, **kwargs) -> dict:
+    """`SamplerPrograms.decode_carry`."""
+    return self.programs.decode_carry(*args, **kwargs)
 
   def _start(self, cache, logits, next_pos, num_rows: int, cfg: SamplingConfig, key, groups: int):
     """`decode_carry`, built by one program on the devices and laid out as the decode loop
@@ -414,36 +469,10 @@ class Sampler:
     carry = {k: v for k, v in carry.items() if k != "scores"}
     return self._grow_jit(carry, slots=slots)
 
-  def _grow_impl(self, carry, slots: int):
-    def pad(x, axis):
-      widths = [(0, 0)] * x.ndim
-      widths[axis] = (0, slots - x.shape[axis])
-      return jnp.pad(x, widths)
-
-    cache = carry["cache"]
-    layers = [{"k": pad(c["k"], 3), "v": pad(c["v"], 2)} for c in cache["layers"]]
-    cache = cache | {"layers": layers, "valid": pad(cache["valid"], 1)}
-    return _pin(carry | {"cache": cache}, self.mesh)
-
   def _compact(self, carry, index, live: int, groups: int):
     """The carry's rows `index` (the first `live` still running, the rest padding, marked done)."""
     carry = {k: v for k, v in carry.items() if k != "scores"}
     return self._compact_jit(carry, jnp.asarray(index), np.int32(live), groups=groups)
-
-  def _compact_impl(self, carry, index, live, groups: int):
-    rows = carry["tokens"].shape[0]
-
-    def take(x):
-      if x.ndim == 0:
-        return x
-      if x.shape[0] == rows:
-        return x[index]
-      g = x.reshape(groups, rows, *x.shape[1:])  # the cache and logits: rows per image condition
-      return g[:, index].reshape(-1, *x.shape[1:])
-
-    out = jax.tree.map(take, carry)
-    out["done"] = out["done"] | (jnp.arange(index.shape[0]) >= live)
-    return _pin(out, self.mesh)
 
 
 def _outputs(carry) -> dict:

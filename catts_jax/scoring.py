@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -163,17 +164,14 @@ def chunked_statistics(
   return target_logp, topk_logp
 
 
-class Scorer:
-  """Jitted teacher-forced scoring for one model. `compilations` counts traces.
+class ScorerPrograms:
+  """The scorer's jitted programs for one architecture (graphdef), confidence settings and
+  mesh. Scorers of equal graphdefs (two checkpoints of one model) get the same object
+  (`programs`), so a shape one of them compiled is not compiled again. `compilations` counts
+  traces, i.e. compiled programs."""
 
-  With a `mesh` (params already placed on it, e.g. `sharding.shard_model`), rows and outputs
-  are sharded over data x fsdp and the jitted function states every layout."""
-
-  def __init__(self, model: nnx.Module, cfg: ConfidenceConfig = ConfidenceConfig(), mesh: Mesh | None = None):
-    self.cfg = cfg
-    self.model_cfg = model.cfg
-    self.mesh = mesh
-    self.graphdef, self.state = nnx.split(model)
+  def __init__(self, graphdef: nnx.GraphDef, cfg: ConfidenceConfig, mesh: Mesh | None):
+    self.graphdef, self.cfg, self.mesh = graphdef, cfg, mesh
     self.compilations = 0
     self._jits: dict = {}
 
@@ -184,10 +182,7 @@ class Scorer:
     token_logp, topk_logp = chunked_statistics(model, hidden, targets, self.cfg.top_k)
     return response_scores(token_logp, topk_logp, response_mask, self.cfg)
 
-  def _mesh(self):
-    return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
-
-  def _jitted(self, state, inputs, response_mask):
+  def jitted(self, state, inputs, response_mask):
     """The jitted score function; with a mesh, one per layout of (params, inputs), with
     explicit in/out shardings."""
     key, kwargs = None, {}
@@ -203,12 +198,43 @@ class Scorer:
       self._jits[key] = jax.jit(self._score_impl, static_argnums=3, **kwargs)
     return self._jits[key]
 
+
+@functools.lru_cache(maxsize=8)
+def programs(graphdef: nnx.GraphDef, cfg: ConfidenceConfig, mesh: Mesh | None) -> ScorerPrograms:
+  """One ScorerPrograms per (architecture, confidence settings, mesh); the last few are kept."""
+  return ScorerPrograms(graphdef, cfg, mesh)
+
+
+class Scorer:
+  """Jitted teacher-forced scoring for one model; its programs are shared with every scorer of
+  the same architecture (`ScorerPrograms`).
+
+  With a `mesh` (params already placed on it, e.g. `sharding.shard_model`), rows and outputs
+  are sharded over data x fsdp and the jitted function states every layout."""
+
+  def __init__(self, model: nnx.Module, cfg: ConfidenceConfig = ConfidenceConfig(), mesh: Mesh | None = None):
+    self.cfg = cfg
+    self.model_cfg = model.cfg
+    self.mesh = mesh
+    self.graphdef, self.state = nnx.split(model)
+    self.programs = programs(self.graphdef, cfg, mesh)
+
+  @property
+  def compilations(self) -> int:
+    """Programs compiled for this scorer's architecture (shared with equal scorers')."""
+    return self.programs.compilations
+
+  def _mesh(self):
+    return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
   def lower(self, state, inputs: dict, response_mask, response_len: int):
     """Lower the jitted score function for (possibly abstract, sharded) arguments, laid out as
     `__call__` lays them out; `.compile()` it for memory and cost analyses without running it.
     With images, `inputs` hold their features (`vision_program.lower`), as `__call__` passes them."""
     with self._mesh():
-      return self._jitted(state, inputs, response_mask).lower(state, inputs, response_mask, response_len)
+      return self.programs.jitted(state, inputs, response_mask).lower(
+        state, inputs, response_mask, response_len
+      )
 
   def __call__(self, scoring_batch: ScoringBatch, state: nnx.State | None = None) -> dict[str, np.ndarray]:
     """Scores of the real rows as numpy; `state` overrides the params (e.g. during training)."""
@@ -222,7 +248,7 @@ class Scorer:
     mask = values.pop("response_mask")
     values = vision_program.with_features(self.model_cfg, self.graphdef, state, values, self.mesh)
     with self._mesh():
-      out = self._jitted(state, values, mask)(state, values, mask, sb.response_len)
+      out = self.programs.jitted(state, values, mask)(state, values, mask, sb.response_len)
     n = sb.batch.num_rows
     out = {k: sharding.to_host(v)[:n] for k, v in out.items()}
     out["response_mask"] = sb.response_mask[:n].astype(bool)

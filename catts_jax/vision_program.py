@@ -60,8 +60,8 @@ def _mesh(mesh: Mesh | None):
 
 
 def with_features(cfg, graphdef, state, inputs: dict, mesh: Mesh | None = None) -> dict:
-  """`inputs` with the image slots' pixels (model config `cfg`) replaced by their merged features (one call of the
-  vision program); inputs without images come back as they are."""
+  """`inputs` with the image slots' pixels replaced by their merged features (one call of the
+  vision program; `cfg`: the model's config); inputs without images come back as they are."""
   if "pixel_values" not in inputs:
     return inputs
   pixels, rest = _split(inputs)

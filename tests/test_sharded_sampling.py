@@ -63,10 +63,11 @@ def test_sharded_growing_cache_equals_one_device_full_cache(tiny_ckpt, batch, si
   want = single[0](batch, cfg, jax.random.key(3))
   mesh = sharding.make_mesh({"fsdp": 8})
   sampler = Sampler(load_hf(tiny_ckpt, mesh=mesh), mesh=mesh)
+  grows = sampler._grow_jit._cache_size()  # shared by the samplers of this architecture
   got = sampler(
     batch, dataclasses.replace(cfg, grow_cache=True, share_prompt=share_prompt), jax.random.key(3)
   )
-  assert sampler._grow_jit._cache_size() == 1
+  assert sampler._grow_jit._cache_size() - grows == 1
   assert_same_samples(got, want)
 
 

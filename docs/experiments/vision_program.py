@@ -53,7 +53,7 @@ for rows, length in shapes:
   inputs = {k: jnp.asarray(v) for k, v in sb.batch.model_inputs().items()}
   mask = jnp.asarray(sb.response_mask)
   if way == "inside":
-    out = scorer._jitted(scorer.state, inputs, mask)(scorer.state, inputs, mask, sb.response_len)
+    out = scorer.programs.jitted(scorer.state, inputs, mask)(scorer.state, inputs, mask, sb.response_len)
   else:
     pixels = {k: inputs.pop(k) for k in ("pixel_values", "patch_pos", "patch_image")}
     inputs["image_features"] = vision(scorer.state, pixels)

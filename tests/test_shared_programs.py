@@ -1,6 +1,7 @@
-"""The vision tower as its own program (catts_jax.vision_program): compiled once per image-slot
-shape for every scoring and prefill program, shared by policies of one architecture, and giving
-the numbers the tower inside each program gives."""
+"""Programs compiled once and shared: the vision tower as its own program
+(catts_jax.vision_program), once per image-slot shape for every scoring and prefill program and
+giving the numbers the tower inside each program gives; and the scorer's and sampler's programs,
+shared by every policy of one architecture (two checkpoints of one model compile once)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +9,11 @@ import numpy as np
 from flax import nnx
 from tiny_hf import random_image
 
-from catts_jax import vision_program
+from catts_jax import sampling, scoring, vision_program
 from catts_jax.models.qwen2_5_vl import load_hf
 from catts_jax.processing import Processor
 from catts_jax.sampling import Sampler, SamplingConfig
-from catts_jax.scoring import Scorer
+from catts_jax.scoring import ConfidenceConfig, Scorer
 
 
 def test_one_tower_program_serves_every_scoring_and_prefill_shape(tiny_ckpt):
@@ -59,3 +60,37 @@ def test_features_equal_the_tower_inside_the_program(tiny_ckpt):
   assert vision_program.with_features(
     model.cfg, graphdef, state, {"input_ids": inputs["input_ids"]}
   ).keys() == {"input_ids"}
+
+
+def test_policies_of_one_architecture_share_their_programs(tiny_ckpt, tiny_tied_ckpt):
+  """A second checkpoint of the same architecture (other weights) scores and samples with the
+  first one's programs, compiling nothing, and gets what programs compiled for it alone give:
+  the weights are the programs' arguments, not constants in them."""
+  processor = Processor(tiny_ckpt)
+  first, second = load_hf(tiny_ckpt), load_hf(tiny_ckpt)
+  nnx.update(second, jax.tree.map(lambda x: x * 1.25, nnx.state(second, nnx.Param)))
+  image = random_image(np.random.default_rng(4), 56, 56)
+  prompt = processor.chat_prompt("How many bars?", 1)
+  sb = processor.scoring_batch([prompt] * 2, [[5, 6, 7], [8, 9]], [[image]] * 2)
+  batch = processor([prompt], [[image]])
+  confidence = ConfidenceConfig(top_k=9)  # settings no other test uses: these programs are new
+  sample = SamplingConfig(max_new_tokens=6, temperature=0.0)
+
+  def run(model):
+    scorer, sampler = Scorer(model, confidence), Sampler(model)
+    return scorer, sampler, scorer(sb)["nmlp"], sampler(batch, sample, jax.random.key(0)).logprobs
+
+  scorer_1, sampler_1, nmlp_1, logprobs_1 = run(first)
+  compiled = scorer_1.compilations, sampler_1.compilations
+  scorer_2, sampler_2, nmlp_2, logprobs_2 = run(second)
+  assert scorer_2.programs is scorer_1.programs and sampler_2.programs is sampler_1.programs
+  assert (scorer_2.compilations, sampler_2.compilations) == compiled  # nothing compiled again
+  assert np.abs(nmlp_2 - nmlp_1).min() > 1e-3 and np.abs(logprobs_2 - logprobs_1).max() > 1e-3
+  scoring.programs.cache_clear()
+  sampling.programs.cache_clear()
+  scorer_alone, sampler_alone, nmlp_alone, logprobs_alone = run(second)  # compiled afresh
+  assert scorer_alone.programs is not scorer_1.programs and scorer_alone.compilations > 0
+  np.testing.assert_array_equal(nmlp_2, nmlp_alone)
+  np.testing.assert_array_equal(logprobs_2, logprobs_alone)
+  # Another architecture (tied embeddings) has programs of its own.
+  assert Scorer(load_hf(tiny_tied_ckpt), confidence).programs is not scorer_alone.programs
