@@ -19,9 +19,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from catts_jax import sampling, scoring, vision_program
+from catts_jax.draws import prompt_keys
 from catts_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL, load_hf, save_hf
 from catts_jax.processing import Processor
-from catts_jax.sampling import SampleOutput, Sampler, SamplingConfig, prompt_keys
+from catts_jax.sampling import SampleOutput, Sampler, SamplingConfig
 from catts_jax.scoring import ConfidenceConfig, Scorer
 
 
@@ -158,3 +160,13 @@ class Policy:
 
   def save_pretrained(self, out_dir: str | pathlib.Path) -> pathlib.Path:
     return save_hf(self.model, out_dir, processor_dir=self.processor.path)
+
+
+def forget_compiled() -> None:
+  """Drop every compiled program (JAX's caches, and the programs scorers, samplers and the
+  vision tower share), so that the next calls compile afresh as a new process would: a
+  benchmark's cold run."""
+  jax.clear_caches()
+  scoring.programs.cache_clear()
+  sampling.programs.cache_clear()
+  vision_program.forget()

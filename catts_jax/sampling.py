@@ -11,7 +11,7 @@
   on the same tokens, as extra rows of the same batch; tokens are drawn from
   `(1 + a) l_orig - a l_contrast` restricted to `l_orig >= log(b) + max l_orig`.
 - Deterministic for a given PRNG key: step i uses `fold_in(key, i)`, and the same on one
-  device or many. With one key per prompt (`prompt_keys`), sample j of a prompt draws from
+  device or many. With one key per prompt (`draws.prompt_keys`), sample j of a prompt draws from
   `fold_in(fold_in(key_p, j), i)`: a prompt's samples then do not depend on its batch.
 - With a mesh, every layout is stated (`carry_shardings`): prompt rows, sample rows and the
   KV cache over data x fsdp, KV heads over tensor where they divide, the weights as they lie
@@ -42,6 +42,7 @@ from flax import nnx
 
 from catts_jax import sharding, vision_program
 from catts_jax.decode_cache import first_slots, repeat_rows, shared_prompt_cache, stack_conditions
+from catts_jax.draws import contrastive_logits, draw_tokens, row_keys
 from catts_jax.models.qwen2_5_vl.text import init_cache
 from catts_jax.processing import Batch
 from catts_jax.scoring import ConfidenceConfig, response_scores, token_statistics
@@ -60,7 +61,7 @@ class SamplingConfig:
   confidence: ConfidenceConfig = ConfidenceConfig()
   # > 0: every this many steps, rows that finished leave the batch once the rest fits half of
   # it (a batch no longer runs at full width until its longest row ends). Needs a key per
-  # prompt (`prompt_keys`) to leave every row's tokens unchanged; 0: one loop to the end.
+  # prompt (`draws.prompt_keys`) to leave every row's tokens unchanged; 0: one loop to the end.
   compact_every: int = 0
   # True: the KV cache starts at the prompt's slots rounded up to a power of two and doubles as
   # the responses grow (a copy each time), so a step reads at most twice the slots it needs,
@@ -78,49 +79,6 @@ class SamplingConfig:
         f"share_prompt with compact_every={self.compact_every}: compaction moves rows away from "
         "their prompt's shared KV; turn one of them off"
       )
-
-
-def filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
-  """Temperature, then top-k, then top-p (keep the smallest set whose probability >= p)."""
-  logits = logits.astype(jnp.float32) / cfg.temperature
-  if cfg.top_k > 0:
-    kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if cfg.top_p < 1.0:
-    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
-    probs = jax.nn.softmax(ordered, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass above each token
-    kept = jnp.where(before < cfg.top_p, ordered, jnp.inf)
-    logits = jnp.where(logits < kept.min(-1, keepdims=True), -jnp.inf, logits)
-  return logits
-
-
-def contrastive_logits(orig: jax.Array, contrast: jax.Array, alpha: float, beta: float) -> jax.Array:
-  """VCD: amplify what the original image supports over the contrast image, among tokens
-  the original finds plausible."""
-  orig, contrast = orig.astype(jnp.float32), contrast.astype(jnp.float32)
-  cd = (1 + alpha) * orig - alpha * contrast
-  cutoff = jnp.log(beta) + orig.max(-1, keepdims=True)
-  return jnp.where(orig < cutoff, -jnp.inf, cd)
-
-
-def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
-  """Exact sampling from softmax(logits) by inverting its CDF with one uniform per row.
-
-  `jax.random.categorical` draws a Gumbel variate for every vocabulary entry; this draws
-  one number per row, which on CPU cuts the per-step sampling cost several-fold.
-  Tokens of zero probability (filtered to -inf) are never chosen.
-  """
-  cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
-  u = jax.random.uniform(key, cdf.shape[:-1] + (1,), minval=1e-7) * cdf[..., -1:]
-  index = jnp.sum(cdf < u, axis=-1)
-  return jnp.minimum(index, logits.shape[-1] - 1)
-
-
-def choose_tokens(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
-  if cfg.temperature == 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return categorical(key, filter_logits(logits, cfg)).astype(jnp.int32)
 
 
 @dataclasses.dataclass
@@ -294,7 +252,7 @@ class SamplerPrograms:
       "next_pos": jnp.repeat(jnp.asarray(next_pos, jnp.int32), n),
       "step": jnp.zeros((), jnp.int32),
       "stop": jnp.asarray(steps, jnp.int32),  # the loop pauses here (compact_every, grow_cache)
-      "key": jnp.copy(key) if key.ndim == 0 else _row_keys(key, n),  # copied: the carry is donated
+      "key": jnp.copy(key) if key.ndim == 0 else row_keys(key, n),  # copied: the carry is donated
     }
 
   def _start_impl(self, cache, logits, next_pos, key, num_rows: int, cfg: SamplingConfig, groups: int):
@@ -492,25 +450,3 @@ def _flat(outputs: dict) -> dict:
 def _unflat(flat: dict) -> dict:
   scores = {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("scores/")}
   return {**{k: v for k, v in flat.items() if not k.startswith("scores/")}, "scores": scores}
-
-
-def prompt_keys(seeds, rows: int) -> jax.Array:
-  """One PRNG key per prompt row from its seed; rows past the seeds (bucket padding) get 0."""
-  seeds = (np.asarray(seeds, np.int64).reshape(-1) & 0xFFFFFFFF).astype(np.uint32)
-  seeds = np.pad(seeds, (0, rows - len(seeds)))
-  return jax.vmap(jax.random.key)(jnp.asarray(seeds))
-
-
-def _row_keys(keys: jax.Array, n: int) -> jax.Array:
-  """Prompt keys [B] -> sample-row keys [B * n]: sample j of prompt p gets fold_in(key_p, j)."""
-  repeated = jnp.repeat(keys, n)
-  return jax.vmap(jax.random.fold_in)(repeated, jnp.tile(jnp.arange(n), keys.shape[0]))
-
-
-def draw_tokens(logits: jax.Array, key: jax.Array, step, cfg: SamplingConfig) -> jax.Array:
-  """Step `step`'s tokens [B] from logits [B, V]: with one key, fold_in(key, step) draws the
-  batch; with a key per row, each row draws from its own fold_in(key_r, step)."""
-  if key.ndim == 0:
-    return choose_tokens(logits, jax.random.fold_in(key, step), cfg)
-  keys = jax.vmap(jax.random.fold_in, (0, None))(key, step)
-  return jax.vmap(lambda k, row: choose_tokens(row[None], k, cfg)[0])(keys, logits)

@@ -37,6 +37,11 @@ def _jitted(out_sharding):
   return jax.jit(_features, static_argnums=0, out_shardings=out_sharding)
 
 
+def forget() -> None:
+  """Drop the jitted functions (with `jax.clear_caches`: their programs; `policy.forget_compiled`)."""
+  _jitted.cache_clear()
+
+
 def _split(inputs: dict) -> tuple[dict, dict]:
   return {k: inputs[k] for k in PIXEL_INPUTS}, {k: v for k, v in inputs.items() if k not in PIXEL_INPUTS}
 

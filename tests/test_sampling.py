@@ -12,8 +12,9 @@ from scipy import stats
 from test_sharded_sampling import assert_same_samples
 from tiny_hf import random_image
 
+from catts_jax.draws import contrastive_logits, filter_logits
 from catts_jax.policy import Policy
-from catts_jax.sampling import SamplingConfig, contrastive_logits, filter_logits
+from catts_jax.sampling import SamplingConfig
 from catts_jax.verify import Reference, make_cases
 
 GREEDY = SamplingConfig(max_new_tokens=32, temperature=0.0)

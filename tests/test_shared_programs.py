@@ -11,6 +11,7 @@ from tiny_hf import random_image
 
 from catts_jax import sampling, scoring, vision_program
 from catts_jax.models.qwen2_5_vl import load_hf
+from catts_jax.policy import forget_compiled
 from catts_jax.processing import Processor
 from catts_jax.sampling import Sampler, SamplingConfig
 from catts_jax.scoring import ConfidenceConfig, Scorer
@@ -21,6 +22,7 @@ def test_one_tower_program_serves_every_scoring_and_prefill_shape(tiny_ckpt):
   model = load_hf(tiny_ckpt)
   image = random_image(np.random.default_rng(0), 56, 56)
   prompt = processor.chat_prompt("How many bars?", 1)
+  forget_compiled()  # other tests compiled programs of this architecture: start from none
   scorer, sampler = Scorer(model), Sampler(model)
   before = vision_program.traces
   for rows, length in ((1, 3), (2, 3), (4, 20)):  # three scoring programs, one slot shape

@@ -2,7 +2,7 @@
 
 - "contrastive" (the paper's module, the default): the problem's VCD decode, drawn from
   `(1 + a) l_orig - a l_noisy` under the plausibility cut `l_orig >= log(b) + max l_orig`
-  (`sampling.contrastive_logits`, `vcd.alpha` / `vcd.beta`, one decode per problem), joins the
+  (`draws.contrastive_logits`, `vcd.alpha` / `vcd.beta`, one decode per problem), joins the
   vote with `selfcheck_weight * N`: an answer the image supports gains, one the model gives
   whatever it sees does not.
 - "drop" (ours): each candidate answer in the table is represented by its most confident

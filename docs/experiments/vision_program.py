@@ -7,6 +7,9 @@ once per image-slot shape and the scorer given its features (`image_features`, w
 already takes). Also: the two ways' confidences, which must agree.
 
   python docs/experiments/vision_program.py docs/reports/vision_program/report.json
+
+Built since as catts_jax/vision_program.py (de2cbce); the "inside" way here still compiles the
+tower into the scorer's program, as the code before it did.
 """
 
 import json
