@@ -31,7 +31,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 
@@ -332,7 +331,7 @@ class Sampler:
       return self._prefill.lower(state, inputs, cache_len=cache_len)
 
   def _mesh(self):
-    return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+    return sharding.use_mesh(self.mesh)
 
   def _inputs(self, batch: Batch, state) -> dict[str, jax.Array]:
     """The prefill's inputs on the devices, images encoded by their own program."""

@@ -17,7 +17,6 @@ With a mesh, the scorer's rows are sharded over data x fsdp like the train step'
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 
@@ -225,7 +224,7 @@ class Scorer:
     return self.programs.compilations
 
   def _mesh(self):
-    return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+    return sharding.use_mesh(self.mesh)
 
   def lower(self, state, inputs: dict, response_mask, response_len: int):
     """Lower the jitted score function for (possibly abstract, sharded) arguments, laid out as

@@ -8,6 +8,7 @@ their mixes, chosen by config.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 
@@ -102,6 +103,11 @@ def logical_to_spec(
     used.update(mesh_axes)
     spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
   return PartitionSpec(*spec)
+
+
+def use_mesh(mesh: Mesh | None):
+  """`jax.set_mesh(mesh)` as a context, or nothing without a mesh (one device)."""
+  return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None], rules: Mapping | None = None) -> jax.Array:

@@ -11,7 +11,6 @@ share its compiled programs too.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import jax
@@ -60,10 +59,6 @@ def _out_sharding(cfg, pixels: dict, mesh: Mesh | None):
   return sharding.input_shardings({"image_features": features_shape(cfg, pixels)}, mesh)["image_features"]
 
 
-def _mesh(mesh: Mesh | None):
-  return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
-
-
 def with_features(cfg, graphdef, state, inputs: dict, mesh: Mesh | None = None) -> dict:
   """`inputs` with the image slots' pixels replaced by their merged features (one call of the
   vision program; `cfg`: the model's config); inputs without images come back as they are."""
@@ -71,7 +66,7 @@ def with_features(cfg, graphdef, state, inputs: dict, mesh: Mesh | None = None) 
     return inputs
   pixels, rest = _split(inputs)
   out_sharding = _out_sharding(cfg, pixels, mesh)
-  with _mesh(mesh):
+  with sharding.use_mesh(mesh):
     return rest | {"image_features": _jitted(out_sharding)(graphdef, state, pixels)}
 
 
@@ -81,7 +76,7 @@ def lower(cfg, graphdef, state, inputs: dict, mesh: Mesh | None = None) -> tuple
   a ShapeDtypeStruct laid out as `with_features` returns them)."""
   pixels, rest = _split(inputs)
   out_sharding = _out_sharding(cfg, pixels, mesh)
-  with _mesh(mesh):
+  with sharding.use_mesh(mesh):
     jitted = _jitted(out_sharding)
     lowered = jitted.lower(graphdef, state, pixels)
   shape = features_shape(cfg, pixels)

@@ -52,6 +52,9 @@ def test_features_equal_the_tower_inside_the_program(tiny_ckpt):
   graphdef, state = nnx.split(model)
   split = vision_program.with_features(model.cfg, graphdef, state, inputs)
   assert "pixel_values" not in split and split["image_features"].dtype == model.cfg.compute_dtype
+  # The shape plans and layouts are derived from (without running the tower) is the real one.
+  shape = vision_program.features_shape(model.cfg, inputs)
+  assert (shape.shape, shape.dtype) == (split["image_features"].shape, split["image_features"].dtype)
   want = nnx.jit(lambda m, x: m.image_features(x["pixel_values"], x["patch_pos"], x["patch_image"]))(
     model, inputs
   )
