@@ -110,6 +110,12 @@ def use_mesh(mesh: Mesh | None):
   return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
+def platform(mesh: Mesh | None) -> str:
+  """The platform programs for `mesh` compile for ("cpu", "gpu", "tpu"): its devices' (the
+  compile-only TPUs of a plan included), or jax's default backend without a mesh."""
+  return jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None], rules: Mapping | None = None) -> jax.Array:
   """Pin an activation's layout by logical axis names, e.g. `("batch", "length", "activation_embed")`,
   under the mesh set by `jax.set_mesh(mesh)`. Without one it is the identity, so code run on

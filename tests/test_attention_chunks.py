@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from catts_jax.models.qwen2_5_vl import layers
 from catts_jax.models.qwen2_5_vl.layers import attention
 from catts_jax.models.qwen2_5_vl.text import attention_mask
 
@@ -76,3 +77,25 @@ def test_chunked_attention_memory_grows_linearly_not_quadratically():
   # Chunks hold [N, 128, T]: 2x per doubling, and far below the full form.
   assert chunked[2048] < 2.5 * chunked[1024]
   assert chunked[2048] < full[2048] / 5
+
+
+@pytest.mark.parametrize("query", [(4, 1), (4,)], ids=["rows", "shared_prompt"])
+def test_decode_products_by_platform(query):
+  """A decode step's attention products: a multiply-and-reduce on CPU (faster than its tiny
+  matmuls there), a batched matmul on TPU (where the other form holds the cache in float32
+  per query head); equal to float32 rounding, for queries [B, K, G, 1, H] and [B, K, G, H]."""
+  keys = jax.random.split(jax.random.key(0), 4)
+  q = jax.random.normal(keys[0], (B, K, *query, H))
+  k_t = jax.random.normal(keys[1], (B, K, H, 9))
+  v = jax.random.normal(keys[2], (B, K, 9, H))
+  probs = jax.nn.softmax(jax.random.normal(keys[3], (B, K, *query, 9)), axis=-1)
+  np.testing.assert_allclose(layers.logits_by_reduce(q, k_t), layers.logits_by_matmul(q, k_t), atol=1e-5)
+  np.testing.assert_allclose(layers.mix_by_reduce(probs, v), layers.mix_by_matmul(probs, v), atol=1e-6)
+  np.testing.assert_allclose(layers.decode_logits(q, k_t), layers.logits_by_reduce(q, k_t), atol=0)
+
+  def products(platform):
+    fn = jax.jit(lambda q, k_t, probs, v: (layers.decode_logits(q, k_t), layers.decode_mix(probs, v)))
+    return jax.export.export(fn, platforms=[platform])(q, k_t, probs, v).mlir_module()
+
+  assert products("tpu").count("stablehlo.dot_general") == 2
+  assert "stablehlo.dot_general" not in products("cpu")

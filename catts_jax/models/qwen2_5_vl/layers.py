@@ -100,20 +100,55 @@ def inverse_frequencies(dim: int, theta: float) -> jax.Array:
   return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
 
 
+def _broadcast_kv(x: jax.Array, query_dims: int) -> jax.Array:
+  """[B, K, a, b] -> [B, K, 1 x query_dims, a, b], to meet queries [B, K, *query, ...]."""
+  return x.reshape(x.shape[:2] + (1,) * query_dims + x.shape[2:])
+
+
+def logits_by_reduce(q: jax.Array, k_t: jax.Array) -> jax.Array:
+  f32 = jnp.float32
+  return (q[..., None].astype(f32) * _broadcast_kv(k_t, q.ndim - 3).astype(f32)).sum(-2)
+
+
+def logits_by_matmul(q: jax.Array, k_t: jax.Array) -> jax.Array:
+  return jnp.einsum("bk...h,bkhs->bk...s", q, k_t, preferred_element_type=jnp.float32)
+
+
+def mix_by_reduce(probs: jax.Array, v: jax.Array) -> jax.Array:
+  return (probs[..., None] * _broadcast_kv(v, probs.ndim - 3)).sum(-2)
+
+
+def mix_by_matmul(probs: jax.Array, v: jax.Array) -> jax.Array:
+  return jnp.einsum("bk...s,bksh->bk...h", probs, v)
+
+
+def decode_logits(q: jax.Array, k_t: jax.Array) -> jax.Array:
+  """One decode step's attention logits, float32: q [B, K, *query, H] . k_t [B, K, H, S] ->
+  [B, K, *query, S] (unscaled). On CPU a fused multiply-and-reduce: its B*K products of
+  [G, H] x [H, S] are too small for matmul kernels (XLA:CPU runs them ~4x slower). Elsewhere
+  a batched matmul: on TPU the multiply-and-reduce broadcasts the cache in float32 per query
+  head (the 7B's planned decode on v5e:4x4: 1 GB more temporaries)."""
+  return jax.lax.platform_dependent(q, k_t, cpu=logits_by_reduce, default=logits_by_matmul)
+
+
+def decode_mix(probs: jax.Array, v: jax.Array) -> jax.Array:
+  """One decode step's values: probs [B, K, *query, S] . v [B, K, S, H] -> [B, K, *query, H],
+  by platform as `decode_logits`."""
+  return jax.lax.platform_dependent(probs, v, cpu=mix_by_reduce, default=mix_by_matmul)
+
+
 def _attend(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """q: [B, K, G, T, H], mask [B, 1, T, S] -> [B, K, G, T, H], all queries at once."""
   scale = q.shape[-1] ** -0.5
-  if q.shape[3] == 1:
-    # Decoding: B*K products of [G, H] x [H, S] are too small for matmul kernels (XLA:CPU
-    # runs them ~4x slower than this fused multiply-and-reduce); the result is the same.
-    f32 = jnp.float32
-    logits = (q[..., None].astype(f32) * k_t[:, :, None, None].astype(f32)).sum(-2) * scale
+  decoding = q.shape[3] == 1
+  if decoding:
+    logits = decode_logits(q, k_t) * scale
   else:
     logits = jnp.einsum("bkgth,bkhs->bkgts", q, k_t, preferred_element_type=jnp.float32) * scale
   logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  if q.shape[3] == 1:
-    return (probs[..., None] * v[:, :, None, None]).sum(-2)
+  if decoding:
+    return decode_mix(probs, v)
   return jnp.einsum("bkgts,bksh->bkgth", probs, v)
 
 
@@ -150,12 +185,11 @@ def attention_shared_prompt(
   f32, scale = jnp.float32, h**-0.5
   on_prompt = per_row(jnp.einsum("pkqh,pkhs->pkqs", per_prompt(q), prompt_k_t, preferred_element_type=f32))
   on_prompt = jnp.where(jnp.repeat(prompt_mask, rows, axis=0), on_prompt * scale, jnp.finfo(f32).min)
-  # The row's own slots: a multiply-and-reduce, as `_attend` decodes.
-  on_reply = (q[..., None].astype(f32) * k_t[:, :, None].astype(f32)).sum(-2)
+  on_reply = decode_logits(q, k_t)  # the row's own slots
   on_reply = jnp.where(mask, on_reply * scale, jnp.finfo(f32).min)
   probs = jax.nn.softmax(jnp.concatenate([on_prompt, on_reply], axis=-1), axis=-1).astype(v.dtype)
   out = per_row(jnp.einsum("pkqs,pksh->pkqh", per_prompt(probs[..., :prompt_slots]), prompt_v))
-  out = out + (probs[..., prompt_slots:, None] * v[:, :, None]).sum(-2)
+  out = out + decode_mix(probs[..., prompt_slots:], v)
   return out.reshape(b, t, n, h)
 
 
