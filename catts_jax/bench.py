@@ -124,6 +124,18 @@ def timed(fns: dict, repeats: int) -> dict:
   return {"median_s": medians, "first_call_s": first}
 
 
+def random_checkpoint(prefix: str = "catts_bench_") -> pathlib.Path:
+  """A new temporary directory holding the bench model with random weights (torch seed 0),
+  saved by transformers."""
+  import torch
+  from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+  workdir = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+  torch.manual_seed(0)
+  Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**SHAPE)).save_pretrained(workdir)
+  return workdir
+
+
 def run(settings: Settings) -> dict:
   """Every case of the module docstring under `settings`; the report (report.json's content).
   Sets jax's default matmul precision to "highest" (float32 means float32 on both sides)."""
@@ -133,11 +145,9 @@ def run(settings: Settings) -> dict:
   # float32 means float32 on both sides (no TF32 on GPUs; torch's matmuls default to fp32 too).
   jax.config.update("jax_default_matmul_precision", "highest")
   rng = np.random.default_rng(0)
-  workdir = pathlib.Path(tempfile.mkdtemp(prefix="catts_bench_"))
-  torch.manual_seed(0)
-  from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+  workdir = random_checkpoint()
+  from transformers import Qwen2_5_VLForConditionalGeneration
 
-  Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**SHAPE)).save_pretrained(workdir)
   base_cfg = ModelConfig.from_pretrained(workdir)
 
   jax_ceiling = roofline.measure_matmul_flops()

@@ -15,7 +15,6 @@ the decode's FLOPs at the best measured matmul rate).
 import json
 import pathlib
 import sys
-import tempfile
 import time
 
 import jax
@@ -96,12 +95,10 @@ def run_case(rows: int, new: int, model, hf, cfg, rng, ceiling: float, bandwidth
 
 def main(out: str, *cases: str) -> None:
   import torch
-  from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+  from transformers import Qwen2_5_VLForConditionalGeneration
 
   jax.config.update("jax_default_matmul_precision", "highest")
-  workdir = pathlib.Path(tempfile.mkdtemp(prefix="decode_floor_"))
-  torch.manual_seed(0)
-  Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**bench.SHAPE)).save_pretrained(workdir)
+  workdir = bench.random_checkpoint("decode_floor_")
   cfg = ModelConfig.from_pretrained(workdir).replace(dtype="float32", param_dtype="float32")
   model = load_hf(workdir, cfg)
   hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(workdir, dtype=torch.float32).eval()

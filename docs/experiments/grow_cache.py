@@ -9,7 +9,6 @@ after a first call of each (compiles). Also checks that both give the same token
 import json
 import pathlib
 import sys
-import tempfile
 import time
 
 import jax
@@ -23,13 +22,9 @@ ROUNDS = 2
 
 
 def main(out: str, *cases: str) -> None:
-  import torch
-  from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
   jax.config.update("jax_default_matmul_precision", "highest")
-  workdir = pathlib.Path(tempfile.mkdtemp(prefix="grow_cache_"))
-  torch.manual_seed(0)
-  Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**bench.SHAPE)).save_pretrained(workdir)
+  workdir = bench.random_checkpoint("grow_cache_")
   cfg = ModelConfig.from_pretrained(workdir).replace(dtype="float32", param_dtype="float32")
   model = load_hf(workdir, cfg)
   rng = np.random.default_rng(0)
