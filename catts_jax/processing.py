@@ -150,8 +150,9 @@ class EncodedPrompt:
 
 
 class EncodedCache:
-  """The last `max_bytes` of encoded (prompt, image pixels) pairs, least recently used out
-  first; shared by the threads of a run (a lock guards the order). Arrays are read-only."""
+  """The last `max_bytes` of encoded (prompt, image pixels) pairs, or of processed images,
+  least recently used out first; shared by the threads of a run (a lock guards the order).
+  Arrays are read-only."""
 
   def __init__(self, max_bytes: int):
     self.max_bytes = max_bytes
@@ -312,6 +313,7 @@ class Processor:
     self.batch_buckets = tuple(batch_buckets or power_of_two_buckets(1, 1 << 16))
     self.response_buckets = tuple(response_buckets or default_response)
     self.cache = EncodedCache(cache_bytes)
+    self.image_cache = EncodedCache(cache_bytes)  # the same pixels' arrays as `cache`'s
     self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
   def chat_prompt(self, question: str, num_images: int = 0, system: str | None = None) -> str:
@@ -334,10 +336,11 @@ class Processor:
     images: per prompt, a list of PIL images or paths.
 
     Each distinct (prompt text, images) pair, images keyed by `image_key`, is encoded once,
-    and rows that repeat it share its token ids and its images. A pair goes to the HF
-    processor only if this processor has not encoded its prompt and pixels before
-    (`EncodedCache`): CA-TTS scores a problem's prompt and image many times (every N, every
-    method, both self-check conditions)."""
+    and rows that repeat it share its token ids and its images. A pair is encoded only if this
+    processor has not encoded its prompt and pixels before (`cache`): CA-TTS scores a
+    problem's prompt and image many times (every N, every method, both self-check
+    conditions); and an image's pixels are processed only once, whatever the prompt
+    (`image_cache`, see `_hf_encode`)."""
     images = images or [[] for _ in prompts]
     if len(images) != len(prompts):
       raise ValueError(f"{len(prompts)} prompts but {len(images)} image lists")
@@ -380,28 +383,44 @@ class Processor:
   def _hf_encode(
     self, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]]
   ) -> list[EncodedPrompt]:
-    """The HF processor on distinct prompts and their RGB images, split back per prompt."""
-    flat = [im for imgs in images for im in imgs]
-    kwargs = dict(text=list(prompts), return_tensors="np", padding=True)
-    if flat:
-      kwargs["images"] = flat
-    enc = self.hf(**kwargs)
-    ids = [
-      row[mask.astype(bool)].astype(np.int32) for row, mask in zip(enc["input_ids"], enc["attention_mask"])
+    """Distinct prompts and their RGB images, encoded per prompt as the HF processor does:
+    each image through its image processor unless its pixels were processed before
+    (`image_cache`: CA-TTS asks about one image in many prompts, the Expert's, the
+    re-answer's, the self-check's), each image placeholder expanded to its token count."""
+    processed = iter(self._process_images([im for imgs in images for im in imgs]))
+    per_prompt = [[next(processed) for _ in imgs] for imgs in images]
+    token, merge = self.hf.image_token, self.hf.image_processor.merge_size**2
+    texts = []
+    for prompt, encoded in zip(prompts, per_prompt):
+      parts = prompt.split(token)
+      counts = [int(e.grids.prod()) // merge for e in encoded]
+      texts.append(parts[0] + "".join(token * n + part for n, part in zip(counts, parts[1:])))
+    enc = self.tokenizer(texts, return_tensors="np", padding=True)
+    return [
+      EncodedPrompt(
+        row[mask.astype(bool)].astype(np.int32),
+        tuple(e.pixels[0] for e in encoded),
+        np.concatenate([np.zeros((0, 3), np.int32), *(e.grids for e in encoded)]),
+      )
+      for row, mask, encoded in zip(enc["input_ids"], enc["attention_mask"], per_prompt)
     ]
-    if not flat:
-      return [EncodedPrompt(row, (), np.zeros((0, 3), np.int32)) for row in ids]
-    grids = np.asarray(enc["image_grid_thw"], np.int32)
-    # Copies, not views: a kept image must not hold its whole call's pixels in memory.
-    pixels = [
-      p.copy() for p in np.split(np.asarray(enc["pixel_values"], np.float32), np.cumsum(grids.prod(-1))[:-1])
-    ]
-    out, start = [], 0
-    for row, imgs in zip(ids, images):
-      stop = start + len(imgs)
-      out.append(EncodedPrompt(row, tuple(pixels[start:stop]), grids[start:stop]))
-      start = stop
-    return out
+
+  def _process_images(self, images: Sequence[Image.Image]) -> list[EncodedPrompt]:
+    """Each RGB image's patches and grid (as an EncodedPrompt without ids), from `image_cache`
+    or the HF image processor (one call for those it lacks; copies of one image once)."""
+    keys = [pixel_digest(im) for im in images]
+    found = self.image_cache.get_many(keys)
+    todo = {key: im for key, im, got in zip(keys, images, found) if got is None}
+    fresh = {}
+    if todo:
+      out = self.hf.image_processor(images=list(todo.values()), return_tensors="np")
+      grids = np.asarray(out["image_grid_thw"], np.int32)
+      # Copies, not views: a kept image must not hold its whole call's pixels in memory.
+      pixels = np.split(np.asarray(out["pixel_values"], np.float32), np.cumsum(grids.prod(-1))[:-1])
+      no_ids = np.zeros((0,), np.int32)
+      fresh = {key: EncodedPrompt(no_ids, (p.copy(),), g[None]) for key, p, g in zip(todo, pixels, grids)}
+      self.image_cache.put_many(list(fresh.items()))
+    return [got if got is not None else fresh[key] for key, got in zip(keys, found)]
 
   def assemble(self, rows: Sequence[np.ndarray], encoded: Encoded, min_length: int = 0) -> Batch:
     """Left-pad token rows to a length bucket and the batch to a row bucket, lay the distinct

@@ -45,30 +45,35 @@ def group_batches(processor, images, g=G):
 
 
 def test_shared_rows_encode_once_and_equal_per_row_copies(setup):
-  """G rows of one prompt and image: one HF call on one prompt and one image, one slot, and
-  logits equal to G rows each with its own copy (G slots, their pixels processed once)."""
+  """G rows of one prompt and image: the HF image processor once on one image and the
+  tokenizer once on one prompt, one slot, and logits equal to G rows each with its own copy
+  (G slots, their pixels processed once)."""
   processor, model = setup
   image = random_image(np.random.default_rng(1), 84, 56)
   calls = []
-  hf = processor.hf
 
   class Counting:
-    """The HF processor, recording the texts and images of each call."""
+    """An HF processing object, recording what each call got."""
 
-    def __call__(self, **kw):
-      calls.append(kw)
-      return hf(**kw)
+    def __init__(self, name, inner):
+      self.name, self.inner = name, inner
+
+    def __call__(self, *args, **kw):
+      calls.append((self.name, len(kw.get("images", args[0] if args else kw.get("text")))))
+      return self.inner(*args, **kw)
 
     def __getattr__(self, name):
-      return getattr(hf, name)
+      return getattr(self.inner, name)
 
-  processor.hf = Counting()
+  image_processor, tokenizer = processor.hf.image_processor, processor.tokenizer
+  processor.hf.image_processor = Counting("images", image_processor)
+  processor.tokenizer = Counting("prompts", tokenizer)
   try:
     shared, per_row = group_batches(processor, [image])
   finally:
-    processor.hf = hf
-  # The copies' pixels were processed for the shared rows: no second HF call, but G slots.
-  assert [len(c["text"]) for c in calls] == [1] and [len(c["images"]) for c in calls] == [1]
+    processor.hf.image_processor, processor.tokenizer = image_processor, tokenizer
+  # The copies' pixels were processed for the shared rows: no second call, but G slots.
+  assert calls == [("images", 1), ("prompts", 1)]
   assert shared.batch.pixel_values.shape[0] == 1 and per_row.batch.pixel_values.shape[0] == G
   np.testing.assert_array_equal(shared.batch.input_ids, per_row.batch.input_ids)
   np.testing.assert_array_equal(shared.batch.positions, per_row.batch.positions)

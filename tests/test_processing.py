@@ -192,3 +192,30 @@ def test_encoded_pairs_are_kept_for_later_calls(tiny_ckpt):
   assert small.cache.nbytes <= small.cache.max_bytes
   # Kept images own their memory (no view holding a whole call's pixels).
   assert all(p.base is None for entry in kept if entry for p in entry.pixels)
+
+
+def test_an_image_is_processed_once_for_all_its_prompts(tiny_ckpt):
+  """CA-TTS asks about one image in many prompts (the Expert's, the re-answer's, the
+  self-check's): its pixels go through the HF image processor once, and every prompt's tokens
+  and patches still equal the HF processor's on the whole padded batch."""
+  rng = np.random.default_rng(1)
+  proc = Processor(tiny_ckpt)
+  image_processor, processed = proc.hf.image_processor, []
+  preprocess = image_processor.preprocess
+  image_processor.preprocess = lambda images, *a, **k: (
+    processed.append(len(images)) or preprocess(images, *a, **k)
+  )
+  a, b = random_image(rng, 56, 84), random_image(rng, 90, 70)
+  one, two = proc.chat_prompt("how many bars?", 1), proc.chat_prompt("which one is taller?", 2)
+  proc.encode([one], [[a]])
+  assert processed == [1]
+  prompts, images = [proc.chat_prompt("which colour?", 1), two], [[a], [b, a.copy()]]
+  encoded = proc.encode(prompts, images)
+  assert processed == [1, 1]  # b only: a's pixels were processed for the first prompt
+  del image_processor.preprocess
+  want = proc.hf(text=prompts, images=[a, b, a], return_tensors="np", padding=True)
+  for i, (row, mask) in enumerate(zip(want["input_ids"], want["attention_mask"])):
+    np.testing.assert_array_equal(encoded.ids[i], row[mask.astype(bool)])
+  np.testing.assert_array_equal(encoded.image_grid_thw, want["image_grid_thw"])
+  np.testing.assert_array_equal(encoded.pixel_values, want["pixel_values"])
+  assert all(p.base is None for entry in proc.image_cache._entries.values() for p in entry.pixels)
