@@ -363,9 +363,8 @@ class Processor:
         missing.setdefault(pairs[d][2], d)
     if missing:
       firsts = list(missing.values())
-      fresh = dict(
-        zip(missing, self._hf_encode([pairs[d][0] for d in firsts], [pairs[d][1] for d in firsts]))
-      )
+      encoded = self._hf_encode(*zip(*[pairs[d] for d in firsts]))
+      fresh = dict(zip(missing, encoded))
       entries = [fresh.get(pairs[d][2], entry) for d, entry in enumerate(entries)]
       self.cache.put_many(list(fresh.items()))
     rows = [entries[d].ids for d in row_distinct]
@@ -381,13 +380,15 @@ class Processor:
     )
 
   def _hf_encode(
-    self, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]]
+    self, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]], keys: Sequence[tuple]
   ) -> list[EncodedPrompt]:
     """Distinct prompts and their RGB images, encoded per prompt as the HF processor does:
     each image through its image processor unless its pixels were processed before
     (`image_cache`: CA-TTS asks about one image in many prompts, the Expert's, the
-    re-answer's, the self-check's), each image placeholder expanded to its token count."""
-    processed = iter(self._process_images([im for imgs in images for im in imgs]))
+    re-answer's, the self-check's), each image placeholder expanded to its token count.
+    `keys`: each pair's cache key (prompt, its images' `pixel_digest`s)."""
+    flat = [im for imgs in images for im in imgs]
+    processed = iter(self._process_images(flat, [digest for _, digests in keys for digest in digests]))
     per_prompt = [[next(processed) for _ in imgs] for imgs in images]
     token, merge = self.hf.image_token, self.hf.image_processor.merge_size**2
     texts = []
@@ -405,10 +406,10 @@ class Processor:
       for row, mask, encoded in zip(enc["input_ids"], enc["attention_mask"], per_prompt)
     ]
 
-  def _process_images(self, images: Sequence[Image.Image]) -> list[EncodedPrompt]:
+  def _process_images(self, images: Sequence[Image.Image], keys: Sequence[bytes]) -> list[EncodedPrompt]:
     """Each RGB image's patches and grid (as an EncodedPrompt without ids), from `image_cache`
-    or the HF image processor (one call for those it lacks; copies of one image once)."""
-    keys = [pixel_digest(im) for im in images]
+    (by its `pixel_digest`, `keys`) or the HF image processor (one call for those it lacks;
+    copies of one image once)."""
     found = self.image_cache.get_many(keys)
     todo = {key: im for key, im, got in zip(keys, images, found) if got is None}
     fresh = {}

@@ -152,7 +152,7 @@ def test_encoded_pairs_are_kept_for_later_calls(tiny_ckpt):
   cached = Processor(tiny_ckpt)
   hf, calls = cached.hf, []
   encode = cached._hf_encode
-  cached._hf_encode = lambda prompts, images: calls.append(len(prompts)) or encode(prompts, images)
+  cached._hf_encode = lambda prompts, *rest: calls.append(len(prompts)) or encode(prompts, *rest)
   a, b = random_image(rng, 56, 56), random_image(rng, 90, 70)
   prompt, other = cached.chat_prompt("how many bars?", 1), cached.chat_prompt("which colour?", 1)
   cached([prompt], [[a]])
@@ -209,11 +209,11 @@ def test_an_image_is_processed_once_for_all_its_prompts(tiny_ckpt):
   one, two = proc.chat_prompt("how many bars?", 1), proc.chat_prompt("which one is taller?", 2)
   proc.encode([one], [[a]])
   assert processed == [1]
-  prompts, images = [proc.chat_prompt("which colour?", 1), two], [[a], [b, a.copy()]]
+  prompts, images = [two, proc.chat_prompt("which colour?", 1)], [[b, a.copy()], [a]]
   encoded = proc.encode(prompts, images)
   assert processed == [1, 1]  # b only: a's pixels were processed for the first prompt
   del image_processor.preprocess
-  want = proc.hf(text=prompts, images=[a, b, a], return_tensors="np", padding=True)
+  want = proc.hf(text=prompts, images=[b, a, a], return_tensors="np", padding=True)
   for i, (row, mask) in enumerate(zip(want["input_ids"], want["attention_mask"])):
     np.testing.assert_array_equal(encoded.ids[i], row[mask.astype(bool)])
   np.testing.assert_array_equal(encoded.image_grid_thw, want["image_grid_thw"])

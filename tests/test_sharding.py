@@ -92,3 +92,16 @@ def test_shard_model_places_params():
   k = model.language_model.layers.self_attn.k_proj.kernel.get_value()
   assert k.sharding.spec == P(None, "fsdp", "tensor", None)  # 4 kv heads over tensor=4
   assert k.addressable_shards[0].data.shape == (k.shape[0], 28 * 8 // 2, 1, 8)
+
+
+def test_platform_is_the_meshs_devices_or_the_default_backend():
+  """The platform a program compiles for: without a mesh jax's default backend, with one its
+  devices' (a plan's compile-only TPUs where libtpu is installed)."""
+  assert sharding.platform(None) == jax.default_backend()
+  assert sharding.platform(sharding.make_mesh({"data": 1, "fsdp": -1})) == "cpu"
+  from catts_jax.aot import devices
+
+  tpus, backend = devices.topology_devices("v5e:2x2")
+  if not backend.startswith("tpu"):
+    pytest.skip(f"no compile-only TPUs: {backend}")
+  assert sharding.platform(devices.build_mesh({"fsdp": -1}, tpus, tpu=True)) == "tpu"
