@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catts_jax import sharding
 from catts_jax.models.qwen2_5_vl import layers
 from catts_jax.models.qwen2_5_vl.layers import attention
 from catts_jax.models.qwen2_5_vl.text import attention_mask
@@ -100,49 +99,3 @@ def test_decode_products_by_platform(query):
 
   assert products("tpu").count("stablehlo.dot_general") == 2
   assert "stablehlo.dot_general" not in products("cpu")
-
-
-def loops(fn, platform: str, *args) -> int:
-  """Loops in fn's program for `platform` (jax.export: only that platform's branches)."""
-  return jax.export.export(jax.jit(fn), platforms=[platform])(*args).mlir_module().count("stablehlo.while")
-
-
-@pytest.mark.parametrize(
-  "t, budget_rows", [(24, 1), (24, 2), (61, 2)], ids=["one_row", "two_rows", "chunked"]
-)
-def test_cpu_attends_rows_in_groups_with_the_same_numbers(monkeypatch, t, budget_rows):
-  """On CPU rows attend a few at a time (their float32 logits within CPU_LOGITS_BYTES): the
-  values and gradients of all rows in one product (to the rounding of a reduction), on one
-  device and with the rows sharded over eight."""
-  keys = jax.random.split(jax.random.key(1), 4)
-  b = 8
-  q = jax.random.normal(keys[0], (b, t, N, H))
-  k_t = jax.random.normal(keys[1], (b, K, H, t))
-  v = jax.random.normal(keys[2], (b, K, t, H))
-  cotangent = jax.random.normal(keys[3], (b, t, N, H))
-  valid = np.ones((b, t), bool)
-  valid[::3, :4] = False  # some rows left-padded
-  mask = attention_mask(jnp.asarray(valid), 0, t)
-  chunk = 16
-  row_bytes = 4 * N * layers._query_block(t, chunk)[1] * t
-  monkeypatch.setattr(layers, "CPU_LOGITS_BYTES", budget_rows * row_bytes)
-  grouped = lambda *a: attention(*a, query_chunk=chunk)  # noqa: E731
-  together = lambda *a: layers._attention_all_rows(*a, query_chunk=chunk)  # noqa: E731
-  assert loops(grouped, "cpu", q, k_t, v, mask) == loops(together, "cpu", q, k_t, v, mask) + 1  # over groups
-  out, grads = value_and_grads(jax.jit(grouped), q, k_t, v, mask, cotangent)
-  out_ref, grads_ref = value_and_grads(jax.jit(together), q, k_t, v, mask, cotangent)
-  np.testing.assert_allclose(out, out_ref, rtol=1e-6, atol=1e-6)
-  for grad, grad_ref in zip(grads, grads_ref, strict=True):
-    np.testing.assert_allclose(grad, grad_ref, rtol=1e-6, atol=1e-6)
-  mesh = sharding.make_mesh({"data": 8})
-  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  sharded = jax.jit(grouped)(*jax.device_put((q, k_t, v, mask), rows))
-  np.testing.assert_allclose(sharded, out_ref, rtol=1e-6, atol=1e-6)
-
-
-def test_rows_attend_together_off_cpu(monkeypatch):
-  """TPU (and GPU) programs keep one product over all rows: no loop over row groups."""
-  q, k_t, v, mask, _ = inputs(24)
-  monkeypatch.setattr(layers, "CPU_LOGITS_BYTES", 4 * N * 24 * 24)  # a row at a time on CPU
-  assert loops(attention, "cpu", q, k_t, v, mask) == 1
-  assert loops(attention, "tpu", q, k_t, v, mask) == 0

@@ -6,7 +6,6 @@ Every param is an `nnx.Param` carrying `logical_axes` metadata (one name or None
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -194,13 +193,6 @@ def attention_shared_prompt(
   return out.reshape(b, t, n, h)
 
 
-# Float32 attention logits a CPU core holds at once (about its L2 cache: 2 MiB on this
-# machine's AMD EPYC). Rows attend in groups that fit: at 512 tokens x 4 heads (4 MiB of
-# logits a row), 16 rows in one product took 90 ms, one at a time 20 ms
-# (docs/experiments/cpu_attention_rows.py).
-CPU_LOGITS_BYTES = 2 << 20
-
-
 def attention(
   q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array, *, query_chunk: int = 512
 ) -> jax.Array:
@@ -215,55 +207,16 @@ def attention(
   Rows longer than 2 * query_chunk are attended ~query_chunk queries at a time, each chunk
   against all keys (so the softmax is exact) and rematerialised in the backward: the float32
   logits then never exceed [B, N, chunk, S] instead of [B, N, T, S], and the backward keeps
-  only each chunk's queries, not its probabilities. On CPU, rows (beyond a decode step's one
-  query) attend a few at a time, as many as keep their logits within CPU_LOGITS_BYTES: each
-  row's numbers are the same, and its logits stay in cache.
+  only each chunk's queries, not its probabilities.
   """
-  attend = functools.partial(_attention_all_rows, query_chunk=query_chunk)
-  if q.shape[1] == 1:  # a decode step's logits are [B, N, 1, S]: small
-    return attend(q, k_t, v, mask)
-  return jax.lax.platform_dependent(
-    q, k_t, v, mask, cpu=functools.partial(_attention_by_row_groups, attend, query_chunk), default=attend
-  )
-
-
-def _query_block(t: int, query_chunk: int) -> tuple[int, int]:
-  """(chunks, queries per chunk) for rows of t queries: one block up to 2 * query_chunk,
-  else equal chunks of ~query_chunk (the last padded by < chunks queries)."""
-  if t <= 2 * query_chunk:
-    return 1, t
-  num_chunks = -(-t // query_chunk)
-  return num_chunks, -(-t // num_chunks)
-
-
-def _attention_by_row_groups(attend, query_chunk: int, q, k_t, v, mask) -> jax.Array:
-  """`attend` over groups of rows in turn, each group's float32 logits within CPU_LOGITS_BYTES."""
-  b, t, n, _ = q.shape
-  row_bytes = 4 * n * _query_block(t, query_chunk)[1] * k_t.shape[-1]
-  size = max([g for g in range(1, b + 1) if b % g == 0 and g * row_bytes <= CPU_LOGITS_BYTES], default=1)
-  if size == b:
-    return attend(q, k_t, v, mask)
-  steps = b // size
-  # Step i attends rows i, i + steps, ...: a batch sharded in blocks stays spread over its
-  # devices, and each step copies only its own rows (no transpose of the whole batch).
-  strided = [x.reshape(size, steps, *x.shape[1:]) for x in (q, k_t, v, mask)]
-
-  def step(i, out):
-    rows = [jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False) for x in strided]
-    return jax.lax.dynamic_update_index_in_dim(out, attend(*rows), i, axis=1)
-
-  out = jnp.zeros((size, steps, *q.shape[1:]), jnp.result_type(q, v))
-  return jax.lax.fori_loop(0, steps, step, out).reshape(q.shape)
-
-
-def _attention_all_rows(q, k_t, v, mask, *, query_chunk: int) -> jax.Array:
   b, t, n, h = q.shape
   kv_heads = k_t.shape[1]
   g = n // kv_heads
-  num_chunks, chunk = _query_block(t, query_chunk)
-  if num_chunks == 1:
+  if t <= 2 * query_chunk:
     q = q.reshape(b, t, kv_heads, g, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
     return _attend(q, k_t, v, mask).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+  num_chunks = -(-t // query_chunk)
+  chunk = -(-t // num_chunks)  # equal chunks; padding < num_chunks queries
   pad = num_chunks * chunk - t
   if pad:
     # Padded queries see no key (a uniform softmax over garbage) and are dropped below.
