@@ -109,7 +109,8 @@ def hf_inputs(batch: Batch, device, torch) -> dict:
 
 
 def timed(fns: dict, repeats: int) -> dict:
-  """First call of each (compile + warm-up), then `repeats` rounds alternating the sides."""
+  """First call of each (compile + warm-up), then `repeats` rounds alternating the sides:
+  their median seconds, first-call seconds and every round's seconds (`times_s`)."""
   first, times = {}, {name: [] for name in fns}
   for name, fn in fns.items():
     start = time.perf_counter()
@@ -121,7 +122,7 @@ def timed(fns: dict, repeats: int) -> dict:
       fn()
       times[name].append(time.perf_counter() - start)
   medians = {name: float(np.median(t)) for name, t in times.items()}
-  return {"median_s": medians, "first_call_s": first}
+  return {"median_s": medians, "first_call_s": first, "times_s": times}
 
 
 def random_checkpoint(prefix: str = "catts_bench_") -> pathlib.Path:

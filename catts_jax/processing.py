@@ -347,7 +347,7 @@ class Processor:
     distinct: dict[tuple, int] = {}  # (prompt, image keys) -> index into `pairs`
     pairs, row_distinct = [], []  # pairs: (prompt, RGB images, cache key)
     for i, (prompt, imgs) in enumerate(zip(prompts, images)):
-      n = prompt.count("<|image_pad|>")
+      n = prompt.count(self.hf.image_token)
       if n != len(imgs):
         raise ValueError(f"prompt {i}: {n} image placeholders but {len(imgs)} images")
       key = (prompt, tuple(image_key(im) for im in imgs))

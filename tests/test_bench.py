@@ -143,3 +143,14 @@ def test_shaped_checkpoint_speaks_the_tokenizer(tmp_path):
   assert policy.stop_ids() == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
   out = policy.sample([policy.prompt("How many?")], max_new_tokens=4, temperature=0.0)
   assert out.tokens.shape == (1, 1, 4)
+
+
+def test_timed_alternates_sides_and_keeps_every_round():
+  """`bench.timed`: each side's first call apart, then rounds alternating the sides; every
+  round's seconds kept, their median reported."""
+  calls = []
+  t = bench.timed({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+  assert calls == ["a", "b"] * 4
+  assert {k: len(v) for k, v in t["times_s"].items()} == {"a": 3, "b": 3}
+  assert all(t["median_s"][k] == np.median(v) for k, v in t["times_s"].items())
+  assert set(t["first_call_s"]) == {"a", "b"}

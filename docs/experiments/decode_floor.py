@@ -15,7 +15,6 @@ the decode's FLOPs at the best measured matmul rate).
 import json
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -70,14 +69,8 @@ def run_case(rows: int, new: int, model, hf, cfg, rng, ceiling: float, bandwidth
     "matmuls": lambda: np.asarray(chain(x)),
     "transformers": transformers_generate,
   }
-  times = {name: [] for name in runners}
-  for rnd in range(ROUNDS + 1):  # round 0 compiles; not counted
-    for name, fn in runners.items():
-      began = time.perf_counter()
-      fn()
-      if rnd:
-        times[name].append(time.perf_counter() - began)
-  median = {name: float(np.median(t)) for name, t in times.items()}
+  timed = bench.timed(runners, ROUNDS)  # the first call of each compiles; not counted
+  times, median = timed["times_s"], timed["median_s"]
   _, floor = roofline.generation_cost(cfg, rows, 32, new, 4, ceiling, bandwidth)
   return {
     "batch": rows,

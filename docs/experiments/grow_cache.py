@@ -22,7 +22,6 @@ ROUNDS = 2
 
 
 def main(out: str, *cases: str) -> None:
-
   jax.config.update("jax_default_matmul_precision", "highest")
   workdir = bench.random_checkpoint("grow_cache_")
   cfg = ModelConfig.from_pretrained(workdir).replace(dtype="float32", param_dtype="float32")
